@@ -1,0 +1,74 @@
+"""DetokenizerManager instrumentation, and the hook that makes the detokenizer process load plugins.
+
+SGLang's detokenizer process does not call ``load_plugins()``; we hand Engine a
+picklable target that does, then runs SGLang's own ``run_detokenizer_process``.
+"""
+from __future__ import annotations
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.config import TraceConfig
+from sglang_tracing.runtime import recorder
+from sglang_tracing.runtime.ids import request_trace_key
+from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
+from sglang_tracing.patches import _hooks
+
+_DETOK = "sglang.srt.managers.detokenizer_manager.DetokenizerManager"
+_ENGINE = "sglang.srt.entrypoints.engine.Engine"
+_config: TraceConfig | None = None
+_per_request: dict[str, list[int]] = {}  # rid -> [first start, last end, calls, share ns]
+
+
+def run_detokenizer_process(*args, **kwargs):
+    """Process target: load plugins (ours among them), then run SGLang's detokenizer."""
+    from sglang.srt.managers import detokenizer_manager
+    from sglang.srt.plugins import load_plugins
+
+    load_plugins()
+    return detokenizer_manager.run_detokenizer_process(*args, **kwargs)
+
+
+def _launch_subprocesses_hook(original, *args, **kwargs):
+    from sglang.srt.managers.detokenizer_manager import run_detokenizer_process as sglang_default
+
+    if kwargs.get("run_detokenizer_process_func") is sglang_default:
+        kwargs["run_detokenizer_process_func"] = run_detokenizer_process
+    elif len(args) > 3 and args[3] is sglang_default:  # (server_args, tm_func, sched_func, detok_func)
+        args = args[:3] + (run_detokenizer_process,) + args[4:]
+    return original(*args, **kwargs)
+
+
+def _on_init(manager) -> None:
+    recorder.start(_config, "detokenizer")
+
+
+def _on_batch(rec, token, start, end, result, manager, recv_obj, *a, **k):
+    rids = recv_obj.rids
+    if not rids:
+        return
+    share = (end - start) // len(rids)
+    reasons = getattr(recv_obj, "finished_reasons", None) or [None] * len(rids)
+    for rid, reason in zip(rids, reasons):
+        acc = _per_request.get(rid)
+        if acc is None:
+            acc = _per_request[rid] = [start, end, 0, 0]
+        acc[1] = end
+        acc[2] += 1
+        acc[3] += share
+        if reason is not None:
+            del _per_request[rid]
+            rec.emit(sc.REQUEST_DETOKENIZE, acc[0], acc[1], {
+                sc.RID: rid, sc.DETOKENIZE_CALLS: acc[2], sc.DETOKENIZE_SHARE_NS: acc[3]},
+                parent=PARENT_IS_REQUEST_ROOT, trace_key=request_trace_key(rid))
+    if _config.batch_spans:
+        rec.emit(sc.DETOKENIZE_BATCH, start, end, {sc.BATCH_SIZE: len(rids)})
+
+
+def instrument(config: TraceConfig, skipped: list[str]) -> int:
+    global _config
+    _config = config
+    fault = config.inject_fault
+    return _hooks.register({
+        f"{_ENGINE}._launch_subprocesses": _launch_subprocesses_hook,
+        f"{_DETOK}.__init__": _hooks.after_init("detokenizer_init", _on_init, fault),
+        f"{_DETOK}.handle_batch_token_id_out": _hooks.around("detokenize", _on_batch, inject_fault=fault),
+    }, skipped)

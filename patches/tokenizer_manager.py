@@ -1,0 +1,88 @@
+"""TokenizerManager instrumentation: each request's root span (received -> finished) with
+SGLang's own token accounting, and its tokenize span."""
+from __future__ import annotations
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.config import TraceConfig
+from sglang_tracing.runtime import manifest, recorder
+from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
+from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
+from sglang_tracing.patches import _hooks
+
+_TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
+_config: TraceConfig | None = None
+_received: dict[str, tuple[int, str | None]] = {}  # rid -> (received ns, prompt text if recorded)
+
+
+def _on_init(tm) -> None:
+    recorder.start(_config, "tokenizer")
+    manifest.write(_config, tm.server_args)
+
+
+def _rids_and_texts(obj):
+    rids = obj.rid if isinstance(obj.rid, list) else [obj.rid]
+    texts = obj.text if isinstance(getattr(obj, "text", None), list) else [getattr(obj, "text", None)]
+    return rids, texts + [None] * (len(rids) - len(texts))
+
+
+def _on_init_req_state(rec, token, start, end, result, tm, obj, *a, **k):
+    received = getattr(obj, "received_time", None)
+    t = int(received * 1e9) if isinstance(received, float) and 0 < received * 1e9 <= start else start
+    rids, texts = _rids_and_texts(obj)
+    for rid, text in zip(rids, texts):
+        if rid is not None:
+            _received[rid] = (t, text if _config.record_prompts and isinstance(text, str) else None)
+
+
+def _on_tokenize(rec, token, start, end, result, tm, obj, *a, **k):
+    rec.emit(sc.REQUEST_TOKENIZE, start, end, {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(result.input_ids)},
+             parent=PARENT_IS_REQUEST_ROOT, trace_key=request_trace_key(obj.rid))
+
+
+def _before_output(rec, tm, recv_obj, *a, **k):
+    """States of requests finishing in this batch (the original removes them)."""
+    reasons = getattr(recv_obj, "finished_reasons", None) or ()
+    return {rid: tm.rid_to_state.get(rid) for rid, r in zip(recv_obj.rids, reasons) if r is not None}
+
+
+def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
+    if not finishing:
+        return
+    for i, rid in enumerate(recv_obj.rids):
+        if rid not in finishing:
+            continue
+        received, prompt = _received.pop(rid, (start, None))
+        reason = recv_obj.finished_reasons[i]
+        attrs = {
+            sc.RID: rid,
+            sc.PROMPT_TOKENS: _at(recv_obj, "prompt_tokens", i),
+            sc.CACHED_TOKENS: _at(recv_obj, "cached_tokens", i),
+            sc.OUTPUT_TOKENS: _at(recv_obj, "completion_tokens", i),
+            sc.FINISH_REASON: str(reason.get("type", "")) if isinstance(reason, dict) else str(reason),
+        }
+        if prompt is not None:
+            attrs[sc.PROMPT_TEXT] = prompt
+            state = finishing[rid]
+            if state is not None and hasattr(state, "get_text"):
+                attrs[sc.OUTPUT_TEXT] = state.get_text()
+        rec.emit(sc.REQUEST, received, end, attrs, span_id=request_root_span_id(rid),
+                 trace_key=request_trace_key(rid),
+                 events=((sc.EVENT_RECEIVED, received, {}), (sc.EVENT_FINISHED, end, {})))
+
+
+def _at(obj, field: str, i: int) -> int:
+    values = getattr(obj, field, None)
+    return int(values[i]) if values is not None and i < len(values) and values[i] is not None else -1
+
+
+def instrument(config: TraceConfig, skipped: list[str]) -> int:
+    global _config
+    _config = config
+    fault = config.inject_fault
+    return _hooks.register({
+        f"{_TM}.__init__": _hooks.after_init("tokenizer_manager_init", _on_init, fault),
+        f"{_TM}._init_req_state": _hooks.around("init_req_state", _on_init_req_state, inject_fault=fault),
+        f"{_TM}._tokenize_one_request": _hooks.around_async("tokenize", _on_tokenize, inject_fault=fault),
+        f"{_TM}._handle_batch_output": _hooks.around_async("handle_batch_output", _on_output,
+                                                           _before_output, fault),
+    }, skipped)

@@ -1,0 +1,93 @@
+"""Tracing options, passed from the launcher to every SGLang process through the environment."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+ENV_DIR = "SGLANG_TRACE_DIR"
+ENV_LEVEL = "SGLANG_TRACE_LEVEL"
+ENV_OTLP = "SGLANG_TRACE_OTLP_ENDPOINT"
+ENV_PROMPTS = "SGLANG_TRACE_RECORD_PROMPTS"
+ENV_NVML_MS = "SGLANG_TRACE_NVML_INTERVAL_MS"
+ENV_PROFILE_STEPS = "SGLANG_TRACE_PROFILE_STEPS"
+ENV_FLUSH_MS = "SGLANG_TRACE_FLUSH_MS"
+# Testing aid: the named hook raises inside our guarded code, proving requests survive it.
+ENV_INJECT_FAULT = "SGLANG_TRACE_INJECT_FAULT"
+
+LEVELS = ("request", "batch", "layer")
+MIN_NVML_INTERVAL_MS = 100  # GPM returns zeros below this on Hopper (measured on the H200)
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceConfig:
+    trace_dir: str
+    level: str = "batch"
+    otlp_endpoint: str | None = None
+    record_prompts: bool = False
+    nvml_interval_ms: int = MIN_NVML_INTERVAL_MS
+    profile_steps: tuple[int, int] | None = None  # (first forward, count)
+    flush_ms: int = 250
+    inject_fault: str | None = None
+
+    @property
+    def batch_spans(self) -> bool:
+        return self.level in ("batch", "layer")
+
+    @property
+    def layer_ranges(self) -> bool:
+        return self.level == "layer"
+
+    def to_env(self) -> dict[str, str]:
+        env = {ENV_DIR: os.path.abspath(self.trace_dir), ENV_LEVEL: self.level,
+               ENV_NVML_MS: str(self.nvml_interval_ms), ENV_FLUSH_MS: str(self.flush_ms)}
+        if self.otlp_endpoint:
+            env[ENV_OTLP] = self.otlp_endpoint
+        if self.record_prompts:
+            env[ENV_PROMPTS] = "1"
+        if self.profile_steps:
+            env[ENV_PROFILE_STEPS] = "%d:%d" % self.profile_steps
+        if self.inject_fault:
+            env[ENV_INJECT_FAULT] = self.inject_fault
+        return env
+
+    @classmethod
+    def from_env(cls, environ: os._Environ | dict | None = None) -> TraceConfig | None:
+        """The active config, or None when tracing is off (no trace dir set)."""
+        env = os.environ if environ is None else environ
+        trace_dir = env.get(ENV_DIR)
+        if not trace_dir:
+            return None
+        return cls(
+            trace_dir=trace_dir,
+            level=validate_level(env.get(ENV_LEVEL, "batch")),
+            otlp_endpoint=env.get(ENV_OTLP) or None,
+            record_prompts=env.get(ENV_PROMPTS) == "1",
+            nvml_interval_ms=validate_nvml_interval(int(env.get(ENV_NVML_MS, MIN_NVML_INTERVAL_MS))),
+            profile_steps=parse_profile_steps(env.get(ENV_PROFILE_STEPS)),
+            flush_ms=int(env.get(ENV_FLUSH_MS, 250)),
+            inject_fault=env.get(ENV_INJECT_FAULT) or None,
+        )
+
+
+def validate_level(level: str) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"trace level must be one of {', '.join(LEVELS)}, not {level!r}")
+    return level
+
+
+def validate_nvml_interval(ms: int) -> int:
+    if ms < MIN_NVML_INTERVAL_MS:
+        raise ValueError(f"NVML interval must be >= {MIN_NVML_INTERVAL_MS} ms (GPM reads zeros below), not {ms}")
+    return ms
+
+
+def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        start, count = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--profile-steps takes START:N (two integers), not {text!r}") from None
+    if start < 0 or count <= 0:
+        raise ValueError(f"--profile-steps START must be >= 0 and N > 0, not {text!r}")
+    return start, count

@@ -1,0 +1,60 @@
+"""``python -m sglang_tracing.launch_server --trace-dir DIR [tracing options] <sglang launch_server args>``.
+
+Tracing options are taken out; every other argument goes to SGLang unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sglang_tracing.config import (
+    LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, parse_profile_steps, validate_nvml_interval,
+)
+
+
+def add_tracing_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace-dir", required=True, help="directory the trace is written to")
+    parser.add_argument("--trace-level", choices=LEVELS, default="batch",
+                        help="request: request spans only; batch (default): plus scheduler, forward and "
+                             "cache spans; layer: plus per-layer/per-op NVTX ranges")
+    parser.add_argument("--otlp-endpoint", help="also export spans to this OTLP/HTTP collector")
+    parser.add_argument("--record-prompts", action="store_true",
+                        help="record prompt and output text (off by default)")
+    parser.add_argument("--nvml-interval-ms", type=int, default=MIN_NVML_INTERVAL_MS,
+                        help=f"NVML/GPM sample interval (>= {MIN_NVML_INTERVAL_MS})")
+    parser.add_argument("--profile-steps", metavar="START:N",
+                        help="record a Kineto trace of N served forwards, starting at forward START")
+
+
+def config_from_args(args: argparse.Namespace) -> TraceConfig:
+    """Validated config; raises ValueError with a one-line message."""
+    return TraceConfig(
+        trace_dir=os.path.abspath(args.trace_dir), level=args.trace_level,
+        otlp_endpoint=args.otlp_endpoint, record_prompts=args.record_prompts,
+        nvml_interval_ms=validate_nvml_interval(args.nvml_interval_ms),
+        profile_steps=parse_profile_steps(args.profile_steps),
+    )
+
+
+def exec_traced_server(config: TraceConfig, sglang_args: list[str]) -> None:
+    """Replace this process with SGLang's launch_server, tracing configured through the environment."""
+    os.makedirs(config.trace_dir, exist_ok=True)
+    os.environ.update(config.to_env())
+    argv = [sys.executable, "-m", "sglang.launch_server", *sglang_args]
+    os.execv(sys.executable, argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sglang_tracing.launch_server")
+    add_tracing_options(parser)
+    args, sglang_args = parser.parse_known_args(argv)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.exit(2, f"sglang-trace: error: {exc}\n")
+    exec_traced_server(config, sglang_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Exporter process: raw records in on stdin, OTLP-JSON lines out (and optionally to a collector).
+
+Started by ``Recorder`` with ``python -m sglang_tracing.runtime.exporter --out FILE``.
+It exits when its SGLang process closes the pipe or dies, after writing what it received.
+Each export batch is one line written with a single ``os.write``, so a kill leaves
+whole lines behind.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from opentelemetry.exporter.otlp.json.file import FileSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from sglang_tracing import __version__, semconv as sc
+from sglang_tracing.runtime.ids import request_root_span_id, trace_id_for
+from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, PARENT_IS_REQUEST_ROOT, read_message
+
+logger = logging.getLogger("sglang_tracing.exporter")
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+class _WholeLineFile:
+    """A text stream whose every write() is one os.write(): no line is ever half-written."""
+
+    def __init__(self, path: str):
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.closed = False
+
+    def write(self, text: str) -> int:
+        data = text.encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            os.close(self._fd)
+
+
+class SpanBuilder:
+    """Turns raw records into SDK ReadableSpans sharing one Resource."""
+
+    def __init__(self, resource_attrs: dict):
+        self.resource = Resource.create(resource_attrs)
+        self.scope = InstrumentationScope(sc.SCOPE, __version__)
+        self._trace_ids: dict[str, int] = {}
+        self._fallback_trace = trace_id_for(f"process:{resource_attrs.get(sc.RES_PID)}")
+
+    def _trace_id(self, key: str) -> int:
+        if not key:
+            return self._fallback_trace
+        tid = self._trace_ids.get(key)
+        if tid is None:
+            if len(self._trace_ids) > 100_000:
+                self._trace_ids.clear()
+            tid = self._trace_ids[key] = trace_id_for(key)
+        return tid
+
+    def build(self, record) -> ReadableSpan:
+        name, start, end, span_id, parent, trace_key, attrs, events = record
+        trace_id = self._trace_id(trace_key)
+        if parent == PARENT_IS_REQUEST_ROOT:
+            parent = request_root_span_id(trace_key[4:])
+        parent_ctx = SpanContext(trace_id, parent, False, _SAMPLED) if parent else None
+        return ReadableSpan(
+            name=name,
+            context=SpanContext(trace_id, span_id, False, _SAMPLED),
+            parent=parent_ctx,
+            resource=self.resource,
+            attributes=attrs,
+            events=[Event(n, attributes=a, timestamp=t) for n, t, a in events],
+            instrumentation_scope=self.scope,
+            start_time=start,
+            end_time=end,
+        )
+
+
+def _otlp_exporter(endpoint: str):
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        logger.warning("--otlp-endpoint needs opentelemetry-exporter-otlp-proto-http; exporting to files only")
+        return None
+    return OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces"
+                            if not endpoint.rstrip("/").endswith("/v1/traces") else endpoint)
+
+
+def serve(stdin, out_path: str, otlp_endpoint: str | None) -> None:
+    exporters = [FileSpanExporter(stream=_WholeLineFile(out_path))]
+    if otlp_endpoint:
+        otlp = _otlp_exporter(otlp_endpoint)
+        if otlp is not None:
+            exporters.append(otlp)
+    builder = SpanBuilder({})
+    sampler = None
+    while (msg := read_message(stdin)) is not None:
+        kind, payload = msg
+        if kind == MSG_RESOURCE:
+            builder = SpanBuilder(payload)
+        elif kind == MSG_RECORDS:
+            spans = [builder.build(r) for r in payload]
+            for exporter in exporters:
+                try:
+                    exporter.export(spans)
+                except Exception:  # a collector being down must not stop the file export
+                    logger.warning("span export to %s failed", type(exporter).__name__, exc_info=True)
+        elif kind == MSG_SAMPLER and sampler is None:
+            from sglang_tracing.runtime.gpu_sampler import start_sampler
+
+            sampler = start_sampler(payload)
+    if sampler is not None:
+        sampler.stop()
+    for exporter in exporters:
+        exporter.shutdown()
+
+
+def active_marker(out_path: str) -> str:
+    """Exists while an exporter may still write ``out_path``; see ``wait_for_exporters``."""
+    return out_path + ".active"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sglang_tracing.runtime.exporter")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--otlp-endpoint")
+    args = parser.parse_args(argv)
+    marker = active_marker(args.out)
+    open(marker, "w").close()
+    # Leave the SGLang process tree: SGLang's shutdown SIGKILLs its descendants, and we
+    # must outlive it long enough to write what is still in the pipe.
+    if os.fork() > 0:
+        os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="sglang-tracing exporter: %(message)s")
+    try:
+        serve(sys.stdin.buffer, args.out, args.otlp_endpoint)
+    finally:
+        os.unlink(marker)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Trace and span ids derived from request ids, so every process agrees without passing context."""
+from __future__ import annotations
+
+import hashlib
+import random
+
+_rng = random.Random()
+
+
+def new_span_id() -> int:
+    """A random non-zero 64-bit span id (hot path: no hashing, no os.urandom)."""
+    return _rng.getrandbits(64) or 1
+
+
+def trace_id_for(key: str) -> int:
+    """128-bit trace id of a trace key ("req:<rid>" or "batch:<pid>:<n>")."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=16).digest(), "big") or 1
+
+
+def request_root_span_id(rid: str) -> int:
+    """Span id of a request's root span, computable in any process from the rid alone."""
+    return int.from_bytes(hashlib.blake2b(b"root:" + rid.encode(), digest_size=8).digest(), "big") or 1
+
+
+def request_trace_key(rid: str) -> str:
+    return "req:" + rid

@@ -1,0 +1,92 @@
+"""``manifest.json``: what produced a trace dir (versions, server args, host, GPUs, clock anchor)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from importlib import metadata
+
+from sglang_tracing import __version__
+from sglang_tracing.config import TraceConfig
+
+logger = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _gpus() -> dict:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(h)
+            gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                         "memory_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                         "max_sm_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+                         "max_mem_clock_mhz": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM),
+                         "memory_bus_width_bits": _safe(pynvml.nvmlDeviceGetMemoryBusWidth, h)})
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return {"available": True, "driver": driver.decode() if isinstance(driver, bytes) else driver,
+                "devices": gpus}
+    except Exception as exc:
+        return {"available": False, "reason": f"NVML unavailable: {exc}", "devices": []}
+
+
+def _safe(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:
+        return None
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def build(config: TraceConfig, server_args=None) -> dict:
+    args = {}
+    if server_args is not None and dataclasses.is_dataclass(server_args):
+        args = {f.name: _jsonable(getattr(server_args, f.name, None)) for f in dataclasses.fields(server_args)}
+    return {
+        "format": "sglang-tracing",
+        "format_version": FORMAT_VERSION,
+        "versions": {"sglang": _version("sglang"), "torch": _version("torch"),
+                     "sglang_tracing": __version__, "python": platform.python_version()},
+        "config": dataclasses.asdict(config),
+        "command": sys.argv,
+        "server_args": args,
+        "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                 "cpu_count": os.cpu_count()},
+        "gpu": _gpus(),
+        "clock": {"realtime_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns(),
+                  "perf_counter_ns": time.perf_counter_ns(),
+                  "note": "spans and NVML samples use realtime (time.time_ns); this pair maps monotonic clocks onto it"},
+    }
+
+
+def write(config: TraceConfig, server_args=None) -> str:
+    path = os.path.join(config.trace_dir, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(build(config, server_args), f, indent=1)
+    os.replace(tmp, path)
+    return path

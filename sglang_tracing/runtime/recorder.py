@@ -1,0 +1,154 @@
+"""Per-process recorder: the hot path appends raw tuples; an exporter process encodes them.
+
+Encoding OTLP-JSON costs ~45 us a span in pure Python. Doing that in the SGLang process
+would steal GIL time from the scheduler, so this process only marshals batches of raw
+records down a pipe every ``flush_ms``; ``sglang_tracing.runtime.exporter`` turns them
+into OpenTelemetry spans and writes them. When this process dies, even by SIGKILL, the
+exporter sees end-of-file and writes out everything it already received.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.config import TraceConfig
+from sglang_tracing.runtime.ids import new_span_id
+from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, encode_message
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED = 2_000_000  # beyond this, records are dropped and counted, never blocking a request
+
+
+class Recorder:
+    def __init__(self, config: TraceConfig, role: str, tp_rank: int | None = None):
+        self.config = config
+        self.role = role
+        self.tp_rank = tp_rank
+        self.pid = os.getpid()
+        self.hook_errors: collections.Counter[str] = collections.Counter()
+        self.dropped = 0
+        self._reported_health = (0, 0)
+        self._queue: collections.deque = collections.deque()
+        self._wake = threading.Event()
+        self._closed = False
+        os.makedirs(config.trace_dir, exist_ok=True)
+        self.span_file = os.path.join(config.trace_dir, f"spans-{self.process_label}.jsonl")
+        self._exporter = subprocess.Popen(
+            [sys.executable, "-m", "sglang_tracing.runtime.exporter", "--out", self.span_file]
+            + (["--otlp-endpoint", config.otlp_endpoint] if config.otlp_endpoint else []),
+            stdin=subprocess.PIPE, start_new_session=True,
+        )
+        self._pipe = self._exporter.stdin
+        self._send(MSG_RESOURCE, self._resource())
+        self._thread = threading.Thread(target=self._run, name="sglang-trace-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    @property
+    def process_label(self) -> str:
+        rank = f"-tp{self.tp_rank}" if self.tp_rank is not None else ""
+        return f"{self.role}{rank}-pid{self.pid}"
+
+    def _resource(self) -> dict:
+        res = {
+            "service.name": "sglang",
+            sc.RES_ROLE: self.role,
+            sc.RES_PID: self.pid,
+            sc.RES_CLOCK_REALTIME: time.time_ns(),
+            sc.RES_CLOCK_MONOTONIC: time.monotonic_ns(),
+            sc.RES_TRACE_LEVEL: self.config.level,
+        }
+        if self.tp_rank is not None:
+            res[sc.RES_TP_RANK] = self.tp_rank
+        return res
+
+    # ---- hot path ----
+    def emit(self, name, start_ns, end_ns, attrs, span_id=0, parent=0, trace_key="", events=()):
+        if len(self._queue) >= MAX_QUEUED:
+            self.dropped += 1
+            return
+        self._queue.append((name, start_ns, end_ns, span_id or new_span_id(), parent, trace_key, attrs, events))
+
+    # ---- our own failures ----
+    def hook_failed(self, hook: str, exc: BaseException) -> None:
+        self.hook_errors[hook] += 1
+        if self.hook_errors[hook] == 1:
+            logger.warning("sglang-tracing hook %s failed; the request goes on untraced there",
+                           hook, exc_info=exc)
+            now = time.time_ns()
+            self.emit(sc.HOOK_ERROR, now, now, {sc.HOOK_NAME: hook, sc.ERROR_TYPE: type(exc).__name__,
+                                               sc.ERROR_MESSAGE: str(exc)[:500]})
+
+    def start_sampler(self, settings: dict) -> None:
+        """Ask the exporter process to sample NVML/GPM for a GPU (off this process's GIL)."""
+        self._send(MSG_SAMPLER, settings)
+
+    # ---- writer thread ----
+    def _run(self) -> None:
+        interval = self.config.flush_ms / 1000
+        while not self._closed:
+            self._wake.wait(interval)
+            self.flush()
+
+    def flush(self) -> None:
+        health = (sum(self.hook_errors.values()), self.dropped)
+        if health != self._reported_health:
+            self._reported_health = health
+            now = time.time_ns()
+            attrs = {sc.HOOK_ERRORS: health[0], sc.DROPPED_SPANS: health[1]}
+            attrs.update({f"{sc.HOOK_ERRORS}.{k}": v for k, v in self.hook_errors.items()})
+            self.emit(sc.RECORDER_STATS, now, now, attrs)
+        batch = []
+        pop = self._queue.popleft
+        try:
+            while True:
+                batch.append(pop())
+        except IndexError:
+            pass
+        if batch:
+            self._send(MSG_RECORDS, batch)
+
+    def _send(self, kind: int, payload) -> None:
+        try:
+            self._pipe.write(encode_message(kind, payload))
+            self._pipe.flush()
+        except (OSError, ValueError) as exc:
+            if not self._closed:
+                self._closed = True
+                logger.warning("sglang-tracing exporter process is gone (%s); tracing stops here", exc)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        try:
+            self._pipe.close()
+        except OSError:
+            pass
+
+
+_recorder: Recorder | None = None
+_lock = threading.Lock()
+
+
+def get() -> Recorder | None:
+    return _recorder
+
+
+def start(config: TraceConfig, role: str, tp_rank: int | None = None) -> Recorder:
+    """The process's recorder, created on first call (the first SGLang component to start names it)."""
+    global _recorder
+    with _lock:
+        if _recorder is None:
+            _recorder = Recorder(config, role, tp_rank)
+        return _recorder

@@ -1,0 +1,100 @@
+"""Every span, event and attribute name sglang-tracing writes, defined once.
+
+The recorder (runtime side) and the analyzer (offline side) both import these, so a
+rename is one edit. Units are part of the attribute name where they are not obvious.
+"""
+from __future__ import annotations
+
+SCOPE = "sglang_tracing"
+
+# ---- request lifecycle (one trace per request; trace id derived from the rid) ----
+REQUEST = "sglang.request"  # root, tokenizer manager: received -> finished
+REQUEST_TOKENIZE = "sglang.request.tokenize"
+REQUEST_QUEUED = "sglang.request.queued"  # scheduler: arrival -> first scheduled
+REQUEST_PREFIX_MATCH = "sglang.request.prefix_match"
+REQUEST_PREFILL = "sglang.request.prefill"  # first chunk start -> first token
+REQUEST_PREFILL_CHUNK = "sglang.request.prefill.chunk"
+REQUEST_DECODE = "sglang.request.decode"  # first token -> last token
+REQUEST_DETOKENIZE = "sglang.request.detokenize"
+EVENT_RECEIVED = "received"
+EVENT_FINISHED = "finished"
+
+# ---- scheduler iteration ----
+SCHEDULE = "sglang.scheduler.schedule"
+FORWARD = "sglang.scheduler.forward"
+PROCESS_RESULT = "sglang.scheduler.process_result"
+MODEL_FORWARD = "sglang.model.forward"  # ModelRunner.forward inside a scheduler forward
+DETOKENIZE_BATCH = "sglang.detokenizer.batch"
+
+# ---- prefix cache ----
+CACHE_MATCH = "sglang.cache.match_prefix"
+CACHE_INSERT = "sglang.cache.insert"
+CACHE_EVICT = "sglang.cache.evict"
+
+# ---- our own health ----
+HOOK_ERROR = "sglang_tracing.hook_error"
+RECORDER_STATS = "sglang_tracing.stats"
+
+# ---- resource attributes (one set per process) ----
+RES_ROLE = "sglang.role"  # tokenizer | scheduler | detokenizer
+RES_TP_RANK = "sglang.tp_rank"
+RES_PID = "process.pid"
+RES_CLOCK_REALTIME = "sglang_tracing.clock.realtime_ns"
+RES_CLOCK_MONOTONIC = "sglang_tracing.clock.monotonic_ns"
+RES_TRACE_LEVEL = "sglang_tracing.trace_level"
+
+# ---- request attributes ----
+RID = "sglang.rid"
+PROMPT_TOKENS = "sglang.request.prompt_tokens"
+CACHED_TOKENS = "sglang.request.cached_tokens"
+OUTPUT_TOKENS = "sglang.request.output_tokens"
+FINISH_REASON = "sglang.request.finish_reason"
+PROMPT_TEXT = "sglang.request.prompt_text"  # only with --record-prompts
+OUTPUT_TEXT = "sglang.request.output_text"  # only with --record-prompts
+TOKEN_TIMES = "sglang.request.token_times_ns"  # decode span: wall time of every output token
+CHUNK_INDEX = "sglang.chunk.index"
+CHUNK_TOKENS = "sglang.chunk.tokens"
+MATCHED_TOKENS = "sglang.prefix.matched_tokens"
+FORWARD_SPAN_ID = "sglang.forward.span_id"  # links request pieces to the batch that ran them
+DETOKENIZE_CALLS = "sglang.detokenize.calls"
+DETOKENIZE_SHARE_NS = "sglang.detokenize.share_ns"  # this request's share of batch time
+
+# ---- batch / iteration attributes ----
+FORWARD_MODE = "sglang.batch.forward_mode"  # extend | decode | mixed | idle | ...
+BATCH_SIZE = "sglang.batch.size"
+BATCH_TOKENS = "sglang.batch.tokens"
+BATCH_RIDS = "sglang.batch.rids"
+BATCH_EXTEND_LENS = "sglang.batch.extend_lens"  # tokens each request computes in an extend
+SCHED_POLICY = "sglang.schedule.policy"
+SCHED_NEW_SEQS = "sglang.schedule.new_seqs"
+SCHED_RUNNING = "sglang.schedule.running"
+SCHED_QUEUED = "sglang.schedule.queued"
+SCHED_CACHE_LOOKUP_NS = "sglang.schedule.cache_lookup_ns"
+SCHED_KV_ALLOC_NS = "sglang.schedule.kv_alloc_ns"
+ITERATION = "sglang.iteration"
+GPU_DURATION_NS = "sglang.forward.gpu_duration_ns"
+OVERLAP = "sglang.scheduler.overlap"
+NVTX_RANGE = "sglang.nvtx.range"
+
+# ---- cache attributes ----
+CACHE_CLASS = "sglang.cache.class"
+CACHE_KEY_TOKENS = "sglang.cache.key_tokens"
+CACHE_MATCHED_TOKENS = "sglang.cache.matched_tokens"
+CACHE_NEW_TOKENS = "sglang.cache.new_tokens"
+CACHE_REQUESTED_TOKENS = "sglang.cache.requested_tokens"
+CACHE_FREED_TOKENS = "sglang.cache.freed_tokens"
+CACHE_TRIGGER = "sglang.cache.trigger"
+CACHE_TOTAL = "sglang.cache.total_tokens"
+CACHE_USED = "sglang.cache.used_tokens"
+CACHE_EVICTABLE = "sglang.cache.evictable_tokens"
+CACHE_PROTECTED = "sglang.cache.protected_tokens"
+
+# ---- health attributes ----
+HOOK_NAME = "sglang_tracing.hook"
+ERROR_TYPE = "error.type"
+ERROR_MESSAGE = "sglang_tracing.error.message"
+HOOK_ERRORS = "sglang_tracing.hook_errors"  # total across hooks
+DROPPED_SPANS = "sglang_tracing.dropped_spans"
+
+# ---- NVTX ----
+NVTX_DOMAIN = "sglang"

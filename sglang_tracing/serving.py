@@ -1,0 +1,120 @@
+"""Start a (traced) SGLang server as a child process, wait until it serves, stop it.
+
+Used by the demo, the tests, the benchmarks and the experiment runners.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
+            "--load-format", "dummy", "--skip-server-warmup", "--log-level", "warning"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A running SGLang server; ``trace_dir=None`` runs it untraced."""
+
+    def __init__(self, model_path: str, trace_dir: str | None = None, extra_args: list[str] | None = None,
+                 tracing_args: list[str] | None = None, env: dict | None = None, log_path: str | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        sglang_args = ["--model-path", model_path, "--host", "127.0.0.1", "--port", str(self.port),
+                       *(extra_args or [])]
+        if trace_dir is not None:
+            cmd = [sys.executable, "-m", "sglang_tracing.launch_server", "--trace-dir", trace_dir,
+                   *(tracing_args or []), *sglang_args]
+        else:
+            cmd = [sys.executable, "-m", "sglang.launch_server", *sglang_args]
+        self.cmd = cmd
+        full_env = dict(os.environ, **(env or {}))
+        if trace_dir is None:
+            full_env.pop("SGLANG_TRACE_DIR", None)
+        self.log_path = log_path
+        log = open(log_path, "w") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {self.proc.returncode}; log: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/model_info", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout:.0f}s; log: {self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        if not self.log_path or not os.path.exists(self.log_path):
+            return "(no log)"
+        return Path(self.log_path).read_text(errors="replace")[-n:]
+
+    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120) -> dict:
+        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
+        body = {"text": prompt, "stream": stream,
+                "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+        req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        sent = time.time_ns()
+        chunk_times, last = [], None
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if not stream:
+                last = json.loads(r.read())
+                chunk_times.append(time.time_ns())
+            else:
+                for line in r:
+                    line = line.strip()
+                    if not line.startswith(b"data:") or line == b"data: [DONE]":
+                        continue
+                    chunk_times.append(time.time_ns())
+                    last = json.loads(line[5:])
+        last["client"] = {"sent_ns": sent, "chunk_ns": chunk_times, "done_ns": time.time_ns()}
+        return last
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def wait_for_exporters(trace_dir: str, timeout: float = 30) -> bool:
+    """Wait until every exporter process of a trace dir has written its last line."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not list(Path(trace_dir).glob("*.active")):
+            return True
+        time.sleep(0.1)
+    return False
