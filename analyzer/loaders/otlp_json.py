@@ -1,0 +1,75 @@
+"""Read OTLP-JSON span files (one ExportTraceServiceRequest per line) into plain rows."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from sglang_tracing.analyzer.errors import TraceError
+
+logger = logging.getLogger(__name__)
+
+
+def _value(v: dict):
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    if "arrayValue" in v:
+        return [_value(x) for x in v["arrayValue"].get("values", [])]
+    if "kvlistValue" in v:
+        return {kv["key"]: _value(kv["value"]) for kv in v["kvlistValue"].get("values", [])}
+    return None
+
+
+def _attrs(items) -> dict:
+    return {kv["key"]: _value(kv.get("value", {})) for kv in items or ()}
+
+
+def read_span_file(path: Path, may_be_cut: bool = True) -> tuple[list[dict], list[dict], bool]:
+    """(spans, events, cut): rows of one file; ``cut`` is True when its last line was left half-written.
+
+    A half-written last line is what a killed writer leaves; anywhere else a bad line is an error.
+    """
+    spans, events = [], []
+    lines = path.read_bytes().split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    cut = False
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            doc = json.loads(raw)
+            resource_spans = doc["resourceSpans"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            if lineno == len(lines) and may_be_cut and not raw.endswith(b"}"):
+                logger.warning("%s: last line is cut off (writer killed?); ignoring it", path)
+                cut = True
+                break
+            what = "missing resourceSpans" if isinstance(exc, (KeyError, TypeError)) else "not valid JSON"
+            raise TraceError(path, f"line {lineno}: {what}") from None
+        try:
+            for rs in resource_spans:
+                res = _attrs(rs.get("resource", {}).get("attributes"))
+                for ss in rs.get("scopeSpans", []):
+                    for sp in ss.get("spans", []):
+                        _add_span(sp, res, spans, events)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TraceError(path, f"line {lineno}: malformed span ({exc})") from None
+    return spans, events, cut
+
+
+def _add_span(sp: dict, res: dict, spans: list, events: list) -> None:
+    row = {
+        "trace_id": sp["traceId"], "span_id": sp["spanId"], "parent_id": sp.get("parentSpanId") or None,
+        "name": sp["name"], "start_ns": int(sp["startTimeUnixNano"]), "end_ns": int(sp["endTimeUnixNano"]),
+        "role": res.get("sglang.role"), "pid": res.get("process.pid"), "tp_rank": res.get("sglang.tp_rank"),
+        "attrs": _attrs(sp.get("attributes")),
+    }
+    spans.append(row)
+    for ev in sp.get("events", ()):
+        events.append({"span_id": row["span_id"], "name": ev["name"], "time_ns": int(ev["timeUnixNano"]),
+                       "trace_id": row["trace_id"]})

@@ -1,0 +1,149 @@
+"""The trace model: every source loaded into polars frames with fixed schemas.
+
+Frames (all times are wall-clock ns, the clock spans and NVML samples are recorded on):
+
+- ``spans``: one row per span. trace_id, span_id, parent_id, name, start_ns, end_ns, dur_ns,
+  role, pid, tp_rank, and one column per attribute key (names from ``semconv``).
+- ``events``: span events. span_id, trace_id, name, time_ns.
+- ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``).
+- ``kernels``: GPU kernels. start_ns, end_ns, dur_ns, name, device, stream, correlation,
+  grid_x/y/z, block_x/y/z, registers, shared_bytes, source (``nsys``, ``kineto``).
+- ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid.
+- ``cpu_ops``: CPU-side operations from Kineto (start_ns, end_ns, name, tid, correlation).
+
+Clock alignment: spans and NVML samples share ``time.time_ns`` on one host. nsys and Kineto
+times are shifted onto it: by the median offset between NVTX ranges and the spans whose ids
+they carry, else by the capture's own wall-clock session start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import polars as pl
+
+from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
+
+logger = logging.getLogger(__name__)
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+KERNEL_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "name": pl.String,
+                 "device": pl.Int64, "stream": pl.Int64, "correlation": pl.Int64,
+                 "grid_x": pl.Int64, "grid_y": pl.Int64, "grid_z": pl.Int64,
+                 "block_x": pl.Int64, "block_y": pl.Int64, "block_z": pl.Int64,
+                 "registers": pl.Int64, "shared_bytes": pl.Int64, "source": pl.String}
+NVTX_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "text": pl.String, "domain": pl.String,
+               "span_id": pl.String, "tid": pl.Int64}
+COUNTER_SCHEMA = {"t_ns": pl.Int64, "gpu": pl.Int64, "metric": pl.String, "value": pl.Float64,
+                  "source": pl.String}
+CPU_OP_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "name": pl.String, "tid": pl.Int64,
+                 "correlation": pl.Int64}
+SPAN_BASE = {"trace_id": pl.String, "span_id": pl.String, "parent_id": pl.String, "name": pl.String,
+             "start_ns": pl.Int64, "end_ns": pl.Int64, "role": pl.String, "pid": pl.Int64,
+             "tp_rank": pl.Int64}
+
+
+def empty(schema: dict) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+@dataclasses.dataclass
+class TraceModel:
+    manifest: dict
+    spans: pl.DataFrame
+    events: pl.DataFrame
+    counters: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(COUNTER_SCHEMA))
+    kernels: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(KERNEL_SCHEMA))
+    nvtx: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(NVTX_SCHEMA))
+    cpu_ops: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(CPU_OP_SCHEMA))
+    source_dir: str = ""
+    cut_files: list[str] = dataclasses.field(default_factory=list)
+    gpu_notes: list[dict] = dataclasses.field(default_factory=list)
+
+    def col(self, name: str) -> bool:
+        return name in self.spans.columns
+
+
+def spans_frame(rows: list[dict]) -> pl.DataFrame:
+    if not rows:
+        return empty(SPAN_BASE).with_columns(dur_ns=pl.lit(0, pl.Int64))
+    flat = []
+    for r in rows:
+        d = {k: v for k, v in r.items() if k != "attrs"}
+        d.update(r["attrs"])
+        flat.append(d)
+    df = pl.from_dicts(flat, infer_schema_length=None)
+    for k, t in SPAN_BASE.items():
+        if k not in df.columns:
+            df = df.with_columns(pl.lit(None, t).alias(k))
+    return df.with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns")).sort("start_ns")
+
+
+def read_manifest(trace_dir: Path) -> dict:
+    path = trace_dir / "manifest.json"
+    if not path.exists():
+        raise TraceError(path, "missing: not a sglang-tracing trace dir (no manifest.json)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TraceError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "sglang-tracing":
+        raise TraceError(path, "not a sglang-tracing manifest (no \"format\": \"sglang-tracing\")")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise TraceError(path, f"unknown format_version {version!r} (this analyzer reads "
+                               f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))})")
+    return manifest
+
+
+def read_counters(trace_dir: Path) -> pl.DataFrame:
+    rows = []
+    for path in sorted(trace_dir.glob("nvml-*.jsonl")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines, 1):
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines):
+                    break  # cut off by a kill
+                raise TraceError(path, f"line {i}: not valid JSON") from None
+            t, gpu = sample.pop("t_ns"), sample.pop("gpu")
+            for metric, value in sample.items():
+                source = "gpm" if metric in _GPM_FIELDS else "nvml"
+                rows.append((t, gpu, metric, float(value), source))
+    if not rows:
+        return empty(COUNTER_SCHEMA)
+    return pl.DataFrame(rows, schema=COUNTER_SCHEMA, orient="row").sort("t_ns")
+
+
+_GPM_FIELDS = {"sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_util_pct",
+               "fp16_util_pct", "fp32_util_pct"}
+
+
+def load_trace_dir(trace_dir: str | Path) -> TraceModel:
+    trace_dir = Path(trace_dir)
+    if not trace_dir.is_dir():
+        raise TraceError(trace_dir, "not a directory")
+    files = sorted(trace_dir.glob("spans-*.jsonl"))
+    if not files:
+        if not any(trace_dir.iterdir()):
+            raise TraceError(trace_dir, "empty directory: no manifest.json and no spans-*.jsonl")
+    manifest = read_manifest(trace_dir)
+    if not files:
+        raise TraceError(trace_dir, "no spans-*.jsonl files: the server recorded nothing")
+    spans, events, cut = [], [], []
+    for path in files:
+        s, e, was_cut = read_span_file(path)
+        spans += s
+        events += e
+        if was_cut:
+            cut.append(str(path))
+    notes = [json.loads(p.read_text()) for p in sorted(trace_dir.glob("gpu-*.json"))]
+    ev = pl.DataFrame(events, schema={"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64,
+                                      "trace_id": pl.String}) if events else empty(
+        {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String})
+    return TraceModel(manifest=manifest, spans=spans_frame(spans), events=ev, counters=read_counters(trace_dir),
+                      source_dir=str(trace_dir), cut_files=cut, gpu_notes=notes)

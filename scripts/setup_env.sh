@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create a virtual environment that runs real SGLang on CPU, with sglang-tracing installed.
+#   bash scripts/setup_env.sh [SGLANG_VERSION=0.5.17] [VENV=.venv]      (idempotent)
+# SGLang is installed --no-deps (its pins ask for CUDA torch 2.11); what it imports is listed here.
+set -euo pipefail
+VER=${1:-0.5.17}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${2:-$ROOT/.venv}
+case "$VER" in
+  0.5.17) PINS="transformers==5.12.1 xgrammar==0.2.1 openai==2.6.1" ;;
+  0.5.23) PINS="transformers==5.19.0 xgrammar==0.2.7 openai==2.8.0" ;;
+  *) echo "setup_env.sh: no dependency pins for sglang $VER (known: 0.5.17, 0.5.23)" >&2; exit 2 ;;
+esac
+STAMP="$VENV/.sglang-tracing-$VER"
+if [ -f "$STAMP" ]; then
+  "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null
+  echo "$VENV ready (sglang $VER)"; exit 0
+fi
+python3 -m venv "$VENV"
+PIP="$VENV/bin/pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+quiet() { "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "^WARNING: Ignoring invalid" -e "requires torch" -e "incompatible" -e "which is not installed" -e "dependency conflicts" -e "^ERROR: pip's dependency resolver" || true; }
+# torchvision from PyPI is CUDA-linked: this pair imports together on a CPU-only host.
+quiet "$PIP" install -q torch==2.14.1 torchvision==0.29.1
+CONSTRAINTS=$(mktemp); echo -e "torch==2.14.1\ntorchvision==0.29.1" > "$CONSTRAINTS"
+quiet "$PIP" install -q --no-deps "sglang==$VER"
+quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec python-multipart orjson \
+  pybase64 setproctitle partial_json_parser interegular aiohttp requests psutil pillow numpy scipy \
+  sentencepiece tiktoken tqdm uvloop watchfiles xxhash zstandard einops prometheus-client pydantic \
+  packaging IPython nvidia-ml-py easydict distro dill compressed-tensors gguf jsonschema soundfile \
+  opentelemetry-sdk opentelemetry-exporter-otlp-json-file opentelemetry-exporter-otlp-proto-http \
+  nvtx polars perfetto matplotlib pytest
+quiet "$PIP" install -q --no-deps --no-build-isolation -e "$ROOT"
+"$VENV/bin/python" -c "import sglang.launch_server, sglang.srt.managers.scheduler, sglang_tracing.plugin" \
+  || { echo "setup_env.sh: sglang $VER does not import in $VENV" >&2; exit 1; }
+touch "$STAMP"
+echo "$VENV ready (sglang $VER)"

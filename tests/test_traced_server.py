@@ -1,0 +1,183 @@
+"""Issue 2: a traced real SGLang server on CPU records complete, correct request lifecycles."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses.requests import request_table
+from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.models.builder import prompt_of_length
+from sglang_tracing.serving import wait_for_exporters
+
+from conftest import mixed_workload, run_concurrently, start_server, stop_and_drain
+
+pytestmark = pytest.mark.server
+LIFECYCLE = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
+             sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE)
+
+
+@pytest.fixture(scope="module")
+def traced_run(tiny_model, tmp_path_factory):
+    """One traced server: the mixed 20-request workload, then 300 requests 32 at a time."""
+    tmp = tmp_path_factory.mktemp("traced")
+    server, trace_dir = start_server(tiny_model, tmp)
+    try:
+        mixed = run_concurrently(server, mixed_workload(20), concurrency=4)
+        load = run_concurrently(server, [prompt_of_length(24, seed=5000 + i) for i in range(300)],
+                                concurrency=32, max_new_tokens=4, stream=False)
+        time.sleep(1)
+    finally:
+        stop_and_drain(server, trace_dir)
+    return trace_dir, mixed, load
+
+
+def _rid(resp: dict) -> str:
+    return resp["meta_info"]["id"]
+
+
+def _lifecycle_counts(spans, rids):
+    sub = spans.filter(spans["sglang.rid"].is_in(list(rids)) & spans["name"].is_in(LIFECYCLE))
+    return sub.group_by("sglang.rid", "name").len()
+
+
+def test_each_request_has_one_complete_trace(traced_run):
+    trace_dir, mixed, _ = traced_run
+    model = load_trace_dir(trace_dir)
+    rids = {_rid(r) for r in mixed}
+    counts = _lifecycle_counts(model.spans, rids)
+    # exactly one span of every lifecycle phase per request
+    assert counts.height == len(rids) * len(LIFECYCLE)
+    assert counts["len"].to_list() == [1] * counts.height
+    # one trace per request, across the tokenizer, scheduler and detokenizer processes
+    per_rid = model.spans.filter(model.spans["sglang.rid"].is_in(list(rids))
+                                 & model.spans["name"].is_in(LIFECYCLE))
+    traces = per_rid.group_by("sglang.rid").agg(n_traces=pl_n_unique("trace_id"), roles=pl_n_unique("role"))
+    assert traces["n_traces"].to_list() == [1] * len(rids)
+    assert traces["roles"].to_list() == [3] * len(rids)
+    # every child points at its request's root span
+    roots = dict(per_rid.filter(per_rid["name"] == sc.REQUEST).select("sglang.rid", "span_id").iter_rows())
+    for rid, parent in per_rid.filter(per_rid["name"] != sc.REQUEST).select("sglang.rid", "parent_id").iter_rows():
+        assert parent == roots[rid]
+
+
+def pl_n_unique(col):
+    import polars as pl
+
+    return pl.col(col).n_unique()
+
+
+def test_cached_tokens_and_token_times_match_sglang(traced_run):
+    trace_dir, mixed, _ = traced_run
+    table = request_table(load_trace_dir(trace_dir).spans)
+    by_rid = {row["rid"]: row for row in table.iter_rows(named=True)}
+    hits = 0
+    for resp in mixed:
+        meta = resp["meta_info"]
+        row = by_rid[_rid(resp)]
+        assert row["cached_tokens"] == meta["cached_tokens"]
+        assert row["matched_tokens"] == meta["cached_tokens"]  # our own prefix-match measurement
+        assert row["output_tokens"] == meta["completion_tokens"]
+        assert len(row["token_times_ns"]) == meta["completion_tokens"]
+        assert row["token_times_ns"] == sorted(row["token_times_ns"])
+        hits += meta["cached_tokens"] > 0
+    assert hits >= 6  # the workload has repeats and a shared prefix: SGLang must have hit
+
+
+def test_no_span_lost_under_concurrency(traced_run):
+    trace_dir, _, load = traced_run
+    model = load_trace_dir(trace_dir)
+    rids = {_rid(r) for r in load}
+    assert len(rids) == 300
+    counts = _lifecycle_counts(model.spans, rids)
+    assert counts.height == 300 * len(LIFECYCLE)
+    table = request_table(model.spans).filter(table_rids(rids))
+    assert table["complete"].all()
+
+
+def table_rids(rids):
+    import polars as pl
+
+    return pl.col("rid").is_in(list(rids))
+
+
+def test_batch_and_cache_spans_recorded(traced_run):
+    trace_dir, _, _ = traced_run
+    model = load_trace_dir(trace_dir)
+    names = set(model.spans["name"].unique())
+    assert {sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT, sc.MODEL_FORWARD, sc.CACHE_MATCH, sc.CACHE_INSERT} <= names
+    fwd = model.spans.filter(model.spans["name"] == sc.FORWARD)
+    assert set(fwd[sc.FORWARD_MODE].unique()) >= {"extend", "decode"}
+    manifest = json.loads((Path(trace_dir) / "manifest.json").read_text())
+    assert manifest["versions"]["sglang"] and manifest["server_args"]["device"] == "cpu"
+    note = json.loads(next(Path(trace_dir).glob("gpu-scheduler-*.json")).read_text())
+    assert note["sampling"] is False and "cpu" in note["reason"]
+
+
+def test_inert_without_trace_dir(tiny_model, tmp_path):
+    env = {"SGLANG_TRACE_DIR": ""}
+    server, _ = start_server(tiny_model, tmp_path, trace=False, env=env)
+    try:
+        out = server.generate(prompt_of_length(16), max_new_tokens=3)
+        assert out["meta_info"]["completion_tokens"] == 3
+    finally:
+        server.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert "hooks registered" not in log
+    assert not (tmp_path / "trace").exists()
+
+
+def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
+    server, trace_dir = start_server(tiny_model, tmp_path, env={"SGLANG_TRACE_INJECT_FAULT": "process_batch_result"})
+    try:
+        outs = run_concurrently(server, [prompt_of_length(20, seed=i) for i in range(6)], concurrency=3)
+        time.sleep(1)
+    finally:
+        stop_and_drain(server, trace_dir)
+    assert [o["meta_info"]["completion_tokens"] for o in outs] == [6] * 6
+    spans = load_trace_dir(trace_dir).spans
+    errors = spans.filter(spans["name"] == sc.HOOK_ERROR)
+    assert errors[sc.HOOK_NAME].to_list() == ["process_batch_result"]
+    stats = spans.filter(spans["name"] == sc.RECORDER_STATS).sort("end_ns")
+    assert stats[sc.HOOK_ERRORS][-1] >= 6  # at least one failure per processed batch, all counted
+
+
+def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):
+    server, trace_dir = start_server(tiny_model, tmp_path)
+    stop = threading.Event()
+
+    def hammer(seed):
+        i = 0
+        while not stop.is_set():
+            try:
+                server.generate(prompt_of_length(32, seed=seed * 1000 + i), max_new_tokens=8, timeout=10)
+            except Exception:
+                return
+            i += 1
+
+    threads = [threading.Thread(target=hammer, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(6)
+    os.killpg(server.proc.pid, signal.SIGKILL)  # the whole server, mid-run
+    stop.set()
+    for t in threads:
+        t.join(15)
+    server.proc.wait(10)
+    assert wait_for_exporters(trace_dir, timeout=30)
+    files = list(Path(trace_dir).glob("spans-*.jsonl"))
+    assert len(files) == 3
+    lines = 0
+    for f in files:
+        for line in f.read_text().splitlines():
+            json.loads(line)["resourceSpans"]
+            lines += 1
+    assert lines > 0
+    model = load_trace_dir(trace_dir)
+    assert request_table(model.spans)["complete"].sum() > 0
