@@ -8,7 +8,7 @@ import sys
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
-from sglang_tracing.patches import _hooks, iteration, kv_allocation
+from sglang_tracing.patches import _compat, _hooks, iteration, kv_allocation
 
 CACHE_CLASSES = (
     "sglang.srt.mem_cache.radix_cache.RadixCache",
@@ -34,7 +34,7 @@ def _on_match(rec, token, start, end, result, cache, params, *a, **k):
     iteration.add_cache_lookup(end - start)
     if not _config.batch_spans:
         return
-    attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: len(result.device_indices)}
+    attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: _compat.matched_len(result)}
     req = getattr(params, "req", None)
     if req is not None:
         attrs[sc.RID] = req.rid

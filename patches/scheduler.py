@@ -13,7 +13,7 @@ from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime import nvtx_ranges, recorder
 from sglang_tracing.runtime.ids import new_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _hooks, iteration
+from sglang_tracing.patches import _compat, _hooks, iteration
 
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
@@ -53,9 +53,7 @@ def _extend_lens(batch) -> list[int]:
 
 def _in_prefill(req) -> bool:
     """Whether this extend computes prompt tokens (not a decode step riding in a mixed batch)."""
-    rng = getattr(req, "extend_range", None)
-    end = rng.end if rng is not None else len(req.prefix_indices) + getattr(req, "extend_input_len", 0)
-    return end <= len(req.origin_input_ids)
+    return _compat.extend_end(req) <= len(req.origin_input_ids)
 
 
 def _mode(batch) -> str:
@@ -82,7 +80,7 @@ def _on_request(rec, token, start, end, result, scheduler, recv_req, *a, **k):
 def _on_round_input(rec, token, start, end, result, req, *a, **k):
     st = _trace_of(req)
     if not st.scheduled:
-        st.match = (start, end, len(req.prefix_indices))
+        st.match = (start, end, _compat.prefix_len(req))
 
 
 def _before_schedule(rec, scheduler, *a, **k):
@@ -208,7 +206,8 @@ def _emit_request(rec, req, st: _ReqTrace) -> None:
         prefill_id = new_span_id()
         rec.emit(sc.REQUEST_PREFILL, st.chunks[0][0], first_token, {
             sc.RID: req.rid, sc.PROMPT_TOKENS: len(req.origin_input_ids),
-            sc.CACHED_TOKENS: req.cached_tokens, sc.CHUNK_TOKENS: sum(c[2] for c in st.chunks)},
+            sc.CACHED_TOKENS: req.cached_tokens, sc.CHUNK_TOKENS: sum(c[2] for c in st.chunks),
+            sc.FORWARD_SPAN_ID: f"{st.chunks[-1][3]:016x}"},
             span_id=prefill_id, parent=root, trace_key=key)
         if len(st.chunks) > 1:
             for i, (c_start, c_end, tokens, fwd) in enumerate(st.chunks):

@@ -66,6 +66,8 @@ def build(config: TraceConfig, server_args=None) -> dict:
     args = {}
     if server_args is not None and dataclasses.is_dataclass(server_args):
         args = {f.name: _jsonable(getattr(server_args, f.name, None)) for f in dataclasses.fields(server_args)}
+    elif server_args is not None and hasattr(server_args, "__dict__"):
+        args = {k: _jsonable(v) for k, v in vars(server_args).items() if not k.startswith("_")}
     return {
         "format": "sglang-tracing",
         "format_version": FORMAT_VERSION,

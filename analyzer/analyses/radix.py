@@ -1,0 +1,113 @@
+"""Experiment 2, RadixCache analysis: lookups, reuse, evictions and what they cost."""
+from __future__ import annotations
+
+import polars as pl
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses.requests import request_table
+from sglang_tracing.analyzer.model import TraceModel
+from sglang_tracing.analyzer.report import Report, ms
+
+
+def classify_lookups(requests: pl.DataFrame) -> pl.DataFrame:
+    """Per request: lookup result from SGLang's cached tokens.
+
+    full: every prompt token but the last was cached (SGLang always recomputes the last one);
+    partial: some cached; miss: none. Columns: rid, received_ns, prompt_tokens, cached_tokens,
+    computed_tokens, lookup, prefill_ns.
+    """
+    done = requests.filter(pl.col("cached_tokens").is_not_null() & (pl.col("cached_tokens") >= 0))
+    return done.select(
+        "rid", "received_ns", "prompt_tokens", "cached_tokens",
+        (pl.col("prompt_tokens") - pl.col("cached_tokens")).alias("computed_tokens"),
+        pl.when(pl.col("cached_tokens") == 0).then(pl.lit("miss"))
+        .when(pl.col("cached_tokens") >= pl.col("prompt_tokens") - 1).then(pl.lit("full"))
+        .otherwise(pl.lit("partial")).alias("lookup"),
+        "prefill_ns",
+    ).sort("received_ns")
+
+
+def with_speedup(lookups: pl.DataFrame) -> pl.DataFrame:
+    """Add ``cold_prefill_ns`` (median prefill of misses of the nearest prompt length) and ``speedup``."""
+    cold = (lookups.filter(pl.col("lookup") == "miss").group_by("prompt_tokens")
+            .agg(pl.col("prefill_ns").median().alias("cold_prefill_ns")).sort("prompt_tokens"))
+    if cold.is_empty():
+        return lookups.with_columns(pl.lit(None, pl.Float64).alias("cold_prefill_ns"),
+                                    pl.lit(None, pl.Float64).alias("speedup"))
+    out = lookups.sort("prompt_tokens").join_asof(cold, on="prompt_tokens", strategy="nearest")
+    return out.with_columns((pl.col("cold_prefill_ns") / pl.col("prefill_ns")).alias("speedup")).sort("received_ns")
+
+
+def cache_ops(spans: pl.DataFrame) -> pl.DataFrame:
+    """Cache operations in time order with the cache state after each."""
+    names = (sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT)
+    ops = spans.filter(pl.col("name").is_in(names))
+    cols = [c for c in (sc.CACHE_TOTAL, sc.CACHE_USED, sc.CACHE_EVICTABLE, sc.CACHE_PROTECTED,
+                        sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS, sc.CACHE_FREED_TOKENS,
+                        sc.CACHE_REQUESTED_TOKENS, sc.CACHE_TRIGGER, sc.CACHE_CLASS) if c in ops.columns]
+    return ops.select("name", "start_ns", "dur_ns", *cols).sort("start_ns")
+
+
+def evictions(ops: pl.DataFrame, lookups: pl.DataFrame) -> pl.DataFrame:
+    """Evict events with the requests that arrived after each and missed (part of) their prefix."""
+    ev = ops.filter(pl.col("name") == sc.CACHE_EVICT)
+    if ev.is_empty():
+        return ev
+    rows = []
+    times = ev["start_ns"].to_list() + [None]
+    for i, row in enumerate(ev.iter_rows(named=True)):
+        nxt = times[i + 1]
+        later = lookups.filter((pl.col("received_ns") > row["start_ns"])
+                               & (pl.col("lookup") != "full")
+                               & ((pl.col("received_ns") < nxt) if nxt else pl.lit(True)))
+        rows.append({"time_ns": row["start_ns"], "duration": ms(row["dur_ns"]),
+                     "requested_tokens": row.get(sc.CACHE_REQUESTED_TOKENS),
+                     "freed_tokens": row.get(sc.CACHE_FREED_TOKENS), "trigger": row.get(sc.CACHE_TRIGGER),
+                     "later_requests_missing": later.height})
+    return pl.DataFrame(rows)
+
+
+def build_report(model: TraceModel) -> Report:
+    report = Report("radix", "RadixCache analysis (experiment 2)")
+    requests = request_table(model.spans)
+    args = model.manifest.get("server_args") or {}
+    ops = cache_ops(model.spans)
+    conf = report.section("Cache configuration")
+    total = ops[sc.CACHE_TOTAL].drop_nulls().max() if sc.CACHE_TOTAL in ops.columns and ops.height else None
+    conf.add("KV slots (tokens)", str(total) if total else None, "allocator size in cache spans")
+    conf.add("page size", str(args.get("page_size")) if args.get("page_size") else None, "server args")
+    conf.add("eviction policy", str(args.get("radix_eviction_policy") or "lru"), "server args")
+    conf.add("cache class", str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None,
+             "cache spans")
+    conf.add("radix cache disabled", str(bool(args.get("disable_radix_cache"))), "server args")
+    lookups = with_speedup(classify_lookups(requests))
+    seq = report.section("Request sequence")
+    seq.table = lookups.select("rid", "prompt_tokens", "cached_tokens", "computed_tokens", "lookup",
+                               (pl.col("prefill_ns") / 1e6).round(3).alias("prefill_ms"),
+                               pl.col("speedup").round(2))
+    occupancy = ops.select("start_ns", *[c for c in (sc.CACHE_USED, sc.CACHE_EVICTABLE) if c in ops.columns])
+    ev = report.section("Evictions")
+    ev_table = evictions(ops, lookups)
+    ev.add("eviction events", str(ev_table.height), "span sglang.cache.evict")
+    if ev_table.height:
+        ev.table = ev_table
+    summary = report.section("Summary")
+    counts = dict(lookups.group_by("lookup").len().iter_rows())
+    for kind in ("full", "partial", "miss"):
+        summary.add(f"{kind} hits" if kind != "miss" else "misses", str(counts.get(kind, 0)),
+                    "from SGLang's cached_tokens per request")
+    if lookups.height:
+        summary.add("average prefix match", f"{lookups['cached_tokens'].mean():.1f} tokens "
+                    f"({lookups['cached_tokens'].sum() / max(1, lookups['prompt_tokens'].sum()) * 100:.1f}% of prompt tokens)", "")
+        saved = lookups["cached_tokens"].sum()
+        summary.add("compute saved", f"{saved} prompt tokens", "sum of cached tokens")
+        miss = lookups.filter(pl.col("lookup") == "miss")
+        per_token = (miss["prefill_ns"].sum() / miss["prompt_tokens"].sum()) if miss.height else None
+        summary.add("estimated prefill time saved", ms(saved * per_token) if per_token else None,
+                    "cached tokens x cold prefill time per token (misses)" if per_token else "no cold request to compare")
+    from sglang_tracing.analyzer.renderers import plots
+
+    png = plots.cache_plot(occupancy, lookups)
+    if png:
+        report.plots["radix_cache.png"] = png
+    return report

@@ -1,0 +1,205 @@
+"""Experiment 1, the execution story of one request, built from pure frame analyses."""
+from __future__ import annotations
+
+import json
+import os
+
+import polars as pl
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
+from sglang_tracing.analyzer.analyses.requests import request_table, token_latencies
+from sglang_tracing.analyzer.model import TraceModel
+from sglang_tracing.analyzer.report import Report, Section, ms, pct
+
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp8": 1}
+
+
+def select_request(requests: pl.DataFrame, which: str) -> dict | None:
+    done = requests.filter(pl.col("complete"))
+    if done.is_empty():
+        return None
+    if which == "first":
+        return done.sort("received_ns").row(0, named=True)
+    if which in ("slowest", "p50"):
+        ordered = done.sort("e2e_ns")
+        idx = ordered.height - 1 if which == "slowest" else (ordered.height - 1) // 2
+        return ordered.row(idx, named=True)
+    match = done.filter(pl.col("rid").str.starts_with(which))
+    return match.row(0, named=True) if match.height else None
+
+
+def itl_trend(tokens: pl.DataFrame) -> dict | None:
+    """Least-squares line ITL = a + b * kv_len over decode tokens; slope in ns per KV token."""
+    pts = tokens.drop_nulls("itl_ns")
+    if pts.height < 3:
+        return None
+    x = pts["kv_len"].cast(pl.Float64)
+    y = pts["itl_ns"].cast(pl.Float64)
+    xm, ym = x.mean(), y.mean()
+    sxx = ((x - xm) ** 2).sum()
+    if sxx == 0:
+        return None
+    slope = ((x - xm) * (y - ym)).sum() / sxx
+    intercept = ym - slope * xm
+    ss_res = ((y - (intercept + slope * x)) ** 2).sum()
+    ss_tot = ((y - ym) ** 2).sum()
+    return {"slope_ns_per_token": slope, "intercept_ns": intercept,
+            "r2": 1 - ss_res / ss_tot if ss_tot else 1.0, "points": pts.height}
+
+
+def model_weight_bytes(manifest: dict) -> int | None:
+    """Parameter bytes of a Llama-family config named by the manifest's model path."""
+    path = (manifest.get("server_args") or {}).get("model_path")
+    cfg_path = os.path.join(path, "config.json") if isinstance(path, str) else None
+    if not cfg_path or not os.path.exists(cfg_path):
+        return None
+    cfg = json.load(open(cfg_path))
+    try:
+        h, inter, layers, vocab = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"],
+                                   cfg["vocab_size"])
+        heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    except KeyError:
+        return None
+    head_dim = h // heads
+    per_layer = h * (heads * head_dim) + 2 * h * (kv * head_dim) + (heads * head_dim) * h + 3 * h * inter + 2 * h
+    params = layers * per_layer + 2 * vocab * h + h
+    dtype = str(cfg.get("torch_dtype", "float16"))
+    return params * DTYPE_BYTES.get(dtype, 2)
+
+
+def _schedule_of(spans: pl.DataFrame, t_ns: int | None) -> dict | None:
+    """The scheduling pass that admitted a request (the schedule span starting at its queue exit)."""
+    if t_ns is None:
+        return None
+    sched = spans.filter((pl.col("name") == sc.SCHEDULE) & (pl.col("start_ns") == t_ns))
+    return sched.row(0, named=True) if sched.height else None
+
+
+def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str) -> dict:
+    state = phase_state(model.counters, windows)
+    if state.is_empty():
+        why = "; ".join(n.get("reason", "") for n in model.gpu_notes) or "no NVML samples in the trace"
+        section.add(f"hardware state ({label})", None, why)
+        return {}
+    interval = (model.manifest.get("config") or {}).get("nvml_interval_ms")
+    values = {}
+    for row in state.iter_rows(named=True):
+        values[row["metric"]] = row["mean"]
+        section.add(f"{label}: {row['metric']}", f"{row['mean']:.1f}",
+                    f"{row['source'].upper()} mean of {row['samples']} samples at {interval} ms")
+    return values
+
+
+def build_report(model: TraceModel, which: str = "slowest") -> Report:
+    spans = model.spans
+    requests = request_table(spans)
+    report = Report("story", "Execution story (experiment 1)")
+    req = select_request(requests, which)
+    if req is None:
+        report.section("No complete request in this trace").add("requests seen", str(requests.height))
+        return report
+    rid = req["rid"]
+    head = report.section(f"Request {rid} (selected: {which})")
+    head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
+    head.add("cached tokens", str(req["cached_tokens"]), "SGLang meta_info")
+    head.add("output tokens", str(req["output_tokens"]), "SGLang meta_info")
+
+    proc = report.section("Request processing")
+    sched = _schedule_of(spans, req.get("queued_end_ns"))
+    proc.add("tokenization", ms(req["tokenize_ns"]), "span sglang.request.tokenize")
+    policy = sched.get(sc.SCHED_POLICY) if sched else None
+    proc.add(f"scheduling wait (policy {policy or '?'})", ms(req["queued_ns"]), "span sglang.request.queued")
+    proc.add("cache lookup", ms(req["prefix_match_ns"]),
+             f"matched {req['matched_tokens']} of {req['prompt_tokens']} tokens")
+    kv = sched.get(sc.SCHED_KV_ALLOC_NS) if sched else None
+    proc.add("KV allocation (admitting pass)", ms(kv), "schedule span, whole batch")
+    cpu = [x for x in (req["tokenize_ns"], req["prefix_match_ns"], kv) if x is not None]
+    proc.add("CPU prep total", ms(sum(cpu)) if cpu else None, "tokenize + lookup + KV allocation")
+
+    prefill = report.section("Prefill")
+    prefill.add("total", ms(req["prefill_ns"]), "first chunk launch -> first token")
+    prefill.add("TTFT", ms(req["ttft_ns"]), "received -> first token")
+    pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
+    breakdown = _op_breakdown(model, req["prefill_start_ns"], req["prefill_end_ns"])
+    if breakdown is None:
+        prefill.add("per-layer / per-op breakdown", None, "no layer NVTX ranges or kernels loaded "
+                    "(use --trace-level layer with nsys, or --nsys / --kineto)")
+    else:
+        prefill.child("per-op breakdown").table = breakdown
+    pre_hw = _hardware(prefill, model, pwin, "prefill")
+
+    decode = report.section("Decode")
+    tokens = token_latencies(requests.filter(pl.col("rid") == rid))
+    decode.add("total", ms(req["decode_ns"]), "first token -> last token")
+    decode.add("average ITL", ms(req["mean_itl_ns"]), "span sglang.request.decode token times")
+    trend = itl_trend(tokens)
+    if trend:
+        decode.add("ITL trend vs KV length", f"{trend['slope_ns_per_token'] / 1e3:+.3f} us per KV token",
+                   f"linear fit over {trend['points']} tokens, r2={trend['r2']:.2f}")
+    else:
+        decode.add("ITL trend vs KV length", None, "fewer than 3 decode tokens")
+    kernels = _op_breakdown(model, req["decode_start_ns"], req["decode_end_ns"])
+    if kernels is None:
+        decode.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)")
+    else:
+        decode.child("kernel breakdown").table = kernels
+    dwin = pl.DataFrame({"start_ns": [req["decode_start_ns"]], "end_ns": [req["decode_end_ns"]]})
+    dec_hw = _hardware(decode, model, dwin, "decode")
+    for metric in sorted(set(pre_hw) & set(dec_hw)):
+        decode.add(f"shift prefill -> decode: {metric}", f"{pre_hw[metric]:.1f} -> {dec_hw[metric]:.1f}",
+                   "GPM/NVML means")
+
+    result = report.section("Result processing")
+    result.add("detokenize (this request's share)", ms(req.get("detokenize_share_ns")),
+               "detokenizer batches, split by batch size")
+    result.add("detokenize window", ms(req["detokenize_ns"]), "first -> last detokenize call")
+    inserts = spans.filter(pl.col("name") == sc.CACHE_INSERT)
+    result.add("cache inserts (whole trace)", str(inserts.height), "span sglang.cache.insert")
+
+    summary = report.section("Summary")
+    summary.add("end-to-end", ms(req["e2e_ns"]), "root span sglang.request")
+    if req["decode_ns"] and req["output_tokens"] and req["output_tokens"] > 1:
+        summary.add("decode tokens/s", f"{(req['output_tokens'] - 1) / (req['decode_ns'] / 1e9):.1f}", "")
+    weights = model_weight_bytes(model.manifest)
+    gpus = (model.manifest.get("gpu") or {}).get("devices") or []
+    bw = peak_bandwidth(gpus[0]["name"]) if gpus else None
+    if weights and bw:
+        floor = weights / bw * 1e9
+        summary.add("decode floor (weights / HBM bandwidth)", ms(floor),
+                    f"{weights / 1e9:.2f} GB over {bw / 1e12:.2f} TB/s ({gpus[0]['name']})")
+        if req["mean_itl_ns"]:
+            summary.add("measured ITL vs floor", f"{req['mean_itl_ns'] / floor:.2f}x", "")
+    else:
+        summary.add("decode floor (weights / HBM bandwidth)", None,
+                    "no GPU in the manifest" if not gpus else "model config or GPU bandwidth unknown")
+    all_done = requests.filter(pl.col("complete"))
+    summary.add("requests in trace (complete / seen)", f"{all_done.height} / {requests.height}", "")
+    cut = requests.filter(~pl.col("complete"))
+    if cut.height:
+        summary.child("requests cut off (no complete record)").table = cut.select(
+            "rid", *[c for c in ("received_ns", "prefill_ns", "decode_ns") if c in cut.columns])
+    summary.child("all requests").table = all_done.select(
+        "rid", "prompt_tokens", "cached_tokens", "output_tokens",
+        (pl.col("ttft_ns") / 1e6).round(3).alias("ttft_ms"),
+        (pl.col("mean_itl_ns") / 1e6).round(3).alias("mean_itl_ms"),
+        (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"))
+    from sglang_tracing.analyzer.renderers import plots
+
+    png = plots.itl_plot(tokens, rid)
+    if png:
+        report.plots["story_itl.png"] = png
+    return report
+
+
+def _op_breakdown(model: TraceModel, start: int | None, end: int | None) -> pl.DataFrame | None:
+    """Kernel time by name inside [start, end], or None when no kernels are loaded."""
+    if start is None or end is None or model.kernels.is_empty():
+        return None
+    k = model.kernels.filter((pl.col("start_ns") >= start) & (pl.col("end_ns") <= end))
+    if k.is_empty():
+        return None
+    total = k["dur_ns"].sum()
+    return (k.group_by("name").agg(pl.col("dur_ns").sum().alias("total_ns"), pl.len().alias("calls"))
+            .with_columns((pl.col("total_ns") / total * 100).round(1).alias("share_pct"))
+            .sort("total_ns", descending=True).head(15))

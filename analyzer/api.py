@@ -1,0 +1,77 @@
+"""What the CLI calls: load a trace with its extra sources, build reports, render them."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
+
+REPORTS = ("story", "radix")
+FORMATS = {"text": "txt", "md": "md", "html": "html"}
+
+
+def load(trace_dir: str, nsys: str | None = None, kineto: str | None = None) -> TraceModel:
+    model = load_trace_dir(trace_dir)
+    if nsys:
+        from sglang_tracing.analyzer.loaders import nsys as nsys_loader
+
+        nsys_loader.attach(model, nsys)
+    if kineto:
+        from sglang_tracing.analyzer.loaders import kineto as kineto_loader
+
+        kineto_loader.attach(model, kineto)
+    return model
+
+
+def build_reports(model: TraceModel, names: list[str], request: str = "slowest"):
+    from sglang_tracing.analyzer.analyses import radix, story
+
+    builders = {"story": lambda: story.build_report(model, request), "radix": lambda: radix.build_report(model)}
+    return [builders[n]() for n in names]
+
+
+def _parse_list(text: str, allowed, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if items == ["all"]:
+        return list(allowed)
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise ValueError(f"unknown {what} {', '.join(bad) or text!r}; choose from {', '.join(allowed)}")
+    return items
+
+
+def analyze(trace_dir: str, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
+            formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None) -> list[str]:
+    from sglang_tracing.analyzer.renderers import html, markdown, text
+
+    names = _parse_list(reports, REPORTS, "report")
+    fmts = _parse_list(formats, tuple(FORMATS), "format")
+    model = load(trace_dir, nsys, kineto)
+    out = Path(out_dir or os.path.join(trace_dir, "reports"))
+    out.mkdir(parents=True, exist_ok=True)
+    renderers = {"text": text.render, "md": markdown.render, "html": html.render}
+    written = []
+    for report in build_reports(model, names, request):
+        for fmt in fmts:
+            path = out / f"{report.name}.{FORMATS[fmt]}"
+            path.write_text(renderers[fmt](report))
+            written.append(str(path))
+        for name, png in report.plots.items():
+            (out / name).write_bytes(png)
+            written.append(str(out / name))
+    return written
+
+
+def to_perfetto(trace_dir: str, output: str, nsys: str | None = None, kineto: str | None = None) -> dict:
+    from sglang_tracing.analyzer.renderers import perfetto
+
+    model = load(trace_dir, nsys, kineto)
+    tmp = output + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            counts = perfetto.render(model, f)
+    except OSError as exc:
+        raise TraceError(output, f"cannot write ({exc.strerror})") from None
+    os.replace(tmp, output)
+    return counts

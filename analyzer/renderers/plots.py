@@ -1,0 +1,61 @@
+"""PNG plots (matplotlib, Agg). Each takes analysis frames and returns PNG bytes, or None."""
+from __future__ import annotations
+
+import io
+
+import polars as pl
+
+from sglang_tracing import semconv as sc
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _figure().close(fig)
+    return buf.getvalue()
+
+
+def itl_plot(tokens: pl.DataFrame, rid: str) -> bytes | None:
+    pts = tokens.drop_nulls("itl_ns")
+    if pts.is_empty():
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot(pts["token_index"].to_list(), (pts["itl_ns"] / 1e6).to_list(), marker=".", lw=1)
+    ax.set_xlabel("output token index")
+    ax.set_ylabel("ITL (ms)")
+    ax.set_title(f"Inter-token latency, request {rid[:12]}")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def cache_plot(occupancy: pl.DataFrame, lookups: pl.DataFrame) -> bytes | None:
+    if occupancy.is_empty() or sc.CACHE_USED not in occupancy.columns:
+        return None
+    plt = _figure()
+    t0 = occupancy["start_ns"].min()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    x = ((occupancy["start_ns"] - t0) / 1e9).to_list()
+    ax.step(x, occupancy[sc.CACHE_USED].to_list(), where="post", label="KV used (tokens)")
+    if sc.CACHE_EVICTABLE in occupancy.columns:
+        ax.step(x, occupancy[sc.CACHE_EVICTABLE].to_list(), where="post", label="evictable (tokens)")
+    colors = {"full": "green", "partial": "orange", "miss": "red"}
+    for kind, color in colors.items():
+        sub = lookups.filter(pl.col("lookup") == kind)
+        if sub.height:
+            ax.scatter(((sub["received_ns"] - t0) / 1e9).to_list(), [0] * sub.height, c=color, marker="|",
+                       s=200, label=f"{kind} ({sub.height})")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("tokens")
+    ax.set_title("Cache occupancy and lookups")
+    ax.legend(fontsize=7)
+    return _png(fig)

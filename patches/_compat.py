@@ -1,0 +1,25 @@
+"""Field names that moved between SGLang releases (0.5.17 -> 0.5.23), read one way."""
+from __future__ import annotations
+
+
+def matched_len(match_result) -> int:
+    """Tokens a prefix-cache lookup matched on the device."""
+    n = getattr(match_result, "device_prefix_len", None)
+    return n if n is not None else len(match_result.device_indices)
+
+
+def prefix_len(req) -> int:
+    """Tokens of a request already in the KV cache when its next extend starts."""
+    n = getattr(req, "prefix_len", None)
+    return n if isinstance(n, int) else len(req.prefix_indices)
+
+
+def extend_end(req) -> int:
+    """Position (in prompt + output tokens) where the request's current extend ends."""
+    rng = getattr(req, "extend_range", None)
+    if rng is not None:
+        return rng.end
+    end = getattr(req, "extend_end", None)
+    if end is not None:
+        return end
+    return prefix_len(req) + getattr(req, "extend_input_len", 0)

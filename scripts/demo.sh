@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job on its embedded default, set-up included: a tiny traced SGLang server on CPU,
+# a few requests, then the trace dir, its reports and a Perfetto file. Arguments go to `sglang-trace demo`.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+bash "$ROOT/scripts/setup_env.sh" 0.5.17 "$ROOT/.venv" >/dev/null
+cd "$ROOT"
+exec "$ROOT/.venv/bin/sglang-trace" demo "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test suite, set-up included: real SGLang 0.5.17 on CPU (full suite), then SGLang 0.5.23
+# (the end-to-end server tests). Extra arguments go to pytest.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+bash scripts/setup_env.sh 0.5.17 "$ROOT/.venv"
+"$ROOT/.venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+if [ "${SKIP_SGLANG_0523:-0}" != "1" ]; then
+  bash scripts/setup_env.sh 0.5.23 "$ROOT/.venv-0.5.23"
+  "$ROOT/.venv-0.5.23/bin/python" -m pytest -q -p no:cacheprovider -m server tests/test_traced_server.py "$@"
+fi

@@ -1,0 +1,102 @@
+"""``sglang-trace``: launch a traced SGLang server, analyze a trace, export it to Perfetto, run the demo."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sglang_tracing.analyzer.errors import TraceError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"sglang-trace: error: {message}\n")
+
+
+def _launch(args, rest: list[str]) -> int:
+    from sglang_tracing.launch_server import config_from_args, exec_traced_server
+
+    if not rest:
+        raise SystemExit("sglang-trace: error: give SGLang's arguments after --, e.g. -- --model-path M")
+    exec_traced_server(config_from_args(args), rest)
+    return 0
+
+
+def _analyze(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    paths = api.analyze(args.trace_dir, reports=args.report, request=args.request, out_dir=args.out,
+                        formats=args.format, nsys=args.nsys, kineto=args.kineto)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _perfetto(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    counts = api.to_perfetto(args.trace_dir, args.output, nsys=args.nsys, kineto=args.kineto)
+    print(f"{args.output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def _demo(args, rest) -> int:
+    from sglang_tracing import demo
+
+    demo.run(args.trace_dir, requests=args.requests)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sglang_tracing.launch_server import add_tracing_options
+
+    parser = _Parser(prog="sglang-trace", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("launch", help="start SGLang with tracing: sglang-trace launch --trace-dir D -- <sglang args>")
+    add_tracing_options(p)
+    p.set_defaults(func=_launch)
+    for name, helptext in (("analyze", "write reports for a trace dir"),
+                           ("perfetto", "export a trace dir as a native Perfetto trace")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("trace_dir")
+        p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH)")
+        p.add_argument("--kineto", help="Kineto / Chrome-trace JSON (.json or .json.gz)")
+        if name == "analyze":
+            p.add_argument("--report", default="all", help="story, radix or all (comma-separated)")
+            p.add_argument("--request", default="slowest", help="rid prefix, first, slowest or p50")
+            p.add_argument("--out", help="output dir (default: DIR/reports)")
+            p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated)")
+            p.set_defaults(func=_analyze)
+        else:
+            p.add_argument("-o", "--output", required=True, help="output .pftrace file")
+            p.set_defaults(func=_perfetto)
+    p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
+    p.add_argument("--trace-dir", default="traces/demo")
+    p.add_argument("--requests", type=int, default=12)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, rest = argv[:i], argv[i + 1:]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="sglang-trace: %(message)s")
+    try:
+        return args.func(args, rest)
+    except TraceError as exc:
+        print(f"sglang-trace: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"sglang-trace: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sglang-trace: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
