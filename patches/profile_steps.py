@@ -1,4 +1,6 @@
-"""``--profile-steps START:N``: a Kineto (torch profiler) trace of N served forwards, written into the trace dir."""
+"""Forward-count windows: ``--profile-steps START:N`` records a Kineto (torch profiler) trace of N
+served forwards into the trace dir; ``capture_steps`` brackets N forwards with
+cudaProfilerStart/Stop so ``nsys --capture-range=cudaProfilerApi`` records just those."""
 from __future__ import annotations
 
 import logging
@@ -6,17 +8,20 @@ import os
 
 logger = logging.getLogger(__name__)
 
-_seen = 0
+_seen = 0  # served forwards so far
 _profiler = None
-_done = False
+_kineto_done = False
+_capturing = False
+_capture_done = False
+
+
+def _in_window(window, index: int) -> bool:
+    return window is not None and window[0] <= index < window[0] + window[1]
 
 
 def before_forward(config) -> None:
-    global _profiler
-    if config.profile_steps is None or _done or _profiler is not None:
-        return
-    start, _count = config.profile_steps
-    if _seen == start:
+    global _profiler, _capturing
+    if config.profile_steps and not _kineto_done and _profiler is None and _seen == config.profile_steps[0]:
         import torch
 
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -24,18 +29,26 @@ def before_forward(config) -> None:
             activities.append(torch.profiler.ProfilerActivity.CUDA)
         _profiler = torch.profiler.profile(activities=activities, record_shapes=True)
         _profiler.__enter__()
+    if config.capture_steps and not _capturing and not _capture_done and _in_window(config.capture_steps, _seen):
+        import torch
+
+        torch.cuda.cudart().cudaProfilerStart()
+        _capturing = True
 
 
 def after_forward(config) -> None:
-    global _seen, _profiler, _done
-    if config.profile_steps is None or _done:
-        return
+    global _seen, _profiler, _kineto_done, _capturing, _capture_done
     _seen += 1
-    start, count = config.profile_steps
-    if _profiler is not None and _seen >= start + count:
+    if _profiler is not None and _seen >= sum(config.profile_steps):
         _profiler.__exit__(None, None, None)
         path = os.path.join(config.trace_dir, f"kineto-pid{os.getpid()}.json")
         _profiler.export_chrome_trace(path)
-        logger.info("sglang-tracing: Kineto trace of forwards %d..%d written to %s", start, _seen - 1, path)
+        logger.info("sglang-tracing: Kineto trace of %d forwards written to %s", config.profile_steps[1], path)
         _profiler = None
-        _done = True
+        _kineto_done = True
+    if _capturing and _seen >= sum(config.capture_steps):
+        import torch
+
+        torch.cuda.cudart().cudaProfilerStop()
+        _capturing = False
+        _capture_done = True

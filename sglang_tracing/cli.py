@@ -22,6 +22,19 @@ def _launch(args, rest: list[str]) -> int:
     return 0
 
 
+def _nsys(args, rest) -> int:
+    import dataclasses
+
+    from sglang_tracing import nsys
+    from sglang_tracing.config import parse_profile_steps
+    from sglang_tracing.launch_server import config_from_args
+
+    if not rest:
+        raise SystemExit("sglang-trace: error: give SGLang's arguments after --, e.g. -- --model-path M")
+    config = dataclasses.replace(config_from_args(args), capture_steps=parse_profile_steps(args.capture_steps))
+    return nsys.run(config, rest, args.nsys_path, args.nsys_arg or [])
+
+
 def _analyze(args, rest) -> int:
     from sglang_tracing.analyzer import api
 
@@ -55,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="start SGLang with tracing: sglang-trace launch --trace-dir D -- <sglang args>")
     add_tracing_options(p)
     p.set_defaults(func=_launch)
+    p = sub.add_parser("nsys", help="the traced server under Nsight Systems: sglang-trace nsys --trace-dir D -- <sglang args>")
+    add_tracing_options(p)
+    p.add_argument("--capture-steps", default="0:100000", metavar="START:N",
+                   help="served forwards inside the nsys capture range (default: all served forwards)")
+    p.add_argument("--nsys-path", help="the nsys binary (default: on PATH)")
+    p.add_argument("--nsys-arg", action="append", help="extra nsys profile option (repeatable)")
+    p.set_defaults(func=_nsys)
     for name, helptext in (("analyze", "write reports for a trace dir"),
                            ("perfetto", "export a trace dir as a native Perfetto trace")):
         p = sub.add_parser(name, help=helptext)

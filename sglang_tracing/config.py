@@ -11,6 +11,7 @@ ENV_PROMPTS = "SGLANG_TRACE_RECORD_PROMPTS"
 ENV_NVML_MS = "SGLANG_TRACE_NVML_INTERVAL_MS"
 ENV_PROFILE_STEPS = "SGLANG_TRACE_PROFILE_STEPS"
 ENV_FLUSH_MS = "SGLANG_TRACE_FLUSH_MS"
+ENV_CAPTURE_STEPS = "SGLANG_TRACE_CAPTURE_STEPS"  # cudaProfilerStart/Stop window, for nsys capture ranges
 # Testing aid: the named hook raises inside our guarded code, proving requests survive it.
 ENV_INJECT_FAULT = "SGLANG_TRACE_INJECT_FAULT"
 
@@ -28,6 +29,7 @@ class TraceConfig:
     profile_steps: tuple[int, int] | None = None  # (first forward, count)
     flush_ms: int = 250
     inject_fault: str | None = None
+    capture_steps: tuple[int, int] | None = None  # (first forward, count) inside cudaProfilerStart/Stop
 
     @property
     def batch_spans(self) -> bool:
@@ -48,6 +50,8 @@ class TraceConfig:
             env[ENV_PROFILE_STEPS] = "%d:%d" % self.profile_steps
         if self.inject_fault:
             env[ENV_INJECT_FAULT] = self.inject_fault
+        if self.capture_steps:
+            env[ENV_CAPTURE_STEPS] = "%d:%d" % self.capture_steps
         return env
 
     @classmethod
@@ -66,6 +70,7 @@ class TraceConfig:
             profile_steps=parse_profile_steps(env.get(ENV_PROFILE_STEPS)),
             flush_ms=int(env.get(ENV_FLUSH_MS, 250)),
             inject_fault=env.get(ENV_INJECT_FAULT) or None,
+            capture_steps=parse_profile_steps(env.get(ENV_CAPTURE_STEPS)),
         )
 
 

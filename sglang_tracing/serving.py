@@ -30,7 +30,7 @@ class Server:
 
     def __init__(self, model_path: str, trace_dir: str | None = None, extra_args: list[str] | None = None,
                  tracing_args: list[str] | None = None, env: dict | None = None, log_path: str | None = None,
-                 port: int | None = None):
+                 port: int | None = None, wrap: list[str] | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         sglang_args = ["--model-path", model_path, "--host", "127.0.0.1", "--port", str(self.port),
@@ -40,6 +40,7 @@ class Server:
                    *(tracing_args or []), *sglang_args]
         else:
             cmd = [sys.executable, "-m", "sglang.launch_server", *sglang_args]
+        cmd = [*(wrap or []), *cmd]
         self.cmd = cmd
         full_env = dict(os.environ, **(env or {}))
         if trace_dir is None:

@@ -1,0 +1,95 @@
+"""Record the example nsys capture and ncu attention profiles (run on the GPU host).
+
+    python3 scripts/gpu_profiles.py --model DIR --out DIR [--nsys PATH] [--ncu PATH]
+        [--ncu-backends triton,flashinfer] [--skip-nsys]
+
+Starts, all at once: a traced triton server under Nsight Systems (capture range = served
+forwards) and, per backend, a traced server under Nsight Compute (`--set full --clock-control
+none`, attention kernels only). Then drives them one at a time: a few 512-token requests each.
+ncu profiles the last two prefill-attention launches and the first two decode-attention
+launches (--launch-skip 30 --launch-count 4 over the matching kernels of a 32-layer model).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import time
+
+from sglang_tracing.models.builder import prompt_of_length
+from sglang_tracing.nsys import DEFAULT_NSYS_ARGS, export_sqlite
+from sglang_tracing.serving import Server, wait_for_exporters
+
+ATTENTION_REGEX = "regex:(fwd_kernel|[Pp]refill|[Dd]ecode|[Aa]ttention)"
+
+
+def drive(server: Server, n: int, prompt_len: int, out_len: int) -> None:
+    for i in range(n):
+        server.generate(prompt_of_length(prompt_len, seed=7 + i, vocab_size=32000), max_new_tokens=out_len,
+                        stream=True, timeout=900)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--nsys", default="/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys")
+    ap.add_argument("--ncu", default="/usr/local/cuda/bin/ncu")
+    ap.add_argument("--ncu-backends", default="triton,flashinfer")
+    ap.add_argument("--skip-nsys", action="store_true")
+    ap.add_argument("--mem-fraction", type=float, default=0.25)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    common = ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction), "--log-level", "warning"]
+    servers: dict[str, Server] = {}
+    if not args.skip_nsys:
+        d = os.path.join(args.out, "nsys-triton")
+        os.makedirs(d, exist_ok=True)
+        servers["nsys"] = Server(args.model, trace_dir=d, extra_args=["--attention-backend", "triton", *common],
+                                 tracing_args=["--trace-level", "layer"],
+                                 env={"SGLANG_TRACE_CAPTURE_STEPS": "0:100000"},
+                                 wrap=[args.nsys, "profile", *DEFAULT_NSYS_ARGS, "-o", os.path.join(d, "nsys")],
+                                 log_path=os.path.join(args.out, "server-nsys.log"))
+    for backend in [b for b in args.ncu_backends.split(",") if b]:
+        d = os.path.join(args.out, f"ncu-{backend}")
+        os.makedirs(d, exist_ok=True)
+        servers[f"ncu-{backend}"] = Server(
+            args.model, trace_dir=d,
+            extra_args=["--attention-backend", backend, "--disable-cuda-graph", "--skip-server-warmup", *common],
+            wrap=[args.ncu, "--target-processes", "all", "--clock-control", "none", "--set", "full",
+                  "-k", ATTENTION_REGEX, "--launch-skip", "30", "--launch-count", "4",
+                  "-f", "-o", os.path.join(d, "attention")],
+            log_path=os.path.join(args.out, f"server-ncu-{backend}.log"))
+    t0 = time.time()
+    try:
+        for name, server in servers.items():
+            server.wait_ready(timeout=540)
+            print(f"{name}: ready at {time.time() - t0:.0f} s", flush=True)
+        for name, server in servers.items():
+            if name == "nsys":
+                drive(server, 4, 512, 32)
+            else:
+                drive(server, 1, 512, 4)
+            time.sleep(1)
+            server.stop(sig=signal.SIGINT, timeout=180)
+            print(f"{name}: done at {time.time() - t0:.0f} s", flush=True)
+    finally:
+        for server in servers.values():
+            server.stop(sig=signal.SIGINT, timeout=60)
+    for name in servers:
+        d = os.path.join(args.out, name if name != "nsys" else "nsys-triton")
+        wait_for_exporters(d, timeout=60)
+        if name == "nsys":
+            print("nsys sqlite:", export_sqlite(args.nsys, d), flush=True)
+        else:
+            rep = os.path.join(d, "attention.ncu-rep")
+            if os.path.exists(rep):
+                for page in ("details", "raw"):
+                    with open(os.path.join(d, f"attention-{page}.csv"), "w") as f:
+                        subprocess.run([args.ncu, "--import", rep, "--csv", "--page", page], stdout=f, check=False)
+                print(f"{name}: ncu report and CSVs written", flush=True)
+
+
+if __name__ == "__main__":
+    main()

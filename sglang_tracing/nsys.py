@@ -1,0 +1,56 @@
+"""``sglang-trace nsys``: the traced server under Nsight Systems, capturing served forwards only.
+
+The capture range is cudaProfilerApi: the model-runner patch calls cudaProfilerStart at served
+forward START and cudaProfilerStop after N, so model loading and CUDA-graph capture stay out
+of the report. When the server exits, the report is exported to sqlite next to the trace.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none",
+                     "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
+                     "--trace-fork-before-exec=true", "--force-overwrite=true"]
+
+
+def find_nsys(explicit: str | None = None) -> str:
+    candidates = [explicit] if explicit else [shutil.which("nsys"),
+                                              "/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys"]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return c
+    raise ValueError("nsys not found: put Nsight Systems on PATH or pass --nsys-path")
+
+
+def profile_command(nsys: str, trace_dir: str, extra: list[str]) -> list[str]:
+    return [nsys, "profile", *DEFAULT_NSYS_ARGS, *extra, "-o", os.path.join(trace_dir, "nsys")]
+
+
+def export_sqlite(nsys: str, trace_dir: str) -> str | None:
+    rep = os.path.join(trace_dir, "nsys.nsys-rep")
+    if not os.path.exists(rep):
+        return None
+    out = os.path.join(trace_dir, "nsys.sqlite")
+    subprocess.run([nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", out, rep], check=True)
+    return out
+
+
+def run(config, sglang_args: list[str], nsys_path: str | None, nsys_extra: list[str]) -> int:
+    nsys = find_nsys(nsys_path)
+    os.makedirs(config.trace_dir, exist_ok=True)
+    env = dict(os.environ, **config.to_env())
+    cmd = profile_command(nsys, config.trace_dir, nsys_extra) + [
+        sys.executable, "-m", "sglang.launch_server", *sglang_args]
+    proc = subprocess.Popen(cmd, env=env)
+    previous = signal.signal(signal.SIGINT, lambda *_: proc.send_signal(signal.SIGINT))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = export_sqlite(nsys, config.trace_dir)
+    print(f"nsys report: {out or 'none written'}")
+    return code
