@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.models.builder import prompt_of_length
-from sglang_tracing.serving import CPU_ARGS, Server
+from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
 
 CONFIGS = {"untraced": None, "traced": ["--trace-level", "batch"], "traced-layer": ["--trace-level", "layer"]}
 
@@ -52,25 +52,31 @@ def main() -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--mem-fraction", type=float, default=0.25)
+    ap.add_argument("--mem-fraction", type=float, default=0.35)
+    ap.add_argument("--max-total-tokens", type=int, default=24576, help="same KV pool for every server")
     ap.add_argument("--extra", default="--attention-backend triton")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--keep", help="keep the traced servers' trace dirs under this dir")
     ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     base = CPU_ARGS if args.cpu else ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction),
-                                      "--log-level", "warning", *shlex.split(args.extra)]
-    work = tempfile.mkdtemp(prefix="overhead-")
+                                      "--max-total-tokens", str(args.max_total_tokens), "--log-level", "warning",
+                                      *shlex.split(args.extra)]
+    work = args.keep or tempfile.mkdtemp(prefix="overhead-")
+    os.makedirs(work, exist_ok=True)
     servers = {}
-    for name in args.configs.split(","):
-        tracing = CONFIGS[name]
-        servers[name] = Server(args.model, trace_dir=os.path.join(work, name) if tracing is not None else None,
-                               extra_args=base, tracing_args=tracing, log_path=os.path.join(work, f"{name}.log"))
-    results = {name: {"ttft": [], "itl": [], "tput": []} for name in servers}
+    names = args.configs.split(",")
+    results = {name: {"ttft": [], "itl": [], "tput": []} for name in names}
     try:
-        for s in servers.values():
-            s.wait_ready(timeout=900)
-        names = list(servers)
+        # One after another: SGLang sizes its KV pool from the memory free when it starts.
+        for name in names:
+            tracing = CONFIGS[name]
+            servers[name] = Server(args.model, trace_dir=os.path.join(work, name) if tracing is not None else None,
+                                   extra_args=base, tracing_args=tracing, log_path=os.path.join(work, f"{name}.log"))
+            t = time.time()
+            servers[name].wait_ready(timeout=600)
+            print(f"{name}: ready in {time.time() - t:.0f} s", flush=True)
         for name in names:  # warm every server with the shapes it will see
             batch1(servers[name], args, seed=0)
             throughput(servers[name], args, seed=0)
@@ -85,6 +91,9 @@ def main() -> None:
     finally:
         for s in servers.values():
             s.stop()
+        for name in names:
+            if CONFIGS[name] is not None:
+                wait_for_exporters(os.path.join(work, name), timeout=60)
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
     ref = med[names[0]]
     print(f"{'config':<14}{'TTFT ms':>10}{'ratio':>8}{'ITL ms':>10}{'ratio':>8}{'tok/s':>10}{'ratio':>8}")
