@@ -48,6 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch1-samples", type=int, default=5, help="batch-1 requests per server per round")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -82,10 +83,11 @@ def main() -> None:
             throughput(servers[name], args, seed=0)
         for rnd in range(args.rounds):
             order = names[rnd % len(names):] + names[:rnd % len(names)]
-            for name in order:
-                ttft, itl = batch1(servers[name], args, seed=rnd + 1)
-                results[name]["ttft"].append(ttft)
-                results[name]["itl"].append(itl)
+            for i in range(args.batch1_samples):
+                for name in order:
+                    ttft, itl = batch1(servers[name], args, seed=(rnd + 1) * 100 + i)
+                    results[name]["ttft"].append(ttft)
+                    results[name]["itl"].append(itl)
             for name in order:
                 results[name]["tput"].append(throughput(servers[name], args, seed=rnd + 1))
     finally:

@@ -104,11 +104,11 @@ def around_async(name: str, after: After, before: Before | None = None, inject_f
     return hook
 
 
-def after_init(name: str, on_init: Callable, inject_fault: str | None = None):
-    """An AROUND hook on a constructor: ``on_init(self)`` runs guarded once the original returns.
+def after_setup(name: str, on_init: Callable, inject_fault: str | None = None):
+    """An AROUND hook for set-up methods: ``on_init(self)`` runs guarded once the original returns.
 
-    Constructors are where a process learns its role, so this hook runs even before a
-    recorder exists; failures are logged (no recorder may exist to count them).
+    Set-up (constructors, model loading) happens before a process has a recorder, so this
+    hook has no fast path; failures are logged, and counted once a recorder exists.
     """
     def hook(original, self, *args, **kwargs):
         result = original(self, *args, **kwargs)

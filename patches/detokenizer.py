@@ -69,6 +69,6 @@ def instrument(config: TraceConfig, skipped: list[str]) -> int:
     fault = config.inject_fault
     return _hooks.register({
         f"{_ENGINE}._launch_subprocesses": _launch_subprocesses_hook,
-        f"{_DETOK}.__init__": _hooks.after_init("detokenizer_init", _on_init, fault),
+        f"{_DETOK}.__init__": _hooks.after_setup("detokenizer_init", _on_init, fault),
         f"{_DETOK}.handle_batch_token_id_out": _hooks.around("detokenize", _on_batch, inject_fault=fault),
     }, skipped)

@@ -17,13 +17,14 @@ _config: TraceConfig | None = None
 _cuda = None  # torch.cuda when the runner is on a CUDA device
 
 
-def _on_load_model(rec, token, start, end, result, runner, *a, **k):
+def _on_load_model(runner) -> None:
     global _cuda
     if str(getattr(runner, "device", "")).startswith("cuda"):
         import torch
 
         _cuda = torch.cuda
     if _config.layer_ranges:
+        nvtx_ranges.enable()
         layer_ranges.install(runner.model)
 
 
@@ -66,7 +67,7 @@ def instrument(config: TraceConfig, skipped: list[str]) -> int:
     _config = config
     fault = config.inject_fault
     return _hooks.register({
-        f"{_RUNNER}.load_model": _hooks.around("load_model", _on_load_model, inject_fault=fault),
+        f"{_RUNNER}.load_model": _hooks.after_setup("load_model", _on_load_model, fault),
         f"{_RUNNER}.forward": _hooks.around("model_forward", _after_forward, _before_forward,
                                             _cleanup_forward, fault),
     }, skipped)

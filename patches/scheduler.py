@@ -235,7 +235,7 @@ def instrument(config: TraceConfig, skipped: list[str]) -> int:
     _config = config
     fault = config.inject_fault
     hooks = {
-        f"{_SCHED}.__init__": _hooks.after_init("scheduler_init", _on_init, fault),
+        f"{_SCHED}.__init__": _hooks.after_setup("scheduler_init", _on_init, fault),
         f"{_SCHED}.handle_generate_request": _hooks.around("handle_generate_request", _on_request,
                                                            inject_fault=fault),
         f"{_REQ}.init_next_round_input": _hooks.around("init_next_round_input", _on_round_input,

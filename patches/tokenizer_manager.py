@@ -80,7 +80,7 @@ def instrument(config: TraceConfig, skipped: list[str]) -> int:
     _config = config
     fault = config.inject_fault
     return _hooks.register({
-        f"{_TM}.__init__": _hooks.after_init("tokenizer_manager_init", _on_init, fault),
+        f"{_TM}.__init__": _hooks.after_setup("tokenizer_manager_init", _on_init, fault),
         f"{_TM}._init_req_state": _hooks.around("init_req_state", _on_init_req_state, inject_fault=fault),
         f"{_TM}._tokenize_one_request": _hooks.around_async("tokenize", _on_tokenize, inject_fault=fault),
         f"{_TM}._handle_batch_output": _hooks.around_async("handle_batch_output", _on_output,
