@@ -24,10 +24,11 @@ def load(trace_dir: str, nsys: str | None = None, kineto: str | None = None) -> 
     return model
 
 
-def build_reports(model: TraceModel, names: list[str], request: str = "slowest"):
+def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None):
     from sglang_tracing.analyzer.analyses import radix, story
 
-    builders = {"story": lambda: story.build_report(model, request), "radix": lambda: radix.build_report(model)}
+    builders = {"story": lambda: story.build_report(model, request, model_config),
+                "radix": lambda: radix.build_report(model)}
     return [builders[n]() for n in names]
 
 
@@ -42,7 +43,8 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
 
 
 def analyze(trace_dir: str, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
-            formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None) -> list[str]:
+            formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None,
+            model_config: str | None = None) -> list[str]:
     from sglang_tracing.analyzer.renderers import html, markdown, text
 
     names = _parse_list(reports, REPORTS, "report")
@@ -52,7 +54,7 @@ def analyze(trace_dir: str, reports: str = "all", request: str = "slowest", out_
     out.mkdir(parents=True, exist_ok=True)
     renderers = {"text": text.render, "md": markdown.render, "html": html.render}
     written = []
-    for report in build_reports(model, names, request):
+    for report in build_reports(model, names, request, model_config):
         for fmt in fmts:
             path = out / f"{report.name}.{FORMATS[fmt]}"
             path.write_text(renderers[fmt](report))

@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
 from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def read_manifest(trace_dir: Path) -> dict:
 
 def read_counters(trace_dir: Path) -> pl.DataFrame:
     rows = []
-    for path in sorted(trace_dir.glob("nvml-*.jsonl")):
-        lines = path.read_text().splitlines()
+    for path in glob_inputs(trace_dir, "nvml-*.jsonl"):
+        lines = read_bytes(path).decode(errors="replace").splitlines()
         for i, line in enumerate(lines, 1):
             try:
                 sample = json.loads(line)
@@ -127,7 +128,7 @@ def load_trace_dir(trace_dir: str | Path) -> TraceModel:
     trace_dir = Path(trace_dir)
     if not trace_dir.is_dir():
         raise TraceError(trace_dir, "not a directory")
-    files = sorted(trace_dir.glob("spans-*.jsonl"))
+    files = glob_inputs(trace_dir, "spans-*.jsonl")
     if not files:
         if not any(trace_dir.iterdir()):
             raise TraceError(trace_dir, "empty directory: no manifest.json and no spans-*.jsonl")

@@ -1,10 +1,14 @@
 """Forward-count windows: ``--profile-steps START:N`` records a Kineto (torch profiler) trace of N
-served forwards into the trace dir; ``capture_steps`` brackets N forwards with
-cudaProfilerStart/Stop so ``nsys --capture-range=cudaProfilerApi`` records just those."""
+served forwards into the trace dir; ``capture_steps`` brackets served forwards START..START+N
+(or until the server first goes idle) with cudaProfilerStart/Stop, so
+``nsys --capture-range=cudaProfilerApi`` records just those."""
 from __future__ import annotations
 
 import logging
 import os
+import time
+
+IDLE_END_S = 1.0  # a pause this long ends the capture window
 
 logger = logging.getLogger(__name__)
 
@@ -13,6 +17,7 @@ _profiler = None
 _kineto_done = False
 _capturing = False
 _capture_done = False
+_last_forward = 0.0
 
 
 def _in_window(window, index: int) -> bool:
@@ -36,9 +41,23 @@ def before_forward(config) -> None:
         _capturing = True
 
 
+def on_idle(config) -> None:
+    """End the capture window when the server goes idle: nsys only flushes CUDA trace
+    buffers at cudaProfilerStop, and a server stopped later by a signal never reaches it."""
+    global _capturing, _capture_done
+    if _capturing and time.monotonic() - _last_forward > IDLE_END_S:
+        import torch
+
+        torch.cuda.cudart().cudaProfilerStop()
+        _capturing = False
+        _capture_done = True
+        logger.info("sglang-tracing: capture window ended at forward %d (server idle)", _seen)
+
+
 def after_forward(config) -> None:
-    global _seen, _profiler, _kineto_done, _capturing, _capture_done
+    global _seen, _profiler, _kineto_done, _capturing, _capture_done, _last_forward
     _seen += 1
+    _last_forward = time.monotonic()
     if _profiler is not None and _seen >= sum(config.profile_steps):
         _profiler.__exit__(None, None, None)
         path = os.path.join(config.trace_dir, f"kineto-pid{os.getpid()}.json")

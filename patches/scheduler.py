@@ -13,7 +13,7 @@ from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime import nvtx_ranges, recorder
 from sglang_tracing.runtime.ids import new_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _compat, _hooks, iteration
+from sglang_tracing.patches import _compat, _hooks, iteration, profile_steps
 
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
@@ -94,6 +94,8 @@ def _after_schedule(rec, sid, start, end, plan, scheduler, *a, **k):
     nvtx_ranges.pop()
     batch = plan.batch_to_run
     if batch is None:
+        if _config.capture_steps:
+            profile_steps.on_idle(_config)
         return
     extend = batch.forward_mode.is_extend()
     new_seqs = 0

@@ -39,7 +39,8 @@ def _analyze(args, rest) -> int:
     from sglang_tracing.analyzer import api
 
     paths = api.analyze(args.trace_dir, reports=args.report, request=args.request, out_dir=args.out,
-                        formats=args.format, nsys=args.nsys, kineto=args.kineto)
+                        formats=args.format, nsys=args.nsys, kineto=args.kineto,
+                        model_config=args.model_config)
     for p in paths:
         print(p)
     return 0
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nsys", help="the traced server under Nsight Systems: sglang-trace nsys --trace-dir D -- <sglang args>")
     add_tracing_options(p)
     p.add_argument("--capture-steps", default="0:100000", metavar="START:N",
-                   help="served forwards inside the nsys capture range (default: all served forwards)")
+                   help="served forwards inside the nsys capture range; it also ends when the server "
+                        "first goes idle (default: the first burst of traffic)")
     p.add_argument("--nsys-path", help="the nsys binary (default: on PATH)")
     p.add_argument("--nsys-arg", action="append", help="extra nsys profile option (repeatable)")
     p.set_defaults(func=_nsys)
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--request", default="slowest", help="rid prefix, first, slowest or p50")
             p.add_argument("--out", help="output dir (default: DIR/reports)")
             p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated)")
+            p.add_argument("--model-config", help="served model's config.json, or a shipped architecture "
+                                                  "(llama-2-7b), when the manifest has none")
             p.set_defaults(func=_analyze)
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")

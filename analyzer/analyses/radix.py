@@ -28,14 +28,16 @@ def classify_lookups(requests: pl.DataFrame) -> pl.DataFrame:
 
 
 def with_speedup(lookups: pl.DataFrame) -> pl.DataFrame:
-    """Add ``cold_prefill_ns`` (median prefill of misses of the nearest prompt length) and ``speedup``."""
+    """Add ``cold_prefill_ns`` (median prefill of misses of the nearest prompt length) and, for hits,
+    ``speedup`` (cold prefill over this prefill)."""
     cold = (lookups.filter(pl.col("lookup") == "miss").group_by("prompt_tokens")
             .agg(pl.col("prefill_ns").median().alias("cold_prefill_ns")).sort("prompt_tokens"))
     if cold.is_empty():
         return lookups.with_columns(pl.lit(None, pl.Float64).alias("cold_prefill_ns"),
                                     pl.lit(None, pl.Float64).alias("speedup"))
     out = lookups.sort("prompt_tokens").join_asof(cold, on="prompt_tokens", strategy="nearest")
-    return out.with_columns((pl.col("cold_prefill_ns") / pl.col("prefill_ns")).alias("speedup")).sort("received_ns")
+    speedup = pl.when(pl.col("lookup") != "miss").then(pl.col("cold_prefill_ns") / pl.col("prefill_ns"))
+    return out.with_columns(speedup.otherwise(None).alias("speedup")).sort("received_ns")
 
 
 def cache_ops(spans: pl.DataFrame) -> pl.DataFrame:

@@ -48,13 +48,30 @@ def itl_trend(tokens: pl.DataFrame) -> dict | None:
             "r2": 1 - ss_res / ss_tot if ss_tot else 1.0, "points": pts.height}
 
 
-def model_weight_bytes(manifest: dict) -> int | None:
-    """Parameter bytes of a Llama-family config named by the manifest's model path."""
+def model_config(manifest: dict, override: str | None = None) -> dict | None:
+    """The served model's config: ``override`` (a shipped architecture name or a config.json path),
+    else the copy recorded in the manifest, else the model path's config.json if still there."""
+    from sglang_tracing.models.builder import ARCHITECTURES, _config
+
+    if override:
+        if override in ARCHITECTURES:
+            return _config(ARCHITECTURES[override])
+        with open(override) as f:
+            return json.load(f)
+    if manifest.get("model_config"):
+        return manifest["model_config"]
     path = (manifest.get("server_args") or {}).get("model_path")
     cfg_path = os.path.join(path, "config.json") if isinstance(path, str) else None
-    if not cfg_path or not os.path.exists(cfg_path):
+    if cfg_path and os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            return json.load(f)
+    return None
+
+
+def model_weight_bytes(cfg: dict | None) -> int | None:
+    """Parameter bytes of a Llama-family config."""
+    if not cfg:
         return None
-    cfg = json.load(open(cfg_path))
     try:
         h, inter, layers, vocab = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"],
                                    cfg["vocab_size"])
@@ -76,22 +93,29 @@ def _schedule_of(spans: pl.DataFrame, t_ns: int | None) -> dict | None:
     return sched.row(0, named=True) if sched.height else None
 
 
+HW_METRICS = ("sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_util_pct", "power_w",
+              "sm_clock_mhz", "mem_used_bytes")
+
+
 def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str) -> dict:
-    state = phase_state(model.counters, windows)
+    state = phase_state(model.counters, windows).filter(pl.col("metric").is_in(HW_METRICS))
     if state.is_empty():
         why = "; ".join(n.get("reason", "") for n in model.gpu_notes) or "no NVML samples in the trace"
         section.add(f"hardware state ({label})", None, why)
         return {}
-    interval = (model.manifest.get("config") or {}).get("nvml_interval_ms")
+    interval = (model.manifest.get("config") or {}).get("nvml_interval_ms") or 100
+    span_ms = int((windows["end_ns"] - windows["start_ns"]).sum()) / 1e6
+    caveat = (f"; the phase ({span_ms:.0f} ms) is shorter than one sample interval, so the figure "
+              f"also covers neighbouring work" if span_ms < interval else "")
     values = {}
     for row in state.iter_rows(named=True):
         values[row["metric"]] = row["mean"]
         section.add(f"{label}: {row['metric']}", f"{row['mean']:.1f}",
-                    f"{row['source'].upper()} mean of {row['samples']} samples at {interval} ms")
+                    f"{row['source'].upper()} mean of {row['samples']} samples at {interval} ms{caveat}")
     return values
 
 
-def build_report(model: TraceModel, which: str = "slowest") -> Report:
+def build_report(model: TraceModel, which: str = "slowest", model_config_override: str | None = None) -> Report:
     spans = model.spans
     requests = request_table(spans)
     report = Report("story", "Execution story (experiment 1)")
@@ -161,7 +185,7 @@ def build_report(model: TraceModel, which: str = "slowest") -> Report:
     summary.add("end-to-end", ms(req["e2e_ns"]), "root span sglang.request")
     if req["decode_ns"] and req["output_tokens"] and req["output_tokens"] > 1:
         summary.add("decode tokens/s", f"{(req['output_tokens'] - 1) / (req['decode_ns'] / 1e9):.1f}", "")
-    weights = model_weight_bytes(model.manifest)
+    weights = model_weight_bytes(model_config(model.manifest, model_config_override))
     gpus = (model.manifest.get("gpu") or {}).get("devices") or []
     bw = peak_bandwidth(gpus[0]["name"]) if gpus else None
     if weights and bw:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.loaders.files import read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def read_span_file(path: Path, may_be_cut: bool = True) -> tuple[list[dict], lis
     A half-written last line is what a killed writer leaves; anywhere else a bad line is an error.
     """
     spans, events = [], []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_bytes(path).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     cut = False

@@ -62,6 +62,18 @@ def _jsonable(value):
         return repr(value)
 
 
+def _model_config(args: dict) -> dict | None:
+    path = args.get("model_path")
+    cfg = os.path.join(path, "config.json") if isinstance(path, str) else None
+    if cfg and os.path.isfile(cfg):
+        try:
+            with open(cfg) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
 def build(config: TraceConfig, server_args=None) -> dict:
     args = {}
     if server_args is not None and dataclasses.is_dataclass(server_args):
@@ -76,6 +88,7 @@ def build(config: TraceConfig, server_args=None) -> dict:
         "config": dataclasses.asdict(config),
         "command": sys.argv,
         "server_args": args,
+        "model_config": _model_config(args),
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                  "cpu_count": os.cpu_count()},
         "gpu": _gpus(),
