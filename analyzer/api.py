@@ -5,14 +5,21 @@ import os
 from pathlib import Path
 
 from sglang_tracing.analyzer.errors import TraceError
-from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
+from sglang_tracing.analyzer.model import TraceModel, load_trace_dir, profiles_only
 
-REPORTS = ("story", "radix")
+REPORTS = ("story", "radix", "timeline", "attention")
 FORMATS = {"text": "txt", "md": "md", "html": "html"}
 
 
-def load(trace_dir: str, nsys: str | None = None, kineto: str | None = None) -> TraceModel:
-    model = load_trace_dir(trace_dir)
+def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = None,
+         ncu: str | None = None) -> TraceModel:
+    if trace_dir is None and not (nsys or kineto or ncu):
+        raise ValueError("give a trace dir, or at least one of --nsys, --kineto, --ncu")
+    model = load_trace_dir(trace_dir) if trace_dir else profiles_only()
+    if ncu:
+        from sglang_tracing.analyzer.loaders import ncu as ncu_loader
+
+        model.ncu = ncu_loader.read(ncu)
     if nsys:
         from sglang_tracing.analyzer.loaders import nsys as nsys_loader
 
@@ -25,10 +32,12 @@ def load(trace_dir: str, nsys: str | None = None, kineto: str | None = None) -> 
 
 
 def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None):
-    from sglang_tracing.analyzer.analyses import radix, story
+    from sglang_tracing.analyzer.analyses import attention, radix, story, timeline
 
     builders = {"story": lambda: story.build_report(model, request, model_config),
-                "radix": lambda: radix.build_report(model)}
+                "radix": lambda: radix.build_report(model),
+                "timeline": lambda: timeline.build_report(model),
+                "attention": lambda: attention.build_report(model)}
     return [builders[n]() for n in names]
 
 
@@ -42,14 +51,18 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
     return items
 
 
-def analyze(trace_dir: str, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
+def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
             formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None,
-            model_config: str | None = None) -> list[str]:
+            model_config: str | None = None, ncu: str | None = None) -> list[str]:
     from sglang_tracing.analyzer.renderers import html, markdown, text
 
     names = _parse_list(reports, REPORTS, "report")
     fmts = _parse_list(formats, tuple(FORMATS), "format")
-    model = load(trace_dir, nsys, kineto)
+    model = load(trace_dir, nsys, kineto, ncu)
+    if trace_dir is None:
+        names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
+        if out_dir is None:
+            raise ValueError("--out is needed when no trace dir is given")
     out = Path(out_dir or os.path.join(trace_dir, "reports"))
     out.mkdir(parents=True, exist_ok=True)
     renderers = {"text": text.render, "md": markdown.render, "html": html.render}
@@ -65,7 +78,7 @@ def analyze(trace_dir: str, reports: str = "all", request: str = "slowest", out_
     return written
 
 
-def to_perfetto(trace_dir: str, output: str, nsys: str | None = None, kineto: str | None = None) -> dict:
+def to_perfetto(trace_dir: str | None, output: str, nsys: str | None = None, kineto: str | None = None) -> dict:
     from sglang_tracing.analyzer.renderers import perfetto
 
     model = load(trace_dir, nsys, kineto)

@@ -10,6 +10,7 @@ Frames (all times are wall-clock ns, the clock spans and NVML samples are record
   grid_x/y/z, block_x/y/z, registers, shared_bytes, source (``nsys``, ``kineto``).
 - ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid.
 - ``cpu_ops``: CPU-side operations from Kineto (start_ns, end_ns, name, tid, correlation).
+- ``ncu``: Nsight Compute metrics, long: kernel_id, kernel_name, section, metric, unit, value, text.
 
 Clock alignment: spans and NVML samples share ``time.time_ns`` on one host. nsys and Kineto
 times are shifted onto it: by the median offset between NVTX ranges and the spans whose ids
@@ -60,6 +61,7 @@ class TraceModel:
     kernels: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(KERNEL_SCHEMA))
     nvtx: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(NVTX_SCHEMA))
     cpu_ops: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(CPU_OP_SCHEMA))
+    ncu: pl.DataFrame | None = None  # long ncu metrics (loaders/ncu.SCHEMA) when a profile was given
     source_dir: str = ""
     cut_files: list[str] = dataclasses.field(default_factory=list)
     gpu_notes: list[dict] = dataclasses.field(default_factory=list)
@@ -122,6 +124,13 @@ def read_counters(trace_dir: Path) -> pl.DataFrame:
 
 _GPM_FIELDS = {"sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_util_pct",
                "fp16_util_pct", "fp32_util_pct"}
+
+
+def profiles_only() -> TraceModel:
+    """An empty model for analyzing profiler files that came without a trace dir."""
+    return TraceModel(manifest={"format": "sglang-tracing", "format_version": 1, "profiles_only": True},
+                      spans=spans_frame([]), events=empty({"span_id": pl.String, "name": pl.String,
+                                                          "time_ns": pl.Int64, "trace_id": pl.String}))
 
 
 def load_trace_dir(trace_dir: str | Path) -> TraceModel:

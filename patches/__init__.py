@@ -7,8 +7,8 @@ from sglang_tracing.config import TraceConfig
 
 def instrument_all(config: TraceConfig, skipped: list[str]) -> int:
     from sglang_tracing.patches import (
-        detokenizer, kv_allocation, model_runner, radix_cache, scheduler, tokenizer_manager,
+        detokenizer, http_server, kv_allocation, model_runner, radix_cache, scheduler, tokenizer_manager,
     )
 
-    modules = (tokenizer_manager, scheduler, kv_allocation, radix_cache, model_runner, detokenizer)
+    modules = (http_server, tokenizer_manager, scheduler, kv_allocation, radix_cache, model_runner, detokenizer)
     return sum(m.instrument(config, skipped) for m in modules)

@@ -2,16 +2,19 @@
 SGLang's own token accounting, and its tokenize span."""
 from __future__ import annotations
 
+from time import time_ns
+
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime import manifest, recorder
 from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _hooks
+from sglang_tracing.patches import _hooks, http_server
 
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _config: TraceConfig | None = None
 _received: dict[str, tuple[int, str | None]] = {}  # rid -> (received ns, prompt text if recorded)
+_first_output: dict[str, int] = {}  # rid -> when its first output reached the tokenizer manager
 
 
 def _on_init(tm) -> None:
@@ -25,9 +28,8 @@ def _rids_and_texts(obj):
     return rids, texts + [None] * (len(rids) - len(texts))
 
 
-def _on_init_req_state(rec, token, start, end, result, tm, obj, *a, **k):
-    received = getattr(obj, "received_time", None)
-    t = int(received * 1e9) if isinstance(received, float) and 0 < received * 1e9 <= start else start
+def _on_init_req_state(rec, token, start, end, result, tm, obj, request=None, *a, **k):
+    t = http_server.received_ns(request) or start
     rids, texts = _rids_and_texts(obj)
     for rid, text in zip(rids, texts):
         if rid is not None:
@@ -40,7 +42,11 @@ def _on_tokenize(rec, token, start, end, result, tm, obj, *a, **k):
 
 
 def _before_output(rec, tm, recv_obj, *a, **k):
-    """States of requests finishing in this batch (the original removes them)."""
+    """Note first outputs; return the states of requests finishing in this batch (the original removes them)."""
+    now = time_ns()
+    for rid in recv_obj.rids:
+        if rid not in _first_output:
+            _first_output[rid] = now
     reasons = getattr(recv_obj, "finished_reasons", None) or ()
     return {rid: tm.rid_to_state.get(rid) for rid, r in zip(recv_obj.rids, reasons) if r is not None}
 
@@ -52,6 +58,7 @@ def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
         if rid not in finishing:
             continue
         received, prompt = _received.pop(rid, (start, None))
+        first_output = _first_output.pop(rid, end)
         reason = recv_obj.finished_reasons[i]
         attrs = {
             sc.RID: rid,
@@ -59,6 +66,7 @@ def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
             sc.CACHED_TOKENS: _at(recv_obj, "cached_tokens", i),
             sc.OUTPUT_TOKENS: _at(recv_obj, "completion_tokens", i),
             sc.FINISH_REASON: str(reason.get("type", "")) if isinstance(reason, dict) else str(reason),
+            sc.FIRST_OUTPUT_NS: first_output,
         }
         if prompt is not None:
             attrs[sc.PROMPT_TEXT] = prompt

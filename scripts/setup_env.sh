@@ -11,6 +11,10 @@ case "$VER" in
   0.5.23) PINS="transformers==5.19.0 xgrammar==0.2.7 openai==2.8.0" ;;
   *) echo "setup_env.sh: no dependency pins for sglang $VER (known: 0.5.17, 0.5.23)" >&2; exit 2 ;;
 esac
+# Debian's Chromium renders the HTML report in the tests (headless)
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "setup_env.sh: could not install chromium" >&2
+fi
 STAMP="$VENV/.sglang-tracing-$VER"
 if [ -f "$STAMP" ]; then
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null

@@ -40,7 +40,7 @@ def _analyze(args, rest) -> int:
 
     paths = api.analyze(args.trace_dir, reports=args.report, request=args.request, out_dir=args.out,
                         formats=args.format, nsys=args.nsys, kineto=args.kineto,
-                        model_config=args.model_config)
+                        model_config=args.model_config, ncu=args.ncu)
     for p in paths:
         print(p)
     return 0
@@ -80,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("analyze", "write reports for a trace dir"),
                            ("perfetto", "export a trace dir as a native Perfetto trace")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("trace_dir")
+        p.add_argument("trace_dir", nargs="?", help="trace dir (optional when only profiler files are analyzed)")
         p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH)")
         p.add_argument("--kineto", help="Kineto / Chrome-trace JSON (.json or .json.gz)")
         if name == "analyze":
-            p.add_argument("--report", default="all", help="story, radix or all (comma-separated)")
+            p.add_argument("--report", default="all", help="story, radix, timeline, attention or all (comma-separated)")
+            p.add_argument("--ncu", help="Nsight Compute result: details or raw CSV, console text, or .ncu-rep")
             p.add_argument("--request", default="slowest", help="rid prefix, first, slowest or p50")
             p.add_argument("--out", help="output dir (default: DIR/reports)")
             p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated)")

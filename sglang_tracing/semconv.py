@@ -51,6 +51,7 @@ OUTPUT_TOKENS = "sglang.request.output_tokens"
 FINISH_REASON = "sglang.request.finish_reason"
 PROMPT_TEXT = "sglang.request.prompt_text"  # only with --record-prompts
 OUTPUT_TEXT = "sglang.request.output_text"  # only with --record-prompts
+FIRST_OUTPUT_NS = "sglang.request.first_output_ns"  # root: when the tokenizer manager delivered the first output
 TOKEN_TIMES = "sglang.request.token_times_ns"  # decode span: wall time of every output token
 CHUNK_INDEX = "sglang.chunk.index"
 CHUNK_TOKENS = "sglang.chunk.tokens"

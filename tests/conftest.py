@@ -50,3 +50,8 @@ def run_concurrently(server: Server, prompts: list[str], concurrency: int, max_n
                      stream: bool = True) -> list[dict]:
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(lambda p: server.generate(p, max_new_tokens=max_new_tokens, stream=stream), prompts))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> str:
+    return os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

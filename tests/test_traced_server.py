@@ -30,12 +30,14 @@ def traced_run(tiny_model, tmp_path_factory):
     server, trace_dir = start_server(tiny_model, tmp)
     try:
         mixed = run_concurrently(server, mixed_workload(20), concurrency=4)
+        # one long prompt alone: a TTFT long enough that the client's own HTTP costs stay small
+        solo = server.generate(prompt_of_length(3000, seed=77), max_new_tokens=24, stream=True)
         load = run_concurrently(server, [prompt_of_length(24, seed=5000 + i) for i in range(300)],
                                 concurrency=32, max_new_tokens=4, stream=False)
         time.sleep(1)
     finally:
         stop_and_drain(server, trace_dir)
-    return trace_dir, mixed, load
+    return trace_dir, mixed, load, solo
 
 
 def _rid(resp: dict) -> str:
@@ -48,7 +50,7 @@ def _lifecycle_counts(spans, rids):
 
 
 def test_each_request_has_one_complete_trace(traced_run):
-    trace_dir, mixed, _ = traced_run
+    trace_dir, mixed, *_ = traced_run
     model = load_trace_dir(trace_dir)
     rids = {_rid(r) for r in mixed}
     counts = _lifecycle_counts(model.spans, rids)
@@ -74,7 +76,7 @@ def pl_n_unique(col):
 
 
 def test_cached_tokens_and_token_times_match_sglang(traced_run):
-    trace_dir, mixed, _ = traced_run
+    trace_dir, mixed, *_ = traced_run
     table = request_table(load_trace_dir(trace_dir).spans)
     by_rid = {row["rid"]: row for row in table.iter_rows(named=True)}
     hits = 0
@@ -91,7 +93,7 @@ def test_cached_tokens_and_token_times_match_sglang(traced_run):
 
 
 def test_no_span_lost_under_concurrency(traced_run):
-    trace_dir, _, load = traced_run
+    trace_dir, _, load, _ = traced_run
     model = load_trace_dir(trace_dir)
     rids = {_rid(r) for r in load}
     assert len(rids) == 300
@@ -108,7 +110,7 @@ def table_rids(rids):
 
 
 def test_batch_and_cache_spans_recorded(traced_run):
-    trace_dir, _, _ = traced_run
+    trace_dir, *_ = traced_run
     model = load_trace_dir(trace_dir)
     names = set(model.spans["name"].unique())
     assert {sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT, sc.MODEL_FORWARD, sc.CACHE_MATCH, sc.CACHE_INSERT} <= names
@@ -181,3 +183,21 @@ def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):
     assert lines > 0
     model = load_trace_dir(trace_dir)
     assert request_table(model.spans)["complete"].sum() > 0
+
+
+def test_story_latencies_match_client(traced_run, tmp_path):
+    """The story report's TTFT and mean ITL for a request agree with the client's, within 5%."""
+    from sglang_tracing.analyzer import api
+
+    trace_dir, *_, solo = traced_run
+    c = solo["client"]
+    chunks = c["chunk_ns"]
+    ttft, itl = chunks[0] - c["sent_ns"], (chunks[-1] - chunks[0]) / (len(chunks) - 1)
+    assert len(chunks) == 24
+    api.analyze(trace_dir, reports="story", request=_rid(solo)[:12], out_dir=str(tmp_path), formats="md")
+    story = (tmp_path / "story.md").read_text()
+    assert _rid(solo) in story
+    ours_ttft = float(story.split("- TTFT: **")[1].split(" ms")[0]) * 1e6
+    ours_itl = float(story.split("- average ITL: **")[1].split(" ms")[0]) * 1e6
+    assert abs(ours_ttft - ttft) / ttft < 0.05, (ours_ttft, ttft)
+    assert abs(ours_itl - itl) / itl < 0.05, (ours_itl, itl)

@@ -87,7 +87,7 @@ def _normalize(value: float | None, unit: str, kind: str) -> float | None:
     if kind == "time":
         return value * _TIME.get(unit, 1)
     if kind == "bytes":
-        return value * _BYTES.get(unit, 1)
+        return value * _BYTES.get(unit.split("/")[0], 1)
     if kind == "rate":
         base = unit.split("/")[0] if "/" in unit else None
         return value * _BYTES[base] if base in _BYTES else None
@@ -177,3 +177,49 @@ def phase_comparison(metrics: pl.DataFrame) -> pl.DataFrame:
             "tensor_pct", "arith_intensity_flop_per_byte"]
     present = [k for k in keys if k in metrics.columns]
     return metrics.group_by("phase").agg(pl.len().alias("kernels"), *[pl.col(k).mean() for k in present]).sort("phase")
+
+
+def build_report(model):
+    from sglang_tracing.analyzer.report import Report
+
+    report = Report("attention", "Attention deep-dive (experiment 5)")
+    if model.ncu is None or model.ncu.is_empty():
+        report.section("No Nsight Compute data").add("kernels", None, "pass --ncu with a details/raw CSV, "
+                                                      "console text or .ncu-rep")
+        return report
+    metrics = kernel_metrics(model.ncu)
+    groups = {
+        "Launch configuration": ["grid", "block", "grid_size", "block_size", "registers_per_thread",
+                                 "shared_dynamic_bytes", "shared_static_bytes"],
+        "Occupancy": ["theoretical_occupancy_pct", "achieved_occupancy_pct", "occupancy_limiter", "waves_per_sm"],
+        "Compute": ["sm_throughput_pct", "tensor_pct", "fp32_pct", "flop_non_tensor", "arith_intensity_flop_per_byte"],
+        "Memory": ["dram_bandwidth_Bps", "dram_throughput_pct", "memory_throughput_pct", "l2_hit_pct", "l1_hit_pct",
+                   "shared_bank_conflicts", "global_load_efficiency_pct", "global_store_efficiency_pct"],
+    }
+    for row in metrics.iter_rows(named=True):
+        sec = report.section(f"Kernel {row['kernel_id']}: {row['kernel_name'][:100]} ({row['phase']})")
+        sec.add("duration", f"{row['duration_ns'] / 1e3:.2f} us" if row["duration_ns"] is not None else None, "ncu")
+        for title, fields in groups.items():
+            child = sec.child(title)
+            for f in fields:
+                v = row.get(f)
+                if v is None:
+                    child.add(f, None, "not collected")
+                elif isinstance(v, float):
+                    text = f"{v / 1e9:.1f} GB/s" if f == "dram_bandwidth_Bps" else f"{v:,.2f}"
+                    child.add(f, text, "")
+                else:
+                    child.add(f, str(v), "")
+    stalls = warp_stalls(model.ncu)
+    st = report.section("Warp stalls")
+    if stalls.height:
+        top = stalls.sort("cycles", descending=True).group_by("kernel_id", maintain_order=True).head(3)
+        st.table = top.select("kernel_id", "reason", pl.col("cycles").round(2), pl.col("share_pct").round(1), "meaning")
+        for kid, g in top.group_by("kernel_id", maintain_order=True):
+            r = g.row(0, named=True)
+            st.add(f"kernel {kid[0]} dominant stall", f"{r['reason']} ({r['share_pct']:.0f}%)", r["meaning"])
+    else:
+        st.add("stall breakdown", None, "not collected (needs the WarpStateStats section or raw page)")
+    cmp = report.section("Prefill vs decode")
+    cmp.table = phase_comparison(metrics).with_columns(pl.selectors.float().round(2))
+    return report

@@ -26,7 +26,8 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
 
     Columns (ns unless named): rid, received_ns, finished_ns, e2e_ns, prompt_tokens, cached_tokens,
     output_tokens, finish_reason, tokenize_ns, queued_ns, prefix_match_ns, matched_tokens,
-    prefill_start_ns, prefill_ns, first_token_ns, ttft_ns, decode_ns, token_times_ns (list),
+    prefill_start_ns, prefill_ns, first_token_ns, first_output_ns, ttft_ns (received -> first output
+    delivered), ttft_compute_ns (received -> first token computed), decode_ns, token_times_ns (list),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded).
     """
     if sc.RID not in spans.columns:
@@ -35,7 +36,7 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
     rids = req_spans.select(pl.col(sc.RID).alias("rid")).unique()
     root = _phase(req_spans, sc.REQUEST, "root", {
         sc.PROMPT_TOKENS: "prompt_tokens", sc.CACHED_TOKENS: "cached_tokens",
-        sc.OUTPUT_TOKENS: "output_tokens"})
+        sc.OUTPUT_TOKENS: "output_tokens", sc.FIRST_OUTPUT_NS: "first_output_ns"})
     if sc.FINISH_REASON in req_spans.columns:
         root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.FINISH_REASON).alias("finish_reason")).unique("rid"),
@@ -68,7 +69,10 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
         pl.when(n_tok > 1).then((pl.col("token_times_ns").list.last() - pl.col("token_times_ns").list.first())
                                 / (n_tok - 1)).otherwise(None).alias("mean_itl_ns"),
     ).with_columns(
-        (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_ns"),
+        # user-visible TTFT: received -> first output handed to the client; recordings without
+        # that attribute fall back to the first token computed by the scheduler
+        (pl.coalesce("first_output_ns", "first_token_ns") - pl.col("received_ns")).alias("ttft_ns"),
+        (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_compute_ns"),
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
     )

@@ -116,8 +116,13 @@ def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label:
 
 
 def build_report(model: TraceModel, which: str = "slowest", model_config_override: str | None = None) -> Report:
+    from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time, request_gpu_time
+
     spans = model.spans
-    requests = request_table(spans)
+    per_fwd = forward_gpu_time(spans, model.kernels)
+    gpu = request_gpu_time(spans, per_fwd)
+    requests = request_table(spans).join(gpu, on="rid", how="left")
+    gpu_source = ", ".join(sorted(set(per_fwd["source"].drop_nulls().to_list()))) or "none"
     report = Report("story", "Execution story (experiment 1)")
     req = select_request(requests, which)
     if req is None:
@@ -143,7 +148,10 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
 
     prefill = report.section("Prefill")
     prefill.add("total", ms(req["prefill_ns"]), "first chunk launch -> first token")
-    prefill.add("TTFT", ms(req["ttft_ns"]), "received -> first token")
+    prefill.add("TTFT", ms(req["ttft_ns"]), "received -> first output delivered by the tokenizer manager")
+    prefill.add("time to first token computed", ms(req["ttft_compute_ns"]), "received -> first token in the scheduler")
+    prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
+                f"forward GPU time ({gpu_source}) split by tokens in each batch")
     pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
     breakdown = _op_breakdown(model, req["prefill_start_ns"], req["prefill_end_ns"])
     if breakdown is None:
@@ -157,6 +165,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     tokens = token_latencies(requests.filter(pl.col("rid") == rid))
     decode.add("total", ms(req["decode_ns"]), "first token -> last token")
     decode.add("average ITL", ms(req["mean_itl_ns"]), "span sglang.request.decode token times")
+    decode.add("GPU time (this request's share)", ms(req.get("decode_gpu_ns")),
+               f"forward GPU time ({gpu_source}) split evenly across each decode batch")
     trend = itl_trend(tokens)
     if trend:
         decode.add("ITL trend vs KV length", f"{trend['slope_ns_per_token'] / 1e3:+.3f} us per KV token",
@@ -207,7 +217,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         "rid", "prompt_tokens", "cached_tokens", "output_tokens",
         (pl.col("ttft_ns") / 1e6).round(3).alias("ttft_ms"),
         (pl.col("mean_itl_ns") / 1e6).round(3).alias("mean_itl_ms"),
-        (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"))
+        (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"),
+        (pl.col("gpu_ns") / 1e6).round(3).alias("gpu_ms"))
     from sglang_tracing.analyzer.renderers import plots
 
     png = plots.itl_plot(tokens, rid)

@@ -1,0 +1,144 @@
+"""Experiment 4 analyses over kernels and spans: kernel totals, CPU/GPU overlap, per-request GPU time."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import polars as pl
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.errors import TraceError
+
+KERN_SUM_COLUMNS = ["Time (%)", "Total Time (ns)", "Instances", "Avg (ns)", "Med (ns)", "Min (ns)", "Max (ns)",
+                    "StdDev (ns)", "Name"]
+
+
+def kernel_summary(kernels: pl.DataFrame) -> pl.DataFrame:
+    """Per kernel name, ``nsys stats --report cuda_gpu_kern_sum`` semantics: total, instances, mean,
+    median, min, max, sample standard deviation (0 for one instance), share of all kernel time."""
+    if kernels.is_empty():
+        return pl.DataFrame(schema=dict.fromkeys(KERN_SUM_COLUMNS[:-1], pl.Float64) | {"Name": pl.String})
+    total = kernels["dur_ns"].sum()
+    return (kernels.group_by("name").agg(
+        pl.col("dur_ns").sum().alias("Total Time (ns)"), pl.len().alias("Instances"),
+        pl.col("dur_ns").mean().alias("Avg (ns)"), pl.col("dur_ns").median().alias("Med (ns)"),
+        pl.col("dur_ns").min().alias("Min (ns)"), pl.col("dur_ns").max().alias("Max (ns)"),
+        pl.col("dur_ns").std(ddof=1).fill_null(0.0).alias("StdDev (ns)"))
+        .with_columns((pl.col("Total Time (ns)") / total * 100).alias("Time (%)"))
+        .rename({"name": "Name"}).select(KERN_SUM_COLUMNS)
+        .sort(["Total Time (ns)", "Name"], descending=[True, False]))
+
+
+def read_kern_sum_csv(path: str | Path) -> pl.DataFrame:
+    """An ``nsys stats`` cuda_gpu_kern_sum CSV in the same schema as ``kernel_summary``."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0][:len(KERN_SUM_COLUMNS)] != KERN_SUM_COLUMNS:
+        raise TraceError(path, f"not a cuda_gpu_kern_sum CSV (header should be {','.join(KERN_SUM_COLUMNS)})")
+    data = [r for r in rows[1:] if len(r) >= len(KERN_SUM_COLUMNS)]
+    cols = list(zip(*data)) if data else [[]] * len(KERN_SUM_COLUMNS)
+    frame = {name: [float(v) for v in col] for name, col in zip(KERN_SUM_COLUMNS[:-1], cols)}
+    frame["Name"] = list(cols[-1])
+    return pl.DataFrame(frame).with_columns(pl.col("Instances").cast(pl.Int64), pl.col("Total Time (ns)").cast(pl.Int64),
+                                            pl.col("Min (ns)").cast(pl.Int64), pl.col("Max (ns)").cast(pl.Int64))
+
+
+def merge_intervals(frame: pl.DataFrame) -> pl.DataFrame:
+    """Union of [start_ns, end_ns) intervals as disjoint sorted intervals."""
+    if frame.is_empty():
+        return pl.DataFrame(schema={"start_ns": pl.Int64, "end_ns": pl.Int64})
+    f = frame.select("start_ns", "end_ns").sort("start_ns")
+    f = f.with_columns(pl.col("end_ns").cum_max().shift(1).alias("prev_end"))
+    f = f.with_columns((pl.col("prev_end").is_null() | (pl.col("start_ns") > pl.col("prev_end"))).cum_sum().alias("g"))
+    return f.group_by("g").agg(pl.col("start_ns").min(), pl.col("end_ns").max()).sort("start_ns").drop("g")
+
+
+def _total(iv: pl.DataFrame) -> int:
+    return int((iv["end_ns"] - iv["start_ns"]).sum()) if iv.height else 0
+
+
+def _intersection(a: pl.DataFrame, b: pl.DataFrame) -> int:
+    """Total length of the intersection of two disjoint sorted interval sets."""
+    i = j = total = 0
+    A, B = a.rows(), b.rows()
+    while i < len(A) and j < len(B):
+        lo, hi = max(A[i][0], B[j][0]), min(A[i][1], B[j][1])
+        if hi > lo:
+            total += hi - lo
+        if A[i][1] < B[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def cpu_gpu_overlap(spans: pl.DataFrame, kernels: pl.DataFrame, bubble_ns: int = 50_000) -> dict:
+    """Busy and idle time of the scheduler CPU thread and of the GPU over the window both were active."""
+    cpu = spans.filter(pl.col("name").is_in([sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT]))
+    if kernels.is_empty() or cpu.is_empty():
+        return {}
+    gpu_iv, cpu_iv = merge_intervals(kernels), merge_intervals(cpu)
+    lo = max(gpu_iv["start_ns"].min(), cpu_iv["start_ns"].min())
+    hi = min(gpu_iv["end_ns"].max(), cpu_iv["end_ns"].max())
+    if hi <= lo:
+        return {}
+    clip = lambda iv: iv.with_columns(pl.col("start_ns").clip(lo, hi), pl.col("end_ns").clip(lo, hi)).filter(
+        pl.col("end_ns") > pl.col("start_ns"))
+    gpu_iv, cpu_iv = clip(gpu_iv), clip(cpu_iv)
+    window, g, c = hi - lo, _total(gpu_iv), _total(cpu_iv)
+    both = _intersection(gpu_iv, cpu_iv)
+    gaps = (gpu_iv["start_ns"].shift(-1) - gpu_iv["end_ns"]).drop_nulls()
+    bubbles = gaps.filter(gaps > bubble_ns)
+    return {"window_ns": window, "gpu_busy_ns": g, "cpu_busy_ns": c, "both_busy_ns": both,
+            "gpu_idle_while_cpu_busy_ns": c - both, "cpu_idle_while_gpu_busy_ns": g - both,
+            "both_idle_ns": window - g - c + both, "bubbles": bubbles.len(), "bubble_ns": int(bubbles.sum() or 0),
+            "bubble_threshold_ns": bubble_ns}
+
+
+def forward_gpu_time(spans: pl.DataFrame, kernels: pl.DataFrame) -> pl.DataFrame:
+    """GPU ns of each forward span: its CUDA-event duration when recorded, else the kernels that
+    started between its launch and the next forward's launch. Columns: span_id, mode, gpu_ns, source."""
+    fwd = spans.filter(pl.col("name") == sc.FORWARD).sort("start_ns")
+    if fwd.is_empty():
+        return pl.DataFrame(schema={"span_id": pl.String, "mode": pl.String, "gpu_ns": pl.Int64, "source": pl.String})
+    mode = pl.col(sc.FORWARD_MODE) if sc.FORWARD_MODE in fwd.columns else pl.lit(None, pl.String)
+    out = fwd.select("span_id", "start_ns", mode.alias("mode"),
+                     (pl.col(sc.GPU_DURATION_NS) if sc.GPU_DURATION_NS in fwd.columns
+                      else pl.lit(None, pl.Int64)).alias("event_ns"))
+    if not kernels.is_empty():
+        k = kernels.select("start_ns", "dur_ns").sort("start_ns").join_asof(
+            out.select("span_id", pl.col("start_ns").alias("fwd_start")), left_on="start_ns", right_on="fwd_start")
+        by_fwd = k.drop_nulls("span_id").group_by("span_id").agg(pl.col("dur_ns").sum().alias("kernel_ns"))
+        out = out.join(by_fwd, on="span_id", how="left")
+    else:
+        out = out.with_columns(pl.lit(None, pl.Int64).alias("kernel_ns"))
+    return out.select("span_id", "mode",
+                      pl.coalesce("event_ns", "kernel_ns").alias("gpu_ns"),
+                      pl.when(pl.col("event_ns").is_not_null()).then(pl.lit("cuda events"))
+                      .when(pl.col("kernel_ns").is_not_null()).then(pl.lit("kernels")).otherwise(None).alias("source"))
+
+
+def request_gpu_time(spans: pl.DataFrame, per_forward: pl.DataFrame) -> pl.DataFrame:
+    """Each forward's GPU time split across its requests by their tokens in that forward.
+    Columns: rid, prefill_gpu_ns, decode_gpu_ns, gpu_ns."""
+    empty = pl.DataFrame(schema={"rid": pl.String, "prefill_gpu_ns": pl.Float64, "decode_gpu_ns": pl.Float64,
+                                 "gpu_ns": pl.Float64})
+    if per_forward.is_empty() or sc.BATCH_RIDS not in spans.columns:
+        return empty
+    fwd = spans.filter(pl.col("name") == sc.FORWARD).select(
+        "span_id", pl.col(sc.BATCH_RIDS).alias("rid"),
+        (pl.col(sc.BATCH_EXTEND_LENS) if sc.BATCH_EXTEND_LENS in spans.columns else pl.lit(None, pl.List(pl.Int64)))
+        .alias("tokens"))
+    fwd = fwd.with_columns(pl.when(pl.col("tokens").is_null()).then(pl.col("rid").list.eval(pl.lit(1)))
+                           .otherwise(pl.col("tokens")).alias("tokens"))
+    long = fwd.explode(["rid", "tokens"]).join(per_forward.drop_nulls("gpu_ns"), on="span_id")
+    if long.is_empty():
+        return empty
+    long = long.with_columns((pl.col("gpu_ns") * pl.col("tokens") / pl.col("tokens").sum().over("span_id"))
+                             .alias("share_ns"))
+    is_prefill = pl.col("mode").is_in(["extend", "mixed"])
+    return long.group_by("rid").agg(
+        pl.col("share_ns").filter(is_prefill).sum().alias("prefill_gpu_ns"),
+        pl.col("share_ns").filter(~is_prefill).sum().alias("decode_gpu_ns"),
+        pl.col("share_ns").sum().alias("gpu_ns"))

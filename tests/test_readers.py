@@ -1,0 +1,154 @@
+"""Issue 5: every profiler file in ../shared/realdata is read, and bad input fails cleanly."""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sqlite3
+
+import polars as pl
+import pytest
+
+from sglang_tracing.analyzer.analyses import attention
+from sglang_tracing.analyzer.analyses.kernels import KERN_SUM_COLUMNS, kernel_summary, read_kern_sum_csv
+from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.loaders import kineto, ncu, nsys
+
+from conftest import REALDATA
+
+NSYS_2022 = os.path.join(REALDATA, "nsys_sqlite", "pipit_saxpy-mpi-cuda_nsys_perlmutter0.sqlite")
+NSYS_2024 = os.path.join(REALDATA, "nsys_sqlite", "nvfuser_64ee035_h200_hopper_matmul_report1.sqlite")
+NSYS_REP = os.path.join(REALDATA, "nsys_rep", "nvfuser_64ee035_h200_hopper_matmul_report1.nsys-rep")
+NCU_OLD = os.path.join(REALDATA, "ncu_csv", "leleucas_bert_flashattn_ncu_details.csv")
+NCU_NEW = os.path.join(REALDATA, "ncu_csv", "llmperfopt_dsocr_k0013_flash_fwd_splitkv_ncu_details.csv")
+NCU_TEXT = os.path.join(REALDATA, "ncu_text", "quantizedmha_run2_fa_kernel_L4_ncu_full.txt")
+KINETO = os.path.join(REALDATA, "kineto", "tracelens_h100_hf_Qwen1.5-0.5B-Chat.json.gz")
+KERN_SUM = os.path.join(REALDATA, "nsys_csv", "llmperfopt_dsocr_decode_cuda_gpu_kern_sum.csv")
+
+
+@pytest.mark.parametrize("path, n_kernels, n_nvtx_rows, gpu", [
+    (NSYS_2022, 5, 24, "NVIDIA A100-SXM4-40GB"),
+    (NSYS_2024, 19, 652, "NVIDIA H200"),
+])
+def test_nsys_sqlite_both_schemas(path, n_kernels, n_nvtx_rows, gpu):
+    con, _ = nsys.open_export(path)
+    k = nsys.kernels(con)
+    assert k.height == n_kernels
+    assert k["name"].str.len_chars().min() > 0  # every name resolved through StringIds
+    assert (k["dur_ns"] > 0).all() and k["grid_x"].min() >= 1 and k["block_x"].min() >= 1
+    raw_rows = con.execute("select count(*) from NVTX_EVENTS").fetchone()[0]
+    assert raw_rows == n_nvtx_rows
+    ranges = nsys.nvtx(con)
+    assert 0 < ranges.height <= raw_rows and ranges["text"].null_count() == 0
+    assert gpu in nsys.gpus(con)["name"].to_list()
+    assert nsys.session_start_ns(con) > 1.6e18
+
+
+def test_nsys_kernel_summary_matches_sql():
+    """kernel_summary follows cuda_gpu_kern_sum: checked against the same totals computed in SQL."""
+    con, _ = nsys.open_export(NSYS_2024)
+    ours = kernel_summary(nsys.kernels(con))
+    assert ours.columns == KERN_SUM_COLUMNS
+    sql = con.execute("""select s.value, sum(k.end - k.start), count(*), min(k.end - k.start), max(k.end - k.start)
+                         from CUPTI_ACTIVITY_KIND_KERNEL k join StringIds s on k.demangledName = s.id
+                         group by s.value""").fetchall()
+    by_name = {r["Name"]: r for r in ours.iter_rows(named=True)}
+    assert len(by_name) == len(sql)
+    for name, total, n, lo, hi in sql:
+        r = by_name[name]
+        assert (r["Total Time (ns)"], r["Instances"], r["Min (ns)"], r["Max (ns)"]) == (total, n, lo, hi)
+        assert r["Avg (ns)"] == pytest.approx(total / n)
+    assert ours["Time (%)"].sum() == pytest.approx(100.0)
+
+
+def test_nsys_stats_csv_reads_into_the_same_schema():
+    ref = read_kern_sum_csv(KERN_SUM)
+    assert ref.columns == KERN_SUM_COLUMNS
+    assert ref.height == 46 and ref["Instances"].min() >= 1
+    assert ref["Time (%)"].sum() == pytest.approx(100.0, abs=0.5)
+    # the same figures recomputed from one-instance-per-row data give the CSV's own totals
+    row = ref.row(0, named=True)
+    assert row["Avg (ns)"] == pytest.approx(row["Total Time (ns)"] / row["Instances"], rel=1e-3)
+
+
+def test_nsys_rep_without_nsys_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(TraceError, match="nsys is not on PATH"):
+        nsys.open_export(NSYS_REP)
+
+
+def test_kineto_trace():
+    k, ops = kineto.frames(kineto.read(KINETO))
+    assert k.height == 1465
+    assert k["name"].str.contains("sm90_xmma_gemm").any()
+    assert k["start_ns"].min() > 1.7e18  # put on the wall clock by baseTimeNanoseconds
+    corr = set(k["correlation"].drop_nulls()) & set(ops["correlation"].drop_nulls())
+    assert len(corr) > 1000  # kernels join their launching runtime calls
+
+
+@pytest.mark.parametrize("path, kernels", [(NCU_OLD, 10), (NCU_NEW, 1), (NCU_TEXT, 1)])
+def test_ncu_every_layout(path, kernels):
+    long = ncu.read(path)
+    assert long["kernel_id"].n_unique() == kernels
+    metrics = attention.kernel_metrics(long)
+    assert metrics.height == kernels
+
+
+def test_ncu_new_layout_numbers_and_na():
+    long = ncu.read(NCU_NEW)
+    assert long.filter(pl.col("text") == "n/a")["value"].null_count() == long.filter(pl.col("text") == "n/a").height
+    row = attention.kernel_metrics(long).row(0, named=True)
+    assert row["block"] == "(128, 1, 1)" and row["grid"] == "(1, 8, 10)"
+    assert row["phase"] == "decode"  # flash_fwd_splitkv
+    thousands = long.filter(pl.col("text").str.contains(r"^\d{1,3}(,\d{3})+$"))
+    assert thousands.height and (thousands["value"] >= 1000).all()
+
+
+def test_ncu_text_sections():
+    row = attention.kernel_metrics(ncu.read(NCU_TEXT)).row(0, named=True)
+    assert row["theoretical_occupancy_pct"] == 50.0 and row["achieved_occupancy_pct"] == pytest.approx(31.01)
+    assert row["duration_ns"] == pytest.approx(7.85e6)
+    assert row["occupancy_limiter"] is not None
+
+
+def test_h200_ncu_raw_page_has_stalls(repo_root):
+    long = ncu.read(os.path.join(repo_root, "traces/examples/h200-ncu-triton/attention-raw.csv.gz"))
+    stalls = attention.warp_stalls(long)
+    assert set(stalls["kernel_id"]) == {0, 1, 2, 3}
+    assert stalls.group_by("kernel_id").agg(pl.col("share_pct").sum())["share_pct"].to_list() == pytest.approx([100] * 4)
+    phases = attention.kernel_metrics(long)["phase"].to_list()
+    assert phases == ["prefill", "prefill", "decode", "decode"]
+
+
+# ---- bad input: one-line error naming the file ----
+def _truncate(src: str, dst, keep: float) -> str:
+    data = open(src, "rb").read()
+    with open(dst, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+    return str(dst)
+
+
+def test_truncated_and_foreign_inputs(tmp_path):
+    with pytest.raises(TraceError, match="SQLite|corrupt|truncated"):
+        con, p = nsys.open_export(_truncate(NSYS_2024, tmp_path / "cut.sqlite", 0.3))
+        nsys.kernels(con)
+    not_nsys = tmp_path / "other.sqlite"
+    sqlite3.connect(not_nsys).execute("create table t (x)")
+    with pytest.raises(TraceError, match="not an Nsight Systems export"):
+        nsys.open_export(not_nsys)
+    plain = tmp_path / "kineto.json"
+    plain.write_bytes(gzip.decompress(open(KINETO, "rb").read())[:50000])
+    with pytest.raises(TraceError, match="truncated JSON"):
+        kineto.read(plain)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text('"ID","Something"\n"0","1"\n')
+    with pytest.raises(TraceError, match="not an Nsight Compute CSV"):
+        ncu.read(bad_csv)
+    with pytest.raises(TraceError, match="not a cuda_gpu_kern_sum CSV"):
+        read_kern_sum_csv(bad_csv)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(TraceError, match="empty"):
+        ncu.read(empty)
+    shutil.copy(NCU_TEXT, tmp_path / "x.txt")
+    assert ncu.read(tmp_path / "x.txt").height > 0

@@ -1,0 +1,229 @@
+"""Issue 4 (and 3/5 on committed H200 data): reports, Perfetto output, bad input, the committed examples."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import polars as pl
+import pytest
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer import api
+from sglang_tracing.analyzer.analyses.requests import request_table
+from sglang_tracing.analyzer.model import load_trace_dir
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
+TRITON = EXAMPLES / "h200-llama2-7b-triton"
+FLASHINFER = EXAMPLES / "h200-llama2-7b-flashinfer"
+NSYS_DIR = EXAMPLES / "h200-nsys-triton"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sglang_tracing", *args], capture_output=True, text=True)
+
+
+def check_perfetto(path: str) -> dict:
+    """Parse a .pftrace back: begins/ends pair per track, counters in time order, flows resolve."""
+    trace = Trace()
+    trace.ParseFromString(open(path, "rb").read())
+    depth, last_counter, flows, tracks = defaultdict(int), {}, defaultdict(int), set()
+    last_ts = defaultdict(int)
+    for p in trace.packet:
+        if p.HasField("track_descriptor"):
+            tracks.add(p.track_descriptor.uuid)
+        if not p.HasField("track_event"):
+            continue
+        ev = p.track_event
+        assert ev.track_uuid in tracks, "event on an undeclared track"
+        if ev.type == TrackEvent.TYPE_SLICE_BEGIN:
+            depth[ev.track_uuid] += 1
+            for f in ev.flow_ids:
+                flows[f] += 1
+        elif ev.type == TrackEvent.TYPE_SLICE_END:
+            depth[ev.track_uuid] -= 1
+            assert depth[ev.track_uuid] >= 0, "end without begin"
+        elif ev.type == TrackEvent.TYPE_COUNTER:
+            assert p.timestamp >= last_counter.get(ev.track_uuid, 0), "counter out of time order"
+            last_counter[ev.track_uuid] = p.timestamp
+        if ev.type in (TrackEvent.TYPE_SLICE_BEGIN, TrackEvent.TYPE_SLICE_END):
+            assert p.timestamp >= last_ts[ev.track_uuid], "slice events out of order on a track"
+            last_ts[ev.track_uuid] = p.timestamp
+    assert all(d == 0 for d in depth.values()), "a begin without its end"
+    assert all(n >= 2 for n in flows.values()), "a flow id with one end"
+    return {"slices": sum(1 for p in trace.packet if p.track_event.type == TrackEvent.TYPE_SLICE_BEGIN),
+            "flows": len(flows), "counter_tracks": len(last_counter)}
+
+
+def test_reports_and_perfetto_for_every_example(tmp_path):
+    for d in sorted(EXAMPLES.iterdir()):
+        if not d.is_dir():
+            continue
+        out = tmp_path / d.name
+        written = api.analyze(str(d), out_dir=str(out), model_config="llama-2-7b")
+        assert {Path(p).name for p in written} >= {"story.txt", "story.md", "story.html", "radix.txt",
+                                                    "timeline.txt", "attention.txt"}
+        counts = api.to_perfetto(str(d), str(out / "t.pftrace"))
+        parsed = check_perfetto(str(out / "t.pftrace"))
+        assert parsed["slices"] == counts["slices"] and parsed["flows"] == counts["flows"] > 0
+        assert parsed["counter_tracks"] > 0  # NVML/GPM counters of the H200 runs
+
+
+def test_h200_triton_trace_has_gpu_truth():
+    model = load_trace_dir(TRITON)
+    fwd = model.spans.filter(pl.col("name") == sc.FORWARD)
+    assert fwd.height > 2000 and fwd[sc.GPU_DURATION_NS].null_count() == 0
+    assert (fwd[sc.GPU_DURATION_NS] > 0).all()
+    prefill = model.spans.filter((pl.col("name") == sc.FORWARD) & (pl.col(sc.FORWARD_MODE) == "extend"))
+    windows = prefill.select(pl.col("start_ns") - 100_000_000, pl.col("end_ns") + 100_000_000)
+    c = model.counters.filter(pl.col("metric").is_in(["sm_util_pct", "tensor_util_pct"]))
+    inside = c.join_asof(windows.sort("start_ns"), left_on="t_ns", right_on="start_ns").filter(
+        pl.col("t_ns") <= pl.col("end_ns"))
+    peak = inside.group_by("metric").agg(pl.col("value").max())
+    assert dict(peak.iter_rows())["sm_util_pct"] > 10 and dict(peak.iter_rows())["tensor_util_pct"] > 1
+
+
+def test_h200_nsys_nvtx_ids_match_spans():
+    model = api.load(str(NSYS_DIR), nsys=str(NSYS_DIR / "nsys.sqlite.gz"))
+    source = model.manifest["sources"][-1]
+    assert source["alignment"].startswith("median offset")
+    named = model.nvtx.drop_nulls("span_id")
+    joined = named.join(model.spans.select("span_id", "name", pl.col("start_ns").alias("span_start")), on="span_id")
+    # every forward / model-forward / result span has its NVTX range, at the same time; the first
+    # forward's ranges opened just before cudaProfilerStart began the capture, so nsys lacks them
+    for name in (sc.FORWARD, sc.MODEL_FORWARD, sc.PROCESS_RESULT):
+        total = model.spans.filter(pl.col("name") == name).height
+        assert total - 1 <= joined.filter(pl.col("name") == name).height <= total
+    assert (joined["start_ns"] - joined["span_start"]).abs().max() < 100_000
+    # ranges without a span are the idle scheduler polls: schedule passes that chose no batch
+    orphans = named.join(model.spans.select("span_id"), on="span_id", how="anti")
+    assert orphans["text"].str.starts_with(sc.SCHEDULE).all()
+
+
+def test_story_on_h200_shows_floor_and_gpu_share(tmp_path):
+    api.analyze(str(TRITON), reports="story", out_dir=str(tmp_path), formats="text", model_config="llama-2-7b")
+    text = (tmp_path / "story.txt").read_text()
+    assert "decode floor (weights / HBM bandwidth): 2.808 ms" in text  # 13.48 GB / 4.8 TB/s
+    assert "GPU time (this request's share)" in text and "cuda events" in text
+
+
+def test_radix_counts_equal_sglang_cached_tokens():
+    from sglang_tracing.analyzer.analyses.radix import classify_lookups
+
+    table = request_table(load_trace_dir(TRITON).spans)
+    lookups = classify_lookups(table)
+    cached, prompt = table["cached_tokens"], table["prompt_tokens"]
+    assert lookups.filter(pl.col("lookup") == "miss").height == (cached == 0).sum()
+    assert lookups.filter(pl.col("lookup") == "full").height == ((cached > 0) & (cached >= prompt - 1)).sum()
+    assert lookups.height == table.height
+
+
+def test_html_report_renders_in_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed (scripts/setup_env.sh installs Debian's chromium)")
+    api.analyze(str(TRITON), reports="story,radix", out_dir=str(tmp_path), formats="html", model_config="llama-2-7b")
+    html = tmp_path / "story.html"
+    assert "<script" not in html.read_text()
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", html.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    dom = done.stdout
+    assert "Execution story (experiment 1)" in dom and "decode floor" in dom
+    assert dom.count("<img") == 1 and "data:image/png;base64," in dom  # the ITL plot, embedded
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile2'}",
+                    f"--screenshot={shot}", "--window-size=1200,2000", html.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_html_escapes_strings(tmp_path):
+    from sglang_tracing.analyzer.renderers import html
+    from sglang_tracing.analyzer.report import Report
+
+    r = Report("x", "<script>alert(1)</script>")
+    r.section("s & <b>").add("<img src=x>", "1 < 2", "a \"quote\"")
+    out = html.render(r)
+    assert "<script>" not in out and "&lt;script&gt;" in out and "&lt;img src=x&gt;" in out
+
+
+# ---- bad input: one line on stderr, exit 2, no traceback ----
+def _copy_trace(tmp_path) -> Path:
+    d = tmp_path / "t"
+    shutil.copytree(FLASHINFER, d)
+    shutil.rmtree(d / "reports", ignore_errors=True)
+    return d
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("empty", "empty directory"),
+    ("no_manifest", "manifest.json: missing"),
+    ("bad_manifest", "manifest.json: not valid JSON"),
+    ("version", "unknown format_version 99"),
+    ("middle_line", "line 2: not valid JSON"),
+    ("not_a_dir", "not a directory"),
+])
+def test_bad_trace_dirs_fail_cleanly(tmp_path, breakage, message):
+    d = _copy_trace(tmp_path)
+    if breakage == "empty":
+        d = tmp_path / "empty"
+        d.mkdir()
+    elif breakage == "no_manifest":
+        (d / "manifest.json").unlink()
+    elif breakage == "bad_manifest":
+        (d / "manifest.json").write_text("{not json")
+    elif breakage == "version":
+        m = json.loads((d / "manifest.json").read_text())
+        m["format_version"] = 99
+        (d / "manifest.json").write_text(json.dumps(m))
+    elif breakage == "middle_line":
+        f = next(d.glob("spans-scheduler-*.jsonl.gz"))
+        import gzip
+
+        lines = gzip.decompress(f.read_bytes()).split(b"\n")
+        lines[1] = lines[1][: len(lines[1]) // 2]
+        f.unlink()
+        (d / f.name[:-3]).write_bytes(b"\n".join(lines))
+    elif breakage == "not_a_dir":
+        d = d / "manifest.json"
+    done = cli("analyze", str(d), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert message in done.stderr and str(d.name) in done.stderr
+
+
+def test_cut_off_last_line_still_loads(tmp_path):
+    """A killed writer leaves a half line at the end: the trace loads and says so."""
+    import gzip
+
+    d = _copy_trace(tmp_path)
+    f = next(d.glob("spans-scheduler-*.jsonl.gz"))
+    data = gzip.decompress(f.read_bytes())
+    f.unlink()
+    (d / f.name[:-3]).write_bytes(data[: len(data) - 500])
+    model = load_trace_dir(d)
+    assert model.cut_files and request_table(model.spans).height > 0
+    done = cli("analyze", str(d), "--report", "story", "--format", "text", "--out", str(tmp_path / "o"))
+    assert done.returncode == 0, done.stderr
+
+
+def test_bad_profiler_inputs_on_the_cli(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"definitely not sqlite")
+    done = cli("analyze", str(FLASHINFER), "--nsys", str(junk), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "junk.sqlite: not an SQLite file" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = cli("analyze", "--ncu", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "missing.csv: no such file" in done.stderr
+    done = cli("analyze", str(FLASHINFER), "--report", "nope")
+    assert done.returncode == 2 and "unknown report 'nope'" in done.stderr
+    done = cli("launch", "--trace-dir", str(tmp_path), "--nvml-interval-ms", "10", "--", "--model-path", "x")
+    assert done.returncode == 2 and ">= 100" in done.stderr and "Traceback" not in done.stderr
