@@ -27,7 +27,7 @@ import polars as pl
 
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
-from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
+from sglang_tracing.analyzer.loaders.otlp_json import SPAN_FIELDS, read_span_file
 
 logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -70,18 +70,25 @@ class TraceModel:
         return name in self.spans.columns
 
 
-def spans_frame(rows: list[dict]) -> pl.DataFrame:
+def spans_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Rows from ``read_span_file`` (base fields, then attribute pairs) as one column per attribute key."""
     if not rows:
         return empty(SPAN_BASE).with_columns(dur_ns=pl.lit(0, pl.Int64))
-    flat = []
-    for r in rows:
-        d = {k: v for k, v in r.items() if k != "attrs"}
-        d.update(r["attrs"])
-        flat.append(d)
-    df = pl.from_dicts(flat, infer_schema_length=None)
-    for k, t in SPAN_BASE.items():
-        if k not in df.columns:
-            df = df.with_columns(pl.lit(None, t).alias(k))
+    n = len(rows)
+    base = list(zip(*(r[:9] for r in rows)))
+    columns = {name: pl.Series(name, values, dtype=SPAN_BASE[name], strict=False)
+               for name, values in zip(SPAN_FIELDS, base)}
+    attrs: dict[str, list] = {}
+    for i, r in enumerate(rows):
+        for key, value in r[9]:
+            col = attrs.get(key)
+            if col is None:
+                col = attrs[key] = [None] * n
+            col[i] = value
+    for key, values in attrs.items():
+        if key not in columns:
+            columns[key] = pl.Series(key, values, strict=False)
+    df = pl.DataFrame(columns)
     return df.with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns")).sort("start_ns")
 
 
@@ -133,7 +140,43 @@ def profiles_only() -> TraceModel:
                                                           "time_ns": pl.Int64, "trace_id": pl.String}))
 
 
-def load_trace_dir(trace_dir: str | Path) -> TraceModel:
+CACHE_DIR = ".sglang-trace-cache"
+
+
+def _cache_key(files: list[Path]) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=12)
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _read_cached(trace_dir: Path, key: str) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    folder = trace_dir / CACHE_DIR / key
+    try:
+        return pl.read_parquet(folder / "spans.parquet"), pl.read_parquet(folder / "events.parquet")
+    except (OSError, pl.exceptions.PolarsError):
+        return None
+
+
+def _write_cache(trace_dir: Path, key: str, spans: pl.DataFrame, events: pl.DataFrame) -> None:
+    """Parquet copy of the parsed spans: later runs skip JSON decoding. Best effort (read-only dirs)."""
+    import shutil
+
+    root = trace_dir / CACHE_DIR
+    try:
+        if root.exists():
+            shutil.rmtree(root)
+        (root / key).mkdir(parents=True)
+        spans.write_parquet(root / key / "spans.parquet")
+        events.write_parquet(root / key / "events.parquet")
+    except OSError:
+        logger.debug("no parsed-span cache for %s", trace_dir)
+
+
+def load_trace_dir(trace_dir: str | Path, use_cache: bool = True) -> TraceModel:
     trace_dir = Path(trace_dir)
     if not trace_dir.is_dir():
         raise TraceError(trace_dir, "not a directory")
@@ -144,16 +187,25 @@ def load_trace_dir(trace_dir: str | Path) -> TraceModel:
     manifest = read_manifest(trace_dir)
     if not files:
         raise TraceError(trace_dir, "no spans-*.jsonl files: the server recorded nothing")
-    spans, events, cut = [], [], []
-    for path in files:
-        s, e, was_cut = read_span_file(path)
-        spans += s
-        events += e
-        if was_cut:
-            cut.append(str(path))
+    still_writing = list(trace_dir.glob("*.active"))
+    key = _cache_key(files)
+    cached = _read_cached(trace_dir, key) if use_cache and not still_writing else None
+    cut: list[str] = []
+    if cached is not None:
+        span_frame, ev = cached
+    else:
+        spans, events = [], []
+        for path in files:
+            s, e, was_cut = read_span_file(path)
+            spans += s
+            events += e
+            if was_cut:
+                cut.append(str(path))
+        ev_schema = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String}
+        ev = pl.DataFrame(events, schema=ev_schema, orient="row") if events else empty(ev_schema)
+        span_frame = spans_frame(spans)
+        if use_cache and not still_writing and not cut:
+            _write_cache(trace_dir, key, span_frame, ev)
     notes = [json.loads(p.read_text()) for p in sorted(trace_dir.glob("gpu-*.json"))]
-    ev = pl.DataFrame(events, schema={"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64,
-                                      "trace_id": pl.String}) if events else empty(
-        {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String})
-    return TraceModel(manifest=manifest, spans=spans_frame(spans), events=ev, counters=read_counters(trace_dir),
+    return TraceModel(manifest=manifest, spans=span_frame, events=ev, counters=read_counters(trace_dir),
                       source_dir=str(trace_dir), cut_files=cut, gpu_notes=notes)

@@ -8,6 +8,7 @@ extra lanes of their track, so every begin has its end on the same track.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from typing import IO
@@ -24,6 +25,7 @@ _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST
                   sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE}
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def uuid_of(key: str) -> int:
     """A stable 63-bit track uuid."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1 or 1
@@ -165,31 +167,33 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     tracks_written: dict[int, bool] = {}
     requests_group = uuid_of("requests")
     w.track(requests_group, "Requests")
-    for row in spans.select(["name", "start_ns", "end_ns", "span_id", "role", "pid", "tp_rank",
-                             *([fwd_col] if fwd_col else []), *args]).iter_rows(named=True):
+    short = [a.split(".", 1)[-1] for a in args]
+    def col(c):
+        return pl.col(c) if c and c in spans.columns else pl.lit(None, pl.String)
+
+    cols = [col(c).alias(f"c{i}") for i, c in enumerate(
+        ["name", "start_ns", "end_ns", "span_id", "role", "pid", "tp_rank", sc.RID, fwd_col, *args])]
+    for name, start, end, span_id, role, pid, tp_rank, rid, fwd, *values in spans.select(cols).iter_rows():
         flows = []
-        if row["name"] == sc.FORWARD and row["span_id"] in linked:
-            flows.append(_flow_id(row["span_id"]))
-        elif fwd_col and row.get(fwd_col) in linked and row["name"] != sc.REQUEST_PREFILL_CHUNK:
-            flows.append(_flow_id(row[fwd_col]))
-        info = {"name": row["name"], "flows": flows,
-                "args": {k.split(".", 1)[-1]: row[k] for k in args if row[k] is not None}}
-        if row["name"] in _REQUEST_NAMES and row.get(sc.RID):
-            rid = row[sc.RID]
+        if name == sc.FORWARD:
+            if span_id in linked:
+                flows.append(_flow_id(span_id))
+        elif fwd_col and fwd in linked and name != sc.REQUEST_PREFILL_CHUNK:
+            flows.append(_flow_id(fwd))
+        info = {"name": name, "flows": flows, "args": {k: v for k, v in zip(short, values) if v is not None}}
+        if name in _REQUEST_NAMES and rid:
             uuid = uuid_of("req:" + rid)
             if uuid not in tracks_written:
                 tracks_written[uuid] = bool(w.track(uuid, f"request {rid[:12]}", parent=requests_group))
         else:
-            pid = row["pid"] or 0
-            label = row["role"] or "process"
-            if row["tp_rank"] is not None:
-                label += f" tp{row['tp_rank']}"
-            proc = uuid_of(f"proc:{pid}")
+            pid = pid or 0
             uuid = uuid_of(f"thread:{pid}")
             if uuid not in tracks_written:
+                label = (role or "process") + (f" tp{tp_rank}" if tp_rank is not None else "")
+                proc = uuid_of(f"proc:{pid}")
                 w.track(proc, f"sglang {label}", pid=pid)
                 tracks_written[uuid] = bool(w.track(uuid, f"{label} spans", parent=proc, pid=pid, tid=pid))
-        per_track[uuid].append((row["start_ns"], max(row["end_ns"], row["start_ns"]), info))
+        per_track[uuid].append((start, max(end, start), info))
     n_slices = 0
     for uuid, items in per_track.items():
         w.slices(uuid, items)
