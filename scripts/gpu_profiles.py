@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import time
 
 from sglang_tracing.models.builder import prompt_of_length
-from sglang_tracing.nsys import DEFAULT_NSYS_ARGS, export_sqlite
+from sglang_tracing.nsys import DEFAULT_NSYS_ARGS, NCU_ARGS, NCU_SERVER_ARGS, export_ncu_csv, export_sqlite
 from sglang_tracing.serving import Server, wait_for_exporters
-
-ATTENTION_REGEX = "regex:(fwd_kernel|[Pp]refill|[Dd]ecode|[Aa]ttention)"
 
 
 def drive(server: Server, n: int, prompt_len: int, out_len: int) -> None:
@@ -37,9 +34,7 @@ def _finish(name: str, d: str, args) -> None:
         return
     rep = os.path.join(d, "attention.ncu-rep")
     if os.path.exists(rep):
-        for page in ("details", "raw"):
-            with open(os.path.join(d, f"attention-{page}.csv"), "w") as f:
-                subprocess.run([args.ncu, "--import", rep, "--csv", "--page", page], stdout=f, check=False)
+        export_ncu_csv(args.ncu, rep)
         print(f"{name}: ncu report and CSVs written", flush=True)
 
 
@@ -65,10 +60,8 @@ def main() -> None:
     for backend in [b for b in args.ncu_backends.split(",") if b]:
         d = os.path.join(args.out, f"ncu-{backend}")
         plans.append((f"ncu-{backend}", d, dict(
-            extra_args=["--attention-backend", backend, "--disable-cuda-graph", "--skip-server-warmup", *common],
-            wrap=[args.ncu, "--target-processes", "all", "--clock-control", "none", "--set", "full",
-                  "-k", ATTENTION_REGEX, "--launch-skip", "30", "--launch-count", "4",
-                  "-f", "-o", os.path.join(d, "attention")])))
+            extra_args=["--attention-backend", backend, *NCU_SERVER_ARGS, *common],
+            wrap=[args.ncu, *NCU_ARGS, "-o", os.path.join(d, "attention")])))
     t0 = time.time()
     for name, d, kwargs in plans:  # one at a time: SGLang sizes its KV pool from the free memory
         os.makedirs(d, exist_ok=True)

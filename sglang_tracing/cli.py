@@ -54,6 +54,23 @@ def _perfetto(args, rest) -> int:
     return 0
 
 
+def _experiment(args, rest) -> int:
+    from sglang_tracing.experiments import runners
+    from sglang_tracing.experiments.common import Experiment
+
+    exp = Experiment(args.name, args)
+    run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
+           "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
+           "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
+    try:
+        run(exp)
+    except KeyboardInterrupt:
+        print(f"sglang-trace: interrupted; servers stopped, what was recorded is in {exp.out}", file=sys.stderr)
+        return 130
+    print(exp.out)
+    return 0
+
+
 def _demo(args, rest) -> int:
     from sglang_tracing import demo
 
@@ -95,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")
             p.set_defaults(func=_perfetto)
+    p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
+    p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
+    from sglang_tracing.experiments.common import add_common_options
+
+    add_common_options(p)
+    p.add_argument("--backends", default="flashinfer,triton", help="backends experiment: attention backends")
+    p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    p.add_argument("--seq-lens", type=lambda s: [int(x) for x in s.split(",")], default=[512, 2048, 8192])
+    p.add_argument("--backend", default="triton", help="nsys / ncu experiments: attention backend")
+    p.add_argument("--tool-path", help="nsys / ncu experiments: the profiler binary")
+    p.add_argument("--tp-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    p.add_argument("--gpus", help="tp experiment: CUDA_VISIBLE_DEVICES per TP size, ';'-separated (0;0,1;0,1,2,3)")
+    p.set_defaults(func=_experiment)
     p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
     p.add_argument("--trace-dir", default="traces/demo")
     p.add_argument("--requests", type=int, default=12)

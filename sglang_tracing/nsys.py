@@ -17,6 +17,30 @@ DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none
                      "--trace-fork-before-exec=true", "--force-overwrite=true"]
 
 
+ATTENTION_KERNELS = "regex:(fwd_kernel|[Pp]refill|[Dd]ecode|[Aa]ttention)"
+# the last two prefill-attention launches and the first two decode ones of a 32-layer model
+NCU_ARGS = ["--target-processes", "all", "--clock-control", "none", "--set", "full", "-k", ATTENTION_KERNELS,
+            "--launch-skip", "30", "--launch-count", "4", "-f"]
+NCU_SERVER_ARGS = ["--disable-cuda-graph", "--skip-server-warmup"]  # every launch visible, none before requests
+
+
+def find_ncu(explicit: str | None = None) -> str:
+    for c in ([explicit] if explicit else [shutil.which("ncu"), "/usr/local/cuda/bin/ncu"]):
+        if c and os.path.exists(c):
+            return c
+    raise ValueError("ncu not found: put Nsight Compute on PATH or pass --ncu-path")
+
+
+def export_ncu_csv(ncu: str, rep: str) -> list[str]:
+    out = []
+    for page in ("details", "raw"):
+        path = rep.replace(".ncu-rep", f"-{page}.csv")
+        with open(path, "w") as f:
+            subprocess.run([ncu, "--import", rep, "--csv", "--page", page], stdout=f, check=False)
+        out.append(path)
+    return out
+
+
 def find_nsys(explicit: str | None = None) -> str:
     candidates = [explicit] if explicit else [shutil.which("nsys"),
                                               "/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys"]

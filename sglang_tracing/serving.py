@@ -25,14 +25,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
+class Client:
+    """HTTP client of an SGLang server's native /generate API."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120) -> dict:
+        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
+        body = {"text": prompt, "stream": stream,
+                "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+        req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        sent = time.time_ns()
+        chunk_times, last = [], None
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            if not stream:
+                last = json.loads(r.read())
+                chunk_times.append(time.time_ns())
+            else:
+                for line in r:
+                    line = line.strip()
+                    if not line.startswith(b"data:") or line == b"data: [DONE]":
+                        continue
+                    chunk_times.append(time.time_ns())
+                    last = json.loads(line[5:])
+        last["client"] = {"sent_ns": sent, "chunk_ns": chunk_times, "done_ns": time.time_ns()}
+        return last
+
+    def flush_cache(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(self.url + "/flush_cache", method="POST"), timeout=60).read()
+
+
+class Server(Client):
     """A running SGLang server; ``trace_dir=None`` runs it untraced."""
 
     def __init__(self, model_path: str, trace_dir: str | None = None, extra_args: list[str] | None = None,
                  tracing_args: list[str] | None = None, env: dict | None = None, log_path: str | None = None,
                  port: int | None = None, wrap: list[str] | None = None):
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(f"http://127.0.0.1:{self.port}")
         sglang_args = ["--model-path", model_path, "--host", "127.0.0.1", "--port", str(self.port),
                        *(extra_args or [])]
         if trace_dir is not None:
@@ -68,28 +100,6 @@ class Server:
         if not self.log_path or not os.path.exists(self.log_path):
             return "(no log)"
         return Path(self.log_path).read_text(errors="replace")[-n:]
-
-    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120) -> dict:
-        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
-        body = {"text": prompt, "stream": stream,
-                "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
-        req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        sent = time.time_ns()
-        chunk_times, last = [], None
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            if not stream:
-                last = json.loads(r.read())
-                chunk_times.append(time.time_ns())
-            else:
-                for line in r:
-                    line = line.strip()
-                    if not line.startswith(b"data:") or line == b"data: [DONE]":
-                        continue
-                    chunk_times.append(time.time_ns())
-                    last = json.loads(line[5:])
-        last["client"] = {"sent_ns": sent, "chunk_ns": chunk_times, "done_ns": time.time_ns()}
-        return last
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

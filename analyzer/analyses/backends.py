@@ -1,0 +1,60 @@
+"""Experiment 3, FlashInfer vs Triton: per cell (batch size x sequence length) prefill and decode
+time per backend, the winner and its margin, and an analysis written from the numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from sglang_tracing.analyzer.analyses.experiment_cells import cells, write_report
+from sglang_tracing.analyzer.report import Report
+
+
+def compare(frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per (batch_size, seq_len, phase): each backend's ms, the winner, its margin in %."""
+    rows = []
+    for (bs, n), g in frame.group_by(["batch_size", "seq_len"], maintain_order=True):
+        for phase, col in (("prefill (TTFT)", "ttft_ms"), ("decode (ITL)", "itl_ms")):
+            vals = {b: v for b, v in zip(g["backend"], g[col]) if v}
+            if not vals:
+                continue
+            best = min(vals, key=vals.get)
+            others = [v for b, v in vals.items() if b != best]
+            margin = (min(others) / vals[best] - 1) * 100 if others else None
+            rows.append({"batch_size": bs, "seq_len": n, "phase": phase, **{f"{b}_ms": round(v, 3) for b, v in vals.items()},
+                         "winner": best if others else None, "margin_pct": round(margin, 1) if margin is not None else None})
+    return pl.DataFrame(rows, infer_schema_length=None).sort("phase", "batch_size", "seq_len")
+
+
+def analysis(table: pl.DataFrame) -> list[tuple[str, str]]:
+    """Findings derived from the comparison table."""
+    out = []
+    for phase, g in table.group_by("phase", maintain_order=True):
+        decided = g.drop_nulls("winner")
+        if decided.is_empty():
+            continue
+        counts = decided.group_by("winner").len().sort("len", descending=True)
+        top, wins = counts.row(0)
+        med = decided.filter(pl.col("winner") == top)["margin_pct"].median()
+        out.append((phase[0], f"{top} wins {wins} of {decided.height} cells, median margin {med:.1f}%"))
+        big = decided.sort("margin_pct", descending=True).row(0, named=True)
+        out.append((phase[0] + " largest gap", f"{big['winner']} by {big['margin_pct']:.1f}% at batch {big['batch_size']}, "
+                                            f"{big['seq_len']} tokens"))
+    return out
+
+
+def write(out: Path) -> list[str]:
+    frame = cells(out)
+    report = Report("backends", "Attention backends (experiment 3)")
+    if frame.is_empty() or "backend" not in frame.columns:
+        report.section("No cells recorded").add("cells", "0")
+        return write_report(out, report)
+    table = compare(frame)
+    report.section("Per cell").table = table
+    raw = report.section("Measurements")
+    raw.table = frame.select("backend", "batch_size", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
+                             pl.col("output_tok_per_s").round(1)).sort("backend", "batch_size", "seq_len")
+    ana = report.section("Analysis (computed from the table)")
+    for label, text in analysis(table):
+        ana.add(label, text)
+    return write_report(out, report)

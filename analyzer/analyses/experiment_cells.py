@@ -1,0 +1,37 @@
+"""Reading an experiment folder's cells (result.json) into one frame, and writing its report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from sglang_tracing.analyzer.report import Report
+
+
+def cells(out: Path) -> pl.DataFrame:
+    """One row per cell: the cell's scalar fields plus client medians (TTFT, mean ITL, e2e)."""
+    rows = []
+    for f in sorted(Path(out).glob("*/result.json")):
+        r = json.loads(f.read_text())
+        req = pl.DataFrame(r.pop("requests"))
+        row = {k: v for k, v in r.items() if not isinstance(v, (list, dict, tuple))}
+        row.update(cell=f.parent.name, requests=req.height,
+                   ttft_ms=req["ttft_ns"].median() / 1e6, itl_ms=(req["mean_itl_ns"].median() or 0) / 1e6,
+                   e2e_ms=req["e2e_ns"].median() / 1e6, first_sent_ns=None)
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
+
+
+def write_report(out: Path, report: Report) -> list[str]:
+    from sglang_tracing.analyzer.renderers import html, markdown, text
+
+    paths = []
+    for ext, render in (("txt", text.render), ("md", markdown.render), ("html", html.render)):
+        p = Path(out) / f"{report.name}.{ext}"
+        p.write_text(render(report))
+        paths.append(str(p))
+    for name, png in report.plots.items():
+        (Path(out) / name).write_bytes(png)
+        paths.append(str(Path(out) / name))
+    return paths

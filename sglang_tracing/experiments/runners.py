@@ -1,0 +1,189 @@
+"""Experiments 01-06. Each cell records a result.json; the reports read the cells back."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from sglang_tracing.experiments.common import Experiment, progress
+from sglang_tracing.models.builder import prompt_of_length
+from sglang_tracing.serving import Client
+from sglang_tracing.workload import client_timings
+
+
+def drive(client: Client, prompts: list[str], output_len: int, concurrency: int) -> dict:
+    t0 = time.time_ns()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outs = list(pool.map(lambda p: client.generate(p, max_new_tokens=output_len, stream=True, timeout=900),
+                             prompts))
+    wall = time.time_ns() - t0
+    timings = [client_timings(o) for o in outs]
+    tokens = sum(t["completion_tokens"] for t in timings)
+    return {"requests": timings, "wall_ns": wall, "output_tok_per_s": tokens / (wall / 1e9)}
+
+
+@contextlib.contextmanager
+def target(exp: Experiment, cell: str, extra: list[str] | None = None, env: dict | None = None):
+    """A running server for a cell: --url's, or a traced one launched for it."""
+    if exp.args.url:
+        yield Client(exp.args.url), None
+    else:
+        with exp.server(cell, extra, env) as (server, trace_dir):
+            yield server, trace_dir
+
+
+def _analyze(trace_dir: str | None, reports: str) -> list[str]:
+    if not trace_dir:
+        return []
+    from sglang_tracing.analyzer import api
+
+    return api.analyze(trace_dir, reports=reports, out_dir=os.path.join(os.path.dirname(trace_dir), "reports"))
+
+
+# ---- 01 baseline ----
+def baseline(exp: Experiment) -> None:
+    a = exp.args
+    if exp.done("baseline") is None:
+        prompts = [prompt_of_length(a.prompt_len, seed=i, vocab_size=exp.vocab) for i in range(a.num_requests)]
+        with target(exp, "baseline") as (client, trace_dir):
+            result = drive(client, prompts, a.output_len, a.concurrency)
+        result["trace_dir"] = trace_dir
+        exp.record("baseline", result)
+        _analyze(trace_dir, "story,radix,timeline")
+
+
+# ---- 02 RadixCache ----
+RADIX_SCENARIOS = ("cold_start", "shared_system_prompt", "exact_repeat", "cache_pressure")
+
+
+def radix_prompts(scenario: str, n: int, prompt_len: int, vocab: int) -> list[str]:
+    if scenario == "cold_start":
+        return [prompt_of_length(prompt_len, seed=10_000 + i, vocab_size=vocab) for i in range(n)]
+    if scenario == "shared_system_prompt":
+        system = prompt_of_length(prompt_len // 2, seed=1, vocab_size=vocab)
+        return [system + " " + prompt_of_length(prompt_len - prompt_len // 2, seed=20_000 + i, vocab_size=vocab)
+                for i in range(n)]
+    if scenario == "exact_repeat":
+        return [prompt_of_length(prompt_len, seed=3, vocab_size=vocab)] * n
+    # cache pressure: distinct prompts revisited after the pool has had to evict them
+    firsts = [prompt_of_length(prompt_len, seed=30_000 + i, vocab_size=vocab) for i in range(n // 2)]
+    return firsts + firsts[: n - len(firsts)]
+
+
+def radix(exp: Experiment) -> None:
+    a = exp.args
+    pressure_tokens = max(a.prompt_len * 3, 2048)
+    for scenario in progress(RADIX_SCENARIOS, "radix scenarios"):
+        if exp.done(scenario) is not None:
+            continue
+        extra = ["--max-total-tokens", str(pressure_tokens)] if scenario == "cache_pressure" else []
+        prompts = radix_prompts(scenario, a.num_requests, a.prompt_len, exp.vocab)
+        with target(exp, scenario, extra) as (client, trace_dir):
+            # sequential: each request can find what the previous ones left in the cache
+            result = drive(client, prompts, a.output_len, 1)
+        result.update(trace_dir=trace_dir, scenario=scenario, max_total_tokens=pressure_tokens if extra else None)
+        exp.record(scenario, result)
+        _analyze(trace_dir, "radix,story")
+
+
+# ---- 03 FlashInfer vs Triton ----
+def backends(exp: Experiment) -> None:
+    a = exp.args
+    cells = [(b, bs, n) for b in a.backends.split(",") for bs in a.batch_sizes for n in a.seq_lens]
+    by_backend: dict[str, list] = {}
+    for cell in cells:
+        by_backend.setdefault(cell[0], []).append(cell)
+    for backend, group in by_backend.items():
+        todo = [c for c in group if exp.done(f"{c[0]}-bs{c[1]}-len{c[2]}") is None]
+        if not todo:
+            continue
+        extra = ["--attention-backend", backend] if not a.url else []
+        with target(exp, f"server-{backend}", extra) as (client, trace_dir):
+            for _, bs, n in progress(todo, f"{backend} cells"):
+                prompts = [prompt_of_length(n, seed=40_000 + bs * 100 + i, vocab_size=exp.vocab) for i in range(bs)]
+                result = drive(client, prompts, a.output_len, bs)
+                result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir,
+                              window_ns=(result["requests"][0]["e2e_ns"],))
+                exp.record(f"{backend}-bs{bs}-len{n}", result)
+    from sglang_tracing.analyzer.analyses import backends as report
+
+    report.write(exp.out)
+
+
+# ---- 06 TP scaling ----
+def topology() -> str:
+    if shutil.which("nvidia-smi"):
+        done = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True)
+        return done.stdout or done.stderr
+    return "no nvidia-smi on this host (CPU run: TP ranks talk through gloo in shared memory)"
+
+
+def tp(exp: Experiment) -> None:
+    a = exp.args
+    (exp.out / "topology.txt").write_text(topology())
+    gpu_sets = a.gpus.split(";") if a.gpus else []
+    for i, size in enumerate(progress(a.tp_sizes, "TP sizes")):
+        cell = f"tp{size}"
+        if exp.done(cell) is not None:
+            continue
+        env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+        if gpu_sets:
+            env["CUDA_VISIBLE_DEVICES"] = gpu_sets[i]
+        if a.cpu:
+            env["SGLANG_CPU_OMP_THREADS_BIND"] = "|".join(str(r % (os.cpu_count() or 1)) for r in range(size))
+        prompts = [prompt_of_length(a.prompt_len, seed=50_000 + j, vocab_size=exp.vocab) for j in range(a.num_requests)]
+        with target(exp, cell, ["--tp", str(size)], env) as (client, trace_dir):
+            result = drive(client, prompts, a.output_len, a.concurrency)
+        result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"))
+        exp.record(cell, result)
+    from sglang_tracing.analyzer.analyses import tp_scaling
+
+    tp_scaling.write(exp.out)
+
+
+# ---- 04 nsys timeline / 05 ncu attention ----
+def profiled(exp: Experiment, tool: str) -> None:
+    """The traced server under nsys (timeline report) or ncu (attention report), a few requests."""
+    from sglang_tracing import nsys as tools
+
+    a = exp.args
+    cell = f"{tool}-{a.backend}"
+    if exp.done(cell) is not None:
+        return
+    trace_dir = exp.out / cell / "trace"
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    if tool == "nsys":
+        binary = tools.find_nsys(a.tool_path)
+        wrap = [binary, "profile", *tools.DEFAULT_NSYS_ARGS, "-o", str(trace_dir / "nsys")]
+        env, extra = {"SGLANG_TRACE_CAPTURE_STEPS": "0:100000"}, ["--attention-backend", a.backend]
+    else:
+        binary = tools.find_ncu(a.tool_path)
+        wrap = [binary, *tools.NCU_ARGS, "-o", str(trace_dir / "attention")]
+        env, extra = {}, ["--attention-backend", a.backend, *tools.NCU_SERVER_ARGS]
+    from sglang_tracing.serving import Server, wait_for_exporters
+    import signal
+
+    server = Server(exp.model_path(), trace_dir=str(trace_dir), extra_args=exp.server_args(extra), env=env,
+                    wrap=wrap, log_path=str(exp.out / cell / "server.log"))
+    try:
+        server.wait_ready(timeout=a.ready_timeout)
+        prompts = [prompt_of_length(a.prompt_len, seed=60_000 + i, vocab_size=exp.vocab)
+                   for i in range(a.num_requests)]
+        result = drive(server, prompts, a.output_len, 1)
+        time.sleep(2)  # the idle scheduler ends the nsys capture window
+    finally:
+        server.stop(sig=signal.SIGINT, timeout=300)
+        wait_for_exporters(str(trace_dir), timeout=60)
+    from sglang_tracing.analyzer import api
+
+    if tool == "nsys":
+        sqlite = tools.export_sqlite(binary, str(trace_dir))
+        api.analyze(str(trace_dir), reports="timeline,story", nsys=sqlite, out_dir=str(exp.out / cell / "reports"))
+    else:
+        csvs = tools.export_ncu_csv(binary, str(trace_dir / "attention.ncu-rep"))
+        api.analyze(str(trace_dir), reports="attention", ncu=csvs[1], out_dir=str(exp.out / cell / "reports"))
+    result["trace_dir"] = str(trace_dir)
+    exp.record(cell, result)

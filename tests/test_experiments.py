@@ -1,0 +1,53 @@
+"""Issue 6: experiment runners end to end on CPU with real SGLang (RadixCache scenarios, TP scaling)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.server
+
+
+def run_experiment(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sglang_tracing", "experiment", *args, "--cpu"],
+                          capture_output=True, text=True, timeout=1200)
+
+
+def test_radix_scenarios_and_resume(tmp_path):
+    out = tmp_path / "radix"
+    done = run_experiment("radix", "--num-requests", "6", "--prompt-len", "512", "--output-len", "4",
+                          "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = {s: json.loads((out / s / "result.json").read_text())
+               for s in ("cold_start", "shared_system_prompt", "exact_repeat", "cache_pressure")}
+    cached = {s: [r["cached_tokens"] for r in res["requests"]] for s, res in results.items()}
+    assert cached["cold_start"] == [0] * 6
+    assert cached["exact_repeat"][1:] == [511] * 5  # every repeat hits all but the last prompt token
+    assert all(c >= 256 for c in cached["shared_system_prompt"][1:])
+    radix_txt = (out / "cache_pressure" / "reports" / "radix.txt").read_text()
+    assert "eviction events: 0" not in radix_txt and "alloc_for_extend" in radix_txt
+    assert "full hits: 5" in (out / "exact_repeat" / "reports" / "radix.txt").read_text()
+    # a rerun resumes: every cell is done, so no server starts and nothing is rewritten
+    stamp = os.path.getmtime(out / "cold_start" / "result.json")
+    again = run_experiment("radix", "--num-requests", "6", "--prompt-len", "512", "--output-len", "4",
+                           "--out", str(out))
+    assert again.returncode == 0 and os.path.getmtime(out / "cold_start" / "result.json") == stamp
+
+
+def test_tp_scaling_on_cpu(tmp_path):
+    out = tmp_path / "tp"
+    done = run_experiment("tp", "--tp-sizes", "1,2", "--num-requests", "8", "--prompt-len", "128",
+                          "--output-len", "8", "--concurrency", "4", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for size in (1, 2):
+        res = json.loads((out / f"tp{size}" / "result.json").read_text())
+        assert res["tp"] == size and len(res["requests"]) == 8
+        assert all(r["completion_tokens"] == 8 for r in res["requests"])
+        spans = list((out / f"tp{size}" / "trace").glob("spans-scheduler-tp*.jsonl"))
+        assert len(spans) == size  # one span file per TP rank
+    report = (out / "tp_scaling.txt").read_text()
+    assert "scaling_efficiency_pct" in report and "highest output throughput at TP=" in report
+    assert (out / "tp_scaling.png").stat().st_size > 5000 and (out / "topology.txt").exists()
