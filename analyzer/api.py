@@ -54,7 +54,7 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
 def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
             formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None,
             model_config: str | None = None, ncu: str | None = None) -> list[str]:
-    from sglang_tracing.analyzer.renderers import html, markdown, text
+    from sglang_tracing.analyzer.analyses.experiment_cells import write_report
 
     names = _parse_list(reports, REPORTS, "report")
     fmts = _parse_list(formats, tuple(FORMATS), "format")
@@ -65,16 +65,9 @@ def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest
             raise ValueError("--out is needed when no trace dir is given")
     out = Path(out_dir or os.path.join(trace_dir, "reports"))
     out.mkdir(parents=True, exist_ok=True)
-    renderers = {"text": text.render, "md": markdown.render, "html": html.render}
     written = []
     for report in build_reports(model, names, request, model_config):
-        for fmt in fmts:
-            path = out / f"{report.name}.{FORMATS[fmt]}"
-            path.write_text(renderers[fmt](report))
-            written.append(str(path))
-        for name, png in report.plots.items():
-            (out / name).write_bytes(png)
-            written.append(str(out / name))
+        written += write_report(out, report, fmts)
     return written
 
 

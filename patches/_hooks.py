@@ -26,6 +26,17 @@ class InjectedFault(RuntimeError):
     """Raised inside our own hook code when SGLANG_TRACE_INJECT_FAULT names the hook (tests)."""
 
 
+def _guarded(rec, name: str, fn: Callable | None, *args, **kwargs):
+    """Run our own ``fn``; an exception is counted and logged once, never raised."""
+    if fn is None:
+        return None
+    try:
+        return fn(rec, *args, **kwargs)
+    except Exception as exc:
+        rec.hook_failed(name, exc)
+        return None
+
+
 def _faulty(name: str, fn: Callable) -> Callable:
     @functools.wraps(fn)
     def raising(*args, **kwargs):
@@ -44,28 +55,15 @@ def around(name: str, after: After | None = None, before: Before | None = None,
         rec = _rec._recorder
         if rec is None:
             return original(*args, **kwargs)
-        token = None
-        if before is not None:
-            try:
-                token = before(rec, *args, **kwargs)
-            except Exception as exc:
-                rec.hook_failed(name, exc)
+        token = _guarded(rec, name, before, *args, **kwargs)
         start = time_ns()
         try:
             result = original(*args, **kwargs)
         except BaseException:
-            if cleanup is not None:
-                try:
-                    cleanup(rec, token)
-                except Exception as exc:
-                    rec.hook_failed(name, exc)
+            _guarded(rec, name, cleanup, token)
             raise
         end = time_ns()
-        if after is not None:
-            try:
-                after(rec, token, start, end, result, *args, **kwargs)
-            except Exception as exc:
-                rec.hook_failed(name, exc)
+        _guarded(rec, name, after, token, start, end, result, *args, **kwargs)
         return result
 
     hook.__name__ = f"sglang_tracing_{name}"
@@ -83,19 +81,11 @@ def around_async(name: str, after: After, before: Before | None = None, inject_f
             return original(*args, **kwargs)
 
         async def timed():
-            token = None
-            if before is not None:
-                try:
-                    token = before(rec, *args, **kwargs)
-                except Exception as exc:
-                    rec.hook_failed(name, exc)
+            token = _guarded(rec, name, before, *args, **kwargs)
             start = time_ns()
             result = await original(*args, **kwargs)
             end = time_ns()
-            try:
-                after(rec, token, start, end, result, *args, **kwargs)
-            except Exception as exc:
-                rec.hook_failed(name, exc)
+            _guarded(rec, name, after, token, start, end, result, *args, **kwargs)
             return result
 
         return timed()

@@ -1,4 +1,4 @@
-"""Experiment 1: python scripts/02_radix_cache.py [--url URL] [--num-requests N] [--prompt-len L] [--output-len O] ..."""
+"""Experiment 2: python scripts/02_radix_cache.py [--url URL] [--num-requests N] [--prompt-len L] [--output-len O] ..."""
 import sys
 
 from sglang_tracing.cli import main

@@ -1,4 +1,4 @@
-"""Experiment 1: python scripts/03_backend_comparison.py [--url URL] [--num-requests N] [--prompt-len L] [--output-len O] ..."""
+"""Experiment 3: python scripts/03_backend_comparison.py [--url URL] [--num-requests N] [--prompt-len L] [--output-len O] ..."""
 import sys
 
 from sglang_tracing.cli import main

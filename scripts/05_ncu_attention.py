@@ -1,4 +1,4 @@
-"""Experiment 1: python scripts/05_ncu_attention.py [--url URL] [--num-requests N] [--prompt-len L] [--output-len O] ..."""
+"""Experiment 5: python scripts/05_ncu_attention.py [--url URL] [--num-requests N] [--prompt-len L] [--output-len O] ..."""
 import sys
 
 from sglang_tracing.cli import main

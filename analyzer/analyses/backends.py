@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.experiment_cells import cells, write_report
+from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty, write_report
 from sglang_tracing.analyzer.report import Report
 
 
@@ -44,10 +44,9 @@ def analysis(table: pl.DataFrame) -> list[tuple[str, str]]:
 
 
 def write(out: Path) -> list[str]:
-    frame = cells(out)
     report = Report("backends", "Attention backends (experiment 3)")
-    if frame.is_empty() or "backend" not in frame.columns:
-        report.section("No cells recorded").add("cells", "0")
+    frame = cells_or_empty(out, report, "backend")
+    if frame is None:
         return write_report(out, report)
     table = compare(frame)
     report.section("Per cell").table = table

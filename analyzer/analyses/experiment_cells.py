@@ -23,11 +23,23 @@ def cells(out: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 
 
-def write_report(out: Path, report: Report) -> list[str]:
+def cells_or_empty(out: Path, report: Report, key: str) -> pl.DataFrame | None:
+    """The cells of ``out`` that carry ``key``, or None after noting in ``report`` that there are none."""
+    frame = cells(out)
+    if frame.is_empty() or key not in frame.columns:
+        report.section("No cells recorded").add("cells", "0")
+        return None
+    return frame
+
+
+def write_report(out: Path, report: Report, formats=("text", "md", "html")) -> list[str]:
+    """Render ``report`` in each format into ``out``, its plots beside; returns the paths written."""
     from sglang_tracing.analyzer.renderers import html, markdown, text
 
+    renderers = {"text": ("txt", text.render), "md": ("md", markdown.render), "html": ("html", html.render)}
     paths = []
-    for ext, render in (("txt", text.render), ("md", markdown.render), ("html", html.render)):
+    for fmt in formats:
+        ext, render = renderers[fmt]
         p = Path(out) / f"{report.name}.{ext}"
         p.write_text(render(report))
         paths.append(str(p))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.experiment_cells import cells, write_report
+from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty, write_report
 from sglang_tracing.analyzer.report import Report
 
 
@@ -45,10 +45,9 @@ def recommendations(table: pl.DataFrame) -> list[tuple[str, str]]:
 
 
 def write(out: Path) -> list[str]:
-    frame = cells(out)
     report = Report("tp_scaling", "Tensor-parallel scaling (experiment 6)")
-    if frame.is_empty() or "tp" not in frame.columns:
-        report.section("No cells recorded").add("cells", "0")
+    frame = cells_or_empty(out, report, "tp")
+    if frame is None:
         return write_report(out, report)
     topo = Path(out) / "topology.txt"
     report.section("Topology").add("nvidia-smi topo -m", topo.read_text().strip()[:2000] if topo.exists() else None)
