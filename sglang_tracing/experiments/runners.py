@@ -75,7 +75,8 @@ def radix_prompts(scenario: str, n: int, prompt_len: int, vocab: int) -> list[st
 
 def radix(exp: Experiment) -> None:
     a = exp.args
-    pressure_tokens = max(a.prompt_len * 3, 2048)
+    # room for about two requests: revisiting a prompt finds it evicted by the ones in between
+    pressure_tokens = max(a.prompt_len * 2 + a.output_len * 4 + 64, 1024)
     for scenario in progress(RADIX_SCENARIOS, "radix scenarios"):
         if exp.done(scenario) is not None:
             continue
