@@ -1,13 +1,21 @@
 """Let SGLang serve with ``--device cpu`` on a host without CUDA.
 
-RotaryEmbedding imports a vllm op unless SGLang believes it runs on its CPU engine;
-with no CUDA device we tell it so, which selects the native rotary path.
+- RotaryEmbedding imports a vllm op unless SGLang believes it runs on its CPU engine; with no
+  CUDA device we tell it so, which selects the native rotary path.
+- Tensor parallelism (``--tp N``, gloo): a CUDA build of torch ships libnccl, so SGLang builds a
+  PyNccl communicator for each group and fails on the CPU device; without CUDA we ask for none.
 """
 from __future__ import annotations
 
 import logging
 
 logger = logging.getLogger(__name__)
+_GROUP = "sglang.srt.distributed.parallel_state.GroupCoordinator.__init__"
+
+
+def _no_pynccl(*args, **kwargs):
+    kwargs["use_pynccl"] = False
+    return args, kwargs
 
 
 def apply() -> bool:
@@ -17,10 +25,14 @@ def apply() -> bool:
         return False
     try:
         from sglang.srt.layers.rotary_embedding import base
+        from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     except ImportError:
         return False
     if hasattr(base, "_is_cpu"):
         base._is_cpu = True
-        logger.info("sglang-tracing cpu_compat: native RotaryEmbedding path on CPU")
-        return True
-    return False
+    from sglang_tracing.patches._hooks import target_exists
+
+    if target_exists(_GROUP):
+        HookRegistry.register(_GROUP, _no_pynccl, HookType.BEFORE)
+    logger.info("sglang-tracing cpu_compat: native RotaryEmbedding, no PyNccl (no CUDA device)")
+    return True
