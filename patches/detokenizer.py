@@ -55,6 +55,7 @@ def _on_batch(rec, token, start, end, result, manager, recv_obj, *a, **k):
         acc[2] += 1
         acc[3] += share
         if reason is not None:
+            rec.flush_soon()
             del _per_request[rid]
             rec.emit(sc.REQUEST_DETOKENIZE, acc[0], acc[1], {
                 sc.RID: rid, sc.DETOKENIZE_CALLS: acc[2], sc.DETOKENIZE_SHARE_NS: acc[3]},

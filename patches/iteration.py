@@ -16,6 +16,9 @@ _index = 0
 # Forward spans waiting for their CUDA events: (span id, start, end, attrs, event pair)
 _pending_gpu: collections.deque = collections.deque()
 _gpu_events: dict[int, tuple] = {}  # forward span id -> (start event, end event) from the model runner
+# (CUDA event, wall ns when it completed): recorded once, with one synchronize, on the first served
+# forward; event times measured from it land on the span clock
+gpu_anchor: tuple | None = None
 
 
 def reset() -> None:
@@ -61,4 +64,8 @@ def flush_gpu_times(rec) -> None:
             return
         _pending_gpu.popleft()
         attrs[sc.GPU_DURATION_NS] = int(ev_start.elapsed_time(ev_end) * 1e6)
+        if gpu_anchor is not None:
+            anchor, wall = gpu_anchor
+            attrs[sc.GPU_START_NS] = wall + int(anchor.elapsed_time(ev_start) * 1e6)
+            attrs[sc.GPU_END_NS] = wall + int(anchor.elapsed_time(ev_end) * 1e6)
         rec.emit(sc.FORWARD, start, end, attrs, span_id=sid)

@@ -3,6 +3,7 @@ per-layer/per-op NVTX ranges at ``--trace-level layer``, and ``--profile-steps``
 from __future__ import annotations
 
 import logging
+from time import time_ns
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
@@ -37,6 +38,11 @@ def _before_forward(rec, runner, *a, **k):
     profile_steps.before_forward(_config)
     events = None
     if _cuda is not None:
+        if iteration.gpu_anchor is None:
+            anchor = _cuda.Event(enable_timing=True)
+            anchor.record()
+            anchor.synchronize()
+            iteration.gpu_anchor = (anchor, time_ns())
         events = (_cuda.Event(enable_timing=True), _cuda.Event(enable_timing=True))
         events[0].record()
     return fwd, sid, events

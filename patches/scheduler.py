@@ -189,9 +189,10 @@ def _after_process(rec, sid, start, end, result_none, scheduler, batch, result, 
         rec.emit(sc.PROCESS_RESULT, start, end, {
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=sid)
-    if _is_leader:
+    if _is_leader and finished:
         for req in finished:
             _emit_request(rec, req, req._sgt)
+        rec.flush_soon()
 
 
 def _emit_request(rec, req, st: _ReqTrace) -> None:
@@ -202,7 +203,8 @@ def _emit_request(rec, req, st: _ReqTrace) -> None:
         rec.emit(sc.REQUEST_QUEUED, st.arrival, st.scheduled, rid_attr, parent=root, trace_key=key)
     if st.match:
         rec.emit(sc.REQUEST_PREFIX_MATCH, st.match[0], st.match[1],
-                 {sc.RID: req.rid, sc.MATCHED_TOKENS: st.match[2]}, parent=root, trace_key=key)
+                 {sc.RID: req.rid, sc.MATCHED_TOKENS: st.match[2],
+                  sc.PREFIX_DIGESTS: block_digests(req.origin_input_ids)}, parent=root, trace_key=key)
     first_token = st.tokens[0] if st.tokens else (st.chunks[-1][1] if st.chunks else 0)
     if st.chunks:
         prefill_id = new_span_id()
@@ -220,6 +222,15 @@ def _emit_request(rec, req, st: _ReqTrace) -> None:
         rec.emit(sc.REQUEST_DECODE, st.tokens[0], st.tokens[-1], {
             sc.RID: req.rid, sc.OUTPUT_TOKENS: len(st.tokens), sc.TOKEN_TIMES: st.tokens,
             sc.FINISH_REASON: _finish_reason(req)}, parent=root, trace_key=key)
+
+
+def block_digests(ids, block: int = sc.PREFIX_BLOCK) -> list[int]:
+    """Chained hashes of each full block of token ids (Python's int/tuple hash: stable across processes)."""
+    out, h = [], 0
+    for k in range(block, len(ids) + 1, block):
+        h = hash((h, tuple(ids[k - block:k])))
+        out.append(h)
+    return out
 
 
 def _finish_reason(req) -> str:

@@ -76,6 +76,7 @@ def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
         rec.emit(sc.REQUEST, received, end, attrs, span_id=request_root_span_id(rid),
                  trace_key=request_trace_key(rid),
                  events=((sc.EVENT_RECEIVED, received, {}), (sc.EVENT_FINISHED, end, {})))
+    rec.flush_soon()
 
 
 def _at(obj, field: str, i: int) -> int:

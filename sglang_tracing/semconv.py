@@ -56,6 +56,10 @@ TOKEN_TIMES = "sglang.request.token_times_ns"  # decode span: wall time of every
 CHUNK_INDEX = "sglang.chunk.index"
 CHUNK_TOKENS = "sglang.chunk.tokens"
 MATCHED_TOKENS = "sglang.prefix.matched_tokens"
+# hash chain over the prompt's token ids, one value per PREFIX_BLOCK tokens: two requests share their
+# first k*PREFIX_BLOCK tokens iff their k-th values are equal (ids only, never text)
+PREFIX_DIGESTS = "sglang.prefix.block_digests"
+PREFIX_BLOCK = 16
 FORWARD_SPAN_ID = "sglang.forward.span_id"  # links request pieces to the batch that ran them
 DETOKENIZE_CALLS = "sglang.detokenize.calls"
 DETOKENIZE_SHARE_NS = "sglang.detokenize.share_ns"  # this request's share of batch time
@@ -74,6 +78,8 @@ SCHED_CACHE_LOOKUP_NS = "sglang.schedule.cache_lookup_ns"
 SCHED_KV_ALLOC_NS = "sglang.schedule.kv_alloc_ns"
 ITERATION = "sglang.iteration"
 GPU_DURATION_NS = "sglang.forward.gpu_duration_ns"
+GPU_START_NS = "sglang.forward.gpu_start_ns"  # wall clock, from CUDA events against a one-time anchor
+GPU_END_NS = "sglang.forward.gpu_end_ns"
 OVERLAP = "sglang.scheduler.overlap"
 NVTX_RANGE = "sglang.nvtx.range"
 

@@ -92,6 +92,30 @@ def test_cached_tokens_and_token_times_match_sglang(traced_run):
     assert hits >= 6  # the workload has repeats and a shared prefix: SGLang must have hit
 
 
+def test_hits_name_the_request_that_inserted_the_prefix(traced_run):
+    from sglang_tracing.analyzer.analyses.radix import inserted_by
+
+    trace_dir, mixed, *_ = traced_run
+    prompts = {_rid(r): p.split() for r, p in zip(mixed, mixed_workload(20))}
+    table = request_table(load_trace_dir(trace_dir).spans).filter(pl_col("rid").is_in(list(prompts)))
+    owners = dict(inserted_by(table).iter_rows())
+    received = dict(table.select("rid", "received_ns").iter_rows())
+    hits = [r for r in mixed if r["meta_info"]["cached_tokens"] >= 16]
+    assert hits
+    for resp in hits:
+        rid, cached = _rid(resp), resp["meta_info"]["cached_tokens"]
+        owner = owners[rid]
+        shared = cached // 16 * 16
+        assert prompts[owner][:shared] == prompts[rid][:shared]  # the owner's prompt holds the matched prefix
+        assert received[owner] < received[rid]
+
+
+def pl_col(name):
+    import polars as pl
+
+    return pl.col(name)
+
+
 def test_no_span_lost_under_concurrency(traced_run):
     trace_dir, _, load, _ = traced_run
     model = load_trace_dir(trace_dir)

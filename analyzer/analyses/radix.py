@@ -27,6 +27,22 @@ def classify_lookups(requests: pl.DataFrame) -> pl.DataFrame:
     ).sort("received_ns")
 
 
+def inserted_by(requests: pl.DataFrame, block: int = sc.PREFIX_BLOCK) -> pl.DataFrame:
+    """For every hit, the earliest earlier request whose prompt shares the matched prefix (to whole
+    blocks of ``block`` tokens): the one whose insert the hit reused. Columns: rid, inserted_by."""
+    if "prefix_digests" not in requests.columns or requests["prefix_digests"].drop_nulls().is_empty():
+        return pl.DataFrame(schema={"rid": pl.String, "inserted_by": pl.String})
+    blocks = (requests.select("rid", "received_ns", "prefix_match_start_ns", pl.col("prefix_digests").alias("d"))
+              .drop_nulls("d").explode("d").with_columns(pl.int_range(pl.len()).over("rid").alias("k")))
+    hits = (requests.filter(pl.col("cached_tokens") >= block)
+            .select("rid", "prefix_match_start_ns", (pl.col("cached_tokens") // block - 1).alias("k"))
+            .join(blocks.select("rid", "k", "d"), on=["rid", "k"]))
+    cand = hits.join(blocks.select(pl.col("rid").alias("other"), "k", "d", pl.col("received_ns").alias("other_received")),
+                     on=["k", "d"]).filter((pl.col("other") != pl.col("rid"))
+                                           & (pl.col("other_received") < pl.col("prefix_match_start_ns")))
+    return (cand.sort("other_received").group_by("rid").agg(pl.col("other").first().alias("inserted_by")))
+
+
 def with_speedup(lookups: pl.DataFrame) -> pl.DataFrame:
     """Add ``cold_prefill_ns`` (median prefill of misses of the nearest prompt length) and, for hits,
     ``speedup`` (cold prefill over this prefill)."""
@@ -82,11 +98,15 @@ def build_report(model: TraceModel) -> Report:
     conf.add("cache class", str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None,
              "cache spans")
     conf.add("radix cache disabled", str(bool(args.get("disable_radix_cache"))), "server args")
-    lookups = with_speedup(classify_lookups(requests))
+    lookups = with_speedup(classify_lookups(requests)).join(inserted_by(requests), on="rid", how="left")
     seq = report.section("Request sequence")
+    has_digests = "prefix_digests" in requests.columns and requests["prefix_digests"].drop_nulls().len() > 0
+    seq.add("inserted by", "see table" if has_digests else None,
+            f"earliest earlier request with the same first tokens, in blocks of {sc.PREFIX_BLOCK}"
+            if has_digests else "this trace predates prefix digests")
     seq.table = lookups.select("rid", "prompt_tokens", "cached_tokens", "computed_tokens", "lookup",
                                (pl.col("prefill_ns") / 1e6).round(3).alias("prefill_ms"),
-                               pl.col("speedup").round(2))
+                               pl.col("speedup").round(2), pl.col("inserted_by").str.slice(0, 12))
     occupancy = ops.select("start_ns", *[c for c in (sc.CACHE_USED, sc.CACHE_EVICTABLE) if c in ops.columns])
     ev = report.section("Evictions")
     ev_table = evictions(ops, lookups)

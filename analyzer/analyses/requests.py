@@ -51,6 +51,9 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
         _phase(req_spans, sc.REQUEST_TOKENIZE, "tokenize"),
         _phase(req_spans, sc.REQUEST_QUEUED, "queued"),
         _phase(req_spans, sc.REQUEST_PREFIX_MATCH, "prefix_match", {sc.MATCHED_TOKENS: "matched_tokens"}),
+        req_spans.filter(pl.col("name") == sc.REQUEST_PREFIX_MATCH).select(
+            pl.col(sc.RID).alias("rid"), _opt(spans, sc.PREFIX_DIGESTS, pl.List(pl.Int64)).alias("prefix_digests"))
+        .unique("rid", keep="first"),
         _phase(req_spans, sc.REQUEST_PREFILL, "prefill"),
         decode,
         _phase(req_spans, sc.REQUEST_DETOKENIZE, "detokenize", {sc.DETOKENIZE_SHARE_NS: "detokenize_share_ns"}),

@@ -194,6 +194,15 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
                 w.track(proc, f"sglang {label}", pid=pid)
                 tracks_written[uuid] = bool(w.track(uuid, f"{label} spans", parent=proc, pid=pid, tid=pid))
         per_track[uuid].append((start, max(end, start), info))
+    if sc.GPU_START_NS in spans.columns:
+        gpu = spans.filter(pl.col("name") == sc.FORWARD).drop_nulls(sc.GPU_START_NS)
+        for pid, start, end, mode, span_id in gpu.select("pid", sc.GPU_START_NS, sc.GPU_END_NS, sc.FORWARD_MODE,
+                                                         "span_id").iter_rows():
+            uuid = uuid_of(f"gpu-forward:{pid}")
+            if uuid not in tracks_written:
+                tracks_written[uuid] = bool(w.track(uuid, "GPU forwards (CUDA events)", parent=uuid_of(f"proc:{pid}")))
+            per_track[uuid].append((start, max(end, start), {"name": f"forward {mode} (GPU)", "flows": [],
+                                                             "args": {"span_id": span_id}}))
     n_slices = 0
     for uuid, items in per_track.items():
         w.slices(uuid, items)

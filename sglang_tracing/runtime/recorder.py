@@ -87,6 +87,11 @@ class Recorder:
             self.emit(sc.HOOK_ERROR, now, now, {sc.HOOK_NAME: hook, sc.ERROR_TYPE: type(exc).__name__,
                                                sc.ERROR_MESSAGE: str(exc)[:500]})
 
+    def flush_soon(self) -> None:
+        """Ask the writer to flush within ~10 ms (a request finished): a server stopped right after its
+        last request then keeps that request's spans, since SGLang SIGKILLs its workers at shutdown."""
+        self._wake.set()
+
     def start_sampler(self, settings: dict) -> None:
         """Ask the exporter process to sample NVML/GPM for a GPU (off this process's GIL)."""
         self._send(MSG_SAMPLER, settings)
@@ -95,7 +100,9 @@ class Recorder:
     def _run(self) -> None:
         interval = self.config.flush_ms / 1000
         while not self._closed:
-            self._wake.wait(interval)
+            if self._wake.wait(interval):
+                self._wake.clear()
+                time.sleep(0.01)  # coalesce the finishes of one batch into one write
             self.flush()
 
     def flush(self) -> None:
