@@ -154,6 +154,8 @@ def _after_run_batch(rec, sid, start, end, result, scheduler, batch, *a, **k):
     }
     if extend:
         attrs[sc.BATCH_EXTEND_LENS] = lens
+    if len(iteration.launched) > 1024:  # results never processed (aborted batches) must not pile up
+        iteration.launched.clear()
     iteration.launched[id(result)] = (sid, start, chunks)
     if _config.batch_spans:
         iteration.emit_forward(rec, sid, start, end, attrs)

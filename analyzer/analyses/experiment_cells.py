@@ -18,7 +18,7 @@ def cells(out: Path) -> pl.DataFrame:
         row = {k: v for k, v in r.items() if not isinstance(v, (list, dict, tuple))}
         row.update(cell=f.parent.name, requests=req.height,
                    ttft_ms=req["ttft_ns"].median() / 1e6, itl_ms=(req["mean_itl_ns"].median() or 0) / 1e6,
-                   e2e_ms=req["e2e_ns"].median() / 1e6, first_sent_ns=None)
+                   e2e_ms=req["e2e_ns"].median() / 1e6)
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
 

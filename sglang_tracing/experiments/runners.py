@@ -106,8 +106,7 @@ def backends(exp: Experiment) -> None:
             for _, bs, n in progress(todo, f"{backend} cells"):
                 prompts = [prompt_of_length(n, seed=40_000 + bs * 100 + i, vocab_size=exp.vocab) for i in range(bs)]
                 result = drive(client, prompts, a.output_len, bs)
-                result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir,
-                              window_ns=(result["requests"][0]["e2e_ns"],))
+                result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir)
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
     from sglang_tracing.analyzer.analyses import backends as report
 
