@@ -142,6 +142,11 @@ def test_batch_and_cache_spans_recorded(traced_run):
     assert set(fwd[sc.FORWARD_MODE].unique()) >= {"extend", "decode"}
     manifest = json.loads((Path(trace_dir) / "manifest.json").read_text())
     assert manifest["versions"]["sglang"] and manifest["server_args"]["device"] == "cpu"
+    # SGLang's default prefix cache: RadixCache up to 0.5.22, UnifiedRadixCache (Rust tree core) after
+    version = tuple(int(x) for x in manifest["versions"]["sglang"].split(".")[:3])
+    expected = "UnifiedRadixCache" if version >= (0, 5, 23) else "RadixCache"
+    cache = model.spans.filter(model.spans["name"].is_in([sc.CACHE_MATCH, sc.CACHE_INSERT]))
+    assert set(cache[sc.CACHE_CLASS].unique()) == {expected}
     note = json.loads(next(Path(trace_dir).glob("gpu-scheduler-*.json")).read_text())
     assert note["sampling"] is False and "cpu" in note["reason"]
 

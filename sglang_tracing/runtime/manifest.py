@@ -78,6 +78,8 @@ def build(config: TraceConfig, server_args=None) -> dict:
     args = {}
     if server_args is not None and dataclasses.is_dataclass(server_args):
         args = {f.name: _jsonable(getattr(server_args, f.name, None)) for f in dataclasses.fields(server_args)}
+    elif server_args is not None and hasattr(server_args, "__struct_fields__"):  # msgspec (SGLang >= 0.5.23)
+        args = {k: _jsonable(getattr(server_args, k, None)) for k in server_args.__struct_fields__}
     elif server_args is not None and hasattr(server_args, "__dict__"):
         args = {k: _jsonable(v) for k, v in vars(server_args).items() if not k.startswith("_")}
     return {
