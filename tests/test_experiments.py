@@ -51,3 +51,19 @@ def test_tp_scaling_on_cpu(tmp_path):
     report = (out / "tp_scaling.txt").read_text()
     assert "scaling_efficiency_pct" in report and "highest output throughput at TP=" in report
     assert (out / "tp_scaling.png").stat().st_size > 5000 and (out / "topology.txt").exists()
+
+
+def test_backends_grid_on_cpu(tmp_path):
+    out = tmp_path / "backends"
+    done = run_experiment("backends", "--backends", "torch_native", "--batch-sizes", "1,2", "--seq-lens", "64,128",
+                          "--output-len", "4", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    cells = sorted(p.parent.name for p in out.glob("*/result.json"))
+    assert cells == ["torch_native-bs1-len128", "torch_native-bs1-len64", "torch_native-bs2-len128",
+                     "torch_native-bs2-len64"]
+    for c in cells:
+        res = json.loads((out / c / "result.json").read_text())
+        assert len(res["requests"]) == res["batch_size"]
+        assert all(r["cached_tokens"] == 0 for r in res["requests"])  # distinct prompts per cell
+    report = (out / "backends.txt").read_text()
+    assert "prefill (TTFT)" in report and "decode (ITL)" in report and "not measured" in report

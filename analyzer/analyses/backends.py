@@ -10,6 +10,26 @@ from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty, wr
 from sglang_tracing.analyzer.report import Report
 
 
+HW = ("sm_util_pct", "tensor_util_pct", "dram_bw_util_pct")
+
+
+def with_hardware(frame: pl.DataFrame) -> pl.DataFrame:
+    """Mean NVML/GPM figures over each cell's time window, from its server's trace dir."""
+    from sglang_tracing.analyzer.model import read_counters
+
+    counters: dict[str, pl.DataFrame] = {}
+    rows = []
+    for r in frame.iter_rows(named=True):
+        d = r.get("trace_dir")
+        values = dict.fromkeys(HW)
+        if d and r.get("start_ns") and Path(d).is_dir():
+            c = counters.setdefault(d, read_counters(Path(d)))
+            inside = c.filter(pl.col("t_ns").is_between(r["start_ns"], r["end_ns"]) & pl.col("metric").is_in(HW))
+            values.update(dict(inside.group_by("metric").agg(pl.col("value").mean()).iter_rows()))
+        rows.append(values)
+    return pl.concat([frame, pl.DataFrame(rows, schema=dict.fromkeys(HW, pl.Float64))], how="horizontal")
+
+
 def compare(frame: pl.DataFrame) -> pl.DataFrame:
     """One row per (batch_size, seq_len, phase): each backend's ms, the winner, its margin in %."""
     rows = []
@@ -51,8 +71,11 @@ def write(out: Path) -> list[str]:
     table = compare(frame)
     report.section("Per cell").table = table
     raw = report.section("Measurements")
-    raw.table = frame.select("backend", "batch_size", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
-                             pl.col("output_tok_per_s").round(1)).sort("backend", "batch_size", "seq_len")
+    raw.table = with_hardware(frame).select(
+        "backend", "batch_size", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
+        pl.col("output_tok_per_s").round(1), *[pl.col(m).round(1) for m in HW]).sort("backend", "batch_size", "seq_len")
+    if all(with_hardware(frame)[m].null_count() == frame.height for m in HW):
+        raw.add("hardware columns", None, "no NVML/GPM samples (CPU run, or no GPU sampling)")
     ana = report.section("Analysis (computed from the table)")
     for label, text in analysis(table):
         ana.add(label, text)

@@ -208,7 +208,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
         w.slices(uuid, items)
         n_slices += len(items)
     n_kernels = _write_kernels(w, model.kernels)
-    n_counters = _write_counters(w, model.counters)
+    n_counters = _write_counters(w, model.counters) + _write_cache_occupancy(w, spans)
     return {"slices": n_slices, "kernels": n_kernels, "counter_samples": n_counters,
             "flows": len(linked), "tracks": len(tracks_written)}
 
@@ -223,6 +223,22 @@ def _write_kernels(w: _Writer, kernels: pl.DataFrame) -> int:
         w.slices(track, [(s, max(e, s), {"name": n}) for s, e, n in
                          frame.select("start_ns", "end_ns", "name").iter_rows()])
     return kernels.height
+
+
+def _write_cache_occupancy(w: _Writer, spans: pl.DataFrame) -> int:
+    """KV tokens used and evictable after each prefix-cache operation, per scheduler process."""
+    if sc.CACHE_USED not in spans.columns:
+        return 0
+    ops = spans.filter(pl.col(sc.CACHE_USED).is_not_null()).sort("end_ns")
+    n = 0
+    for (pid,), frame in ops.partition_by(["pid"], as_dict=True).items():
+        for metric in (sc.CACHE_USED, sc.CACHE_EVICTABLE):
+            track = w.track(uuid_of(f"cache:{pid}:{metric}"), f"KV cache {metric.rsplit('.', 1)[-1]}",
+                            parent=uuid_of(f"proc:{pid}"), counter_unit="tokens")
+            for t, v in frame.select("end_ns", metric).drop_nulls().iter_rows():
+                w.counter(track, t, float(v))
+                n += 1
+    return n
 
 
 def _write_counters(w: _Writer, counters: pl.DataFrame) -> int:

@@ -22,7 +22,8 @@ def drive(client: Client, prompts: list[str], output_len: int, concurrency: int)
     wall = time.time_ns() - t0
     timings = [client_timings(o) for o in outs]
     tokens = sum(t["completion_tokens"] for t in timings)
-    return {"requests": timings, "wall_ns": wall, "output_tok_per_s": tokens / (wall / 1e9)}
+    return {"requests": timings, "wall_ns": wall, "output_tok_per_s": tokens / (wall / 1e9),
+            "start_ns": t0, "end_ns": t0 + wall}
 
 
 @contextlib.contextmanager
@@ -104,7 +105,8 @@ def backends(exp: Experiment) -> None:
         extra = ["--attention-backend", backend] if not a.url else []
         with target(exp, f"server-{backend}", extra) as (client, trace_dir):
             for _, bs, n in progress(todo, f"{backend} cells"):
-                prompts = [prompt_of_length(n, seed=40_000 + bs * 100 + i, vocab_size=exp.vocab) for i in range(bs)]
+                prompts = [prompt_of_length(n, seed=n * 100_000 + bs * 1000 + i, vocab_size=exp.vocab)  # no cross-cell hits
+                           for i in range(bs)]
                 result = drive(client, prompts, a.output_len, bs)
                 result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir)
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
