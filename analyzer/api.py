@@ -8,7 +8,6 @@ from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.model import TraceModel, load_trace_dir, profiles_only
 
 REPORTS = ("story", "radix", "timeline", "attention")
-FORMATS = {"text": "txt", "md": "md", "html": "html"}
 
 
 def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = None,
@@ -54,7 +53,7 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
 def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
             formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None,
             model_config: str | None = None, ncu: str | None = None) -> list[str]:
-    from sglang_tracing.analyzer.analyses.experiment_cells import write_report
+    from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
 
     names = _parse_list(reports, REPORTS, "report")
     fmts = _parse_list(formats, tuple(FORMATS), "format")

@@ -1,4 +1,4 @@
-"""Reading an experiment folder's cells (result.json) into one frame, and writing its report."""
+"""Reading an experiment folder's cells (result.json) into one frame."""
 from __future__ import annotations
 
 import json
@@ -30,20 +30,3 @@ def cells_or_empty(out: Path, report: Report, key: str) -> pl.DataFrame | None:
         report.section("No cells recorded").add("cells", "0")
         return None
     return frame
-
-
-def write_report(out: Path, report: Report, formats=("text", "md", "html")) -> list[str]:
-    """Render ``report`` in each format into ``out``, its plots beside; returns the paths written."""
-    from sglang_tracing.analyzer.renderers import html, markdown, text
-
-    renderers = {"text": ("txt", text.render), "md": ("md", markdown.render), "html": ("html", html.render)}
-    paths = []
-    for fmt in formats:
-        ext, render = renderers[fmt]
-        p = Path(out) / f"{report.name}.{ext}"
-        p.write_text(render(report))
-        paths.append(str(p))
-    for name, png in report.plots.items():
-        (Path(out) / name).write_bytes(png)
-        paths.append(str(Path(out) / name))
-    return paths

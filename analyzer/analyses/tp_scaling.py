@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty, write_report
+from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty
+from sglang_tracing.analyzer.renderers.files import write_report
 from sglang_tracing.analyzer.report import Report
 
 
