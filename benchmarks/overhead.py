@@ -18,10 +18,10 @@ import shlex
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
+from sglang_tracing.workload import concurrent
 
 CONFIGS = {"untraced": None, "traced": ["--trace-level", "batch"], "traced-layer": ["--trace-level", "layer"]}
 
@@ -38,10 +38,7 @@ def batch1(server: Server, args, seed: int) -> tuple[float, float]:
 def throughput(server: Server, args, seed: int) -> float:
     prompts = [prompt_of_length(args.prompt_len, seed=seed * 1000 + i, vocab_size=args.vocab)
                for i in range(args.concurrency)]
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        outs = list(pool.map(lambda p: server.generate(p, max_new_tokens=args.output_len, timeout=600), prompts))
-    return sum(o["meta_info"]["completion_tokens"] for o in outs) / (time.perf_counter() - t0)
+    return concurrent(server, prompts, args.output_len, args.concurrency, stream=False)["output_tok_per_s"]
 
 
 def main() -> None:

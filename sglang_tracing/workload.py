@@ -20,20 +20,29 @@ def client_timings(resp: dict) -> dict:
             "finish_reason": (resp["meta_info"].get("finish_reason") or {}).get("type")}
 
 
+def concurrent(client, prompts: list[str], output_len: int, concurrency: int, stream: bool = True,
+               timeout: float = 600) -> dict:
+    """Send ``prompts`` with at most ``concurrency`` in flight; client timings and output throughput."""
+    t0 = time.time_ns()
+    with ThreadPoolExecutor(concurrency) as pool:
+        outs = list(pool.map(lambda p: client.generate(p, max_new_tokens=output_len, stream=stream,
+                                                       timeout=timeout), prompts))
+    wall = time.time_ns() - t0
+    timings = [client_timings(o) for o in outs]
+    tokens = sum(t["completion_tokens"] for t in timings)
+    return {"requests": timings, "wall_ns": wall, "output_tok_per_s": tokens / (wall / 1e9),
+            "start_ns": t0, "end_ns": t0 + wall}
+
+
 def single_and_batch(server: Server, prompt_len: int, output_len: int, batch: int, vocab: int,
                      seed: int = 1) -> dict:
     """One streamed request, then ``batch`` concurrent streamed requests of distinct prompts."""
     single = server.generate(prompt_of_length(prompt_len, seed=seed, vocab_size=vocab),
                              max_new_tokens=output_len, stream=True, timeout=600)
     prompts = [prompt_of_length(prompt_len, seed=seed * 1000 + i, vocab_size=vocab) for i in range(batch)]
-    t0 = time.time_ns()
-    with ThreadPoolExecutor(batch) as pool:
-        outs = list(pool.map(lambda p: server.generate(p, max_new_tokens=output_len, stream=True, timeout=600),
-                             prompts))
-    wall = time.time_ns() - t0
-    tokens = sum(r["meta_info"]["completion_tokens"] for r in outs)
-    return {"single": client_timings(single), "batch": [client_timings(r) for r in outs],
-            "batch_wall_ns": wall, "batch_output_tok_per_s": tokens / (wall / 1e9)}
+    res = concurrent(server, prompts, output_len, batch)
+    return {"single": client_timings(single), "batch": res["requests"],
+            "batch_wall_ns": res["wall_ns"], "batch_output_tok_per_s": res["output_tok_per_s"]}
 
 
 def describe(result: dict) -> str:

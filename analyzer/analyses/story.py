@@ -10,7 +10,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
 from sglang_tracing.analyzer.analyses.requests import request_table, token_latencies
 from sglang_tracing.analyzer.model import TraceModel
-from sglang_tracing.analyzer.report import Report, Section, ms, pct
+from sglang_tracing.analyzer.report import Report, Section, ms
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp8": 1}
 

@@ -6,24 +6,15 @@ import os
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.experiments.common import Experiment, progress
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.serving import Client
-from sglang_tracing.workload import client_timings
+from sglang_tracing.workload import concurrent
 
 
 def drive(client: Client, prompts: list[str], output_len: int, concurrency: int) -> dict:
-    t0 = time.time_ns()
-    with ThreadPoolExecutor(concurrency) as pool:
-        outs = list(pool.map(lambda p: client.generate(p, max_new_tokens=output_len, stream=True, timeout=900),
-                             prompts))
-    wall = time.time_ns() - t0
-    timings = [client_timings(o) for o in outs]
-    tokens = sum(t["completion_tokens"] for t in timings)
-    return {"requests": timings, "wall_ns": wall, "output_tok_per_s": tokens / (wall / 1e9),
-            "start_ns": t0, "end_ns": t0 + wall}
+    return concurrent(client, prompts, output_len, concurrency, timeout=900)
 
 
 @contextlib.contextmanager
