@@ -37,7 +37,7 @@ def _before_forward(rec, runner, *a, **k):
     nvtx_ranges.push(sc.MODEL_FORWARD, sid)
     profile_steps.before_forward(_config)
     events = None
-    if _cuda is not None:
+    if _cuda is not None and _config.batch_spans:  # forward spans (which carry GPU time) are batch level
         if iteration.gpu_anchor is None:
             anchor = _cuda.Event(enable_timing=True)
             anchor.record()
