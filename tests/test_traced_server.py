@@ -221,8 +221,10 @@ def test_story_latencies_match_client(traced_run, tmp_path):
     trace_dir, *_, solo = traced_run
     c = solo["client"]
     chunks = c["chunk_ns"]
-    ttft, itl = chunks[0] - c["sent_ns"], (chunks[-1] - chunks[0]) / (len(chunks) - 1)
-    assert len(chunks) == 24
+    # SGLang may put two tokens in one streamed chunk under load: gaps are counted in tokens
+    tokens = solo["meta_info"]["completion_tokens"]
+    assert tokens == 24 and len(chunks) >= 2
+    ttft, itl = chunks[0] - c["sent_ns"], (chunks[-1] - chunks[0]) / (tokens - 1)
     api.analyze(trace_dir, reports="story", request=_rid(solo)[:12], out_dir=str(tmp_path), formats="md")
     story = (tmp_path / "story.md").read_text()
     assert _rid(solo) in story
