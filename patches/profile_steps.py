@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-IDLE_END_S = 1.0  # a pause this long ends the capture window
+from sglang_tracing.config import CAPTURE_IDLE_END_S
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def on_idle(config) -> None:
     """End the capture window when the server goes idle: nsys only flushes CUDA trace
     buffers at cudaProfilerStop, and a server stopped later by a signal never reaches it."""
     global _capturing, _capture_done
-    if _capturing and time.monotonic() - _last_forward > IDLE_END_S:
+    if _capturing and time.monotonic() - _last_forward > CAPTURE_IDLE_END_S:
         import torch
 
         torch.cuda.cudart().cudaProfilerStop()

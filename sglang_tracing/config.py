@@ -17,6 +17,7 @@ ENV_INJECT_FAULT = "SGLANG_TRACE_INJECT_FAULT"
 
 LEVELS = ("request", "batch", "layer")
 MIN_NVML_INTERVAL_MS = 100  # GPM returns zeros below this on Hopper (measured on the H200)
+CAPTURE_IDLE_END_S = 1.0  # an idle pause this long ends an nsys capture window
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 
-DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none",
+# node-level CUDA-graph tracing: each kernel of a decode graph replay shows up (SGLang's own advice)
+DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none", "--cuda-graph-trace=node",
                      "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
                      "--trace-fork-before-exec=true", "--force-overwrite=true"]
 

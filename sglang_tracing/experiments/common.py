@@ -25,6 +25,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (default traces/<experiment>-<timestamp>); an existing one resumes")
     p.add_argument("--cpu", action="store_true", help="serve on CPU (torch_native attention)")
     p.add_argument("--sglang-args", default="", help="more SGLang arguments, quoted")
+    p.add_argument("--trace-args", default="", help="more tracing options for launched servers, quoted "
+                   "(e.g. '--trace-level layer --profile-steps 1:3')")
     p.add_argument("--ready-timeout", type=float, default=600)
 
 
@@ -55,6 +57,9 @@ class Experiment:
         base = list(CPU_ARGS) if self.args.cpu else ["--load-format", "dummy", "--log-level", "warning"]
         return base + shlex.split(self.args.sglang_args) + (extra or [])
 
+    def tracing_args(self, extra: list[str] | None = None) -> list[str]:
+        return shlex.split(self.args.trace_args) + (extra or [])
+
     @contextlib.contextmanager
     def server(self, cell: str, extra: list[str] | None = None, env: dict | None = None,
                tracing_args: list[str] | None = None):
@@ -62,7 +67,7 @@ class Experiment:
         trace_dir = self.out / cell / "trace"
         trace_dir.parent.mkdir(parents=True, exist_ok=True)
         s = Server(self.model_path(), trace_dir=str(trace_dir), extra_args=self.server_args(extra),
-                   env=env, tracing_args=tracing_args, log_path=str(self.out / cell / "server.log"))
+                   env=env, tracing_args=self.tracing_args(tracing_args), log_path=str(self.out / cell / "server.log"))
         self.servers.append(s)
         try:
             s.wait_ready(timeout=self.args.ready_timeout)

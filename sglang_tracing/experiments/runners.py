@@ -5,8 +5,10 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 
+from sglang_tracing.config import CAPTURE_IDLE_END_S
 from sglang_tracing.experiments.common import Experiment, progress
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.serving import Client
@@ -27,12 +29,28 @@ def target(exp: Experiment, cell: str, extra: list[str] | None = None, env: dict
             yield server, trace_dir
 
 
-def _analyze(trace_dir: str | None, reports: str) -> list[str]:
+def render(exp: Experiment, make, *args, **kwargs) -> list[str]:
+    """Render a report. A host without the analyzer's dependencies (a bare GPU host) keeps the
+    recordings and says how to render them elsewhere: rerunning an experiment only re-renders."""
+    try:
+        return make(*args, **kwargs)
+    except ModuleNotFoundError as exc:
+        print(f"sglang-trace: report skipped ({exc.name} is not installed here); everything is recorded: "
+              f"rerun with --out {exp.out} where it is", file=sys.stderr)
+        return []
+
+
+def _analyze(exp: Experiment, trace_dir: str | None, reports: str, **sources) -> list[str]:
     if not trace_dir:
         return []
-    from sglang_tracing.analyzer import api
 
-    return api.analyze(trace_dir, reports=reports, out_dir=os.path.join(os.path.dirname(trace_dir), "reports"))
+    def make():
+        from sglang_tracing.analyzer import api
+
+        return api.analyze(trace_dir, reports=reports, out_dir=os.path.join(os.path.dirname(trace_dir), "reports"),
+                           **sources)
+
+    return render(exp, make)
 
 
 # ---- 01 baseline ----
@@ -44,7 +62,7 @@ def baseline(exp: Experiment) -> None:
             result = drive(client, prompts, a.output_len, a.concurrency)
         result["trace_dir"] = trace_dir
         exp.record("baseline", result)
-        _analyze(trace_dir, "story,radix,timeline")
+    _analyze(exp, exp.done("baseline")["trace_dir"], "story,radix,timeline")
 
 
 # ---- 02 RadixCache ----
@@ -79,7 +97,7 @@ def radix(exp: Experiment) -> None:
             result = drive(client, prompts, a.output_len, 1)
         result.update(trace_dir=trace_dir, scenario=scenario, max_total_tokens=pressure_tokens if extra else None)
         exp.record(scenario, result)
-        _analyze(trace_dir, "radix,story")
+        _analyze(exp, trace_dir, "radix,story")
 
 
 # ---- 03 FlashInfer vs Triton ----
@@ -101,9 +119,12 @@ def backends(exp: Experiment) -> None:
                 result = drive(client, prompts, a.output_len, bs)
                 result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir)
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
-    from sglang_tracing.analyzer.analyses import backends as report
+    def make():
+        from sglang_tracing.analyzer.analyses import backends as report
 
-    report.write(exp.out)
+        return report.write(exp.out)
+
+    render(exp, make)
 
 
 # ---- 06 TP scaling ----
@@ -132,20 +153,34 @@ def tp(exp: Experiment) -> None:
             result = drive(client, prompts, a.output_len, a.concurrency)
         result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"))
         exp.record(cell, result)
-    from sglang_tracing.analyzer.analyses import tp_scaling
+    def make():
+        from sglang_tracing.analyzer.analyses import tp_scaling
 
-    tp_scaling.write(exp.out)
+        return tp_scaling.write(exp.out)
+
+    render(exp, make)
 
 
 # ---- 04 nsys timeline / 05 ncu attention ----
 def profiled(exp: Experiment, tool: str) -> None:
     """The traced server under nsys (timeline report) or ncu (attention report), a few requests."""
-    from sglang_tracing import nsys as tools
-
     a = exp.args
     cell = f"{tool}-{a.backend}"
-    if exp.done(cell) is not None:
-        return
+    if exp.done(cell) is None:
+        exp.record(cell, _profile_run(exp, tool, cell))
+    result = exp.done(cell)
+    reports = "timeline,story" if tool == "nsys" else "attention,story"
+    source = {"nsys": result.get("profile")} if tool == "nsys" else {"ncu": result.get("profile")}
+    _analyze(exp, result["trace_dir"], reports, **source)
+
+
+def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
+    import signal
+
+    from sglang_tracing import nsys as tools
+    from sglang_tracing.serving import Server, wait_for_exporters
+
+    a = exp.args
     trace_dir = exp.out / cell / "trace"
     trace_dir.mkdir(parents=True, exist_ok=True)
     if tool == "nsys":
@@ -156,27 +191,20 @@ def profiled(exp: Experiment, tool: str) -> None:
         binary = tools.find_ncu(a.tool_path)
         wrap = [binary, *tools.NCU_ARGS, "-o", str(trace_dir / "attention")]
         env, extra = {}, ["--attention-backend", a.backend, *tools.NCU_SERVER_ARGS]
-    from sglang_tracing.serving import Server, wait_for_exporters
-    import signal
-
     server = Server(exp.model_path(), trace_dir=str(trace_dir), extra_args=exp.server_args(extra), env=env,
-                    wrap=wrap, log_path=str(exp.out / cell / "server.log"))
+                    tracing_args=exp.tracing_args(), wrap=wrap, log_path=str(exp.out / cell / "server.log"))
     try:
         server.wait_ready(timeout=a.ready_timeout)
         prompts = [prompt_of_length(a.prompt_len, seed=60_000 + i, vocab_size=exp.vocab)
                    for i in range(a.num_requests)]
         result = drive(server, prompts, a.output_len, 1)
-        time.sleep(2)  # the idle scheduler ends the nsys capture window
+        time.sleep(2 * CAPTURE_IDLE_END_S)  # the idle scheduler ends the nsys capture window
     finally:
         server.stop(sig=signal.SIGINT, timeout=300)
         wait_for_exporters(str(trace_dir), timeout=60)
-    from sglang_tracing.analyzer import api
-
     if tool == "nsys":
-        sqlite = tools.export_sqlite(binary, str(trace_dir))
-        api.analyze(str(trace_dir), reports="timeline,story", nsys=sqlite, out_dir=str(exp.out / cell / "reports"))
+        profile = tools.export_sqlite(binary, str(trace_dir))
     else:
-        csvs = tools.export_ncu_csv(binary, str(trace_dir / "attention.ncu-rep"))
-        api.analyze(str(trace_dir), reports="attention", ncu=csvs[1], out_dir=str(exp.out / cell / "reports"))
-    result["trace_dir"] = str(trace_dir)
-    exp.record(cell, result)
+        profile = tools.export_ncu_csv(binary, str(trace_dir / "attention.ncu-rep"))[1]
+    result.update(trace_dir=str(trace_dir), profile=profile, backend=a.backend, tool=tool)
+    return result

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The H200 recordings of traces/examples, as one unattended run (the device tool allows 10 minutes a
+# call, so the run goes on in its own session and later calls collect what has finished).
+#
+#   bash scripts/gpu_session.sh start            # on the GPU host: cwd /tmp, bundles unpacked
+#   bash scripts/gpu_session.sh collect SECONDS  # wait up to SECONDS for the run, pack results into $OUT
+#
+# Steps, one server at a time (SGLang sizes its KV pool from the memory free at start):
+#   backends  experiment 3: flashinfer vs triton, batch {1,8,32} x prompt {512,2048,8192} -> 128
+#   nsys      the traced triton server under Nsight Systems, layer-level NVTX, 4 requests 512 -> 32
+#   ncu       the traced flashinfer server under Nsight Compute, attention kernels, 512 -> 4
+set -u
+MODEL=${MODEL:-/tmp/llama2}
+RES=${RES:-/tmp/res}
+NSYS=${NSYS:-/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys}
+
+step() {
+    local name=$1
+    shift
+    echo "$name start $(date +%T)" >>"$RES/progress.log"
+    python3 -m sglang_tracing.cli experiment "$@" --model "$MODEL" --out "$RES/$name" >"$RES/$name.log" 2>&1
+    echo "$name rc=$? end $(date +%T)" >>"$RES/progress.log"
+}
+
+run_all() {
+    step backends backends --backends flashinfer,triton --output-len 128 \
+        --sglang-args "--mem-fraction-static 0.85" --trace-args "--profile-steps 1:3"
+    step nsys nsys --backend triton --tool-path "$NSYS" --num-requests 4 --prompt-len 512 --output-len 32 \
+        --sglang-args "--mem-fraction-static 0.5" --trace-args "--trace-level layer"
+    step ncu ncu --backend flashinfer --num-requests 1 --prompt-len 512 --output-len 4 \
+        --sglang-args "--mem-fraction-static 0.5"
+    echo "all done $(date +%T)" >>"$RES/progress.log"
+}
+
+collect() {
+    local deadline=$(($(date +%s) + $1))
+    while [ "$(date +%s)" -lt "$deadline" ] && ! grep -q "all done" "$RES/progress.log" 2>/dev/null; do
+        sleep 5
+    done
+    cat "$RES/progress.log"
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader || true
+    cp "$RES"/*.log "$OUT"/ 2>/dev/null
+    for d in "$RES"/*/; do
+        local name
+        name=$(basename "$d")
+        grep -q "^$name rc=" "$RES/progress.log" || continue
+        find "$d" -name '*.sqlite' -exec gzip -kf {} \;
+        tar czf "$OUT/$name.tgz" -C "$RES" --exclude='*.nsys-rep' --exclude='*.sqlite' \
+            --exclude='.sglang-trace-cache' --exclude='model' "$name"
+    done
+    ls -la "$OUT"
+}
+
+case "${1:-}" in
+    start)
+        mkdir -p "$RES"
+        setsid nohup bash "$0" run >"$RES/driver.log" 2>&1 </dev/null &
+        echo "started; progress in $RES/progress.log"
+        ;;
+    run) run_all ;;
+    collect) collect "${2:-540}" ;;
+    *) echo "usage: $0 start | collect SECONDS" >&2; exit 2 ;;
+esac
