@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing.analyzer.report import Report
+from sglang_tracing.analyzer.loaders.files import resolve
 
 
 def cells(out: Path) -> pl.DataFrame:
@@ -16,6 +17,8 @@ def cells(out: Path) -> pl.DataFrame:
         r = json.loads(f.read_text())
         req = pl.DataFrame(r.pop("requests"))
         row = {k: v for k, v in r.items() if not isinstance(v, (list, dict, tuple))}
+        if isinstance(row.get("trace_dir"), str):
+            row["trace_dir"] = str(resolve(Path(out), row["trace_dir"]))
         row.update(cell=f.parent.name, requests=req.height,
                    ttft_ms=req["ttft_ns"].median() / 1e6, itl_ms=(req["mean_itl_ns"].median() or 0) / 1e6,
                    e2e_ms=req["e2e_ns"].median() / 1e6)

@@ -9,6 +9,14 @@ from pathlib import Path
 from sglang_tracing.analyzer.errors import TraceError
 
 
+def resolve(base: Path, value: str) -> Path:
+    """A recorded path read against ``base`` (absolute ones stay); a gzip-compressed copy also counts."""
+    path = Path(base) / value
+    if not path.exists() and Path(str(path) + ".gz").exists():
+        return Path(str(path) + ".gz")
+    return path
+
+
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, decompressed when it ends in .gz; a truncated gzip keeps what it has."""
     if path.suffix != ".gz":

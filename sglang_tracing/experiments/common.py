@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from sglang_tracing.analyzer.loaders.files import resolve
 from sglang_tracing.models.builder import ARCHITECTURES, build_model_dir
 from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
 
@@ -80,14 +81,28 @@ class Experiment:
     # ---- resumable cells ----
     def done(self, cell: str) -> dict | None:
         f = self.out / cell / "result.json"
-        return json.loads(f.read_text()) if f.exists() else None
+        if not f.exists():
+            return None
+        result = json.loads(f.read_text())
+        for key in PATH_KEYS:
+            if isinstance(result.get(key), str):
+                result[key] = str(resolve(self.out, result[key]))
+        return result
 
     def record(self, cell: str, result: dict) -> dict:
         (self.out / cell).mkdir(parents=True, exist_ok=True)
+        stored = dict(result)
+        for key in PATH_KEYS:  # relative, so a folder copied off the GPU host still reads back
+            value = stored.get(key)
+            if isinstance(value, str) and Path(value).is_relative_to(self.out):
+                stored[key] = str(Path(value).relative_to(self.out))
         tmp = self.out / cell / "result.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1, default=str))
+        tmp.write_text(json.dumps(stored, indent=1, default=str))
         os.replace(tmp, self.out / cell / "result.json")
         return result
+
+
+PATH_KEYS = ("trace_dir", "profile")  # result fields holding paths inside the experiment folder
 
 
 def progress(items, desc: str):

@@ -101,6 +101,7 @@ def radix(exp: Experiment) -> None:
 
 
 # ---- 03 FlashInfer vs Triton ----
+WARMUP_OUTPUT_LEN = 8
 def backends(exp: Experiment) -> None:
     a = exp.args
     cells = [(b, bs, n) for b in a.backends.split(",") for bs in a.batch_sizes for n in a.seq_lens]
@@ -114,10 +115,14 @@ def backends(exp: Experiment) -> None:
         extra = ["--attention-backend", backend] if not a.url else []
         with target(exp, f"server-{backend}", extra) as (client, trace_dir):
             for _, bs, n in progress(todo, f"{backend} cells"):
-                prompts = [prompt_of_length(n, seed=n * 100_000 + bs * 1000 + i, vocab_size=exp.vocab)  # no cross-cell hits
-                           for i in range(bs)]
+                # distinct seeds: no prefix-cache hits across cells or between warm-up and measurement
+                warm, prompts = ([prompt_of_length(n, seed=n * 100_000 + bs * 1000 + offset + i, vocab_size=exp.vocab)
+                                  for i in range(bs)] for offset in (500, 0))
+                # the shape's first run pays JIT compiles and allocator growth: keep it out of the numbers
+                warmup = drive(client, warm, min(WARMUP_OUTPUT_LEN, a.output_len), bs)
                 result = drive(client, prompts, a.output_len, bs)
-                result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir)
+                result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir,
+                              warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"])
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
     def make():
         from sglang_tracing.analyzer.analyses import backends as report
