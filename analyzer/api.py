@@ -15,6 +15,8 @@ def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = No
     if trace_dir is None and not (nsys or kineto or ncu):
         raise ValueError("give a trace dir, or at least one of --nsys, --kineto, --ncu")
     model = load_trace_dir(trace_dir) if trace_dir else profiles_only()
+    if kineto is None and nsys is None and trace_dir and any(Path(trace_dir).glob("kineto-*.json*")):
+        kineto = trace_dir  # what --profile-steps wrote next to the spans (nsys, when given, has the kernels)
     if ncu:
         from sglang_tracing.analyzer.loaders import ncu as ncu_loader
 

@@ -2,7 +2,9 @@
 
 Torch module hooks push a range before and pop it after each named submodule. With CUDA
 graphs on, hooks run only while a graph is captured; a replay is one launch, so per-op
-ranges appear only for eager forwards (prefill, or any run with --disable-cuda-graph).
+ranges appear only for eager forwards. SGLang 0.5.17 replays graphs for decode and, by
+default, for prefill too (its "breakable" prefill graphs, up to 8192 tokens): pass
+--disable-prefill-cuda-graph (prefill ranges) or --disable-cuda-graph (all) to see them.
 """
 from __future__ import annotations
 
@@ -36,6 +38,21 @@ def _push(name: str):
 
 def _pop(module, args, output):
     nvtx_ranges.pop()
+
+
+def graph_phases(server_args) -> list[str]:
+    """The forward phases this server replays as CUDA graphs (where no layer ranges show)."""
+    if getattr(server_args, "disable_cuda_graph", False):
+        return []
+
+    def replayed(phase: str) -> bool:
+        return not (getattr(server_args, f"disable_{phase}_cuda_graph", False)
+                    or getattr(server_args, f"cuda_graph_backend_{phase}", None) == "disabled")
+
+    phases = ["decode"] if replayed("decode") else []
+    if hasattr(server_args, "disable_prefill_cuda_graph") and replayed("prefill"):
+        phases.append("prefill")
+    return phases
 
 
 def install(model) -> int:

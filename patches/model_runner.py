@@ -27,6 +27,11 @@ def _on_load_model(runner) -> None:
     if _config.layer_ranges:
         nvtx_ranges.enable()
         layer_ranges.install(runner.model)
+        replayed = layer_ranges.graph_phases(runner.server_args) if _cuda is not None else []
+        if replayed:
+            logger.warning("sglang-tracing: --trace-level layer: %s forwards replay CUDA graphs, so they show no "
+                           "per-layer ranges (add --disable-prefill-cuda-graph or --disable-cuda-graph to see them)",
+                           " and ".join(replayed))
 
 
 def _before_forward(rec, runner, *a, **k):
@@ -34,7 +39,6 @@ def _before_forward(rec, runner, *a, **k):
     if not fwd:  # warm-up or CUDA-graph capture, not a served batch
         return None
     sid = new_span_id()
-    nvtx_ranges.push(sc.MODEL_FORWARD, sid)
     profile_steps.before_forward(_config)
     events = None
     if _cuda is not None and _config.batch_spans:  # forward spans (which carry GPU time) are batch level
@@ -45,6 +49,7 @@ def _before_forward(rec, runner, *a, **k):
             iteration.gpu_anchor = (anchor, time_ns())
         events = (_cuda.Event(enable_timing=True), _cuda.Event(enable_timing=True))
         events[0].record()
+    nvtx_ranges.push(sc.MODEL_FORWARD, sid)  # last: the range opens where the span's clock starts
     return fwd, sid, events
 
 

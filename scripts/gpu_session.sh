@@ -8,7 +8,8 @@
 #
 # Steps, one server at a time (SGLang sizes its KV pool from the memory free at start):
 #   backends  experiment 3: flashinfer vs triton, batch {1,8,32} x prompt {512,2048,8192} -> 128
-#   nsys      the traced triton server under Nsight Systems, layer-level NVTX, 4 requests 512 -> 32
+#   nsys      the traced triton server under Nsight Systems, layer-level NVTX (eager prefill, so the
+#             per-layer ranges show), 4 requests 512 -> 32
 #   ncu       the traced flashinfer server under Nsight Compute, attention kernels, 512 -> 4
 set -u
 MODEL=${MODEL:-/tmp/llama2}
@@ -30,7 +31,7 @@ run_all() {
         --trace-args "--profile-steps 1:3"
     [ -n "${ONLY_BACKENDS:-}" ] && { echo "all done $(date +%T)" >>"$RES/progress.log"; return; }
     step nsys nsys --backend triton --tool-path "$NSYS" --num-requests 4 --prompt-len 512 --output-len 32 \
-        --sglang-args "--mem-fraction-static 0.5" --trace-args "--trace-level layer"
+        --sglang-args "--mem-fraction-static 0.5 --disable-prefill-cuda-graph" --trace-args "--trace-level layer"
     step ncu ncu --backend flashinfer --num-requests 1 --prompt-len 512 --output-len 4 \
         --sglang-args "--mem-fraction-static 0.5"
     echo "all done $(date +%T)" >>"$RES/progress.log"

@@ -111,8 +111,10 @@ def test_ncu_text_sections():
     assert row["occupancy_limiter"] is not None
 
 
-def test_h200_ncu_raw_page_has_stalls(repo_root):
-    long = ncu.read(os.path.join(repo_root, "traces/examples/h200-ncu-triton/attention-raw.csv.gz"))
+@pytest.mark.parametrize("raw", ["h200-ncu-triton/attention-raw.csv.gz",
+                                 "h200-ncu/ncu-flashinfer/trace/attention-raw.csv.gz"])
+def test_h200_ncu_raw_page_has_stalls(repo_root, raw):
+    long = ncu.read(os.path.join(repo_root, "traces/examples", raw))
     stalls = attention.warp_stalls(long)
     assert set(stalls["kernel_id"]) == {0, 1, 2, 3}
     assert stalls.group_by("kernel_id").agg(pl.col("share_pct").sum())["share_pct"].to_list() == pytest.approx([100] * 4)

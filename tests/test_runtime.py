@@ -98,3 +98,27 @@ def test_launcher_rejects_bad_options():
     done = subprocess.run([sys.executable, "-m", "sglang_tracing.launch_server", "--trace-dir", "/tmp/x",
                            "--profile-steps", "a:b"], capture_output=True, text=True)
     assert done.returncode == 2 and "START:N" in done.stderr
+
+
+def test_layer_ranges_name_the_graph_replayed_phases():
+    """SGLang's own ServerArgs defaults: decode and (0.5.17's breakable) prefill replay CUDA graphs,
+    so layer-level ranges show only with graphs disabled; the launcher warns with the flags to add."""
+    import dataclasses
+    import types
+
+    from sglang.srt.server_args import ServerArgs
+
+    from sglang_tracing.patches.layer_ranges import graph_phases
+
+    if dataclasses.is_dataclass(ServerArgs):
+        defaults = {f.name: f.default for f in dataclasses.fields(ServerArgs)}
+    else:  # msgspec Struct (SGLang >= 0.5.23)
+        import msgspec
+
+        defaults = {f.name: f.default for f in msgspec.structs.fields(ServerArgs)}
+    phases = graph_phases(types.SimpleNamespace(**defaults))
+    assert phases[0] == "decode"
+    if "disable_prefill_cuda_graph" in defaults:
+        assert phases == ["decode", "prefill"]
+        assert graph_phases(types.SimpleNamespace(**{**defaults, "disable_prefill_cuda_graph": True})) == ["decode"]
+    assert graph_phases(types.SimpleNamespace(**{**defaults, "disable_cuda_graph": True})) == []

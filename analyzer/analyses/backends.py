@@ -12,6 +12,12 @@ from sglang_tracing.analyzer.report import Report
 
 
 HW = ("sm_util_pct", "tensor_util_pct", "dram_bw_util_pct")
+# (phase, column, what it is): client-side latencies, then the server's GPU time from forward spans
+PHASES = (("prefill (TTFT)", "ttft_ms", "client median time to first token"),
+          ("decode (ITL)", "itl_ms", "client median inter-token latency"),
+          ("prefill GPU", "prefill_gpu_ms", "GPU elapsed time (CUDA events, launch gaps included) of the "
+                                            "cell's extend forwards, summed"),
+          ("decode step GPU", "decode_step_gpu_ms", "median GPU elapsed time of the cell's decode forwards"))
 
 
 def with_hardware(frame: pl.DataFrame) -> pl.DataFrame:
@@ -31,11 +37,38 @@ def with_hardware(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([frame, pl.DataFrame(rows, schema=dict.fromkeys(HW, pl.Float64))], how="horizontal")
 
 
+def with_server_phases(frame: pl.DataFrame) -> pl.DataFrame:
+    """Per cell, from its server's forward spans inside the cell's window (warm-up excluded): GPU time
+    of prefill (extend and mixed forwards, summed) and of one decode step (median); CUDA events."""
+    from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time
+    from sglang_tracing.analyzer.model import load_trace_dir
+
+    forwards: dict[str, pl.DataFrame] = {}
+    rows = []
+    for r in frame.iter_rows(named=True):
+        d, values = r.get("trace_dir"), {"prefill_gpu_ms": None, "decode_step_gpu_ms": None}
+        if d and r.get("start_ns") and Path(d).is_dir():
+            if d not in forwards:
+                spans = load_trace_dir(d).spans
+                forwards[d] = forward_gpu_time(spans, pl.DataFrame()).join(
+                    spans.select("span_id", "start_ns"), on="span_id")
+            inside = forwards[d].filter(pl.col("start_ns").is_between(r["start_ns"], r["end_ns"]))
+            prefill = inside.filter(pl.col("mode").is_in(["extend", "mixed"]))["gpu_ns"]
+            decode = inside.filter(pl.col("mode") == "decode")["gpu_ns"]
+            values = {"prefill_gpu_ms": prefill.sum() / 1e6 if prefill.count() else None,
+                      "decode_step_gpu_ms": decode.median() / 1e6 if decode.count() else None}
+        rows.append(values)
+    extra = pl.DataFrame(rows, schema={"prefill_gpu_ms": pl.Float64, "decode_step_gpu_ms": pl.Float64})
+    return pl.concat([frame, extra], how="horizontal")
+
+
 def compare(frame: pl.DataFrame) -> pl.DataFrame:
     """One row per (batch_size, seq_len, phase): each backend's ms, the winner, its margin in %."""
     rows = []
     for (bs, n), g in frame.group_by(["batch_size", "seq_len"], maintain_order=True):
-        for phase, col in (("prefill (TTFT)", "ttft_ms"), ("decode (ITL)", "itl_ms")):
+        for phase, col, _ in PHASES:
+            if col not in g.columns:
+                continue
             vals = {b: v for b, v in zip(g["backend"], g[col]) if v}
             if not vals:
                 continue
@@ -61,7 +94,28 @@ def analysis(table: pl.DataFrame) -> list[tuple[str, str]]:
         big = decided.sort("margin_pct", descending=True).row(0, named=True)
         out.append((phase[0] + " largest gap", f"{big['winner']} by {big['margin_pct']:.1f}% at batch {big['batch_size']}, "
                                             f"{big['seq_len']} tokens"))
+    out += disagreements(table, "prefill (TTFT)", "prefill GPU") + disagreements(table, "decode (ITL)", "decode step GPU")
     return out
+
+
+def disagreements(table: pl.DataFrame, client: str, gpu: str, points: float = 10.0) -> list[tuple[str, str]]:
+    """Cells where the client's margin and the GPU's differ by more than ``points`` percentage points:
+    that part of the gap lies outside the forward (arrival batching, scheduling), not in the kernels."""
+    def signed(phase: str, name: str) -> pl.DataFrame:
+        rows = table.filter((pl.col("phase") == phase) & pl.col("winner").is_not_null())
+        ref = rows["winner"].min() if rows.height else None  # one backend's view: positive = it wins
+        return rows.select("batch_size", "seq_len", pl.col("winner").alias(f"{name}_winner"),
+                           pl.col("margin_pct").alias(f"{name}_margin"),
+                           pl.when(pl.col("winner") == ref).then(pl.col("margin_pct"))
+                           .otherwise(-pl.col("margin_pct")).alias(f"{name}_signed"))
+
+    both = signed(client, "c").join(signed(gpu, "g"), on=["batch_size", "seq_len"])
+    off = both.filter((pl.col("c_signed") - pl.col("g_signed")).abs() > points)
+    return [(f"{client} vs {gpu}", f"batch {r['batch_size']}, {r['seq_len']} tokens: client {r['c_winner']} by "
+             f"{r['c_margin']:.1f}%, GPU {r['g_winner']} by {r['g_margin']:.1f}% "
+             f"({abs(r['c_signed'] - r['g_signed']):.0f} points apart): time outside the forward (arrival batching, "
+             "scheduling, CPU work between forwards) shapes what the client sees here")
+            for r in off.iter_rows(named=True)]
 
 
 def write(out: Path) -> list[str]:
@@ -69,13 +123,20 @@ def write(out: Path) -> list[str]:
     frame = cells_or_empty(out, report, "backend")
     if frame is None:
         return write_report(out, report)
+    frame = with_hardware(with_server_phases(frame))
     table = compare(frame)
-    report.section("Per cell").table = table
+    cells_section = report.section("Per cell")
+    for phase, col, what in PHASES:
+        cells_section.add(phase, what)
+    if "warmup_start_ns" in frame.columns:
+        cells_section.add("warm-up", "each cell ran once untimed first (same shapes, other prompts)")
+    cells_section.table = table
     raw = report.section("Measurements")
-    raw.table = with_hardware(frame).select(
+    raw.table = frame.select(
         "backend", "batch_size", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
+        pl.col("prefill_gpu_ms").round(3), pl.col("decode_step_gpu_ms").round(3),
         pl.col("output_tok_per_s").round(1), *[pl.col(m).round(1) for m in HW]).sort("backend", "batch_size", "seq_len")
-    if all(with_hardware(frame)[m].null_count() == frame.height for m in HW):
+    if all(frame[m].null_count() == frame.height for m in HW):
         raw.add("hardware columns", None, "no NVML/GPM samples (CPU run, or no GPU sampling)")
     ana = report.section("Analysis (computed from the table)")
     for label, text in analysis(table):

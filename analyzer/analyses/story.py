@@ -29,10 +29,13 @@ def select_request(requests: pl.DataFrame, which: str) -> dict | None:
     return match.row(0, named=True) if match.height else None
 
 
+MIN_TREND_TOKENS = 16  # fewer decode tokens fit a line to noise
+
+
 def itl_trend(tokens: pl.DataFrame) -> dict | None:
     """Least-squares line ITL = a + b * kv_len over decode tokens; slope in ns per KV token."""
     pts = tokens.drop_nulls("itl_ns")
-    if pts.height < 3:
+    if pts.height < MIN_TREND_TOKENS:
         return None
     x = pts["kv_len"].cast(pl.Float64)
     y = pts["itl_ns"].cast(pl.Float64)
@@ -172,7 +175,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         decode.add("ITL trend vs KV length", f"{trend['slope_ns_per_token'] / 1e3:+.3f} us per KV token",
                    f"linear fit over {trend['points']} tokens, r2={trend['r2']:.2f}")
     else:
-        decode.add("ITL trend vs KV length", None, "fewer than 3 decode tokens")
+        decode.add("ITL trend vs KV length", None, f"fewer than {MIN_TREND_TOKENS} decode tokens")
     kernels = _op_breakdown(model, req["decode_start_ns"], req["decode_end_ns"])
     if kernels is None:
         decode.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)")

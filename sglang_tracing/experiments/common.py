@@ -36,11 +36,17 @@ class Experiment:
 
     def __init__(self, name: str, args: argparse.Namespace):
         self.name, self.args = name, args
-        self.out = Path(args.out or f"traces/{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+        self.out = Path(args.out or f"traces/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.servers: list[Server] = []
-        (self.out / "experiment.json").write_text(json.dumps({"experiment": name, "argv": sys.argv,
-                                                               "args": vars(args)}, indent=1, default=str))
+        self._log_run()
+
+    def _log_run(self) -> None:
+        """experiment.json lists every run over this folder: the recording one and each resume or re-render."""
+        f = self.out / "experiment.json"
+        runs = json.loads(f.read_text()).get("runs", []) if f.exists() else []
+        runs.append({"argv": sys.argv, "args": vars(self.args), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        f.write_text(json.dumps({"experiment": self.name, "runs": runs}, indent=1, default=str))
 
     # ---- model and server ----
     def model_path(self) -> str:

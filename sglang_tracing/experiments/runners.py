@@ -124,6 +124,10 @@ def backends(exp: Experiment) -> None:
                 result.update(backend=backend, batch_size=bs, seq_len=n, trace_dir=trace_dir,
                               warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"])
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
+    for backend in by_backend:  # each server's own story (absent with --url)
+        if (exp.out / f"server-{backend}" / "trace").is_dir():
+            _analyze(exp, str(exp.out / f"server-{backend}" / "trace"), "story,radix,timeline")
+
     def make():
         from sglang_tracing.analyzer.analyses import backends as report
 
