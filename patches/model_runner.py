@@ -16,17 +16,18 @@ _RUNNER = "sglang.srt.model_executor.model_runner.ModelRunner"
 
 _config: TraceConfig | None = None
 _cuda = None  # torch.cuda when the runner is on a CUDA device
+_layer_ranges = 0  # module ranges installed at --trace-level layer
 
 
 def _on_load_model(runner) -> None:
-    global _cuda
+    global _cuda, _layer_ranges
     if str(getattr(runner, "device", "")).startswith("cuda"):
         import torch
 
         _cuda = torch.cuda
     if _config.layer_ranges:
         nvtx_ranges.enable()
-        layer_ranges.install(runner.model)
+        _layer_ranges = layer_ranges.install(runner.model)
         replayed = layer_ranges.graph_phases(runner.server_args) if _cuda is not None else []
         if replayed:
             logger.warning("sglang-tracing: --trace-level layer: %s forwards replay CUDA graphs, so they show no "
@@ -68,9 +69,10 @@ def _after_forward(rec, token, start, end, result, runner, forward_batch, *a, **
         iteration.attach_gpu_events(fwd, events)
     profile_steps.after_forward(_config)
     if _config.batch_spans:
-        rec.emit(sc.MODEL_FORWARD, start, end, {
-            sc.FORWARD_MODE: forward_batch.forward_mode.name.lower(),
-            sc.BATCH_SIZE: forward_batch.batch_size}, span_id=sid, parent=fwd)
+        attrs = {sc.FORWARD_MODE: forward_batch.forward_mode.name.lower(), sc.BATCH_SIZE: forward_batch.batch_size}
+        if _layer_ranges:
+            attrs[sc.NVTX_LAYER_RANGES] = _layer_ranges
+        rec.emit(sc.MODEL_FORWARD, start, end, attrs, span_id=sid, parent=fwd)
 
 
 def instrument(config: TraceConfig, skipped: list[str]) -> int:

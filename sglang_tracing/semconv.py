@@ -81,7 +81,7 @@ GPU_DURATION_NS = "sglang.forward.gpu_duration_ns"
 GPU_START_NS = "sglang.forward.gpu_start_ns"  # wall clock, from CUDA events against a one-time anchor
 GPU_END_NS = "sglang.forward.gpu_end_ns"
 OVERLAP = "sglang.scheduler.overlap"
-NVTX_RANGE = "sglang.nvtx.range"
+NVTX_LAYER_RANGES = "sglang.nvtx.layer_ranges"  # model forward, --trace-level layer: module ranges installed
 
 # ---- cache attributes ----
 CACHE_CLASS = "sglang.cache.class"

@@ -53,6 +53,12 @@ class Client:
         last["client"] = {"sent_ns": sent, "chunk_ns": chunk_times, "done_ns": time.time_ns()}
         return last
 
+    def post(self, path: str, body: dict, timeout: float = 60) -> str:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.read().decode()
+
     def flush_cache(self) -> None:
         urllib.request.urlopen(urllib.request.Request(self.url + "/flush_cache", method="POST"), timeout=60).read()
 

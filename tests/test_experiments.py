@@ -50,6 +50,16 @@ def test_tp_scaling_on_cpu(tmp_path):
         assert len(spans) == size  # one span file per TP rank
     report = (out / "tp_scaling.txt").read_text()
     assert "scaling_efficiency_pct" in report and "highest output throughput at TP=" in report
+    # all-reduce from SGLang's own profiler, one trace per rank: per layer the attention and MLP
+    # all-reduces, plus the embedding's once per forward
+    from sglang_tracing.analyzer.analyses import tp_scaling
+
+    assert len(list((out / "tp2" / "profile").glob("*.trace.json.gz"))) == 2
+    layers = json.loads((out / "model" / "tiny-llama" / "config.json").read_text())["num_hidden_layers"]
+    t = tp_scaling.allreduce_time(out / "tp2" / "profile", 10, layers)
+    assert t["source"] == "CPU ops (process-group backend)" and t["ranks"] == 2 and t["ns_per_layer"] > 0
+    assert 2 <= t["calls_per_layer"] <= 2 + 1 / layers + 0.01, t
+    assert "TP=2: all-reduce time per layer per forward:" in report
     assert (out / "tp_scaling.png").stat().st_size > 5000 and (out / "topology.txt").exists()
 
 

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from sglang_tracing import semconv as sc
@@ -164,19 +165,32 @@ def test_inert_without_trace_dir(tiny_model, tmp_path):
     assert not (tmp_path / "trace").exists()
 
 
-def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
-    server, trace_dir = start_server(tiny_model, tmp_path, env={"SGLANG_TRACE_INJECT_FAULT": "process_batch_result"})
+def _serve_briefly(tiny_model, tmp_path, n: int, **server_kwargs):
+    """A traced server for ``n`` short requests (3 at a time); returns their responses and the spans."""
+    server, trace_dir = start_server(tiny_model, tmp_path, **server_kwargs)
     try:
-        outs = run_concurrently(server, [prompt_of_length(20, seed=i) for i in range(6)], concurrency=3)
+        outs = run_concurrently(server, [prompt_of_length(20, seed=i) for i in range(n)], concurrency=3)
         time.sleep(1)
     finally:
         stop_and_drain(server, trace_dir)
-    assert [o["meta_info"]["completion_tokens"] for o in outs] == [6] * 6
-    spans = load_trace_dir(trace_dir).spans
+    assert [o["meta_info"]["completion_tokens"] for o in outs] == [6] * n
+    return outs, load_trace_dir(trace_dir).spans
+
+
+def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
+    _, spans = _serve_briefly(tiny_model, tmp_path, 6, env={"SGLANG_TRACE_INJECT_FAULT": "process_batch_result"})
     errors = spans.filter(spans["name"] == sc.HOOK_ERROR)
     assert errors[sc.HOOK_NAME].to_list() == ["process_batch_result"]
     stats = spans.filter(spans["name"] == sc.RECORDER_STATS).sort("end_ns")
     assert stats[sc.HOOK_ERRORS][-1] >= 6  # at least one failure per processed batch, all counted
+
+
+def test_layer_level_installs_ranges_on_every_llama_module(tiny_model, tmp_path):
+    _, spans = _serve_briefly(tiny_model, tmp_path, 3, tracing_args=["--trace-level", "layer"])
+    layers = json.loads((Path(tiny_model) / "config.json").read_text())["num_hidden_layers"]
+    fwd = spans.filter(pl.col("name") == sc.MODEL_FORWARD)
+    # embedding, final norm, lm_head, and per layer: the layer, 2 norms, qkv, attention, o, gate_up, down
+    assert fwd.height > 0 and fwd[sc.NVTX_LAYER_RANGES].to_list() == [3 + 8 * layers] * fwd.height
 
 
 def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):

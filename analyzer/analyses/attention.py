@@ -55,7 +55,22 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
              (), "plain"),
     "hfma": (("smsp__sass_thread_inst_executed_op_hfma_pred_on.sum", "sm__sass_thread_inst_executed_op_hfma_pred_on.sum"),
              (), "plain"),
+    # the full set's roofline inputs: FP32 rates per elapsed cycle, tensor ops, and the peaks ncu measures against
+    "fadd_per_cycle": (("smsp__sass_thread_inst_executed_op_fadd_pred_on.sum.per_cycle_elapsed",), (), "plain"),
+    "fmul_per_cycle": (("smsp__sass_thread_inst_executed_op_fmul_pred_on.sum.per_cycle_elapsed",), (), "plain"),
+    "ffma_per_cycle": (("smsp__sass_thread_inst_executed_op_ffma_pred_on.sum.per_cycle_elapsed",), (), "plain"),
+    "sm_cycles": (("sm__cycles_elapsed.avg",), (), "plain"),
+    "sm_clock_hz": (("sm__cycles_elapsed.avg.per_second",), (), "freq"),
+    "tensor_fp16": (("sm__ops_path_tensor_src_fp16.sum",), (), "plain"),
+    "tensor_bf16": (("sm__ops_path_tensor_src_bf16_dst_fp32.sum",), (), "plain"),
+    "tensor_tf32": (("sm__ops_path_tensor_src_tf32_dst_fp32.sum",), (), "plain"),
+    "tensor_fp8": (("sm__ops_path_tensor_src_fp8_sparsity_off.sum",), (), "plain"),
+    "tensor_peak_per_cycle": (("sm__ops_path_tensor_src_fp16.sum.peak_sustained",), (), "plain"),
+    "dram_peak_bytes_per_cycle": (("dram__bytes.sum.peak_sustained",), (), "bytes"),
+    "dram_clock_hz": (("dram__cycles_elapsed.avg.per_second",), (), "freq"),
 }
+_HZ = {"hz": 1.0, "khz": 1e3, "mhz": 1e6, "ghz": 1e9, "cycle/second": 1.0, "cycle/nsecond": 1e9,
+       "cycle/usecond": 1e6}
 STALL_RAW = re.compile(r"^smsp__average_warp_latency_issue_stalled_(\w+)\.ratio$|"
                        r"^smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio$")
 STALL_MEANING = {
@@ -91,6 +106,8 @@ def _normalize(value: float | None, unit: str, kind: str) -> float | None:
     if kind == "rate":
         base = unit.split("/")[0] if "/" in unit else None
         return value * _BYTES[base] if base in _BYTES else None
+    if kind == "freq":
+        return value * _HZ[unit.lower()] if unit.lower() in _HZ else None
     return value
 
 
@@ -129,20 +146,46 @@ def kernel_metrics(long: pl.DataFrame) -> pl.DataFrame:
             row[field] = value
         rows.append(row)
     df = pl.DataFrame(rows, infer_schema_length=None)
-    flop = (2 * pl.col("ffma").fill_null(0) + pl.col("fadd").fill_null(0) + pl.col("fmul").fill_null(0)
-            + 2 * pl.col("hfma").fill_null(0))
-    has_flop = pl.col("ffma").is_not_null() | pl.col("hfma").is_not_null()
     limits = ["limit_registers", "limit_shared_mem", "limit_warps", "limit_blocks"]
-    return df.with_columns(
-        pl.when(has_flop).then(flop).otherwise(None).alias("flop_non_tensor"),
-        pl.when(has_flop & (pl.col("dram_bytes") > 0)).then(flop / pl.col("dram_bytes")).otherwise(None)
-        .alias("arith_intensity_flop_per_byte"),
+    return roofline(df).with_columns(
         pl.when(pl.any_horizontal([pl.col(c).is_not_null() for c in limits]))
         .then(pl.concat_list(limits).list.arg_min().replace_strict(
             list(range(4)), ["registers", "shared memory", "warps", "blocks per SM"], default=None))
         .otherwise(None).alias("occupancy_limiter"),
         classify_phase(pl.col("kernel_name")).alias("phase"),
     )
+
+
+def roofline(df: pl.DataFrame) -> pl.DataFrame:
+    """FLOPs (tensor ops + FP32/FP16 FMA-counted), arithmetic intensity over DRAM bytes, and the kernel's
+    place on ncu's roofline: the ridge point from ncu's own FP16 tensor and DRAM peaks, the bound
+    side, and achieved FLOP/s as a share of the roof at that intensity."""
+    c = pl.col
+    counted = 2 * c("ffma").fill_null(0) + c("fadd").fill_null(0) + c("fmul").fill_null(0) + 2 * c("hfma").fill_null(0)
+    from_rates = ((2 * c("ffma_per_cycle").fill_null(0) + c("fadd_per_cycle").fill_null(0)
+                   + c("fmul_per_cycle").fill_null(0)) * c("sm_cycles"))
+    fp32 = (pl.when(c("ffma").is_not_null() | c("hfma").is_not_null()).then(counted)
+            .when(c("ffma_per_cycle").is_not_null() & c("sm_cycles").is_not_null()).then(from_rates))
+    tensor_cols = ["tensor_fp16", "tensor_bf16", "tensor_tf32", "tensor_fp8"]
+    tensor = pl.when(pl.any_horizontal([c(t).is_not_null() for t in tensor_cols])).then(
+        pl.sum_horizontal([c(t).fill_null(0) for t in tensor_cols]))
+    df = df.with_columns(fp32.alias("flop_non_tensor"), tensor.alias("flop_tensor"))
+    flop = pl.when(c("flop_tensor").is_not_null() | c("flop_non_tensor").is_not_null()).then(
+        c("flop_tensor").fill_null(0) + c("flop_non_tensor").fill_null(0))
+    df = df.with_columns(flop.alias("flop"),
+                         pl.coalesce(c("dram_bytes"), c("dram_read_bytes") + c("dram_write_bytes")).alias("dram_bytes"))
+    df = df.with_columns(
+        pl.when(c("dram_bytes") > 0).then(c("flop") / c("dram_bytes")).alias("arith_intensity_flop_per_byte"),
+        (c("flop") / (c("duration_ns") / 1e9)).alias("achieved_flop_per_s"),
+        (c("tensor_peak_per_cycle") * c("sm_clock_hz")).alias("peak_flop_per_s"),
+        (c("dram_peak_bytes_per_cycle") * c("dram_clock_hz")).alias("peak_dram_Bps"))
+    ridge = c("peak_flop_per_s") / c("peak_dram_Bps")
+    roof = pl.min_horizontal(c("peak_flop_per_s"), c("arith_intensity_flop_per_byte") * c("peak_dram_Bps"))
+    return df.with_columns(
+        ridge.alias("ridge_flop_per_byte"),
+        pl.when(c("arith_intensity_flop_per_byte") < ridge).then(pl.lit("memory"))
+        .when(c("arith_intensity_flop_per_byte") >= ridge).then(pl.lit("compute")).alias("roofline_side"),
+        (c("achieved_flop_per_s") / roof * 100).alias("pct_of_roof"))
 
 
 def classify_phase(name: pl.Expr) -> pl.Expr:
@@ -174,7 +217,7 @@ def warp_stalls(long: pl.DataFrame) -> pl.DataFrame:
 def phase_comparison(metrics: pl.DataFrame) -> pl.DataFrame:
     """Mean of the key figures for prefill vs decode kernels."""
     keys = ["duration_ns", "sm_throughput_pct", "dram_throughput_pct", "achieved_occupancy_pct", "l2_hit_pct",
-            "tensor_pct", "arith_intensity_flop_per_byte"]
+            "tensor_pct", "arith_intensity_flop_per_byte", "pct_of_roof"]
     present = [k for k in keys if k in metrics.columns]
     return metrics.group_by("phase").agg(pl.len().alias("kernels"), *[pl.col(k).mean() for k in present]).sort("phase")
 
@@ -192,7 +235,9 @@ def build_report(model):
         "Launch configuration": ["grid", "block", "grid_size", "block_size", "registers_per_thread",
                                  "shared_dynamic_bytes", "shared_static_bytes"],
         "Occupancy": ["theoretical_occupancy_pct", "achieved_occupancy_pct", "occupancy_limiter", "waves_per_sm"],
-        "Compute": ["sm_throughput_pct", "tensor_pct", "fp32_pct", "flop_non_tensor", "arith_intensity_flop_per_byte"],
+        "Compute": ["sm_throughput_pct", "tensor_pct", "fp32_pct", "flop_tensor", "flop_non_tensor"],
+        "Roofline": ["arith_intensity_flop_per_byte", "ridge_flop_per_byte", "roofline_side", "achieved_flop_per_s",
+                     "pct_of_roof"],
         "Memory": ["dram_bandwidth_Bps", "dram_throughput_pct", "memory_throughput_pct", "l2_hit_pct", "l1_hit_pct",
                    "shared_bank_conflicts", "global_load_efficiency_pct", "global_store_efficiency_pct"],
     }
@@ -206,7 +251,8 @@ def build_report(model):
                 if v is None:
                     child.add(f, None, "not collected")
                 elif isinstance(v, float):
-                    text = f"{v / 1e9:.1f} GB/s" if f == "dram_bandwidth_Bps" else f"{v:,.2f}"
+                    text = (f"{v / 1e9:.1f} GB/s" if f == "dram_bandwidth_Bps" else
+                            f"{v / 1e12:.1f} TFLOP/s" if f == "achieved_flop_per_s" else f"{v:,.2f}")
                     child.add(f, text, "")
                 else:
                     child.add(f, str(v), "")

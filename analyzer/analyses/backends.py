@@ -101,6 +101,9 @@ def analysis(table: pl.DataFrame) -> list[tuple[str, str]]:
 def disagreements(table: pl.DataFrame, client: str, gpu: str, points: float = 10.0) -> list[tuple[str, str]]:
     """Cells where the client's margin and the GPU's differ by more than ``points`` percentage points:
     that part of the gap lies outside the forward (arrival batching, scheduling), not in the kernels."""
+    if "winner" not in table.columns or table["winner"].null_count() == table.height:
+        return []  # one backend: nothing to compare
+
     def signed(phase: str, name: str) -> pl.DataFrame:
         rows = table.filter((pl.col("phase") == phase) & pl.col("winner").is_not_null())
         ref = rows["winner"].min() if rows.height else None  # one backend's view: positive = it wins

@@ -154,7 +154,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     prefill.add("TTFT", ms(req["ttft_ns"]), "received -> first output delivered by the tokenizer manager")
     prefill.add("time to first token computed", ms(req["ttft_compute_ns"]), "received -> first token in the scheduler")
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
-                f"forward GPU time ({gpu_source}) split by tokens in each batch")
+                f"forward GPU time ({gpu_source}) split by tokens in each batch"
+                + _longer_than_wall(req.get("prefill_gpu_ns"), req["prefill_ns"]))
     pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
     breakdown = _op_breakdown(model, req["prefill_start_ns"], req["prefill_end_ns"])
     if breakdown is None:
@@ -169,7 +170,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     decode.add("total", ms(req["decode_ns"]), "first token -> last token")
     decode.add("average ITL", ms(req["mean_itl_ns"]), "span sglang.request.decode token times")
     decode.add("GPU time (this request's share)", ms(req.get("decode_gpu_ns")),
-               f"forward GPU time ({gpu_source}) split evenly across each decode batch")
+               f"forward GPU time ({gpu_source}) split evenly across each decode batch"
+               + _longer_than_wall(req.get("decode_gpu_ns"), req["decode_ns"]))
     trend = itl_trend(tokens)
     if trend:
         decode.add("ITL trend vs KV length", f"{trend['slope_ns_per_token'] / 1e3:+.3f} us per KV token",
@@ -228,6 +230,14 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     if png:
         report.plots["story_itl.png"] = png
     return report
+
+
+def _longer_than_wall(gpu_ns, wall_ns) -> str:
+    """A GPU share above the phase's wall time means the events timed something else too: a kernel
+    profiler replaying kernels (Nsight Compute) or forwards outside the phase."""
+    if gpu_ns and wall_ns and gpu_ns > 1.1 * wall_ns:
+        return "; longer than the phase's wall time: a replaying profiler (ncu) was attached, read with care"
+    return ""
 
 
 def _op_breakdown(model: TraceModel, start: int | None, end: int | None) -> pl.DataFrame | None:

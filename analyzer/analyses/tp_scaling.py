@@ -30,6 +30,38 @@ def allreduce_bytes(model_config: dict | None, tokens: int, tp: int) -> int | No
     return int(2 * 2 * (tp - 1) / tp * buffer)
 
 
+# where an all-reduce shows in a Kineto trace, most specific first: the collective's GPU kernels
+# (NCCL, SGLang's custom all-reduce), the process group backend's op (gloo on CPU), the c10d call
+ALLREDUCE_SOURCES = (("kernels", r"(?i)nccl.*all_?reduce|allreduce.*kernel|cross_device_reduce"),
+                     ("CPU ops (process-group backend)", r"^(gloo|nccl|mpi|ucc):all_?reduce"),
+                     ("CPU ops (c10d)", r"^c10d::all_?reduce"))
+
+
+def allreduce_time(profile_dir: Path, steps: int, layers: int) -> dict | None:
+    """Mean all-reduce time per layer per forward over the ranks' Kineto traces (SGLang's profiler),
+    from the most specific source each trace has; overlapping ops count once."""
+    from sglang_tracing.analyzer.analyses.kernels import merge_intervals
+    from sglang_tracing.analyzer.loaders import kineto
+
+    per_rank, source = [], None
+    for f in sorted(Path(profile_dir).glob("*.trace.json*")):
+        kernels, ops = kineto.frames(kineto.read(f))
+        for source, pattern in ALLREDUCE_SOURCES:
+            hits = (kernels if source == "kernels" else ops).filter(pl.col("name").str.contains(pattern))
+            if hits.height:
+                break
+        else:
+            continue
+        merged = merge_intervals(hits.select("start_ns", "end_ns"))
+        per_rank.append(((merged["end_ns"] - merged["start_ns"]).sum(), hits.height))
+    if not per_rank or not steps or not layers:
+        return None
+    busy = sum(b for b, _ in per_rank) / len(per_rank)
+    calls = sum(n for _, n in per_rank) / len(per_rank)
+    return {"ns_per_layer": busy / (steps * layers), "calls_per_layer": calls / (steps * layers),
+            "ranks": len(per_rank), "source": source}
+
+
 def recommendations(table: pl.DataFrame) -> list[tuple[str, str]]:
     best_tput = table.sort("output_tok_per_s", descending=True).row(0, named=True)
     best_itl = table.sort("itl_ms").row(0, named=True)
@@ -56,12 +88,22 @@ def write(out: Path) -> list[str]:
     report.section("Scaling").table = table
     comm = report.section("All-reduce")
     cfg = _model_config(out)
-    exp = json.loads((Path(out) / "experiment.json").read_text())["args"]
+    record = json.loads((Path(out) / "experiment.json").read_text())
+    exp = record["runs"][0]["args"] if "runs" in record else record["args"]  # the recording run's options
     for tp in table["tp"].to_list():
         b = allreduce_bytes(cfg, exp.get("concurrency", 1), tp)
         comm.add(f"TP={tp}: bytes per layer per decode step (per rank)", f"{b:,}" if b is not None else None,
                  "2 ring all-reduces of the hidden state, batch = concurrency")
-    comm.add("all-reduce time per layer", None, "needs NCCL kernels: rerun under `sglang-trace nsys` and pass --nsys")
+    layers = (cfg or {}).get("num_hidden_layers")
+    for r in frame.sort("tp").iter_rows(named=True):
+        if r["tp"] < 2:
+            continue
+        t = allreduce_time(Path(out) / f"tp{r['tp']}" / "profile", r.get("profile_steps"), layers)
+        comm.add(f"TP={r['tp']}: all-reduce time per layer per forward",
+                 f"{t['ns_per_layer'] / 1e3:.1f} us ({t['calls_per_layer']:.1f} calls)" if t else None,
+                 f"SGLang profiler, {r.get('profile_steps')} forwards after the measured pass, mean of "
+                 f"{t['ranks']} ranks, {t['source']}" if t else
+                 "no all-reduce in the rank traces (no profile recorded, or profiler unavailable)")
     rec = report.section("Recommendations (computed)")
     for label, text in recommendations(table):
         rec.add(label, text)

@@ -137,6 +137,26 @@ def backends(exp: Experiment) -> None:
 
 
 # ---- 06 TP scaling ----
+PROFILE_STEPS = 10  # forwards SGLang's profiler records per rank, after the measured pass
+
+
+def sglang_profile(client, out_dir, prompts: list[str], cpu: bool, timeout: float = 120) -> dict:
+    """SGLang's own profiler (/start_profile) over a short extra pass after the measured one, so it
+    never perturbs the numbers: one Kineto trace per TP rank, with its all-reduce ops or kernels."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        client.post("/start_profile", {"output_dir": str(out_dir.resolve()), "num_steps": PROFILE_STEPS,
+                                       "profile_id": "tp", "activities": ["CPU"] if cpu else ["CPU", "GPU"]})
+        drive(client, prompts, PROFILE_STEPS + 6, len(prompts))
+    except OSError as exc:  # a server (or --url) without the profiler endpoint: the cell still counts
+        return {"profile_error": str(exc)}
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(out_dir.glob("*.trace.json.gz")):
+        time.sleep(1)
+    time.sleep(2)  # the other ranks export at the same barrier
+    return {"profile_steps": PROFILE_STEPS, "profile_ranks": len(list(out_dir.glob("*.trace.json.gz")))}
+
+
 def topology() -> str:
     if shutil.which("nvidia-smi"):
         done = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True)
@@ -160,7 +180,9 @@ def tp(exp: Experiment) -> None:
         prompts = [prompt_of_length(a.prompt_len, seed=50_000 + j, vocab_size=exp.vocab) for j in range(a.num_requests)]
         with target(exp, cell, ["--tp", str(size)], env) as (client, trace_dir):
             result = drive(client, prompts, a.output_len, a.concurrency)
-        result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"))
+            profile = (sglang_profile(client, exp.out / cell / "profile", prompts[:a.concurrency], a.cpu)
+                       if size > 1 else {})  # one rank: no all-reduce to profile
+        result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"), **profile)
         exp.record(cell, result)
     def make():
         from sglang_tracing.analyzer.analyses import tp_scaling
