@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
+from sglang_tracing import semconv as sc
 from sglang_tracing.runtime import nvtx_ranges
 
 logger = logging.getLogger(__name__)
 
-# attribute name on a Llama submodule -> op name in the range
+# attribute name on a Llama submodule -> op name in the range (one of semconv.NVTX_OPS)
 OPS = {
     "embed_tokens": "embedding",
     "input_layernorm": "rms_norm",
@@ -62,7 +63,7 @@ def install(model) -> int:
         parts = qualified.split(".")
         leaf = parts[-1]
         if leaf.isdigit() and len(parts) >= 2 and parts[-2] == "layers":
-            name = f"layer.{leaf}"
+            name = f"{sc.NVTX_LAYER_PREFIX}{leaf}"
         elif leaf in OPS:
             name = OPS[leaf]
         else:

@@ -105,3 +105,6 @@ DROPPED_SPANS = "sglang_tracing.dropped_spans"
 
 # ---- NVTX ----
 NVTX_DOMAIN = "sglang"
+# --trace-level layer: unnamed-id ranges per decoder layer ("layer.<i>") and per op inside it
+NVTX_LAYER_PREFIX = "layer."
+NVTX_OPS = ("embedding", "rms_norm", "qkv_proj", "attention", "o_proj", "gate_up_proj", "down_proj", "lm_head")

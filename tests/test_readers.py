@@ -26,11 +26,11 @@ KINETO = os.path.join(REALDATA, "kineto", "tracelens_h100_hf_Qwen1.5-0.5B-Chat.j
 KERN_SUM = os.path.join(REALDATA, "nsys_csv", "llmperfopt_dsocr_decode_cuda_gpu_kern_sum.csv")
 
 
-@pytest.mark.parametrize("path, n_kernels, n_nvtx_rows, gpu", [
-    (NSYS_2022, 5, 24, "NVIDIA A100-SXM4-40GB"),
-    (NSYS_2024, 19, 652, "NVIDIA H200"),
+@pytest.mark.parametrize("path, n_kernels, n_nvtx_rows, n_api_calls, gpu", [
+    (NSYS_2022, 5, 24, 95, "NVIDIA A100-SXM4-40GB"),
+    (NSYS_2024, 19, 652, 968, "NVIDIA H200"),
 ])
-def test_nsys_sqlite_both_schemas(path, n_kernels, n_nvtx_rows, gpu):
+def test_nsys_sqlite_both_schemas(path, n_kernels, n_nvtx_rows, n_api_calls, gpu):
     con, _ = nsys.open_export(path)
     k = nsys.kernels(con)
     assert k.height == n_kernels
@@ -41,6 +41,9 @@ def test_nsys_sqlite_both_schemas(path, n_kernels, n_nvtx_rows, gpu):
     ranges = nsys.nvtx(con)
     assert 0 < ranges.height <= raw_rows and ranges["text"].null_count() == 0
     assert gpu in nsys.gpus(con)["name"].to_list()
+    calls = nsys.runtime_calls(con)
+    assert calls.height == n_api_calls and calls["name"].str.len_chars().min() > 0
+    assert k.join(calls, on="correlation", how="anti").is_empty()  # every kernel has its launch call
     assert nsys.session_start_ns(con) > 1.6e18
 
 

@@ -63,7 +63,7 @@ def check_perfetto(path: str) -> dict:
 
 def test_reports_and_perfetto_for_every_example(tmp_path):
     trace_dirs = sorted(m.parent for m in EXAMPLES.rglob("manifest.json"))
-    assert len(trace_dirs) == 6
+    assert len(trace_dirs) == 7
     for d in trace_dirs:
         out = tmp_path / "-".join(d.relative_to(EXAMPLES).parts)
         written = api.analyze(str(d), out_dir=str(out), model_config="llama-2-7b")
@@ -135,6 +135,24 @@ def test_h200_nsys_kernels_confirm_cuda_event_times():
     # lands on the last kernel's end within the nsys-to-span clock alignment (a few us)
     assert 0 <= first.median() < 50_000 and abs(last.median()) < 5_000
     assert 0.9 < busy.median() <= 1.0  # a replayed graph keeps the GPU busy between the two events
+
+
+def test_h200_layer_ranges_project_kernels_to_layers_and_ops():
+    """--trace-level layer with eager prefill (--disable-prefill-cuda-graph) under nsys: every kernel
+    launched inside a layer's range is attributed to that layer and, where one was open, to its op."""
+    from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, project_nvtx
+
+    d = EXAMPLES / "h200-nsys-layer" / "nsys-triton" / "trace"
+    model = api.load(str(d), nsys=str(d / "nsys.sqlite.gz"))
+    projected = project_nvtx(model.kernels, model.cpu_ops, model.nvtx)
+    layers = by_layer(projected)
+    assert layers["index"].to_list() == list(range(32))
+    assert layers["total_ns"].max() / layers["total_ns"].min() < 1.05  # 32 identical layers, identical work
+    in_layers = by_op(projected.drop_nulls("layer"))
+    assert set(in_layers["op"]) == {"rms_norm", "qkv_proj", "attention", "o_proj", "gate_up_proj", "down_proj",
+                                    "other"}  # other: rotary embedding between qkv_proj and attention
+    share = dict(zip(in_layers["op"], in_layers["share_pct"]))
+    assert share["gate_up_proj"] > share["qkv_proj"] > share["o_proj"]  # 2x11008 vs 3x4096 vs 4096 columns
 
 
 def test_h200_backends_report_from_committed_cells(tmp_path):

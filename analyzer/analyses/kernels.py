@@ -142,3 +142,41 @@ def request_gpu_time(spans: pl.DataFrame, per_forward: pl.DataFrame) -> pl.DataF
         pl.col("share_ns").filter(is_prefill).sum().alias("prefill_gpu_ns"),
         pl.col("share_ns").filter(~is_prefill).sum().alias("decode_gpu_ns"),
         pl.col("share_ns").sum().alias("gpu_ns"))
+
+
+def project_nvtx(kernels: pl.DataFrame, cpu_ops: pl.DataFrame, nvtx: pl.DataFrame) -> pl.DataFrame:
+    """Each kernel with the op and layer NVTX ranges (``--trace-level layer``) that were open on the
+    CPU thread when it was launched, found through the launch call's correlation id (what nsys calls
+    NVTX projection). Columns: start_ns, dur_ns, name, op, layer (null where no range was open)."""
+    schema = {"start_ns": pl.Int64, "dur_ns": pl.Int64, "name": pl.String, "op": pl.String, "layer": pl.String}
+    ops = nvtx.filter(pl.col("text").is_in(sc.NVTX_OPS))
+    if kernels.is_empty() or cpu_ops.is_empty() or ops.is_empty():
+        return pl.DataFrame(schema=schema)
+    launches = (cpu_ops.drop_nulls("correlation").unique("correlation", keep="first")
+                .select("correlation", pl.col("start_ns").alias("launch_ns"), "tid"))
+    k = kernels.drop_nulls("correlation").join(launches, on="correlation").sort("launch_ns")
+    layers = nvtx.filter(pl.col("text").str.starts_with(sc.NVTX_LAYER_PREFIX))
+    for column, ranges in (("op", ops), ("layer", layers)):
+        r = ranges.select(pl.col("start_ns").alias("r_start"), pl.col("end_ns").alias("r_end"), "tid",
+                          pl.col("text").alias(column)).sort("r_start")
+        k = k.join_asof(r, left_on="launch_ns", right_on="r_start", by="tid", strategy="backward",
+                        check_sortedness=False)  # both sorted by time, hence within each thread
+        k = k.with_columns(pl.when(pl.col("launch_ns") <= pl.col("r_end")).then(pl.col(column)).alias(column))
+        k = k.drop("r_start", "r_end")
+    return k.select("start_ns", "dur_ns", "name", "op", "layer").sort("start_ns")
+
+
+def by_op(projected: pl.DataFrame) -> pl.DataFrame:
+    """GPU time per op range (kernels launched outside any op range: 'other')."""
+    total = projected["dur_ns"].sum()
+    return (projected.with_columns(pl.col("op").fill_null("other"))
+            .group_by("op").agg(pl.col("dur_ns").sum().alias("total_ns"), pl.len().alias("kernels"))
+            .with_columns((pl.col("total_ns") / total * 100).round(1).alias("share_pct"))
+            .sort("total_ns", descending=True))
+
+
+def by_layer(projected: pl.DataFrame) -> pl.DataFrame:
+    """GPU time per decoder layer, in layer order."""
+    return (projected.drop_nulls("layer").group_by("layer").agg(pl.col("dur_ns").sum().alias("total_ns"))
+            .with_columns(pl.col("layer").str.strip_prefix(sc.NVTX_LAYER_PREFIX).cast(pl.Int64, strict=False)
+                          .alias("index")).sort("index"))

@@ -157,12 +157,12 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
                 f"forward GPU time ({gpu_source}) split by tokens in each batch"
                 + _longer_than_wall(req.get("prefill_gpu_ns"), req["prefill_ns"]))
     pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
+    _layer_and_op_time(prefill, model, req["prefill_start_ns"], req["prefill_end_ns"])
     breakdown = _op_breakdown(model, req["prefill_start_ns"], req["prefill_end_ns"])
     if breakdown is None:
-        prefill.add("per-layer / per-op breakdown", None, "no layer NVTX ranges or kernels loaded "
-                    "(use --trace-level layer with nsys, or --nsys / --kineto)")
+        prefill.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)")
     else:
-        prefill.child("per-op breakdown").table = breakdown
+        prefill.child("kernel breakdown").table = breakdown
     pre_hw = _hardware(prefill, model, pwin, "prefill")
 
     decode = report.section("Decode")
@@ -238,6 +238,25 @@ def _longer_than_wall(gpu_ns, wall_ns) -> str:
     if gpu_ns and wall_ns and gpu_ns > 1.1 * wall_ns:
         return "; longer than the phase's wall time: a replaying profiler (ncu) was attached, read with care"
     return ""
+
+
+def _layer_and_op_time(section: Section, model: TraceModel, start: int | None, end: int | None) -> None:
+    """GPU time of the phase's kernels by NVTX op range and by layer (``--trace-level layer`` + nsys)."""
+    from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, project_nvtx
+
+    projected = project_nvtx(model.kernels, model.cpu_ops, model.nvtx)
+    if start is not None and end is not None:
+        projected = projected.filter(pl.col("start_ns").is_between(start, end))
+    if projected.is_empty() or projected["op"].null_count() == projected.height:
+        section.add("per-layer / per-op GPU time", None, "needs --trace-level layer ranges of eager forwards "
+                    "and an nsys capture (kernels joined to the ranges they were launched in)")
+        return
+    section.child("GPU time by op (NVTX projection)").table = by_op(projected)
+    layers = by_layer(projected)
+    if layers.height:
+        t = layers["total_ns"]
+        section.add("GPU time per layer", f"median {ms(int(t.median()))} over {layers.height} layers "
+                    f"(min {ms(t.min())}, max {ms(t.max())})", "kernels launched inside each layer range")
 
 
 def _op_breakdown(model: TraceModel, start: int | None, end: int | None) -> pl.DataFrame | None:

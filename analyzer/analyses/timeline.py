@@ -4,7 +4,9 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses.kernels import cpu_gpu_overlap, forward_gpu_time, kernel_summary
+from sglang_tracing.analyzer.analyses.kernels import (
+    by_layer, by_op, cpu_gpu_overlap, forward_gpu_time, kernel_summary, project_nvtx,
+)
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, ms, pct
 
@@ -36,6 +38,22 @@ def build_report(model: TraceModel, top: int = 15) -> Report:
             pl.col("Name").str.slice(0, 80)).select("Time (%)", "Total Time (ns)", "Instances", "Avg (us)", "Name")
     else:
         top_sec.add("kernels", None, "no kernels loaded (--nsys or --kineto)")
+
+    ops = report.section("GPU time by layer and op (NVTX projection)")
+    projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
+    if projected.height:
+        ops.table = by_op(projected)
+        layers = by_layer(projected)
+        if layers.height:
+            ops.add("layers", f"{layers.height}; per layer median {ms(int(layers['total_ns'].median()))}, "
+                    f"min {ms(layers['total_ns'].min())} ({layers['layer'][int(layers['total_ns'].arg_min())]}), "
+                    f"max {ms(layers['total_ns'].max())} ({layers['layer'][int(layers['total_ns'].arg_max())]})",
+                    "kernels launched inside each layer range, all forwards of the capture")
+        ops.add("other", "kernels launched outside op ranges",
+                "CUDA-graph replays (their ranges ran at capture), sampling, cache writes")
+    else:
+        ops.add("per-op GPU time", None, "needs --trace-level layer ranges, an nsys capture with CUDA API calls, "
+                "and eager forwards (--disable-prefill-cuda-graph)")
 
     overlap = report.section("CPU-GPU overlap")
     o = cpu_gpu_overlap(spans, kernels)

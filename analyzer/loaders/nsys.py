@@ -18,7 +18,7 @@ import polars as pl
 
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import local_copy
-from sglang_tracing.analyzer.model import KERNEL_SCHEMA, NVTX_SCHEMA, TraceModel
+from sglang_tracing.analyzer.model import CPU_OP_SCHEMA, KERNEL_SCHEMA, NVTX_SCHEMA, TraceModel
 
 META_TABLES = ("META_DATA_EXPORT", "EXPORT_META_DATA")
 SPAN_ID_IN_TEXT = re.compile(r" ([0-9a-f]{16})$")
@@ -112,6 +112,17 @@ def nvtx(con) -> pl.DataFrame:
     return pl.DataFrame(out, schema=NVTX_SCHEMA, orient="row")
 
 
+def runtime_calls(con) -> pl.DataFrame:
+    """CUDA runtime API calls (launches included) with the correlation id their kernels carry."""
+    if "CUPTI_ACTIVITY_KIND_RUNTIME" not in _tables(con):
+        return pl.DataFrame(schema=CPU_OP_SCHEMA)
+    rows = con.execute("""
+        select r.start, r.end, coalesce(s.value, ''), r.globalTid, r.correlationId
+        from CUPTI_ACTIVITY_KIND_RUNTIME r left join StringIds s on r.nameId = s.id
+        order by r.start""").fetchall()
+    return pl.DataFrame(rows, schema=CPU_OP_SCHEMA, orient="row")
+
+
 def gpus(con) -> pl.DataFrame:
     """TARGET_INFO_GPU: every GPU of the node (not only the profiled one)."""
     if "TARGET_INFO_GPU" not in _tables(con):
@@ -141,14 +152,17 @@ def attach(model: TraceModel, path: str) -> dict:
     try:
         try:
             k, n, start, gpu_info = kernels(con), nvtx(con), session_start_ns(con), gpus(con)
+            calls = runtime_calls(con)
         except sqlite3.DatabaseError as exc:
             raise TraceError(path, f"corrupt or truncated SQLite file ({exc})") from None
         offset, how = alignment_offset(n, model.spans, start)
         shift = [pl.col("start_ns") + offset, pl.col("end_ns") + offset]
         model.kernels = pl.concat([model.kernels, k.with_columns(shift)]) if k.height else model.kernels
         model.nvtx = pl.concat([model.nvtx, n.with_columns(shift)]) if n.height else model.nvtx
+        model.cpu_ops = pl.concat([model.cpu_ops, calls.with_columns(shift)]) if calls.height else model.cpu_ops
         model.manifest.setdefault("sources", []).append(
             {"nsys": str(path), "alignment": how, "offset_ns": offset, "kernels": k.height, "nvtx": n.height,
+             "cuda_api_calls": calls.height,
              "gpus": gpu_info.to_dicts()})
         return model.manifest["sources"][-1]
     finally:
