@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import subprocess
@@ -38,6 +39,11 @@ def render(exp: Experiment, make, *args, **kwargs) -> list[str]:
         print(f"sglang-trace: report skipped ({exc.name} is not installed here); everything is recorded: "
               f"rerun with --out {exp.out} where it is", file=sys.stderr)
         return []
+
+
+def _experiment_report(exp: Experiment, analysis: str) -> list[str]:
+    """The experiment's own report, from its recorded cells (``analyzer/analyses/<analysis>.write``)."""
+    return render(exp, lambda: importlib.import_module(f"sglang_tracing.analyzer.analyses.{analysis}").write(exp.out))
 
 
 def _analyze(exp: Experiment, trace_dir: str | None, reports: str, **sources) -> list[str]:
@@ -102,6 +108,8 @@ def radix(exp: Experiment) -> None:
 
 # ---- 03 FlashInfer vs Triton ----
 WARMUP_OUTPUT_LEN = 8
+
+
 def backends(exp: Experiment) -> None:
     a = exp.args
     cells = [(b, bs, n) for b in a.backends.split(",") for bs in a.batch_sizes for n in a.seq_lens]
@@ -127,13 +135,7 @@ def backends(exp: Experiment) -> None:
     for backend in by_backend:  # each server's own story (absent with --url)
         if (exp.out / f"server-{backend}" / "trace").is_dir():
             _analyze(exp, str(exp.out / f"server-{backend}" / "trace"), "story,radix,timeline")
-
-    def make():
-        from sglang_tracing.analyzer.analyses import backends as report
-
-        return report.write(exp.out)
-
-    render(exp, make)
+    _experiment_report(exp, "backends")
 
 
 # ---- 06 TP scaling ----
@@ -184,12 +186,7 @@ def tp(exp: Experiment) -> None:
                        if size > 1 else {})  # one rank: no all-reduce to profile
         result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"), **profile)
         exp.record(cell, result)
-    def make():
-        from sglang_tracing.analyzer.analyses import tp_scaling
-
-        return tp_scaling.write(exp.out)
-
-    render(exp, make)
+    _experiment_report(exp, "tp_scaling")
 
 
 # ---- 04 nsys timeline / 05 ncu attention ----
