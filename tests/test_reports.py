@@ -71,7 +71,8 @@ def test_reports_and_perfetto_for_every_example(tmp_path):
                                                     "timeline.txt", "attention.txt"}
         counts = api.to_perfetto(str(d), str(out / "t.pftrace"))
         parsed = check_perfetto(str(out / "t.pftrace"))
-        assert parsed["slices"] == counts["slices"] + counts["kernels"] and parsed["flows"] == counts["flows"] > 0
+        assert parsed["slices"] == counts["slices"] + counts["kernels"] + counts["nvtx"]
+        assert parsed["flows"] == counts["flows"] > 0
         assert parsed["counter_tracks"] > 0  # NVML/GPM counters of the H200 runs
 
 
@@ -137,7 +138,7 @@ def test_h200_nsys_kernels_confirm_cuda_event_times():
     assert 0.9 < busy.median() <= 1.0  # a replayed graph keeps the GPU busy between the two events
 
 
-def test_h200_layer_ranges_project_kernels_to_layers_and_ops():
+def test_h200_layer_ranges_project_kernels_to_layers_and_ops(tmp_path):
     """--trace-level layer with eager prefill (--disable-prefill-cuda-graph) under nsys: every kernel
     launched inside a layer's range is attributed to that layer and, where one was open, to its op."""
     from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, project_nvtx
@@ -153,6 +154,11 @@ def test_h200_layer_ranges_project_kernels_to_layers_and_ops():
                                     "other"}  # other: rotary embedding between qkv_proj and attention
     share = dict(zip(in_layers["op"], in_layers["share_pct"]))
     assert share["gate_up_proj"] > share["qkv_proj"] > share["o_proj"]  # 2x11008 vs 3x4096 vs 4096 columns
+    # Perfetto: the layer/op ranges on their own thread track, next to the kernels they launched
+    counts = api.to_perfetto(str(d), str(tmp_path / "t.pftrace"), nsys=str(d / "nsys.sqlite.gz"))
+    parsed = check_perfetto(str(tmp_path / "t.pftrace"))
+    assert parsed["slices"] == counts["slices"] + counts["kernels"] + counts["nvtx"]
+    assert counts["nvtx"] == model.nvtx.filter(pl.col("span_id").is_null()).height > 3 * 32 * 7
 
 
 def test_h200_backends_report_from_committed_cells(tmp_path):

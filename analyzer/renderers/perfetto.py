@@ -208,9 +208,23 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
         w.slices(uuid, items)
         n_slices += len(items)
     n_kernels = _write_kernels(w, model.kernels)
+    n_nvtx = _write_nvtx(w, model.nvtx)
     n_counters = _write_counters(w, model.counters) + _write_cache_occupancy(w, spans)
-    return {"slices": n_slices, "kernels": n_kernels, "counter_samples": n_counters,
+    return {"slices": n_slices, "kernels": n_kernels, "nvtx": n_nvtx, "counter_samples": n_counters,
             "flows": len(linked), "tracks": len(tracks_written)}
+
+
+def _write_nvtx(w: _Writer, nvtx: pl.DataFrame) -> int:
+    """Profiler NVTX ranges that are not our spans again (layer/op ranges, libraries' own), per thread."""
+    ranges = nvtx.filter(pl.col("span_id").is_null())
+    if ranges.is_empty():
+        return 0
+    root = w.track(uuid_of("nvtx"), "NVTX ranges (profiler)")
+    for (tid,), frame in ranges.partition_by(["tid"], as_dict=True).items():
+        track = w.track(uuid_of(f"nvtx:{tid}"), f"thread {tid}", parent=root)
+        w.slices(track, [(s, max(e, s), {"name": t or ""}) for s, e, t in
+                         frame.sort("start_ns").select("start_ns", "end_ns", "text").iter_rows()])
+    return ranges.height
 
 
 def _write_kernels(w: _Writer, kernels: pl.DataFrame) -> int:
