@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty
+from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
 from sglang_tracing.analyzer.renderers.files import write_report
 from sglang_tracing.analyzer.report import Report
 
@@ -20,46 +21,50 @@ PHASES = (("prefill (TTFT)", "ttft_ms", "client median time to first token"),
           ("decode step GPU", "decode_step_gpu_ms", "median GPU elapsed time of the cell's decode forwards"))
 
 
-def with_hardware(frame: pl.DataFrame) -> pl.DataFrame:
-    """Mean NVML/GPM figures over each cell's time window, from its server's trace dir."""
-    from sglang_tracing.analyzer.model import read_counters
+def trace_models(frame: pl.DataFrame) -> dict[str, TraceModel]:
+    """Each server trace dir the cells name, loaded once (spans and NVML/GPM counters)."""
+    dirs = set(frame["trace_dir"].drop_nulls()) if "trace_dir" in frame.columns else set()
+    return {d: load_trace_dir(d) for d in sorted(dirs) if Path(d).is_dir()}
 
-    counters: dict[str, pl.DataFrame] = {}
+
+def _per_cell(frame: pl.DataFrame, models: dict | None, measure, schema: dict) -> pl.DataFrame:
+    """``measure(model, row)`` for each cell whose server trace is at hand, as new columns."""
+    models = trace_models(frame) if models is None else models
     rows = []
     for r in frame.iter_rows(named=True):
-        d = r.get("trace_dir")
-        values = dict.fromkeys(HW)
-        if d and r.get("start_ns") and Path(d).is_dir():
-            c = counters.setdefault(d, read_counters(Path(d)))
-            inside = c.filter(pl.col("t_ns").is_between(r["start_ns"], r["end_ns"]) & pl.col("metric").is_in(HW))
-            values.update(dict(inside.group_by("metric").agg(pl.col("value").mean()).iter_rows()))
-        rows.append(values)
-    return pl.concat([frame, pl.DataFrame(rows, schema=dict.fromkeys(HW, pl.Float64))], how="horizontal")
+        model = models.get(r.get("trace_dir"))
+        rows.append(measure(model, r) if model is not None and r.get("start_ns") else dict.fromkeys(schema))
+    return pl.concat([frame, pl.DataFrame(rows, schema=schema)], how="horizontal")
 
 
-def with_server_phases(frame: pl.DataFrame) -> pl.DataFrame:
+def with_hardware(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFrame:
+    """Mean NVML/GPM figures over each cell's time window, from its server's trace dir."""
+    def measure(model, r):
+        c = model.counters
+        inside = c.filter(pl.col("t_ns").is_between(r["start_ns"], r["end_ns"]) & pl.col("metric").is_in(HW))
+        return {**dict.fromkeys(HW), **dict(inside.group_by("metric").agg(pl.col("value").mean()).iter_rows())}
+
+    return _per_cell(frame, models, measure, dict.fromkeys(HW, pl.Float64))
+
+
+def with_server_phases(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFrame:
     """Per cell, from its server's forward spans inside the cell's window (warm-up excluded): GPU time
     of prefill (extend and mixed forwards, summed) and of one decode step (median); CUDA events."""
     from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time
-    from sglang_tracing.analyzer.model import load_trace_dir
 
-    forwards: dict[str, pl.DataFrame] = {}
-    rows = []
-    for r in frame.iter_rows(named=True):
-        d, values = r.get("trace_dir"), {"prefill_gpu_ms": None, "decode_step_gpu_ms": None}
-        if d and r.get("start_ns") and Path(d).is_dir():
-            if d not in forwards:
-                spans = load_trace_dir(d).spans
-                forwards[d] = forward_gpu_time(spans, pl.DataFrame()).join(
-                    spans.select("span_id", "start_ns"), on="span_id")
-            inside = forwards[d].filter(pl.col("start_ns").is_between(r["start_ns"], r["end_ns"]))
-            prefill = inside.filter(pl.col("mode").is_in(["extend", "mixed"]))["gpu_ns"]
-            decode = inside.filter(pl.col("mode") == "decode")["gpu_ns"]
-            values = {"prefill_gpu_ms": prefill.sum() / 1e6 if prefill.count() else None,
-                      "decode_step_gpu_ms": decode.median() / 1e6 if decode.count() else None}
-        rows.append(values)
-    extra = pl.DataFrame(rows, schema={"prefill_gpu_ms": pl.Float64, "decode_step_gpu_ms": pl.Float64})
-    return pl.concat([frame, extra], how="horizontal")
+    forwards: dict[int, pl.DataFrame] = {}
+
+    def measure(model, r):
+        if id(model) not in forwards:
+            forwards[id(model)] = forward_gpu_time(model.spans, pl.DataFrame()).join(
+                model.spans.select("span_id", "start_ns"), on="span_id")
+        inside = forwards[id(model)].filter(pl.col("start_ns").is_between(r["start_ns"], r["end_ns"]))
+        prefill = inside.filter(pl.col("mode").is_in(["extend", "mixed"]))["gpu_ns"]
+        decode = inside.filter(pl.col("mode") == "decode")["gpu_ns"]
+        return {"prefill_gpu_ms": prefill.sum() / 1e6 if prefill.count() else None,
+                "decode_step_gpu_ms": decode.median() / 1e6 if decode.count() else None}
+
+    return _per_cell(frame, models, measure, {"prefill_gpu_ms": pl.Float64, "decode_step_gpu_ms": pl.Float64})
 
 
 def compare(frame: pl.DataFrame) -> pl.DataFrame:
@@ -126,7 +131,8 @@ def write(out: Path) -> list[str]:
     frame = cells_or_empty(out, report, "backend")
     if frame is None:
         return write_report(out, report)
-    frame = with_hardware(with_server_phases(frame))
+    models = trace_models(frame)
+    frame = with_hardware(with_server_phases(frame, models), models)
     table = compare(frame)
     cells_section = report.section("Per cell")
     for phase, col, what in PHASES:
