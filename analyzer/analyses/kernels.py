@@ -180,3 +180,13 @@ def by_layer(projected: pl.DataFrame) -> pl.DataFrame:
     return (projected.drop_nulls("layer").group_by("layer").agg(pl.col("dur_ns").sum().alias("total_ns"))
             .with_columns(pl.col("layer").str.strip_prefix(sc.NVTX_LAYER_PREFIX).cast(pl.Int64, strict=False)
                           .alias("index")).sort("index"))
+
+
+def describe_layers(layers: pl.DataFrame) -> str:
+    """``by_layer`` in one line: the median layer and the two extremes, named."""
+    from sglang_tracing.analyzer.report import ms
+
+    t = layers["total_ns"]
+    lo, hi = int(t.arg_min()), int(t.arg_max())
+    return (f"median {ms(int(t.median()))} over {layers.height} layers "
+            f"(min {ms(t[lo])} {layers['layer'][lo]}, max {ms(t[hi])} {layers['layer'][hi]})")

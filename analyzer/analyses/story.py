@@ -242,7 +242,7 @@ def _longer_than_wall(gpu_ns, wall_ns) -> str:
 
 def _layer_and_op_time(section: Section, model: TraceModel, start: int | None, end: int | None) -> None:
     """GPU time of the phase's kernels by NVTX op range and by layer (``--trace-level layer`` + nsys)."""
-    from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, project_nvtx
+    from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, describe_layers, project_nvtx
 
     projected = project_nvtx(model.kernels, model.cpu_ops, model.nvtx)
     if start is not None and end is not None:
@@ -254,9 +254,7 @@ def _layer_and_op_time(section: Section, model: TraceModel, start: int | None, e
     section.child("GPU time by op (NVTX projection)").table = by_op(projected)
     layers = by_layer(projected)
     if layers.height:
-        t = layers["total_ns"]
-        section.add("GPU time per layer", f"median {ms(int(t.median()))} over {layers.height} layers "
-                    f"(min {ms(t.min())}, max {ms(t.max())})", "kernels launched inside each layer range")
+        section.add("GPU time per layer", describe_layers(layers), "kernels launched inside each layer range")
 
 
 def _op_breakdown(model: TraceModel, start: int | None, end: int | None) -> pl.DataFrame | None:

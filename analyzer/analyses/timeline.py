@@ -5,7 +5,7 @@ import polars as pl
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.kernels import (
-    by_layer, by_op, cpu_gpu_overlap, forward_gpu_time, kernel_summary, project_nvtx,
+    by_layer, by_op, cpu_gpu_overlap, describe_layers, forward_gpu_time, kernel_summary, project_nvtx,
 )
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, ms, pct
@@ -45,9 +45,7 @@ def build_report(model: TraceModel, top: int = 15) -> Report:
         ops.table = by_op(projected)
         layers = by_layer(projected)
         if layers.height:
-            ops.add("layers", f"{layers.height}; per layer median {ms(int(layers['total_ns'].median()))}, "
-                    f"min {ms(layers['total_ns'].min())} ({layers['layer'][int(layers['total_ns'].arg_min())]}), "
-                    f"max {ms(layers['total_ns'].max())} ({layers['layer'][int(layers['total_ns'].arg_max())]})",
+            ops.add("GPU time per layer", describe_layers(layers),
                     "kernels launched inside each layer range, all forwards of the capture")
         ops.add("other", "kernels launched outside op ranges",
                 "CUDA-graph replays (their ranges ran at capture), sampling, cache writes")
