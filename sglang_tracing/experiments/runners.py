@@ -213,7 +213,7 @@ def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
     trace_dir.mkdir(parents=True, exist_ok=True)
     if tool == "nsys":
         binary = tools.find_nsys(a.tool_path)
-        wrap = [binary, "profile", *tools.DEFAULT_NSYS_ARGS, "-o", str(trace_dir / "nsys")]
+        wrap = tools.profile_command(binary, str(trace_dir), [])
         env, extra = {"SGLANG_TRACE_CAPTURE_STEPS": "0:100000"}, ["--attention-backend", a.backend]
     else:
         binary = tools.find_ncu(a.tool_path)
