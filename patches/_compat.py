@@ -23,3 +23,12 @@ def extend_end(req) -> int:
     if end is not None:
         return end
     return prefix_len(req) + getattr(req, "extend_input_len", 0)
+
+
+def scheduler_rank(scheduler, name: str) -> int | None:
+    """A scheduler's parallel rank or GPU (``tp_rank``, ``dp_rank``, ``gpu_id``...): SGLang 0.5.17 keeps
+    them on ``scheduler.ps`` (ParallelState), older releases on the scheduler itself. None if absent."""
+    value = getattr(getattr(scheduler, "ps", None), name, None)
+    if value is None:
+        value = getattr(scheduler, name, None)
+    return value if isinstance(value, int) else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+from sglang_tracing.patches import _compat
 from sglang_tracing.runtime.gpu_sampler import probe
 
 
@@ -17,7 +18,7 @@ def nvml_index(cuda_index: int) -> int:
 
 def start_for_scheduler(rec, scheduler) -> None:
     device = str(getattr(getattr(scheduler, "server_args", None), "device", "cuda"))
-    gpu_id = nvml_index(getattr(scheduler, "gpu_id", 0))
+    gpu_id = nvml_index(_compat.scheduler_rank(scheduler, "gpu_id") or 0)
     if not device.startswith("cuda"):
         ok, why = False, f"device is {device!r}: no GPU to sample"
     else:

@@ -63,10 +63,11 @@ def _mode(batch) -> str:
 # ---- hooks ----
 def _on_init(scheduler) -> None:
     global _is_leader, _policy
-    _is_leader = getattr(scheduler, "tp_rank", 0) == 0
+    tp_rank = _compat.scheduler_rank(scheduler, "tp_rank")
+    _is_leader = tp_rank in (0, None)
     policy = getattr(getattr(scheduler, "policy", None), "policy", "")
     _policy = getattr(policy, "value", None) or str(policy)
-    rec = recorder.start(_config, "scheduler", getattr(scheduler, "tp_rank", 0))
+    rec = recorder.start(_config, "scheduler", tp_rank)
     nvtx_ranges.enable()
     from sglang_tracing.patches import gpu_state
 

@@ -15,6 +15,9 @@ ENV_CAPTURE_STEPS = "SGLANG_TRACE_CAPTURE_STEPS"  # cudaProfilerStart/Stop windo
 # Testing aid: the named hook raises inside our guarded code, proving requests survive it.
 ENV_INJECT_FAULT = "SGLANG_TRACE_INJECT_FAULT"
 
+# every multi-GPU server we start: NVLink multicast (NVLS) can take a shared host's GPUs out of service
+MULTICAST_OFF_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
 LEVELS = ("request", "batch", "layer")
 MIN_NVML_INTERVAL_MS = 100  # GPM returns zeros below this on Hopper (measured on the H200)
 CAPTURE_IDLE_END_S = 1.0  # an idle pause this long ends an nsys capture window

@@ -1,68 +1,291 @@
-"""Experiment 6, tensor-parallel scaling: latency, throughput, efficiency, all-reduce cost, advice."""
+"""Experiment 6, tensor-parallel scaling: what each TP size achieved, what its all-reduces cost on each
+rank (waiting for the slower rank vs moving data), a projection to larger TP sizes, and advice built
+only on cells whose figures are plausible."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import re
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty
-from sglang_tracing.analyzer.renderers.files import write_report
+from sglang_tracing.analyzer.analyses import collectives
+from sglang_tracing.analyzer.loaders.tp_experiment import TpCell, TpInputs
 from sglang_tracing.analyzer.report import Report
 
+NVLINK_GB_S_PER_LINK = 25  # per direction, NVLink 3 (A100) and 4 (H100/H200): 12 x 25 and 18 x 25 GB/s
+PROJECTED_SIZES = (4, 8)
 
-def scaling(frame: pl.DataFrame) -> pl.DataFrame:
-    base = frame.filter(pl.col("tp") == frame["tp"].min()).row(0, named=True)
-    return frame.sort("tp").select(
+
+def ring_factor(n: int) -> float:
+    """Bytes each rank sends per byte of the buffer in a ring all-reduce (nccl-tests' busbw factor)."""
+    return 2 * (n - 1) / n
+
+
+def nvlink_gb_s(topology: str | None) -> tuple[float | None, str]:
+    """Per-direction NVLink bandwidth between the GPUs, from ``nvidia-smi topo -m`` (NV<links>)."""
+    links = [int(n) for n in re.findall(r"\bNV(\d+)\b", topology or "")]
+    if not links:
+        return None, "no NVLink in the recorded topology"
+    return min(links) * NVLINK_GB_S_PER_LINK, f"NV{min(links)} x {NVLINK_GB_S_PER_LINK} GB/s per direction"
+
+
+def dtype_bytes(model_config: dict | None) -> int:
+    dtype = str((model_config or {}).get("torch_dtype", "float16"))
+    return 4 if "32" in dtype else 1 if "8" in dtype else 2
+
+
+# ---- per cell ----
+def measured_forwards(cell: TpCell) -> pl.DataFrame:
+    """Forwards (all ranks) that ran only the measured pass's requests, picked by rid, not by time."""
+    rids = [q["rid"] for q in cell.result.get("requests", [])]
+    if not rids:
+        return cell.forwards.clear()
+    return cell.forwards.filter(pl.col("rids").list.eval(pl.element().is_in(rids)).list.all())
+
+
+def cell_figures(cell: TpCell) -> dict:
+    """What a cell achieved, from its own requests (by rid) and rank 0's forwards."""
+    r = cell.result
+    reqs = r.get("requests", [])
+    want_out = r.get("output_len")
+    complete = sum(1 for q in reqs if want_out is None or q.get("completion_tokens") == want_out)
+    mine = measured_forwards(cell).filter(pl.col("rank") == 0)
+    decode = mine.filter(pl.col("mode") == "decode")
+    reached = decode["batch"].max() if decode.height else None
+    steady = decode.filter((pl.col("batch") == reached) & pl.col("gpu_start_ns").is_not_null())
+    step = (steady["gpu_end_ns"] - steady["gpu_start_ns"]).median() if steady.height else None
+    gpu_total = (mine["gpu_end_ns"] - mine["gpu_start_ns"]).sum() if mine.height else None
+    window = (mine["gpu_end_ns"].max() - mine["gpu_start_ns"].min()) if mine.height else None
+    return {"tp": cell.tp, "requests_complete": complete, "requests_wanted": r.get("requested_requests", len(reqs)),
+            "batch_wanted": r.get("concurrency"), "batch_reached": reached, "steady_steps": steady.height,
+            "decode_step_gpu_ms": step / 1e6 if step is not None else None,
+            "gpu_ms_total": gpu_total / 1e6 if gpu_total else None, "wall_ms": r.get("wall_ns", 0) / 1e6,
+            "gpu_busy": gpu_total / window if gpu_total and window else None}
+
+
+def scaling(table: pl.DataFrame, figures: pl.DataFrame) -> pl.DataFrame:
+    base = table.filter(pl.col("tp") == table["tp"].min()).row(0, named=True)
+    return table.sort("tp").select(
         "tp", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3), pl.col("output_tok_per_s").round(1),
         (pl.col("output_tok_per_s") / (base["output_tok_per_s"] * pl.col("tp") / base["tp"]) * 100).round(1)
         .alias("scaling_efficiency_pct"),
-        (base["itl_ms"] / pl.col("itl_ms")).round(2).alias("itl_speedup"))
+        (base["itl_ms"] / pl.col("itl_ms")).round(2).alias("itl_speedup"),
+    ).join(figures.select("tp", "batch_wanted", "batch_reached", "decode_step_gpu_ms", "requests_complete",
+                          "requests_wanted"), on="tp", how="left")
 
 
-def allreduce_bytes(model_config: dict | None, tokens: int, tp: int) -> int | None:
-    """Bytes each rank moves per layer for one forward of ``tokens`` tokens: two all-reduces of the
-    hidden state (after attention and after the MLP), ring algorithm: 2 (tp-1)/tp of the buffer each."""
-    if not model_config or tp < 2:
-        return 0 if tp < 2 else None
-    dtype = 2 if str(model_config.get("torch_dtype", "float16")) in ("float16", "bfloat16") else 4
-    buffer = tokens * model_config["hidden_size"] * dtype
-    return int(2 * 2 * (tp - 1) / tp * buffer)
+def plausibility(row: dict, fig: dict) -> list[str]:
+    """Why a cell's figures cannot be taken at face value (empty: none found)."""
+    flags = []
+    if row["scaling_efficiency_pct"] is not None and row["scaling_efficiency_pct"] > 100 and row["tp"] > 1:
+        flags.append(f"scaling efficiency {row['scaling_efficiency_pct']:.0f}% > 100%: the smaller TP cell was "
+                     "slowed by something else (warm-up, KV pool, batch reached)")
+    if fig["requests_complete"] < (fig["requests_wanted"] or 0):
+        flags.append(f"only {fig['requests_complete']} of {fig['requests_wanted']} requests completed")
+    if fig["batch_wanted"] and fig["batch_reached"] is not None and fig["batch_reached"] < fig["batch_wanted"]:
+        flags.append(f"decode batch reached {fig['batch_reached']}, not the {fig['batch_wanted']} asked for")
+    if fig["batch_reached"] is None:
+        flags.append("no decode forward of this cell's requests in its trace")
+    if fig["gpu_ms_total"] and fig["wall_ms"] and fig["gpu_ms_total"] > fig["wall_ms"] * 1.01:
+        flags.append(f"GPU time {fig['gpu_ms_total']:.0f} ms > wall time {fig['wall_ms']:.0f} ms")
+    if fig["decode_step_gpu_ms"] and row["itl_ms"] and fig["decode_step_gpu_ms"] > row["itl_ms"] * 1.05:
+        flags.append(f"decode step GPU time {fig['decode_step_gpu_ms']:.2f} ms > client ITL {row['itl_ms']:.2f} ms")
+    return flags
 
 
-# where an all-reduce shows in a Kineto trace, most specific first: the collective's GPU kernels
-# (NCCL, SGLang's custom all-reduce), the process group backend's op (gloo on CPU), the c10d call
-ALLREDUCE_SOURCES = (("kernels", r"(?i)nccl.*all_?reduce|allreduce.*kernel|cross_device_reduce"),
-                     ("CPU ops (process-group backend)", r"^(gloo|nccl|mpi|ucc):all_?reduce"),
-                     ("CPU ops (c10d)", r"^c10d::all_?reduce"))
-
-
-def allreduce_time(profile_dir: Path, steps: int, layers: int) -> dict | None:
-    """Mean all-reduce time per layer per forward over the ranks' Kineto traces (SGLang's profiler),
-    from the most specific source each trace has; overlapping ops count once."""
-    from sglang_tracing.analyzer.analyses.kernels import merge_intervals
-    from sglang_tracing.analyzer.loaders import kineto
-
-    per_rank, source = [], None
-    for f in sorted(Path(profile_dir).glob("*.trace.json*")):
-        kernels, ops = kineto.frames(kineto.read(f))
-        for source, pattern in ALLREDUCE_SOURCES:
-            hits = (kernels if source == "kernels" else ops).filter(pl.col("name").str.contains(pattern))
-            if hits.height:
-                break
-        else:
-            continue
-        merged = merge_intervals(hits.select("start_ns", "end_ns"))
-        per_rank.append(((merged["end_ns"] - merged["start_ns"]).sum(), hits.height))
-    if not per_rank or not steps or not layers:
+# ---- all-reduce per rank ----
+def allreduce(cell: TpCell, model_config: dict | None) -> dict | None:
+    """Calls of the profile pass per rank, split into waiting and transfer, joined to forwards."""
+    calls, source = collectives.per_rank_calls(cell.profile_kernels, cell.profile_ops)
+    if calls.is_empty():
         return None
-    busy = sum(b for b, _ in per_rank) / len(per_rank)
-    calls = sum(n for _, n in per_rank) / len(per_rank)
-    return {"ns_per_layer": busy / (steps * layers), "calls_per_layer": calls / (steps * layers),
-            "ranks": len(per_rank), "source": source}
+    calls, problem = collectives.split_wait(calls)
+    clock = "gpu" if source == "GPU kernels" else "cpu"
+    calls = collectives.assign_forwards(calls, cell.forwards, clock)
+    per_token = (model_config or {}).get("hidden_size")
+    per_token = per_token * dtype_bytes(model_config) if per_token else None
+    summary = collectives.per_rank_summary(calls, per_token, cell.tp)
+    profiled = cell.forwards.filter(pl.col("forward").is_in(calls["forward"].drop_nulls().unique().implode()))
+    return {"calls": calls, "source": source, "problem": problem, "summary": summary,
+            "families": sorted(set(calls["family"].to_list())),
+            "first_call": collectives.first_call_wait_share(calls), "lag_profile": launch_lag(profiled),
+            "lag_measured": launch_lag(measured_forwards(cell)),
+            "profile_busy": {r: collectives.busy_share(k) for r, k in sorted(cell.profile_kernels.items())},
+            "skew_profile": collectives.forward_skew(profiled),
+            "skew_measured": collectives.forward_skew(measured_forwards(cell))}
+
+
+def launch_lag(forwards: pl.DataFrame) -> pl.DataFrame:
+    """Per rank, the median time by which its CPU starts a forward after the earliest rank starts the same
+    forward (host clock, shared by the ranks of one host)."""
+    if forwards.is_empty():
+        return pl.DataFrame()
+    return (forwards.with_columns(lag=pl.col("cpu_start_ns") - pl.col("cpu_start_ns").min().over("forward"))
+            .group_by("rank").agg(cpu_lag_us=pl.col("lag").median() / 1e3).sort("rank"))
+
+
+# ---- projection ----
+def projection(cells: dict[int, TpCell], figs: dict[int, dict], table: pl.DataFrame, ar2: dict | None,
+               model_config: dict | None, link_gb_s: float | None) -> tuple[pl.DataFrame | None, list[str]]:
+    """Decode step, ITL and throughput at TP=4 and 8 from what TP=1 and TP=2 measured, and the error of the
+    same projection made from TP=1 alone (checked against the measured TP=2)."""
+    notes = []
+    if 1 not in figs or 2 not in figs or ar2 is None:
+        return None, ["needs measured TP=1 and TP=2 cells with an all-reduce profile"]
+    s1, s2 = figs[1]["decode_step_gpu_ms"], figs[2]["decode_step_gpu_ms"]
+    if not (s1 and s2) or figs[1]["batch_reached"] != figs[2]["batch_reached"] or not link_gb_s:
+        return None, ["needs the same decode batch at TP=1 and TP=2, GPU step times and an NVLink bandwidth"]
+    dec = ar2["summary"].filter((pl.col("mode") == "decode") & (pl.col("rank") == 0))
+    if dec.is_empty() or dec["median_msg_bytes"][0] is None:
+        return None, ["no decode all-reduce on rank 0 in the TP=2 profile"]
+    if dec.height > 1:
+        return None, ["decode all-reduces of TP=2 used several implementations; not modelled"]
+    d = dec.row(0, named=True)
+    calls, msg = d["calls_per_forward"], d["median_msg_bytes"]
+    per_call_ms = d["transfer_ms_per_forward"] / calls
+    skew = ar2["skew_measured"]
+    skew = skew.filter((pl.col("mode") == "decode") & (pl.col("rank") == 0)) if skew.height else skew
+    wait_ms = skew["median_excess_us"][0] / 1e3 if skew.height else d["wait_ms_per_forward"]
+    bw = link_gb_s * 1e9
+    latency_ms = max(per_call_ms - msg * ring_factor(2) / bw * 1e3, 0.0)
+    compute2 = s2 - d["transfer_ms_per_forward"] - wait_ms
+    split = 2 * (s1 - compute2)  # compute(n) = fixed + split / n, through (1, s1) and (2, compute2)
+    fixed = s1 - split
+    row = {r["tp"]: r for r in table.iter_rows(named=True)}
+    overhead2 = row[2]["itl_ms"] - s2  # ITL beyond the GPU step: CPU work not hidden by the GPU
+    layers = (model_config or {}).get("num_hidden_layers")
+
+    def step(n: int) -> float:
+        return fixed + split / n + calls * (latency_ms + msg * ring_factor(n) / bw * 1e3) + wait_ms
+
+    def naive_step(n: int) -> float | None:  # TP=1 alone: perfect split, bandwidth-only all-reduces
+        if not layers:
+            return None
+        return s1 / n + (2 * layers + 1) * msg * ring_factor(n) / bw * 1e3
+
+    naive2 = naive_step(2)
+    naive_itl2 = naive2 + (row[1]["itl_ms"] - s1) if naive2 is not None else None
+    err = (naive_itl2 / row[2]["itl_ms"] - 1) * 100 if naive_itl2 else None
+    rows = []
+    for n in (1, 2, *PROJECTED_SIZES):
+        measured = n in row
+        itl = row[n]["itl_ms"] if measured else step(n) + overhead2
+        rows.append({"tp": n, "kind": "measured" if measured else "projection",
+                     "decode_step_gpu_ms": round(figs[n]["decode_step_gpu_ms"] if measured else step(n), 3),
+                     "itl_ms": round(itl, 3),
+                     "output_tok_per_s": round(row[n]["output_tok_per_s"] if measured
+                                               else row[2]["output_tok_per_s"] * row[2]["itl_ms"] / itl, 1),
+                     "naive_itl_ms (TP=1 alone)": round(naive_step(n) + row[1]["itl_ms"] - s1, 3)
+                     if naive_step(n) is not None else None})
+    notes.append(f"model: compute = {fixed:.3f} ms fixed + {split:.3f} ms / TP (through TP=1's {s1:.3f} ms step and "
+                 f"TP=2's {compute2:.3f} ms of compute); each all-reduce = {latency_ms * 1e3:.1f} us latency + "
+                 f"{msg / 1e3:.0f} kB x 2(n-1)/n over {link_gb_s:.0f} GB/s, {calls:.0f} per forward; the launch-skew "
+                 f"wait of TP=2's measured pass ({wait_ms:.3f} ms a forward on rank 0) kept; CPU time beyond the GPU step "
+                 f"({overhead2:.3f} ms) kept; throughput scales with 1/ITL at the same batch")
+    if err is not None:
+        notes.append(f"error of the naive projection (TP=1 alone: perfect split, bandwidth-only all-reduces) "
+                     f"against the measured TP=2 ITL: {err:+.1f}%")
+    if fixed < 0 or split < 0:
+        notes.append("the fitted compute split is negative: TP=2 compute did not shrink as a split predicts; "
+                     "treat the projection as unreliable")
+    return pl.DataFrame(rows), notes
+
+
+# ---- report ----
+def build_report(inputs: TpInputs) -> Report:
+    report = Report("tp_scaling", "Tensor-parallel scaling (experiment 6)")
+    if inputs.table.is_empty() or not inputs.cells:
+        report.section("No cells recorded").add("cells", "0")
+        return report
+    report.section("Topology").add("nvidia-smi topo -m", (inputs.topology or "").strip()[:2000] or None,
+                                   "recorded when the cells ran")
+    figs = {tp: cell_figures(c) for tp, c in inputs.cells.items()}
+    table = scaling(inputs.table, pl.DataFrame(list(figs.values())))
+    sec = report.section("Scaling")
+    sec.table = table
+    flags = {r["tp"]: plausibility(r, figs[r["tp"]]) for r in table.iter_rows(named=True)}
+    for tp, why in flags.items():
+        for w in why:
+            sec.add(f"TP={tp}: implausible", w, "not used for advice or the projection")
+    link_gb_s, link_why = nvlink_gb_s(inputs.topology)
+    ar = {tp: allreduce(c, inputs.model_config) for tp, c in inputs.cells.items() if tp > 1}
+    _allreduce_sections(report, ar, inputs, figs, link_gb_s, link_why)
+    usable = {tp: f for tp, f in figs.items() if not flags[tp]}
+    proj, notes = projection(inputs.cells, usable, table, ar.get(2), inputs.model_config, link_gb_s)
+    psec = report.section("Projection to larger TP sizes (a model, not a measurement)")
+    psec.table = proj
+    for n in notes:
+        psec.add("projection", n)
+    rec = report.section("Recommendations (computed)")
+    good = table.filter(pl.col("tp").is_in([tp for tp in usable]))
+    if good.is_empty():
+        rec.add("advice", None, "no cell passed the plausibility checks")
+    for label, text in recommendations(good):
+        rec.add(label, text)
+    if len(good) < len(table):
+        rec.add("left out", ", ".join(f"TP={tp}" for tp in flags if flags[tp]), "implausible cells (see Scaling)")
+    from sglang_tracing.analyzer.renderers.plots import tp_scaling_plot
+
+    report.plots["tp_scaling.png"] = tp_scaling_plot(table, proj)
+    return report
+
+
+def _allreduce_sections(report: Report, ar: dict, inputs: TpInputs, figs: dict, link_gb_s, link_why) -> None:
+    layers = (inputs.model_config or {}).get("num_hidden_layers")
+    for tp, a in sorted(ar.items()):
+        sec = report.section(f"All-reduce at TP={tp}, per rank (SGLang's profiler, pass after the measured one)")
+        if a is None:
+            sec.add("all-reduce", None, "no collective in the rank profiles (no profile recorded, or profiler "
+                                        "unavailable)")
+            continue
+        sec.add("found in", f"{a['source']}: {', '.join(a['families'])}")
+        if a["problem"]:
+            sec.add("wait vs transfer", None, a["problem"])
+        s = a["summary"]
+        if layers:
+            s = s.with_columns((pl.col("ms_per_forward") / layers * 1e3).round(1).alias("us_per_layer"),
+                               (pl.col("wait_ms_per_forward") / layers * 1e3).round(1).alias("wait_us_per_layer"),
+                               (pl.col("transfer_ms_per_forward") / layers * 1e3).round(1)
+                               .alias("transfer_us_per_layer"))
+        sec.table = s.with_columns(pl.col(pl.Float64).round(3))
+        sec.add("bus bandwidth reference", f"{link_gb_s:.0f} GB/s" if link_gb_s else None, link_why)
+        if layers:
+            sec.add("per layer", f"{layers} layers: time per forward / layers (2 all-reduces a layer plus the "
+                                 "embedding's once a forward)")
+        busy = a["profile_busy"]
+        measured_busy = figs[tp]["gpu_busy"]
+        sec.add("GPU busy during the profile pass", ", ".join(f"rank {r}: {b * 100:.0f}%" for r, b in busy.items()
+                                                              if b is not None) or None,
+                "kernel time over the pass's window; the measured pass (rank 0, CUDA events): "
+                + (f"{measured_busy * 100:.0f}%" if measured_busy else "not measured"))
+        for r in a["first_call"].iter_rows(named=True):
+            sec.add(f"rank {r['rank']}: waiting in the profile pass",
+                    f"{r['wait_ms']:.2f} ms, {r['first_call_share_pct'] or 0:.0f}% of it in the first all-reduce "
+                    "of a forward", "a rank waits when another reaches the collective later")
+        for label in ("profile", "measured"):
+            for r in a[f"lag_{label}"].iter_rows(named=True):
+                sec.add(f"rank {r['rank']}: CPU starts a forward after the earliest rank ({label} pass, median)",
+                        f"{r['cpu_lag_us']:.0f} us", "host clock")
+        _skew_figures(sec, "profile pass", a["skew_profile"])
+        _skew_figures(sec, "measured pass", a["skew_measured"])
+        low = [r for r, b in busy.items() if b is not None and measured_busy and b < measured_busy - 0.15]
+        if low:
+            sec.add("reading the waits", f"the profile pass kept the GPUs busy {min(busy.values()) * 100:.0f}-"
+                    f"{max(busy.values()) * 100:.0f}% of the time against {measured_busy * 100:.0f}% in the "
+                    "measured pass: under the profiler the CPU launches forwards late, so each rank's launch "
+                    "delay becomes the other's wait. Take transfer times from the profile and waiting from the "
+                    "measured pass (CUDA events, no profiler).")
+
+
+def _skew_figures(sec, label: str, skew: pl.DataFrame) -> None:
+    for r in skew.iter_rows(named=True):
+        sec.add(f"rank {r['rank']}, {r['mode']}: forward longer than the quickest rank's ({label})",
+                f"median {r['median_excess_us']:.1f} us, mean {r['mean_excess_us']:.1f} us over {r['forwards']} "
+                f"forwards of {r['median_forward_ms']:.3f} ms", "CUDA-event durations, no clock shared between ranks")
 
 
 def recommendations(table: pl.DataFrame) -> list[tuple[str, str]]:
+    if table.is_empty():
+        return []
     best_tput = table.sort("output_tok_per_s", descending=True).row(0, named=True)
     best_itl = table.sort("itl_ms").row(0, named=True)
     out = [("throughput", f"highest output throughput at TP={best_tput['tp']} ({best_tput['output_tok_per_s']:.0f} tok/s)"),
@@ -72,65 +295,6 @@ def recommendations(table: pl.DataFrame) -> list[tuple[str, str]]:
         tps = ", ".join(map(str, poor["tp"].to_list()))
         out.append(("efficiency", f"TP={tps} below 70% scaling efficiency: communication or too little work per "
                                   "rank; prefer data parallelism (more replicas) for throughput there"))
-    else:
+    elif table.height > 1:
         out.append(("efficiency", "every TP size keeps >= 70% scaling efficiency"))
     return out
-
-
-def write(out: Path) -> list[str]:
-    report = Report("tp_scaling", "Tensor-parallel scaling (experiment 6)")
-    frame = cells_or_empty(out, report, "tp")
-    if frame is None:
-        return write_report(out, report)
-    topo = Path(out) / "topology.txt"
-    report.section("Topology").add("nvidia-smi topo -m", topo.read_text().strip()[:2000] if topo.exists() else None)
-    table = scaling(frame)
-    report.section("Scaling").table = table
-    comm = report.section("All-reduce")
-    cfg = _model_config(out)
-    record = json.loads((Path(out) / "experiment.json").read_text())
-    exp = record["runs"][0]["args"] if "runs" in record else record["args"]  # the recording run's options
-    for tp in table["tp"].to_list():
-        b = allreduce_bytes(cfg, exp.get("concurrency", 1), tp)
-        comm.add(f"TP={tp}: bytes per layer per decode step (per rank)", f"{b:,}" if b is not None else None,
-                 "2 ring all-reduces of the hidden state, batch = concurrency")
-    layers = (cfg or {}).get("num_hidden_layers")
-    for r in frame.sort("tp").iter_rows(named=True):
-        if r["tp"] < 2:
-            continue
-        t = allreduce_time(Path(out) / f"tp{r['tp']}" / "profile", r.get("profile_steps"), layers)
-        comm.add(f"TP={r['tp']}: all-reduce time per layer per forward",
-                 f"{t['ns_per_layer'] / 1e3:.1f} us ({t['calls_per_layer']:.1f} calls)" if t else None,
-                 f"SGLang profiler, {r.get('profile_steps')} forwards after the measured pass, mean of "
-                 f"{t['ranks']} ranks, {t['source']}" if t else
-                 "no all-reduce in the rank traces (no profile recorded, or profiler unavailable)")
-    rec = report.section("Recommendations (computed)")
-    for label, text in recommendations(table):
-        rec.add(label, text)
-    report.plots["tp_scaling.png"] = _chart(table)
-    return write_report(out, report)
-
-
-def _model_config(out: Path) -> dict | None:
-    for m in Path(out).glob("*/trace/manifest.json"):
-        cfg = json.loads(m.read_text()).get("model_config")
-        if cfg:
-            return cfg
-    return None
-
-
-def _chart(table: pl.DataFrame) -> bytes:
-    from sglang_tracing.analyzer.renderers.plots import _figure, _png
-
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(table["tp"].to_list(), table["output_tok_per_s"].to_list(), marker="o", label="measured")
-    base = table.row(0, named=True)
-    ax.plot(table["tp"].to_list(), [base["output_tok_per_s"] * t / base["tp"] for t in table["tp"]], "--",
-            label="linear")
-    ax.set_xlabel("TP size")
-    ax.set_ylabel("output tok/s")
-    ax.set_xticks(table["tp"].to_list())
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _png(fig)

@@ -59,3 +59,22 @@ def cache_plot(occupancy: pl.DataFrame, lookups: pl.DataFrame) -> bytes | None:
     ax.set_title("Cache occupancy and lookups")
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def tp_scaling_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> bytes:
+    """Output throughput per TP size: measured, linear from the smallest, and projected sizes."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(table["tp"].to_list(), table["output_tok_per_s"].to_list(), marker="o", label="measured")
+    base = table.row(0, named=True)
+    sizes = sorted(set(table["tp"].to_list()) | set(projection["tp"].to_list() if projection is not None else []))
+    ax.plot(sizes, [base["output_tok_per_s"] * t / base["tp"] for t in sizes], "--", label="linear")
+    if projection is not None:
+        p = projection.filter(pl.col("kind") == "projection")
+        ax.plot(p["tp"].to_list(), p["output_tok_per_s"].to_list(), marker="x", ls=":", label="projection")
+    ax.set_xlabel("TP size")
+    ax.set_ylabel("output tok/s")
+    ax.set_xticks(sizes)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from sglang_tracing.config import CAPTURE_IDLE_END_S
+from sglang_tracing.config import CAPTURE_IDLE_END_S, MULTICAST_OFF_ENV
 from sglang_tracing.experiments.common import Experiment, progress
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.serving import Client
@@ -168,25 +168,40 @@ def topology() -> str:
 
 def tp(exp: Experiment) -> None:
     a = exp.args
-    (exp.out / "topology.txt").write_text(topology())
     gpu_sets = a.gpus.split(";") if a.gpus else []
     for i, size in enumerate(progress(a.tp_sizes, "TP sizes")):
         cell = f"tp{size}"
         if exp.done(cell) is not None:
             continue
-        env = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+        env = dict(MULTICAST_OFF_ENV)
         if gpu_sets:
             env["CUDA_VISIBLE_DEVICES"] = gpu_sets[i]
         if a.cpu:
             env["SGLANG_CPU_OMP_THREADS_BIND"] = "|".join(str(r % (os.cpu_count() or 1)) for r in range(size))
-        prompts = [prompt_of_length(a.prompt_len, seed=50_000 + j, vocab_size=exp.vocab) for j in range(a.num_requests)]
+        # distinct prompts for warm-up, measured pass and profile pass: no prefix-cache hits between them
+        warm, prompts, profiled = ([prompt_of_length(a.prompt_len, seed=seed + j, vocab_size=exp.vocab)
+                                    for j in range(n)]
+                                   for seed, n in ((70_000, a.concurrency), (50_000, a.num_requests),
+                                                   (90_000, a.concurrency)))
         with target(exp, cell, ["--tp", str(size)], env) as (client, trace_dir):
+            # first use of each shape compiles kernels and captures graphs: keep it out of the numbers
+            warmup = drive(client, warm, min(WARMUP_OUTPUT_LEN * 2, a.output_len), a.concurrency)
             result = drive(client, prompts, a.output_len, a.concurrency)
-            profile = (sglang_profile(client, exp.out / cell / "profile", prompts[:a.concurrency], a.cpu)
+            profile = (sglang_profile(client, exp.out / cell / "profile", profiled, a.cpu)
                        if size > 1 else {})  # one rank: no all-reduce to profile
-        result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"), **profile)
+        result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"), topology=topology(),
+                      requested_requests=a.num_requests, output_len=a.output_len, concurrency=a.concurrency,
+                      warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"], **profile)
         exp.record(cell, result)
-    _experiment_report(exp, "tp_scaling")
+    render(exp, _tp_report, exp)
+
+
+def _tp_report(exp: Experiment) -> list[str]:
+    from sglang_tracing.analyzer.analyses import tp_scaling
+    from sglang_tracing.analyzer.loaders import tp_experiment
+    from sglang_tracing.analyzer.renderers.files import write_report
+
+    return write_report(exp.out, tp_scaling.build_report(tp_experiment.load(exp.out)))
 
 
 # ---- 04 nsys timeline / 05 ncu attention ----
