@@ -13,7 +13,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
+
+from sglang_tracing.semconv import READY_PROBE_RID_PREFIX
 
 CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
             "--load-format", "dummy", "--skip-server-warmup", "--log-level", "warning"]
@@ -31,10 +34,13 @@ class Client:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
 
-    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120) -> dict:
+    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120,
+                 rid: str | None = None) -> dict:
         """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
         body = {"text": prompt, "stream": stream,
                 "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+        if rid is not None:
+            body["rid"] = rid
         req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         sent = time.time_ns()
@@ -63,6 +69,10 @@ class Client:
         urllib.request.urlopen(urllib.request.Request(self.url + "/flush_cache", method="POST"), timeout=60).read()
 
 
+class ServerError(RuntimeError):
+    """The server exited or never served; the message is one line naming its log."""
+
+
 class Server(Client):
     """A running SGLang server; ``trace_dir=None`` runs it untraced."""
 
@@ -89,23 +99,22 @@ class Server(Client):
                                      start_new_session=True)
 
     def wait_ready(self, timeout: float = 300) -> None:
+        """Return once one real /generate round trip (tokenizer, scheduler, detokenizer) has completed:
+        SGLang answers /model_info before its detokenizer serves. The probe, one output token, is
+        recorded in a trace like any request; its rid starts with ``READY_PROBE_RID_PREFIX``."""
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while (left := deadline - time.time()) > 0:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {self.proc.returncode}; log: {self.log_tail()}")
+                raise ServerError(f"server exited with code {self.proc.returncode} before it served; "
+                                  f"log: {self.log_path or '(not kept)'}")
             try:
-                with urllib.request.urlopen(self.url + "/model_info", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout:.0f}s; log: {self.log_tail()}")
-
-    def log_tail(self, n: int = 3000) -> str:
-        if not self.log_path or not os.path.exists(self.log_path):
-            return "(no log)"
-        return Path(self.log_path).read_text(errors="replace")[-n:]
+                self.generate("ready", max_new_tokens=1, timeout=max(left, 1),
+                              rid=f"{READY_PROBE_RID_PREFIX}{uuid.uuid4().hex}")
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                time.sleep(0.5)  # not listening yet, or not serving yet
+        raise ServerError(f"server did not serve a request within {timeout:.0f} s; "
+                          f"log: {self.log_path or '(not kept)'}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
