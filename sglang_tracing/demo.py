@@ -43,7 +43,9 @@ def new_trace_dir(trace_dir: str | None) -> str:
 def run(trace_dir: str | None = None, requests: int = 12) -> int:
     from sglang_tracing.analyzer import api
     from sglang_tracing.analyzer.analyses.story import MIN_TREND_TOKENS
+    from sglang_tracing.launch_server import require_sglang
 
+    require_sglang()
     trace_dir = new_trace_dir(trace_dir)
     log = os.path.join(trace_dir, "server.log")
     output_tokens = 2 * MIN_TREND_TOKENS  # enough decode gaps per request for the story's ITL trend

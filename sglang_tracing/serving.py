@@ -16,10 +16,13 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from sglang_tracing.launch_server import require_sglang
 from sglang_tracing.semconv import READY_PROBE_RID_PREFIX
 
-CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
-            "--load-format", "dummy", "--skip-server-warmup", "--log-level", "warning"]
+DUMMY_WEIGHTS = ["--load-format", "dummy"]  # random weights: the shipped architectures have none
+CPU_SERVING_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
+                    "--skip-server-warmup", "--log-level", "warning"]
+CPU_ARGS = [*CPU_SERVING_ARGS, *DUMMY_WEIGHTS]  # a shipped architecture (tiny-llama) on CPU
 
 
 def free_port() -> int:
@@ -79,6 +82,7 @@ class Server(Client):
     def __init__(self, model_path: str, trace_dir: str | None = None, extra_args: list[str] | None = None,
                  tracing_args: list[str] | None = None, env: dict | None = None, log_path: str | None = None,
                  port: int | None = None, wrap: list[str] | None = None):
+        require_sglang()
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         sglang_args = ["--model-path", model_path, "--host", "127.0.0.1", "--port", str(self.port),
@@ -98,18 +102,23 @@ class Server(Client):
         self.proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, timeout: float = 300, round_trip: bool = True) -> None:
         """Return once one real /generate round trip (tokenizer, scheduler, detokenizer) has completed:
         SGLang answers /model_info before its detokenizer serves. The probe, one output token, is
-        recorded in a trace like any request; its rid starts with ``READY_PROBE_RID_PREFIX``."""
+        recorded in a trace like any request; its rid starts with ``READY_PROBE_RID_PREFIX``.
+        ``round_trip=False`` waits for /model_info only, for runs whose first request must be the
+        workload's (a kernel profiler counting launches from it)."""
         deadline = time.time() + timeout
         while (left := deadline - time.time()) > 0:
             if self.proc.poll() is not None:
                 raise ServerError(f"server exited with code {self.proc.returncode} before it served; "
                                   f"log: {self.log_path or '(not kept)'}")
             try:
-                self.generate("ready", max_new_tokens=1, timeout=max(left, 1),
-                              rid=f"{READY_PROBE_RID_PREFIX}{uuid.uuid4().hex}")
+                if round_trip:
+                    self.generate("ready", max_new_tokens=1, timeout=max(left, 1),
+                                  rid=f"{READY_PROBE_RID_PREFIX}{uuid.uuid4().hex}")
+                else:
+                    urllib.request.urlopen(self.url + "/model_info", timeout=2).close()
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
                 time.sleep(0.5)  # not listening yet, or not serving yet
