@@ -139,6 +139,8 @@ out = {"new": sorted(set(sys.modules) - before), "registered": sorted(HookRegist
 importlib.import_module(later)  # SGLang goes on importing: the hooks waiting for it apply now
 owner, attr = lazy_target.rsplit(".", 1)
 out["lazy_applied"] = hasattr(getattr(pkgutil.resolve_name(owner), attr), "__wrapped__")
+out["cpp_loaded"] = "sglang.srt.mem_cache.radix_cache_cpp" in sys.modules
+out["built_after"] = os.listdir(os.environ["TORCH_EXTENSIONS_DIR"])
 print(json.dumps(out))
 """
 
@@ -166,6 +168,7 @@ def test_activation_imports_no_module_sglang_has_not_imported(tmp_path, process,
     cpp = "sglang.srt.mem_cache.radix_cache_cpp.RadixCacheCpp.insert"
     assert cpp in out["waiting"] and cpp not in out["registered"]
     assert lazy_target in out["waiting"] and out["lazy_applied"]
+    assert not out["cpp_loaded"] and out["built_after"] == []  # applying late hooks imported nothing either
     if process.endswith("scheduler"):  # hooks on modules the process has loaded are registered at once
         assert "sglang.srt.managers.scheduler.Scheduler.run_batch" in out["registered"]
         assert "sglang.srt.mem_cache.radix_cache.RadixCache.match_prefix" in out["registered"]
