@@ -42,7 +42,7 @@ quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec py
   nvtx polars perfetto matplotlib pytest
 step "4/4 sglang-tracing (editable) and an import check"
 quiet "$PIP" install -q --no-deps --no-build-isolation -e "$ROOT"
-"$VENV/bin/python" -c "import sglang.launch_server, sglang.srt.managers.scheduler, sglang_tracing.plugin" \
-  || { echo "setup_env.sh: sglang $VER does not import in $VENV" >&2; exit 1; }
+check=$("$VENV/bin/python" -c "import sglang.launch_server, sglang.srt.managers.scheduler, sglang_tracing.plugin" 2>&1) \
+  || { echo "$check" | tail -5 >&2; echo "setup_env.sh: sglang $VER does not import in $VENV" >&2; exit 1; }
 touch "$STAMP"
 step "$VENV ready (sglang $VER)"

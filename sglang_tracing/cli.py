@@ -62,8 +62,13 @@ def _experiment(args, rest) -> int:
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
            "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
+    from sglang_tracing.serving import ServerError
+
     try:
         run(exp)
+    except ServerError as exc:
+        print(f"sglang-trace: error: {exc}; what was recorded is in {exp.out}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sglang-trace: interrupted; servers stopped, what was recorded is in {exp.out}", file=sys.stderr)
         return 130
