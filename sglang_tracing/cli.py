@@ -62,8 +62,13 @@ def _experiment(args, rest) -> int:
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
            "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
+    from sglang_tracing.serving import ServerError
+
     try:
         run(exp)
+    except ServerError as exc:
+        print(f"sglang-trace: error: {exc}; what was recorded is in {exp.out}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sglang-trace: interrupted; servers stopped, what was recorded is in {exp.out}", file=sys.stderr)
         return 130
@@ -74,8 +79,7 @@ def _experiment(args, rest) -> int:
 def _demo(args, rest) -> int:
     from sglang_tracing import demo
 
-    demo.run(args.trace_dir, requests=args.requests)
-    return 0
+    return demo.run(args.trace_dir, requests=args.requests)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="tp experiment: CUDA_VISIBLE_DEVICES per TP size, ';'-separated (0;0,1;0,1,2,3)")
     p.set_defaults(func=_experiment)
     p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
-    p.add_argument("--trace-dir", default="traces/demo")
+    p.add_argument("--trace-dir", help="a new or empty dir (default: traces/demo/<timestamp>)")
     p.add_argument("--requests", type=int, default=12)
     p.set_defaults(func=_demo)
     return parser

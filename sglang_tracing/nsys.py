@@ -65,6 +65,9 @@ def export_sqlite(nsys: str, trace_dir: str) -> str | None:
 
 
 def run(config, sglang_args: list[str], nsys_path: str | None, nsys_extra: list[str]) -> int:
+    from sglang_tracing.launch_server import require_sglang
+
+    require_sglang()
     nsys = find_nsys(nsys_path)
     os.makedirs(config.trace_dir, exist_ok=True)
     env = dict(os.environ, **config.to_env())

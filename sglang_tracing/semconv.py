@@ -63,6 +63,9 @@ PREFIX_BLOCK = 16
 FORWARD_SPAN_ID = "sglang.forward.span_id"  # links request pieces to the batch that ran them
 DETOKENIZE_CALLS = "sglang.detokenize.calls"
 DETOKENIZE_SHARE_NS = "sglang.detokenize.share_ns"  # this request's share of batch time
+# rid prefix of the one-token request ``serving.Server.wait_ready`` sends before a server counts as
+# ready: recorded like any request, but the launcher's, not the workload's
+READY_PROBE_RID_PREFIX = "sglang-tracing-ready-"
 
 # ---- batch / iteration attributes ----
 FORWARD_MODE = "sglang.batch.forward_mode"  # extend | decode | mixed | idle | ...

@@ -28,7 +28,8 @@ LIFECYCLE = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREF
 def traced_run(tiny_model, tmp_path_factory):
     """One traced server: the mixed 20-request workload, then 300 requests 32 at a time."""
     tmp = tmp_path_factory.mktemp("traced")
-    server, trace_dir = start_server(tiny_model, tmp)
+    (tmp / "torch_extensions").mkdir()  # fresh: a JIT build there would mean we imported what SGLang had not
+    server, trace_dir = start_server(tiny_model, tmp, env={"TORCH_EXTENSIONS_DIR": str(tmp / "torch_extensions")})
     try:
         mixed = run_concurrently(server, mixed_workload(20), concurrency=4)
         # one long prompt alone: a TTFT long enough that the client's own HTTP costs stay small
@@ -148,6 +149,7 @@ def test_batch_and_cache_spans_recorded(traced_run):
     expected = "UnifiedRadixCache" if version >= (0, 5, 23) else "RadixCache"
     cache = model.spans.filter(model.spans["name"].is_in([sc.CACHE_MATCH, sc.CACHE_INSERT]))
     assert set(cache[sc.CACHE_CLASS].unique()) == {expected}
+    assert list((Path(trace_dir).parent / "torch_extensions").iterdir()) == []
     note = json.loads(next(Path(trace_dir).glob("gpu-scheduler-*.json")).read_text())
     assert note["sampling"] is False and "cpu" in note["reason"]
 

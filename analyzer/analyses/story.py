@@ -11,6 +11,7 @@ from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_stat
 from sglang_tracing.analyzer.analyses.requests import request_table, token_latencies
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, Section, ms
+from sglang_tracing.runtime.manifest import weights_of
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp8": 1}
 
@@ -136,6 +137,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
     head.add("cached tokens", str(req["cached_tokens"]), "SGLang meta_info")
     head.add("output tokens", str(req["output_tokens"]), "SGLang meta_info")
+    head.add("weights", weights_of(model.manifest), "SGLang load_format; dummy: random weights, real timings")
 
     proc = report.section("Request processing")
     sched = _schedule_of(spans, req.get("queued_end_ns"))
