@@ -226,7 +226,9 @@ def build_report(inputs: TpInputs) -> Report:
         rec.add("left out", ", ".join(f"TP={tp}" for tp in flags if flags[tp]), "implausible cells (see Scaling)")
     from sglang_tracing.analyzer.renderers.plots import tp_scaling_plot
 
-    report.plots["tp_scaling.png"] = tp_scaling_plot(table, proj)
+    png = tp_scaling_plot(table, proj)
+    if png:
+        report.plots["tp_scaling.png"] = png
     return report
 
 

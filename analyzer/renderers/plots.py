@@ -82,9 +82,11 @@ def cache_plot(occupancy: pl.DataFrame, lookups: pl.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def tp_scaling_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> bytes:
+def tp_scaling_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> bytes | None:
     """Output throughput per TP size: measured, linear from the smallest, and projected sizes."""
-    plt = _figure()
+    plt = _pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(table["tp"].to_list(), table["output_tok_per_s"].to_list(), marker="o", label="measured")
     base = table.row(0, named=True)
