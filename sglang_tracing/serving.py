@@ -31,10 +31,14 @@ class Client:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
 
-    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120) -> dict:
-        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
+    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120,
+                 rid: str | None = None) -> dict:
+        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk.
+        ``rid``: SGLang's request id (a readiness probe's starts with semconv.READINESS_RID_PREFIX)."""
         body = {"text": prompt, "stream": stream,
                 "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+        if rid is not None:
+            body["rid"] = rid
         req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         sent = time.time_ns()

@@ -6,7 +6,7 @@ import polars as pl
 from sglang_tracing import semconv as sc
 
 REQUEST_PHASES = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
-                  sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE)
+                  sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE, sc.REQUEST_HTTP)
 
 
 def _opt(spans: pl.DataFrame, name: str, dtype=pl.Int64) -> pl.Expr:
