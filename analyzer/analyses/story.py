@@ -168,7 +168,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         prefill.add("TTFT (user-visible)", None, TTFT_NOT_STREAMED + f"; the response arrived after "
                     f"{ms(req['e2e_ns'])} ms")
     else:
-        prefill.add("TTFT", ms(req["ttft_ns"]), "received (HTTP layer) -> " + req["ttft_source"])
+        start = "received (HTTP layer)" if req.get("first_byte_ns") else "received"
+        prefill.add("TTFT", ms(req["ttft_ns"]), f"{start} -> {req['ttft_source']}")
     prefill.add("time to first token computed", ms(req["ttft_compute_ns"]), "received -> first token in the scheduler")
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
                 f"forward GPU time ({gpu_source}) split by tokens in each batch"
@@ -178,7 +179,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
     pre_kernels = _kernels(model, pre_fwd)
     _layer_and_op_time(prefill, model, pre_kernels, pre_fwd)
-    _kernel_breakdown(prefill, pre_kernels, pre_fwd)
+    _kernel_breakdown(prefill, model, pre_kernels, pre_fwd)
     pre_hw = _hardware(prefill, model, pwin, "prefill", _others_inside(spans, pwin, rid))
 
     decode = report.section("Decode")
@@ -194,7 +195,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
                    f"linear fit over {trend['points']} tokens, r2={trend['r2']:.2f}")
     else:
         decode.add("ITL trend vs KV length", None, f"fewer than {MIN_TREND_TOKENS} decode tokens")
-    _kernel_breakdown(decode, _kernels(model, dec_fwd), dec_fwd)
+    _kernel_breakdown(decode, model, _kernels(model, dec_fwd), dec_fwd)
     dwin = pl.DataFrame({"start_ns": [req["decode_start_ns"]], "end_ns": [req["decode_end_ns"]]})
     dec_hw = _hardware(decode, model, dwin, "decode", _others_inside(spans, dwin, rid))
     for metric in sorted(set(pre_hw) & set(dec_hw)):
@@ -302,11 +303,14 @@ def _layer_and_op_time(section: Section, model: TraceModel, kernels: pl.DataFram
                     f"kernels launched inside each layer range, of {_batch_note(forwards)}")
 
 
-def _kernel_breakdown(section: Section, kernels: pl.DataFrame, forwards: pl.DataFrame) -> None:
+def _kernel_breakdown(section: Section, model: TraceModel, kernels: pl.DataFrame, forwards: pl.DataFrame) -> None:
     """Kernel time by name over the kernels the phase's forwards launched."""
     if kernels.is_empty():
-        section.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)" if forwards.height
-                    else "no forward of this request recorded")
+        why = ("no forward of this request recorded" if forwards.is_empty()
+               else "no kernels loaded (--nsys or --kineto)" if model.kernels.is_empty()
+               else f"none of the {model.kernels.height} loaded kernels ran in this request's forwards "
+                    "(the profile covered other forwards)")
+        section.add("kernel breakdown", None, why)
         return
     total = kernels["dur_ns"].sum()
     child = section.child("kernel breakdown")
