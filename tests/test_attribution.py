@@ -90,6 +90,19 @@ def test_backends_cells_take_the_forwards_of_their_own_rids(truth, phases):
         assert row["outside_forwards"] == t["outside"], key
 
 
+def test_cells_without_recorded_rids_take_user_requests_arriving_in_their_window(phases):
+    """Older result.json files lack rids: the server's user requests that arrived inside the cell's window
+    stand in (the cell's untimed warm-up ended before it, SGLang's warm-up is internal): same figures."""
+    from sglang_tracing.analyzer.analyses import backends
+    from sglang_tracing.analyzer.analyses.experiment_cells import cells
+
+    frame = backends.with_server_phases(cells(BACKENDS).drop("rids"))
+    for row in frame.iter_rows(named=True):
+        ref = phases[(row["backend"], row["batch_size"], row["seq_len"])]
+        for col in ("prefill_gpu_ms", "decode_step_gpu_ms", "batch_reached", "shared_forwards"):
+            assert row[col] == ref[col], (row["cell"], col)
+
+
 def test_sglang_warmup_no_longer_leaks_into_triton_bs1_len512(truth):
     """SGLang's own warm-up (6 tokens in, 8 out) arrived 600 ms into this cell's window: its prefill
     (15.295 ms) doubled the cell's 14.519 ms when forwards were picked by time."""

@@ -74,16 +74,18 @@ def with_server_phases(frame: pl.DataFrame, models: dict | None = None) -> pl.Da
     mixed forwards, summed), the decode batch reached and the median decode step at it, decode steps
     per achieved batch, forwards shared with outsiders and other forwards inside the cell's window
     (they share its NVML/GPM means); CUDA events."""
-    per_model: dict[int, tuple] = {}
+    per_model: dict[int, dict] = {}
 
     def measure(model, r):
+        spans = model.spans
         if id(model) not in per_model:
-            spans = model.spans
-            requests = None if r.get("rids") else request_table(spans, model.manifest)
             pool = spans[sc.CACHE_TOTAL].drop_nulls().max() if sc.CACHE_TOTAL in spans.columns else None
-            per_model[id(model)] = (forward_members(spans), requests, pool)
-        members, requests, pool = per_model[id(model)]
-        rids = cell_rids(r, requests)
+            per_model[id(model)] = {"members": forward_members(spans), "pool": pool}
+        known = per_model[id(model)]
+        if not r.get("rids") and "requests" not in known:
+            known["requests"] = request_table(spans, model.manifest)
+        members, pool = known["members"], known["pool"]
+        rids = cell_rids(r, known.get("requests"))
         mine = forwards_of(members, rids)
         prefill = mine.filter(is_prefill()).drop_nulls("gpu_ns")
         alone = mine.filter((pl.col("mode") == "decode") & (pl.col("outsiders") == 0)).drop_nulls("gpu_ns")
