@@ -34,12 +34,12 @@ class ReceivedAt:
 
         async def timed_send(message):
             nonlocal first_byte
+            body = message.get("type") == "http.response.body"
+            if body and not first_byte and message.get("body"):
+                first_byte = time_ns()  # as the bytes are handed to the transport: the client may read them at once
             await send(message)
-            if message.get("type") == "http.response.body":
-                if not first_byte and message.get("body"):
-                    first_byte = time_ns()
-                if not message.get("more_body", False):
-                    _response_sent(scope, first_byte, time_ns())
+            if body and not message.get("more_body", False):
+                _response_sent(scope, first_byte, time_ns())
 
         await self.app(scope, receive, timed_send)
 

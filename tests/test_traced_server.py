@@ -30,15 +30,17 @@ LIFECYCLE = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREF
 EXPORTER = "sglang_tracing.runtime.exporter"
 
 
-def exporter_processes(server) -> int:
-    """Exporter processes among the server's descendants (each traced SGLang process starts one)."""
+def exporter_processes(tag: str) -> int:
+    """Running exporter processes started by a server launched with ``SGT_TEST_TAG=tag`` in its environment
+    (exporters leave the server's process tree on purpose, but inherit its environment)."""
     import psutil
 
     count = 0
-    for p in psutil.Process(server.proc.pid).children(recursive=True):
+    for p in psutil.process_iter():
         try:
-            count += EXPORTER in " ".join(p.cmdline())
-        except psutil.Error:  # exited meanwhile (SGLang's own short-lived helpers)
+            if EXPORTER in " ".join(p.cmdline()) and p.environ().get("SGT_TEST_TAG") == tag:
+                count += 1
+        except psutil.Error:  # exited meanwhile, or not ours to read
             pass
     return count
 
@@ -64,14 +66,15 @@ def traced_run(tiny_model, tmp_path_factory):
     health check and a readiness-probe round trip."""
     tmp = tmp_path_factory.mktemp("traced")
     args = [a for a in CPU_ARGS if a != "--skip-server-warmup"]
-    server, trace_dir = start_server(tiny_model, tmp, sglang_args=args)
+    tag = uuid.uuid4().hex
+    server, trace_dir = start_server(tiny_model, tmp, sglang_args=args, env={"SGT_TEST_TAG": tag})
     try:
         mixed = run_concurrently(server, mixed_workload(20), concurrency=4)
         # one long prompt alone: a TTFT long enough that the client's own HTTP costs stay small
         solo = server.generate(prompt_of_length(3000, seed=77), max_new_tokens=24, stream=True)
         load = run_concurrently(server, [prompt_of_length(24, seed=5000 + i) for i in range(300)],
                                 concurrency=32, max_new_tokens=4, stream=False)
-        exporters = exporter_processes(server)
+        exporters = exporter_processes(tag)
         wait_until_up(server)
         urllib.request.urlopen(server.url + "/health_generate", timeout=60).read()
         probe = server.generate("ready", max_new_tokens=1, rid=sc.READINESS_RID_PREFIX + uuid.uuid4().hex)
@@ -198,12 +201,13 @@ def test_traced_processes_each_start_an_exporter(traced_run):
 
 
 def test_inert_without_trace_dir(tiny_model, tmp_path):
-    env = {"SGLANG_TRACE_DIR": ""}
+    tag = uuid.uuid4().hex
+    env = {"SGLANG_TRACE_DIR": "", "SGT_TEST_TAG": tag}
     server, _ = start_server(tiny_model, tmp_path, trace=False, env=env)
     try:
         out = server.generate(prompt_of_length(16), max_new_tokens=3, stream=True)
         assert out["meta_info"]["completion_tokens"] == 3
-        assert exporter_processes(server) == 0  # no process recorded anything
+        assert exporter_processes(tag) == 0  # no process of this server records anything
     finally:
         server.stop()
     assert not (tmp_path / "trace").exists()
