@@ -88,12 +88,13 @@ def with_server_phases(frame: pl.DataFrame, models: dict | None = None) -> pl.Da
         rids = cell_rids(r, known.get("requests"))
         mine = forwards_of(members, rids)
         prefill = mine.filter(is_prefill()).drop_nulls("gpu_ns")
-        alone = mine.filter((pl.col("mode") == "decode") & (pl.col("outsiders") == 0)).drop_nulls("gpu_ns")
+        # batch membership needs no GPU timing (CPU runs have none): only the medians do
+        alone = mine.filter((pl.col("mode") == "decode") & (pl.col("outsiders") == 0))
         steps = (alone.group_by(pl.col("members").alias("batch"))
                  .agg(pl.len().cast(pl.Int64).alias("steps"), (pl.col("gpu_ns").median() / 1e6).alias("median_gpu_ms"))
                  .sort("batch"))
         reached = alone["members"].max() if alone.height else None
-        at_reached = alone.filter(pl.col("members") == reached)["gpu_ns"]
+        at_reached = alone.filter(pl.col("members") == reached)["gpu_ns"].drop_nulls()
         inside = forwards_inside(model.spans, r["start_ns"], r["end_ns"])
         outside = inside.filter(~pl.col("span_id").is_in(mine["span_id"].to_list()))
         return {"prefill_gpu_ms": (prefill["gpu_ns"] * prefill["share"]).sum() / 1e6 if prefill.height else None,
@@ -118,7 +119,8 @@ def batch_findings(frame: pl.DataFrame) -> list[tuple[str, str]]:
     out = []
     short = frame.filter(pl.col("batch_reached") < pl.col("batch_size")).sort("batch_size", "seq_len", "backend")
     for r in short.iter_rows(named=True):
-        groups = "; ".join(f"{g['steps']} steps at {g['batch']} (median {g['median_gpu_ms']:.2f} ms)"
+        groups = "; ".join(f"{g['steps']} steps at {g['batch']}" + (f" (median {g['median_gpu_ms']:.2f} ms)"
+                                                                   if g["median_gpu_ms"] is not None else "")
                            for g in sorted(r["steps_by_batch"], key=lambda g: -g["steps"])[:3])
         per_req = r["seq_len"] + (r.get("output_tokens") or 0)
         pool = (f"; the KV pool ({r['kv_pool_tokens']:,} tokens) holds {r['kv_pool_tokens'] // per_req} requests of "
