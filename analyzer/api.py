@@ -72,6 +72,18 @@ def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest
     return written
 
 
+def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None, kineto: str | None = None) -> list[str]:
+    """Write the per-request table (analyses.requests.export_table) as CSV and Parquet; returns the paths."""
+    from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time, request_gpu_time
+    from sglang_tracing.analyzer.analyses.requests import export_table, request_table
+    from sglang_tracing.analyzer.renderers.tables import write_table
+
+    model = load(trace_dir, nsys, kineto)
+    gpu = request_gpu_time(model.spans, forward_gpu_time(model.spans, model.kernels))
+    frame = export_table(request_table(model.spans, model.manifest), gpu)
+    return write_table(frame, Path(out_dir or os.path.join(trace_dir, "reports")), "requests")
+
+
 def to_perfetto(trace_dir: str | None, output: str, nsys: str | None = None, kineto: str | None = None) -> dict:
     from sglang_tracing.analyzer.renderers import perfetto
 

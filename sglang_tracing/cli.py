@@ -54,6 +54,14 @@ def _perfetto(args, rest) -> int:
     return 0
 
 
+def _requests(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    for p in api.requests(args.trace_dir, out_dir=args.out, nsys=args.nsys, kineto=args.kineto):
+        print(p)
+    return 0
+
+
 def _experiment(args, rest) -> int:
     from sglang_tracing.experiments import runners
     from sglang_tracing.experiments.common import Experiment
@@ -116,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")
             p.set_defaults(func=_perfetto)
+    p = sub.add_parser("requests", help="one row per request (internal or not, streamed, tokens, queue, TTFT, "
+                                        "every ITL, e2e, GPU ms by phase) as CSV and Parquet")
+    p.add_argument("trace_dir")
+    p.add_argument("--out", help="output dir (default: DIR/reports)")
+    p.add_argument("--nsys", help="Nsight Systems export: GPU time from its kernels where spans have no CUDA events")
+    p.add_argument("--kineto", help="Kineto / Chrome-trace JSON, likewise")
+    p.set_defaults(func=_requests)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
     from sglang_tracing.experiments.common import add_common_options

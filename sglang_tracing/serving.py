@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from sglang_tracing.launch_server import require_sglang
-from sglang_tracing.semconv import READY_PROBE_RID_PREFIX
+from sglang_tracing.semconv import READINESS_RID_PREFIX
 
 DUMMY_WEIGHTS = ["--load-format", "dummy"]  # random weights: the shipped architectures have none
 CPU_SERVING_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
@@ -39,7 +39,8 @@ class Client:
 
     def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120,
                  rid: str | None = None) -> dict:
-        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
+        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk.
+        ``rid``: SGLang's request id (a readiness probe's starts with semconv.READINESS_RID_PREFIX)."""
         body = {"text": prompt, "stream": stream,
                 "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
         if rid is not None:
@@ -105,7 +106,7 @@ class Server(Client):
     def wait_ready(self, timeout: float = 300, round_trip: bool = True) -> None:
         """Return once one real /generate round trip (tokenizer, scheduler, detokenizer) has completed:
         SGLang answers /model_info before its detokenizer serves. The probe, one output token, is
-        recorded in a trace like any request; its rid starts with ``READY_PROBE_RID_PREFIX``.
+        recorded in a trace like any request; its rid starts with ``READINESS_RID_PREFIX``.
         ``round_trip=False`` waits for /model_info only, for runs whose first request must be the
         workload's (a kernel profiler counting launches from it)."""
         deadline = time.time() + timeout
@@ -116,7 +117,7 @@ class Server(Client):
             try:
                 if round_trip:
                     self.generate("ready", max_new_tokens=1, timeout=max(left, 1),
-                                  rid=f"{READY_PROBE_RID_PREFIX}{uuid.uuid4().hex}")
+                                  rid=f"{READINESS_RID_PREFIX}{uuid.uuid4().hex}")
                 else:
                     urllib.request.urlopen(self.url + "/model_info", timeout=2).close()
                 return

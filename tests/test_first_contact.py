@@ -139,7 +139,7 @@ def test_demo_twice_each_run_its_own_trace(tmp_path):
         dirs.append(Path(re.search(r"^trace dir: +(\S+)$", done.stdout, re.M).group(1)))
     assert dirs[0] != dirs[1] and all(d.parent == tmp_path / "traces" / "demo" for d in dirs)
     rids = _root_rids(dirs[1])
-    workload = [r for r in rids if not r.startswith(sc.READY_PROBE_RID_PREFIX)]
+    workload = [r for r in rids if not r.startswith(sc.READINESS_RID_PREFIX)]
     assert len(workload) == 12 and len(rids) - len(workload) == 1  # plus the readiness probe
     complete, seen = map(int, re.search(r"requests in trace \(complete / seen\): (\d+) / (\d+)",
                                         done.stdout).groups())
