@@ -20,11 +20,17 @@ def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = No
     if ncu:
         from sglang_tracing.analyzer.loaders import ncu as ncu_loader
 
-        model.ncu = ncu_loader.read(ncu)
+        model.ncu, model.ncu_rules = ncu_loader.read_profile(ncu)
     if nsys:
         from sglang_tracing.analyzer.loaders import nsys as nsys_loader
+        from sglang_tracing.analyzer.loaders import nsys_stats
 
-        nsys_loader.attach(model, nsys)
+        if nsys_stats.looks_like_stats(nsys):
+            model.nsys_stats.update(nsys_stats.read_all(nsys))
+            model.manifest.setdefault("sources", []).append(
+                {"nsys_stats": nsys, "tables": len(model.nsys_stats), "alignment": "none (totals only)"})
+        else:
+            nsys_loader.attach(model, nsys)
     if kineto:
         from sglang_tracing.analyzer.loaders import kineto as kineto_loader
 
