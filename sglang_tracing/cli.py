@@ -54,6 +54,17 @@ def _perfetto(args, rest) -> int:
     return 0
 
 
+def _diff(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    report, written = api.diff(args.a, args.b, out_dir=args.out, formats=args.format)
+    if written:
+        print("\n".join(written))
+    else:
+        print(report, end="")
+    return 0
+
+
 def _experiment(args, rest) -> int:
     from sglang_tracing.experiments import runners
     from sglang_tracing.experiments.common import Experiment
@@ -98,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                            ("perfetto", "export a trace dir as a native Perfetto trace")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("trace_dir", nargs="?", help="trace dir (optional when only profiler files are analyzed)")
-        p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH)")
+        p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH); for analyze "
+                                      "also nsys stats CSVs (a file, or a folder of them)")
         p.add_argument("--kineto", help="Kineto / Chrome-trace JSON (.json or .json.gz)")
         if name == "analyze":
             p.add_argument("--report", default="all", help="story, radix, timeline, attention or all (comma-separated)")
@@ -112,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")
             p.set_defaults(func=_perfetto)
+    p = sub.add_parser("diff", help="compare two runs or profiles kernel by kernel and range by range")
+    p.add_argument("a", help="baseline: trace dir, nsys export, Kineto JSON or nsys stats CSV(s)")
+    p.add_argument("b", help="compared against the baseline (delta = B - A)")
+    p.add_argument("--out", help="write diff.{txt,md,html} here (default: print the text report)")
+    p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated), with --out")
+    p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
     from sglang_tracing.experiments.common import add_common_options

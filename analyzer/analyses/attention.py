@@ -32,11 +32,13 @@ def _format(field: str, v) -> str:
             return f"{v / 1e9:.1f} GB/s"
         if field == "achieved_flop_per_s":
             return f"{v / 1e12:.2f} TFLOP/s"
-        return f"{v:,.2f}"
+        return f"{int(v):,}" if v.is_integer() else f"{v:,.2f}"
     return str(v)
 
 
 def _missing_why(field: str, row: dict) -> str:
+    if field in ("flop_tensor", "flop_non_tensor") and row.get(f"{field}_unknown_why"):
+        return f"unknown: {row[f'{field}_unknown_why']}"
     if field in _FLOP_FIELDS and row.get("flop_unknown_why"):
         return f"unknown: {row['flop_unknown_why']}"
     if field == "occupancy_limiter" and (row.get("theoretical_occupancy_pct") or 0) >= 100:

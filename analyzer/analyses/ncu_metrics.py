@@ -216,8 +216,8 @@ def kernel_metrics(long: pl.DataFrame) -> pl.DataFrame:
     return roofline(df).with_columns(classify_phase(pl.col("kernel_name")).alias("phase"))
 
 
-def _flops(row: dict) -> tuple[float | None, float | None, str]:
-    """(tensor FLOPs, non-tensor FLOPs, why a part is unknown)."""
+def _flops(row: dict) -> tuple[float | None, float | None, str, str]:
+    """(tensor FLOPs, non-tensor FLOPs, why the tensor part is unknown, why the other part is)."""
     na = set((row.get("na_inputs") or "").split(", "))
     tensor = None
     if na & set(TENSOR_FIELDS):
@@ -240,7 +240,7 @@ def _flops(row: dict) -> tuple[float | None, float | None, str]:
         why_n = ""
     else:
         why_n = "FP32/FP16 instruction counts not collected"
-    return tensor, non_tensor, "; ".join(w for w in (why_t, why_n) if w)
+    return tensor, non_tensor, why_t, why_n
 
 
 def roofline(df: pl.DataFrame) -> pl.DataFrame:
@@ -250,7 +250,10 @@ def roofline(df: pl.DataFrame) -> pl.DataFrame:
     parts = [_flops(r) for r in df.iter_rows(named=True)]
     df = df.with_columns(pl.Series("flop_tensor", [p[0] for p in parts], pl.Float64),
                          pl.Series("flop_non_tensor", [p[1] for p in parts], pl.Float64),
-                         pl.Series("flop_unknown_why", [p[2] or None for p in parts], pl.String))
+                         pl.Series("flop_tensor_unknown_why", [p[2] or None for p in parts], pl.String),
+                         pl.Series("flop_non_tensor_unknown_why", [p[3] or None for p in parts], pl.String),
+                         pl.Series("flop_unknown_why", ["; ".join(w for w in p[2:] if w) or None for p in parts],
+                                   pl.String))
     c = pl.col
     df = df.with_columns((c("flop_tensor") + c("flop_non_tensor")).alias("flop"),
                          pl.coalesce(c("dram_bytes"), c("dram_read_bytes") + c("dram_write_bytes")).alias("dram_bytes"))

@@ -74,7 +74,8 @@ def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
         sec.add(f"GPU idle{dev}", f"{ms(row['idle_ns'])}: {row['bubbles']} bubbles > {topdown.BUBBLE_NS / 1e3:.0f} us "
                                   f"totalling {ms(row['bubble_ns'])} (longest {ms(row['longest_bubble_ns'])}), "
                                   f"{ms(row['launch_gap_ns'])} in shorter gaps between operations", "")
-    host = topdown.host_during_bubbles(topdown.bubbles(activity), model.cpu_ops)
+    gaps = topdown.bubbles(activity)
+    host = topdown.host_during_bubbles(gaps, model.cpu_ops)
     if host and host["bubble_ns"]:
         b = host["bubble_ns"]
         sec.add("host during GPU bubbles",
@@ -85,8 +86,14 @@ def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
     elif activity.height:
         sec.add("host during GPU bubbles", None, "no CUDA API calls in the profile" if not host else "no bubbles")
     syncs = topdown.sync_calls(model.cpu_ops)
+    if syncs.height:
+        top = syncs.row(0, named=True)
+        sec.add("host blocked in synchronizing calls", f"{ms(int(syncs['total_ns'].sum()))} over "
+                f"{int(syncs['calls'].sum())} calls (most in {top['name']}: {ms(top['total_ns'])})",
+                "costs GPU time only where the GPU then sat idle (ranked below as GPU idle after synchronizing calls)")
     first = topdown.look_first(overview, tables["cuda_gpu_kern_sum"][0], tables["cuda_gpu_mem_time_sum"][0],
-                               tables["cuda_gpu_mem_size_sum"][0], syncs, host, model.ncu_rules)
+                               tables["cuda_gpu_mem_size_sum"][0], topdown.bubbles_after_sync(gaps, model.cpu_ops),
+                               host, model.ncu_rules)
     if first.height:
         window = int(overview["window_ns"].max()) if overview.height else None
         sec.child("What to look at first").table = first.with_columns(

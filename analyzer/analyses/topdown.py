@@ -83,6 +83,22 @@ def host_during_bubbles(gaps: pl.DataFrame, cpu_ops: pl.DataFrame) -> dict | Non
             "no_api_ns": total - in_any}
 
 
+def bubbles_after_sync(gaps: pl.DataFrame, cpu_ops: pl.DataFrame) -> dict | None:
+    """Bubbles that a synchronizing call drained the GPU into: the call returned inside the bubble
+    (it waited for the last operation before it), so the GPU idled until the host queued more work.
+    Returns bubbles, idle_ns and the call most often responsible; None without such bubbles."""
+    calls = cpu_ops.filter(pl.col("category").is_in(list(API_CATEGORIES)) & pl.col("name").str.contains(SYNC_CALLS))
+    if calls.is_empty() or gaps.is_empty():
+        return None
+    ends = calls.select(pl.col("end_ns").alias("sync_end"), pl.col("name").str.replace(r"_v\d+$", "")).sort("sync_end")
+    hit = (gaps.sort("end_ns").join_asof(ends, left_on="end_ns", right_on="sync_end", strategy="backward")
+           .filter(pl.col("sync_end") >= pl.col("start_ns")))
+    if hit.is_empty():
+        return None
+    return {"bubbles": hit.height, "idle_ns": int((hit["end_ns"] - hit["start_ns"]).sum()),
+            "call": hit["name"].mode().sort()[0]}
+
+
 def sync_calls(cpu_ops: pl.DataFrame) -> pl.DataFrame:
     """Synchronizing CUDA calls per function: calls, total_ns (host time blocked)."""
     calls = cpu_ops.filter(pl.col("category").is_in(list(API_CATEGORIES)) & pl.col("name").str.contains(SYNC_CALLS))
@@ -92,10 +108,12 @@ def sync_calls(cpu_ops: pl.DataFrame) -> pl.DataFrame:
 
 
 def look_first(overview: pl.DataFrame, kern_sum: pl.DataFrame, mem_time: pl.DataFrame, mem_size: pl.DataFrame,
-               syncs: pl.DataFrame, host: dict | None, rules: pl.DataFrame | None) -> pl.DataFrame:
-    """Candidates for attention, ranked by the time at stake: the largest kernel, the GPU's idle bubbles,
-    host<->device copies, host time blocked in synchronizing calls, and ncu's estimated (global) speedups
-    applied to the time their kernels took in this capture. Columns: rank, what, at_stake_ns, detail."""
+               after_sync: dict | None, host: dict | None, rules: pl.DataFrame | None) -> pl.DataFrame:
+    """Candidates for attention, ranked by the time at stake: the largest kernel, the GPU's idle bubbles
+    (and those a synchronizing call drained it into), host<->device copies, and ncu's estimated (global)
+    speedups applied to the time their kernels took in this capture. Host time blocked in a
+    synchronizing call is not ranked by itself: while the GPU works, waiting costs nothing.
+    Columns: rank, what, at_stake_ns, detail."""
     items = []
     if kern_sum.height:
         top = kern_sum.row(0, named=True)
@@ -118,10 +136,10 @@ def look_first(overview: pl.DataFrame, kern_sum: pl.DataFrame, mem_time: pl.Data
                           + (f" for {sizes[r['Operation']]:.1f} MB" if r["Operation"] in sizes else "")
                           for r in copies.iter_rows(named=True))
         items.append(("memcpy", int(copies["Total Time (ns)"].sum()), parts))
-    if syncs.height:
-        top = syncs.row(0, named=True)
-        items.append(("host blocked in synchronizing calls", int(syncs["total_ns"].sum()),
-                      f"most in {top['name']}: {top['calls']} calls, {top['total_ns'] / 1e6:.3f} ms"))
+    if after_sync:
+        items.append(("GPU idle after synchronizing calls", after_sync["idle_ns"],
+                      f"{after_sync['bubbles']} bubbles began while the host waited in a synchronizing call (most "
+                      f"{after_sync['call']}): the queue ran dry until the host launched again"))
     if rules is not None and rules.height and kern_sum.height:
         totals = dict(zip(kern_sum["Name"], kern_sum["Total Time (ns)"]))
         hints = rules.filter((pl.col("speedup_type").fill_null("global") == "global")
