@@ -468,3 +468,43 @@ def test_failing_nsys_export_reports_its_error(tmp_path, monkeypatch):
     trace.mkdir()
     (trace / "nsys.nsys-rep").write_bytes(b"")
     assert runner.export_sqlite(str(fake), str(trace)) is None  # one line on stderr, no traceback
+
+
+def test_nsys_stats_csv_layouts(tmp_path):
+    """The header variants nsys stats has printed: several reports in one captured stdout, 2021-era
+    names (Time(%), Average, Minimum), other --timeunit values."""
+    capture = tmp_path / "stats.csv"
+    capture.write_text(
+        "Processing [report1.sqlite] with [/opt/nsys/reports/cuda_gpu_mem_time_sum.py]... \n\n"
+        "Time (%),Total Time (ns),Count,Avg (ns),Med (ns),Min (ns),Max (ns),StdDev (ns),Operation\n"
+        "70.1,3344992,1,3344992.0,3344992.0,3344992,3344992,0.0,[CUDA memcpy Device-to-Host]\n"
+        "29.9,1425371,2,712685.5,712685.5,703006,722365,13688.9,[CUDA memcpy Host-to-Device]\n\n"
+        "Processing [report1.sqlite] with [/opt/nsys/reports/cuda_gpu_mem_size_sum.py]... \n\n"
+        "Total (MB),Count,Avg (MB),Med (MB),Min (MB),Max (MB),StdDev (MB),Operation\n"
+        "8.389,2,4.194,4.194,4.194,4.194,0.000,[CUDA memcpy Host-to-Device]\n\n"
+        "Time (%),Total Time (ns),Instances,Avg (ns),Med (ns),Min (ns),Max (ns),StdDev (ns),Style,Range\n"
+        "95.0,3481709,1,3481709.0,3481709.0,3481709,3481709,0.0,PushPop,Profile_Loop\n")
+    old = tmp_path / "report1_cudaapisum.csv"
+    old.write_text('"Time(%)","Total Time (ns)","Num Calls","Average","Minimum","Maximum","Name"\n'
+                   '"97.0","1250000","3","416666.7","1000","1200000","cudaMalloc"\n')
+    micro = tmp_path / "osrt.csv"
+    micro.write_text("Time (%),Total Time (us),Num Calls,Avg (us),Med (us),Min (us),Max (us),StdDev (us),Name\n"
+                     "67.3,335987.431,2,167993.7155,167993.7155,2971.823,333015.608,233376.1985,sem_wait\n")
+    from sglang_tracing.analyzer.loaders import nsys_stats
+
+    t = nsys_stats.read(capture)
+    assert set(t) == {"cuda_gpu_mem_time_sum", "cuda_gpu_mem_size_sum", "nvtx_sum"}
+    assert t["cuda_gpu_mem_time_sum"]["Count"].to_list() == [1, 2]
+    assert t["cuda_gpu_mem_size_sum"]["Total (MB)"].to_list() == [8.389]
+    assert t["nvtx_sum"].row(0, named=True)["Range"] == "Profile_Loop"
+    api_sum = nsys_stats.read(old)["cuda_api_sum"].row(0, named=True)
+    assert (api_sum["Num Calls"], api_sum["Avg (ns)"], api_sum["Max (ns)"], api_sum["Med (ns)"]) == (3, 416666.7, 1200000,
+                                                                                                       None)
+    osrt = nsys_stats.read(micro)["osrt_sum"].row(0, named=True)
+    assert osrt["Total Time (ns)"] == 335987431 and osrt["Min (ns)"] == 2971823
+    # a folder of them, read by the CLI
+    done = cli("analyze", "--nsys", str(tmp_path), "--report", "timeline", "--out", str(tmp_path / "o"),
+               "--format", "text")
+    assert done.returncode == 0, done.stderr
+    out = (tmp_path / "o" / "timeline.txt").read_text()
+    assert "sem_wait" in out and "cudaMalloc" in out and "[CUDA memcpy Device-to-Host]" in out

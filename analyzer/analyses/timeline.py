@@ -47,13 +47,15 @@ def _gpus(sec: Section, model: TraceModel, activity: pl.DataFrame) -> None:
     names = topdown.device_names(model)
     used = sorted(set(activity["device"].to_list())) if activity.height else []
     if not names:
-        sec.add("GPU", None, "the profile names no GPU (nsys TARGET_INFO_GPU, Kineto deviceProperties)")
+        sec.add("GPU", None, "the profile names no GPU (nsys TARGET_INFO_GPU, Kineto deviceProperties, "
+                             "trace manifest)")
         return
     shown = [d for d in used if d in names] or sorted(names)
     label = ", ".join(f"{names[d]} (device {d})" for d in shown)
     extra = len(names) - len(shown)
+    where = "that ran the profiled work" if model.devices.height else "from the trace manifest (NVML)"
     sec.add("GPU" if len(shown) == 1 else "GPUs", label,
-            "that ran the profiled work" + (f"; the node lists {len(names)} GPUs" if extra > 0 else ""))
+            where + (f"; the node lists {len(names)} GPUs" if extra > 0 else ""))
 
 
 def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
@@ -114,7 +116,11 @@ def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
                                       f"instances ({top['Style']})", "nvtx_sum's first row")
 
 
-def _stats_tables(report: Report, tables: dict) -> None:
+def _stats_tables(report: Report, model: TraceModel, tables: dict) -> None:
+    if not (model.kernels.height or model.memops.height or model.cpu_ops.height or model.nvtx.height
+            or model.nsys_stats):
+        report.section("nsys stats tables").add("tables", None, "no profiler file given (--nsys or --kineto)")
+        return
     for name, (title, missing) in TABLES.items():
         table, source = tables[name]
         sec = report.section(title)
@@ -200,7 +206,7 @@ def build_report(model: TraceModel) -> Report:
     if model.kernels.height:
         report.section("GPU streams").table = model.kernels.group_by("device", "stream").agg(
             pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
-    _stats_tables(report, tables)
+    _stats_tables(report, model, tables)
     if model.spans.height:
         _sglang(report, model)
     return report

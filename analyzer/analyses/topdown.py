@@ -27,9 +27,13 @@ def gpu_activity(kernels: pl.DataFrame, memops: pl.DataFrame) -> pl.DataFrame:
 
 
 def device_names(model) -> dict[int, str]:
-    """Device id -> GPU model, for the GPUs the profile's work ran on."""
+    """Device id -> GPU model: from the profiler files, else from the trace's manifest (NVML)."""
     devices = model.devices.drop_nulls("name")
-    return {d: n for d, n in devices.select("device", "name").iter_rows() if d is not None}
+    names = {d: n for d, n in devices.select("device", "name").iter_rows() if d is not None}
+    if not names:
+        gpu = model.manifest.get("gpu") or {}
+        names = {d["index"]: d["name"] for d in gpu.get("devices", []) if d.get("name") is not None}
+    return names
 
 
 def gpu_overview(activity: pl.DataFrame, bubble_ns: int = BUBBLE_NS) -> pl.DataFrame:

@@ -20,6 +20,9 @@ from sglang_tracing.analyzer.model import (
 )
 
 CPU_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver")
+# the category names of older Kineto (torch 1.8-1.10), by their current name
+_CATEGORY = {"kernel": "kernel", "memcpy": "gpu_memcpy", "memset": "gpu_memset", "runtime": "cuda_runtime",
+             "driver": "cuda_driver", "operator": "cpu_op"}
 ANNOTATION = "user_annotation"  # CPU-side record_function ranges; gpu_user_annotation is their GPU shadow
 _MEMCPY = re.compile(r"^Memcpy (\w)to(\w)\b")
 _ENDPOINT = {"H": "Host", "D": "Device", "A": "Array", "P": "Peer"}
@@ -69,7 +72,8 @@ def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
     for e in trace["events"]:
         if e.get("ph") != "X" or "ts" not in e:
             continue
-        cat = e.get("cat")
+        cat = e.get("cat") or ""
+        cat = _CATEGORY.get(cat.lower(), cat)
         start = _ns(e["ts"], base)
         end = start + int(round(float(e.get("dur", 0)) * 1000))
         args = e.get("args") or {}

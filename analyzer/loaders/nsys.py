@@ -116,15 +116,19 @@ def nvtx(con) -> pl.DataFrame:
     StringIds, domains per process, a range never closed ending at the last NVTX timestamp."""
     if "NVTX_EVENTS" not in _tables(con):
         return pl.DataFrame(schema=NVTX_SCHEMA)
+    cols = _columns(con, "NVTX_EVENTS")
+    text = "coalesce(s.value, n.text)" if "textId" in cols else "n.text"
+    join = "left join StringIds s on n.textId = s.id" if "textId" in cols else ""
+    domain = "n.domainId" if "domainId" in cols else "null"
     domains: dict[tuple, str] = {}
     for domain_id, tid, name in con.execute(
-            f"select n.domainId, n.globalTid, coalesce(s.value, n.text) from NVTX_EVENTS n "
-            f"left join StringIds s on n.textId = s.id where n.eventType = {NVTX_DOMAIN_CREATE} order by n.start"):
+            f"select {domain}, n.globalTid, {text} from NVTX_EVENTS n {join} "
+            f"where n.eventType = {NVTX_DOMAIN_CREATE} order by n.start"):
         domains.setdefault((domain_id, _process(tid)), name)
     last = con.execute("select max(coalesce(max(start), 0), coalesce(max(end), 0)) from NVTX_EVENTS").fetchone()[0]
     rows = con.execute(f"""
-        select n.start, coalesce(n.end, ?), coalesce(s.value, n.text), n.domainId, n.globalTid, n.eventType
-        from NVTX_EVENTS n left join StringIds s on n.textId = s.id
+        select n.start, coalesce(n.end, ?), {text}, {domain}, n.globalTid, n.eventType
+        from NVTX_EVENTS n {join}
         where n.eventType in ({','.join(map(str, NVTX_RANGE_STYLES))})
         order by n.start""", (last,)).fetchall()
     out = []
