@@ -109,8 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                            ("perfetto", "export a trace dir as a native Perfetto trace")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("trace_dir", nargs="?", help="trace dir (optional when only profiler files are analyzed)")
-        p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH); for analyze "
-                                      "also nsys stats CSVs (a file, or a folder of them)")
+        p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH)")
         p.add_argument("--kineto", help="Kineto / Chrome-trace JSON (.json or .json.gz)")
         if name == "analyze":
             p.add_argument("--report", default="all", help="story, radix, timeline, attention or all (comma-separated)")

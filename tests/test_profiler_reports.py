@@ -25,7 +25,6 @@ from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import ncu, nsys
 from sglang_tracing.analyzer.renderers import text
 
-from conftest import REALDATA
 from test_readers import KERN_SUM, KINETO, NCU_NEW, NCU_OLD, NCU_TEXT, NSYS_2022, NSYS_2024, NSYS_REP, plain_sqlite
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.ncu_metrics import (  # noqa: F401  (re-exported for callers)
-    FIELDS, STALL_MEANING, classify_phase, kernel_metrics, phase_comparison, ranked_hints, roofline, warp_stalls,
-)
+from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints, warp_stalls
 from sglang_tracing.analyzer.report import Report, Section
 
 GROUPS = {
