@@ -507,3 +507,17 @@ def test_nsys_stats_csv_layouts(tmp_path):
     assert done.returncode == 0, done.stderr
     out = (tmp_path / "o" / "timeline.txt").read_text()
     assert "sem_wait" in out and "cudaMalloc" in out and "[CUDA memcpy Device-to-Host]" in out
+
+
+def test_top_down_ranks_ncu_hints(tmp_path):
+    done = cli("analyze", "--kineto", KINETO, "--ncu", NCU_TEXT, "--report", "timeline,attention", "--out",
+               str(tmp_path), "--format", "text,html")
+    assert done.returncode == 0, done.stderr
+    out = (tmp_path / "timeline.txt").read_text()
+    hints = out.split("ncu hints, ranked by estimated speedup")[1].split("├─ Sources")[0]
+    speedups = [float(x) for x in re.findall(r"\|\s+0 \|\s+([\d.]+) \|", hints)]
+    assert speedups and speedups == sorted(speedups, reverse=True) and speedups[0] == 83.1
+    attention = (tmp_path / "attention.txt").read_text()
+    assert "kernel 0 dominant stall: mio_throttle (36.4%)" in attention
+    assert "warp_cycles_per_issued: 10.26" in attention
+    assert "<td>" in (tmp_path / "timeline.html").read_text()
