@@ -17,11 +17,11 @@ def merge_intervals(frame: pl.DataFrame) -> pl.DataFrame:
     return f.group_by("g").agg(pl.col("start_ns").min(), pl.col("end_ns").max()).sort("start_ns").drop("g")
 
 
-def _total(iv: pl.DataFrame) -> int:
+def total_ns(iv: pl.DataFrame) -> int:
     return int((iv["end_ns"] - iv["start_ns"]).sum()) if iv.height else 0
 
 
-def _intersection(a: pl.DataFrame, b: pl.DataFrame) -> int:
+def intersection_ns(a: pl.DataFrame, b: pl.DataFrame) -> int:
     """Total length of the intersection of two disjoint sorted interval sets."""
     i = j = total = 0
     A, B = a.rows(), b.rows()
@@ -49,8 +49,8 @@ def cpu_gpu_overlap(spans: pl.DataFrame, kernels: pl.DataFrame, bubble_ns: int =
     clip = lambda iv: iv.with_columns(pl.col("start_ns").clip(lo, hi), pl.col("end_ns").clip(lo, hi)).filter(
         pl.col("end_ns") > pl.col("start_ns"))
     gpu_iv, cpu_iv = clip(gpu_iv), clip(cpu_iv)
-    window, g, c = hi - lo, _total(gpu_iv), _total(cpu_iv)
-    both = _intersection(gpu_iv, cpu_iv)
+    window, g, c = hi - lo, total_ns(gpu_iv), total_ns(cpu_iv)
+    both = intersection_ns(gpu_iv, cpu_iv)
     gaps = (gpu_iv["start_ns"].shift(-1) - gpu_iv["end_ns"]).drop_nulls()
     bubbles = gaps.filter(gaps > bubble_ns)
     return {"window_ns": window, "gpu_busy_ns": g, "cpu_busy_ns": c, "both_busy_ns": both,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from sglang_tracing.analyzer.loaders.nsys_stats import COLUMNS
+from sglang_tracing.analyzer.loaders.nsys_stats import COLUMNS, COUNT_COLUMNS, TEXT_COLUMNS
 
 API_CATEGORIES = ("cuda_runtime", "cuda_driver")
 # CUDA API version suffixes nsys strips from names (cudaLaunchKernel_v7000 -> cudaLaunchKernel)
@@ -18,8 +18,6 @@ _API_VERSION = r"_v\d+$"
 
 
 def _empty(report: str) -> pl.DataFrame:
-    from sglang_tracing.analyzer.loaders.nsys_stats import COUNT_COLUMNS, TEXT_COLUMNS
-
     return pl.DataFrame(schema={c: pl.String if c in TEXT_COLUMNS else pl.Int64 if c in COUNT_COLUMNS else pl.Float64
                                 for c in COLUMNS[report]})
 
@@ -27,13 +25,13 @@ def _empty(report: str) -> pl.DataFrame:
 def _stats(frame: pl.DataFrame, keys: list[str], value: str, report: str, scale: float = 1.0) -> pl.DataFrame:
     """The nsys statistics of ``value`` per ``keys``, named and ordered as ``report``'s columns."""
     cols = COLUMNS[report]
-    count, total = cols[2] if cols[0] == "Time (%)" else cols[1], cols[1] if cols[0] == "Time (%)" else cols[0]
+    total = next(c for c in cols if c.startswith("Total"))
+    count = next(c for c in cols if c in COUNT_COLUMNS)
+    avg, med, low, high, std = (c for c in cols if c.startswith(("Avg", "Med", "Min", "Max", "StdDev")))
     v = pl.col(value) * scale if scale != 1.0 else pl.col(value)
-    stat_names = [c for c in cols if c.startswith(("Avg", "Med", "Min", "Max", "StdDev"))]
     df = frame.group_by(keys).agg(
-        v.sum().alias(total), pl.len().cast(pl.Int64).alias(count), v.mean().alias(stat_names[0]),
-        v.median().alias(stat_names[1]), v.min().alias(stat_names[2]), v.max().alias(stat_names[3]),
-        v.std(ddof=1).fill_null(0.0).alias(stat_names[4]))
+        v.sum().alias(total), pl.len().cast(pl.Int64).alias(count), v.mean().alias(avg), v.median().alias(med),
+        v.min().alias(low), v.max().alias(high), v.std(ddof=1).fill_null(0.0).alias(std))
     if cols[0] == "Time (%)":
         df = df.with_columns((pl.col(total) / pl.col(total).sum() * 100).alias("Time (%)"))
     return df.select(cols).sort([total, cols[-1]], descending=[True, False])

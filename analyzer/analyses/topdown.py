@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.kernels import _intersection, _total, merge_intervals
+from sglang_tracing.analyzer.analyses.kernels import intersection_ns, merge_intervals, total_ns
 from sglang_tracing.analyzer.analyses.summaries import API_CATEGORIES
 
 BUBBLE_NS = 50_000  # a gap between GPU operations longer than this is a bubble, shorter ones are launch gaps
@@ -46,8 +46,8 @@ def gpu_overview(activity: pl.DataFrame, bubble_ns: int = BUBBLE_NS) -> pl.DataF
         window = int(busy_iv["end_ns"].max() - busy_iv["start_ns"].min())
         gaps = (busy_iv["start_ns"].shift(-1) - busy_iv["end_ns"]).drop_nulls()
         big = gaps.filter(gaps > bubble_ns)
-        busy = _total(busy_iv)
-        rows.append({"device": device, "window_ns": window, "busy_ns": busy, "kernel_busy_ns": _total(kernel_iv),
+        busy = total_ns(busy_iv)
+        rows.append({"device": device, "window_ns": window, "busy_ns": busy, "kernel_busy_ns": total_ns(kernel_iv),
                      "idle_ns": window - busy, "busy_pct": busy / window * 100 if window else None,
                      "bubbles": big.len(), "bubble_ns": int(big.sum() or 0), "longest_bubble_ns": int(big.max() or 0),
                      "launch_gap_ns": int(gaps.filter(gaps <= bubble_ns).sum() or 0)})
@@ -80,9 +80,9 @@ def host_during_bubbles(gaps: pl.DataFrame, cpu_ops: pl.DataFrame) -> dict | Non
     gap_iv = merge_intervals(gaps)
     sync_iv = merge_intervals(calls.filter(pl.col("name").str.contains(SYNC_CALLS)))
     any_iv = merge_intervals(calls)
-    total = _total(gap_iv)
-    in_sync = _intersection(gap_iv, sync_iv) if sync_iv.height else 0
-    in_any = _intersection(gap_iv, any_iv)
+    total = total_ns(gap_iv)
+    in_sync = intersection_ns(gap_iv, sync_iv) if sync_iv.height else 0
+    in_any = intersection_ns(gap_iv, any_iv)
     return {"bubble_ns": total, "in_sync_ns": in_sync, "in_other_api_ns": in_any - in_sync,
             "no_api_ns": total - in_any}
 
