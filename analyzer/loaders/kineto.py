@@ -101,9 +101,12 @@ def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
 
 
 def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(kernels, cpu_ops)."""
+    """(kernels, every CPU-side event): CPU ops, CUDA calls and the user annotations (record_function
+    ranges, where process groups name their collectives, e.g. gloo:all_reduce)."""
     f = all_frames(trace)
-    return f["kernels"], f["cpu_ops"]
+    annotations = f["nvtx"].select("start_ns", "end_ns", pl.col("text").alias("name"), "tid",
+                                   pl.lit(None, pl.Int64).alias("correlation"), pl.lit(ANNOTATION).alias("category"))
+    return f["kernels"], pl.concat([f["cpu_ops"], annotations]).sort("start_ns")
 
 
 def attach(model: TraceModel, path: str) -> dict:
