@@ -8,9 +8,16 @@ Frames (all times are wall-clock ns, the clock spans and NVML samples are record
 - ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``).
 - ``kernels``: GPU kernels. start_ns, end_ns, dur_ns, name, device, stream, correlation,
   grid_x/y/z, block_x/y/z, registers, shared_bytes, source (``nsys``, ``kineto``).
-- ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid.
-- ``cpu_ops``: CPU-side operations from Kineto (start_ns, end_ns, name, tid, correlation).
-- ``ncu``: Nsight Compute metrics, long: kernel_id, kernel_name, section, metric, unit, value, text.
+- ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid, style
+  (``PushPop`` / ``StartEnd`` from nsys, ``user_annotation`` from Kineto).
+- ``cpu_ops``: CPU-side calls: start_ns, end_ns, name, tid, correlation, category (``cuda_runtime``,
+  ``cuda_driver``, ``osrt`` from nsys; ``cpu_op``, ``cuda_runtime``, ``cuda_driver`` from Kineto).
+- ``memops``: GPU memory operations. start_ns, end_ns, dur_ns, operation (nsys stats names:
+  ``[CUDA memcpy Host-to-Device]``, ``[CUDA memset]``), bytes, device, stream, correlation, source.
+- ``devices``: GPUs the profiler saw. device, name, sm_count, memory_bytes, cc, source.
+- ``ncu``: Nsight Compute metrics, long: kernel_id, kernel_name, section, metric, unit, value, text;
+  ``ncu_rules``: ncu's own rule results (loaders/ncu.RULE_SCHEMA), with their estimated speedups.
+- ``nsys_stats``: ``nsys stats`` CSV tables (report name -> frame), when only those were given.
 
 Clock alignment: spans and NVML samples share ``time.time_ns`` on one host. nsys and Kineto
 times are shifted onto it: by the median offset between NVTX ranges and the spans whose ids
@@ -38,11 +45,16 @@ KERNEL_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "
                  "block_x": pl.Int64, "block_y": pl.Int64, "block_z": pl.Int64,
                  "registers": pl.Int64, "shared_bytes": pl.Int64, "source": pl.String}
 NVTX_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "text": pl.String, "domain": pl.String,
-               "span_id": pl.String, "tid": pl.Int64}
+               "span_id": pl.String, "tid": pl.Int64, "style": pl.String}
 COUNTER_SCHEMA = {"t_ns": pl.Int64, "gpu": pl.Int64, "metric": pl.String, "value": pl.Float64,
                   "source": pl.String}
 CPU_OP_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "name": pl.String, "tid": pl.Int64,
-                 "correlation": pl.Int64}
+                 "correlation": pl.Int64, "category": pl.String}
+MEMOP_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "operation": pl.String,
+                "bytes": pl.Int64, "device": pl.Int64, "stream": pl.Int64, "correlation": pl.Int64,
+                "source": pl.String}
+DEVICE_SCHEMA = {"device": pl.Int64, "name": pl.String, "sm_count": pl.Int64, "memory_bytes": pl.Int64,
+                 "cc": pl.String, "source": pl.String}
 SPAN_BASE = {"trace_id": pl.String, "span_id": pl.String, "parent_id": pl.String, "name": pl.String,
              "start_ns": pl.Int64, "end_ns": pl.Int64, "role": pl.String, "pid": pl.Int64,
              "tp_rank": pl.Int64}
@@ -61,7 +73,11 @@ class TraceModel:
     kernels: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(KERNEL_SCHEMA))
     nvtx: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(NVTX_SCHEMA))
     cpu_ops: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(CPU_OP_SCHEMA))
+    memops: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(MEMOP_SCHEMA))
+    devices: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(DEVICE_SCHEMA))
     ncu: pl.DataFrame | None = None  # long ncu metrics (loaders/ncu.SCHEMA) when a profile was given
+    ncu_rules: pl.DataFrame | None = None  # ncu's rule hints (loaders/ncu.RULE_SCHEMA)
+    nsys_stats: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     source_dir: str = ""
     cut_files: list[str] = dataclasses.field(default_factory=list)
     gpu_notes: list[dict] = dataclasses.field(default_factory=list)

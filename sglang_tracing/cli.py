@@ -62,6 +62,17 @@ def _requests(args, rest) -> int:
     return 0
 
 
+def _diff(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    report, written = api.diff(args.a, args.b, out_dir=args.out, formats=args.format)
+    if written:
+        print("\n".join(written))
+    else:
+        print(report, end="")
+    return 0
+
+
 def _experiment(args, rest) -> int:
     from sglang_tracing.experiments import runners
     from sglang_tracing.experiments.common import Experiment
@@ -131,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsys", help="Nsight Systems export: GPU time from its kernels where spans have no CUDA events")
     p.add_argument("--kineto", help="Kineto / Chrome-trace JSON, likewise")
     p.set_defaults(func=_requests)
+    p = sub.add_parser("diff", help="compare two runs or profiles kernel by kernel and range by range")
+    p.add_argument("a", help="baseline: trace dir, nsys export, Kineto JSON or nsys stats CSV(s)")
+    p.add_argument("b", help="compared against the baseline (delta = B - A)")
+    p.add_argument("--out", help="write diff.{txt,md,html} here (default: print the text report)")
+    p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated), with --out")
+    p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
     from sglang_tracing.experiments.common import add_common_options
