@@ -11,7 +11,6 @@ Sources are named relative to traces/examples, as the commands in the table woul
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
@@ -118,16 +117,17 @@ def regenerate(out: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="sglang-trace-examples-") as tmp:
         shadow = Path(tmp) / "examples"
         shutil.copytree(EXAMPLES, shadow, ignore=_not_recorded)
-        with contextlib.chdir(shadow):
+        cwd = os.getcwd()
+        os.chdir(shadow)  # sources, and so the paths the reports print, relative to traces/examples
+        try:
             for case in SHOWCASES:
                 work = Path(tmp) / "work" / case.kind
                 work.mkdir(parents=True)
-                for p in case.build(work):
-                    p = Path(p)
-                    if not p.is_absolute():
-                        p = shadow / p
-                    shutil.copyfile(p, out / p.name)
+                for p in map(Path, case.build(work)):
+                    shutil.copyfile(p if p.is_absolute() else shadow / p, out / p.name)
                     written.append(out / p.name)
+        finally:
+            os.chdir(cwd)
     return written
 
 
