@@ -12,16 +12,14 @@ from __future__ import annotations
 import sys
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import TraceConfig
-from sglang_tracing.patches import _compat, _hooks, iteration, kv_allocation
+from sglang_tracing.patches import _compat, _hooks
+from sglang_tracing.patches.state import SchedulerState
 
 CACHE_CLASSES = (
     "sglang.srt.mem_cache.radix_cache.RadixCache",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache",
     "sglang.srt.mem_cache.radix_cache_cpp.RadixCacheCpp",
 )
-_config: TraceConfig | None = None
-
 
 def _state(cache, attrs: dict) -> dict:
     allocator = getattr(cache, "token_to_kv_pool_allocator", None)
@@ -35,9 +33,9 @@ def _state(cache, attrs: dict) -> dict:
     return attrs
 
 
-def _on_match(rec, token, start, end, result, cache, params, *a, **k):
-    iteration.add_cache_lookup(end - start)
-    if not _config.batch_spans:
+def _on_match(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+    st.cache_lookup_ns += end - start
+    if not st.config.batch_spans:
         return
     attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: _compat.matched_len(result)}
     req = getattr(params, "req", None)
@@ -46,8 +44,8 @@ def _on_match(rec, token, start, end, result, cache, params, *a, **k):
     rec.emit(sc.CACHE_MATCH, start, end, _state(cache, attrs))
 
 
-def _on_insert(rec, token, start, end, result, cache, params, *a, **k):
-    if not _config.batch_spans:
+def _on_insert(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+    if not st.config.batch_spans:
         return
     key_len = len(params.key) if params.key is not None else 0
     attrs = {sc.CACHE_KEY_TOKENS: key_len,
@@ -62,22 +60,24 @@ def _caller_outside_cache() -> str:
     return frame.f_code.co_name if frame is not None else ""
 
 
-def _on_evict(rec, token, start, end, result, cache, params, *a, **k):
+def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
     attrs = {
         sc.CACHE_REQUESTED_TOKENS: params.num_tokens,
         sc.CACHE_FREED_TOKENS: getattr(result, "num_tokens_evicted", 0) if result is not None else 0,
-        sc.CACHE_TRIGGER: kv_allocation.phase or _caller_outside_cache(),
+        sc.CACHE_TRIGGER: st.kv_alloc_phase or _caller_outside_cache(),
     }
     rec.emit(sc.CACHE_EVICT, start, end, _state(cache, attrs))
 
 
-def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    global _config
-    _config = config
-    fault = config.inject_fault
-    hooks = {}
+def hooks(st: SchedulerState) -> dict:
+    fault = st.config.inject_fault
+    out = {}
     for cls in CACHE_CLASSES:
-        hooks[f"{cls}.match_prefix"] = _hooks.around("cache_match_prefix", _on_match, inject_fault=fault)
-        hooks[f"{cls}.insert"] = _hooks.around("cache_insert", _on_insert, inject_fault=fault)
-        hooks[f"{cls}.evict"] = _hooks.around("cache_evict", _on_evict, inject_fault=fault)
-    return _hooks.register(hooks, skipped)
+        out[f"{cls}.match_prefix"] = _hooks.around("cache_match_prefix", _on_match, inject_fault=fault, state=st)
+        out[f"{cls}.insert"] = _hooks.around("cache_insert", _on_insert, inject_fault=fault, state=st)
+        out[f"{cls}.evict"] = _hooks.around("cache_evict", _on_evict, inject_fault=fault, state=st)
+    return out
+
+
+def instrument(st: SchedulerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)
