@@ -12,17 +12,10 @@ import os
 import threading
 import time
 
-logger = logging.getLogger(__name__)
+from sglang_tracing import semconv as sc
+from sglang_tracing.semconv import GPM_METRICS
 
-# output field -> NVML GPM metric constant name (percent unless named otherwise)
-GPM_METRICS = {
-    "sm_util_pct": "NVML_GPM_METRIC_SM_UTIL",
-    "sm_occupancy_pct": "NVML_GPM_METRIC_SM_OCCUPANCY",
-    "tensor_util_pct": "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
-    "dram_bw_util_pct": "NVML_GPM_METRIC_DRAM_BW_UTIL",
-    "fp16_util_pct": "NVML_GPM_METRIC_FP16_UTIL",
-    "fp32_util_pct": "NVML_GPM_METRIC_FP32_UTIL",
-}
+logger = logging.getLogger(__name__)
 
 
 def probe(gpu_index: int) -> tuple[bool, str]:
@@ -64,11 +57,11 @@ class Sampler:
         util = n.nvmlDeviceGetUtilizationRates(h)
         mem = n.nvmlDeviceGetMemoryInfo(h)
         return {
-            "gpu_util_pct": util.gpu, "mem_util_pct": util.memory,
-            "power_w": n.nvmlDeviceGetPowerUsage(h) / 1000,
-            "sm_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
-            "mem_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
-            "mem_used_bytes": mem.used, "mem_total_bytes": mem.total,
+            sc.NVML_GPU_UTIL: util.gpu, sc.NVML_MEM_UTIL: util.memory,
+            sc.NVML_POWER: n.nvmlDeviceGetPowerUsage(h) / 1000,
+            sc.NVML_SM_CLOCK: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+            sc.NVML_MEM_CLOCK: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+            sc.NVML_MEM_USED: mem.used, sc.NVML_MEM_TOTAL: mem.total,
         }
 
     def _gpm_values(self, prev, cur) -> dict:
