@@ -9,6 +9,7 @@ when SGLang imports the module, never before; a method the class lacks (``RadixC
 on 0.5.17) is logged and left out."""
 from __future__ import annotations
 
+import os
 import sys
 
 from sglang_tracing import semconv as sc
@@ -53,9 +54,14 @@ def _on_insert(st: SchedulerState, rec, token, start, end, result, cache, params
     rec.emit(sc.CACHE_INSERT, start, end, _state(cache, attrs))
 
 
+# code an eviction request passes through on its way here: the cache classes, our hooks, SGLang's hook wrapper
+_PASSED_THROUGH = ("mem_cache", os.path.dirname(os.path.abspath(__file__)), "hook_registry")
+
+
 def _caller_outside_cache() -> str:
-    frame = sys._getframe(3)
-    while frame is not None and "mem_cache" in frame.f_code.co_filename:
+    """The function that asked for an eviction outside a KV allocation (a retraction, a cache flush...)."""
+    frame = sys._getframe(1)
+    while frame is not None and any(part in frame.f_code.co_filename for part in _PASSED_THROUGH):
         frame = frame.f_back
     return frame.f_code.co_name if frame is not None else ""
 

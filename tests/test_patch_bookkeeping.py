@@ -473,3 +473,18 @@ def test_registered_hooks_bind_the_state_and_keep_the_hook_rules(monkeypatch):
     no_reqs = types.SimpleNamespace(forward_mode=Mode("DECODE"))  # our code fails on it, SGLang's does not
     assert hooks["process_batch_result"](lambda s, b, r: "ok", sched, no_reqs, Result()) == "ok"
     assert rec.failures == [("process_batch_result", "AttributeError")]
+
+
+def test_an_eviction_outside_allocation_names_the_function_that_asked(monkeypatch):
+    """Through the registered AROUND wrapper: the trigger is the first caller outside the cache code
+    and our own hook frames."""
+    st, rec = _state(), SpanLog()
+    monkeypatch.setattr(recorder, "_recorder", rec)
+    evict = radix_cache.hooks(st)["sglang.srt.mem_cache.radix_cache.RadixCache.evict"]
+    freed = types.SimpleNamespace(num_tokens_evicted=8)
+
+    def retract_decode():
+        return evict(lambda cache, params: freed, _Cache(), types.SimpleNamespace(num_tokens=8))
+
+    assert retract_decode() is freed
+    assert rec.one(sc.CACHE_EVICT).attrs[sc.CACHE_TRIGGER] == "retract_decode"
