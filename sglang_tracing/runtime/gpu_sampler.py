@@ -13,7 +13,6 @@ import threading
 import time
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.semconv import GPM_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +67,12 @@ class Sampler:
         n = self._nvml
         get = n.c_nvmlGpmMetricsGet_t()
         get.version = n.NVML_GPM_METRICS_GET_VERSION
-        get.numMetrics = len(GPM_METRICS)
+        get.numMetrics = len(sc.GPM_METRICS)
         get.sample1, get.sample2 = prev, cur
-        for i, const in enumerate(GPM_METRICS.values()):
+        for i, const in enumerate(sc.GPM_METRICS.values()):
             get.metrics[i].metricId = getattr(n, const)
         n.nvmlGpmMetricsGet(get)
-        return {field: get.metrics[i].value for i, field in enumerate(GPM_METRICS)
+        return {field: get.metrics[i].value for i, field in enumerate(sc.GPM_METRICS)
                 if get.metrics[i].nvmlReturn == 0}
 
     def _run(self) -> None:
