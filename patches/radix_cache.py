@@ -22,6 +22,7 @@ CACHE_CLASSES = (
     "sglang.srt.mem_cache.radix_cache_cpp.RadixCacheCpp",
 )
 
+
 def _state(cache, attrs: dict) -> dict:
     allocator = getattr(cache, "token_to_kv_pool_allocator", None)
     if allocator is not None:
