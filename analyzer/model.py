@@ -35,6 +35,7 @@ import polars as pl
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
 from sglang_tracing.analyzer.loaders.otlp_json import SPAN_FIELDS, read_span_file
+from sglang_tracing.semconv import GPM_METRICS
 
 logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -145,8 +146,7 @@ def read_counters(trace_dir: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=COUNTER_SCHEMA, orient="row").sort("t_ns")
 
 
-_GPM_FIELDS = {"sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_util_pct",
-               "fp16_util_pct", "fp32_util_pct"}
+_GPM_FIELDS = frozenset(GPM_METRICS)
 
 
 def profiles_only() -> TraceModel:

@@ -3,7 +3,9 @@
 Rules every hook follows:
 - first line is the fast path: no recorder in this process -> call the original, nothing else;
 - the original call's result and exceptions pass through untouched;
-- our own work runs guarded: an exception is counted in the trace, logged once, and swallowed.
+- our own work runs guarded: an exception is counted in the trace, logged once, and swallowed;
+- what a hook remembers lives in its process's state object (``patches.state``), bound to the
+  hook's functions as their first argument when the hook is built (``state=``).
 
 Registering imports nothing: SGLang runs import-time work we must not trigger (a C++ build, locks),
 so a hook on a module SGLang has not imported yet is registered when SGLang imports it.
@@ -24,9 +26,17 @@ from sglang_tracing.runtime import recorder as _rec
 
 logger = logging.getLogger(__name__)
 
-# after(rec, token, start_ns, end_ns, result, *args, **kwargs); before(rec, *args, **kwargs) -> token
+# after([state,] rec, token, start_ns, end_ns, result, *args, **kwargs);
+# before([state,] rec, *args, **kwargs) -> token; cleanup([state,] rec, token)
 After = Callable[..., None]
 Before = Callable[..., object]
+
+
+def _bind(state, *fns: Callable | None) -> tuple[Callable | None, ...]:
+    """Each function with the process's patch state as its first argument (``state`` None: unchanged)."""
+    if state is None:
+        return fns
+    return tuple(None if fn is None else functools.partial(fn, state) for fn in fns)
 
 
 class InjectedFault(RuntimeError):
@@ -53,8 +63,9 @@ def _faulty(name: str, fn: Callable) -> Callable:
 
 
 def around(name: str, after: After | None = None, before: Before | None = None,
-           cleanup: Callable | None = None, inject_fault: str | None = None):
+           cleanup: Callable | None = None, inject_fault: str | None = None, state=None):
     """An AROUND hook timing the original call; ``cleanup(rec, token)`` runs if it raises."""
+    after, before, cleanup = _bind(state, after, before, cleanup)
     if inject_fault == name:
         after = _faulty(name, after or (lambda *a, **k: None))
 
@@ -77,8 +88,10 @@ def around(name: str, after: After | None = None, before: Before | None = None,
     return hook
 
 
-def around_async(name: str, after: After, before: Before | None = None, inject_fault: str | None = None):
+def around_async(name: str, after: After, before: Before | None = None, inject_fault: str | None = None,
+                 state=None):
     """``around`` for coroutine functions: the hook returns the awaited original's result."""
+    after, before = _bind(state, after, before)
     if inject_fault == name:
         after = _faulty(name, after)
 
@@ -101,12 +114,14 @@ def around_async(name: str, after: After, before: Before | None = None, inject_f
     return hook
 
 
-def after_setup(name: str, on_init: Callable, inject_fault: str | None = None):
-    """An AROUND hook for set-up methods: ``on_init(self)`` runs guarded once the original returns.
+def after_setup(name: str, on_init: Callable, inject_fault: str | None = None, state=None):
+    """An AROUND hook for set-up methods: ``on_init([state,] self)`` runs guarded once the original returns.
 
     Set-up (constructors, model loading) happens before a process has a recorder, so this
     hook has no fast path; failures are logged, and counted once a recorder exists.
     """
+    (on_init,) = _bind(state, on_init)
+
     def hook(original, self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         try:

@@ -6,16 +6,14 @@ picklable target that does, then runs SGLang's own ``run_detokenizer_process``.
 from __future__ import annotations
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime import recorder
 from sglang_tracing.runtime.ids import request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 from sglang_tracing.patches import _hooks
+from sglang_tracing.patches.state import DetokenizerState, DetokenizeShare
 
 _DETOK = "sglang.srt.managers.detokenizer_manager.DetokenizerManager"
 _ENGINE = "sglang.srt.entrypoints.engine.Engine"
-_config: TraceConfig | None = None
-_per_request: dict[str, list[int]] = {}  # rid -> [first start, last end, calls, share ns]
 
 
 def run_detokenizer_process(*args, **kwargs):
@@ -37,39 +35,42 @@ def _launch_subprocesses_hook(original, *args, **kwargs):
     return original(*args, **kwargs)
 
 
-def _on_init(manager) -> None:
-    recorder.start(_config, "detokenizer")
+def _on_init(st: DetokenizerState, manager) -> None:
+    recorder.start(st.config, "detokenizer")
 
 
-def _on_batch(rec, token, start, end, result, manager, recv_obj, *a, **k):
+def _on_batch(st: DetokenizerState, rec, token, start, end, result, manager, recv_obj, *a, **k):
     rids = recv_obj.rids
     if not rids:
         return
     share = (end - start) // len(rids)
     reasons = getattr(recv_obj, "finished_reasons", None) or [None] * len(rids)
+    per_request = st.per_request
     for rid, reason in zip(rids, reasons):
-        acc = _per_request.get(rid)
+        acc = per_request.get(rid)
         if acc is None:
-            acc = _per_request[rid] = [start, end, 0, 0]
-        acc[1] = end
-        acc[2] += 1
-        acc[3] += share
+            acc = per_request[rid] = DetokenizeShare(start, end)
+        acc.last_end = end
+        acc.calls += 1
+        acc.share_ns += share
         if reason is not None:
             rec.flush_soon()
-            del _per_request[rid]
-            rec.emit(sc.REQUEST_DETOKENIZE, acc[0], acc[1], {
-                sc.RID: rid, sc.DETOKENIZE_CALLS: acc[2], sc.DETOKENIZE_SHARE_NS: acc[3]},
+            del per_request[rid]
+            rec.emit(sc.REQUEST_DETOKENIZE, acc.first_start, acc.last_end, {
+                sc.RID: rid, sc.DETOKENIZE_CALLS: acc.calls, sc.DETOKENIZE_SHARE_NS: acc.share_ns},
                 parent=PARENT_IS_REQUEST_ROOT, trace_key=request_trace_key(rid))
-    if _config.batch_spans:
+    if st.config.batch_spans:
         rec.emit(sc.DETOKENIZE_BATCH, start, end, {sc.BATCH_SIZE: len(rids)})
 
 
-def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    global _config
-    _config = config
-    fault = config.inject_fault
-    return _hooks.register({
+def hooks(st: DetokenizerState) -> dict:
+    fault = st.config.inject_fault
+    return {
         f"{_ENGINE}._launch_subprocesses": _launch_subprocesses_hook,
-        f"{_DETOK}.__init__": _hooks.after_setup("detokenizer_init", _on_init, fault),
-        f"{_DETOK}.handle_batch_token_id_out": _hooks.around("detokenize", _on_batch, inject_fault=fault),
-    }, skipped)
+        f"{_DETOK}.__init__": _hooks.after_setup("detokenizer_init", _on_init, fault, state=st),
+        f"{_DETOK}.handle_batch_token_id_out": _hooks.around("detokenize", _on_batch, inject_fault=fault, state=st),
+    }
+
+
+def instrument(st: DetokenizerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)

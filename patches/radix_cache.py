@@ -9,18 +9,18 @@ when SGLang imports the module, never before; a method the class lacks (``RadixC
 on 0.5.17) is logged and left out."""
 from __future__ import annotations
 
+import os
 import sys
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import TraceConfig
-from sglang_tracing.patches import _compat, _hooks, iteration, kv_allocation
+from sglang_tracing.patches import _compat, _hooks
+from sglang_tracing.patches.state import SchedulerState
 
 CACHE_CLASSES = (
     "sglang.srt.mem_cache.radix_cache.RadixCache",
     "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache",
     "sglang.srt.mem_cache.radix_cache_cpp.RadixCacheCpp",
 )
-_config: TraceConfig | None = None
 
 
 def _state(cache, attrs: dict) -> dict:
@@ -35,9 +35,9 @@ def _state(cache, attrs: dict) -> dict:
     return attrs
 
 
-def _on_match(rec, token, start, end, result, cache, params, *a, **k):
-    iteration.add_cache_lookup(end - start)
-    if not _config.batch_spans:
+def _on_match(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+    st.cache_lookup_ns += end - start
+    if not st.config.batch_spans:
         return
     attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: _compat.matched_len(result)}
     req = getattr(params, "req", None)
@@ -46,8 +46,8 @@ def _on_match(rec, token, start, end, result, cache, params, *a, **k):
     rec.emit(sc.CACHE_MATCH, start, end, _state(cache, attrs))
 
 
-def _on_insert(rec, token, start, end, result, cache, params, *a, **k):
-    if not _config.batch_spans:
+def _on_insert(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+    if not st.config.batch_spans:
         return
     key_len = len(params.key) if params.key is not None else 0
     attrs = {sc.CACHE_KEY_TOKENS: key_len,
@@ -55,29 +55,36 @@ def _on_insert(rec, token, start, end, result, cache, params, *a, **k):
     rec.emit(sc.CACHE_INSERT, start, end, _state(cache, attrs))
 
 
+# code an eviction request passes through on its way here: the cache classes, our hooks, SGLang's hook wrapper
+_PASSED_THROUGH = ("mem_cache", os.path.dirname(os.path.abspath(__file__)), "hook_registry")
+
+
 def _caller_outside_cache() -> str:
-    frame = sys._getframe(3)
-    while frame is not None and "mem_cache" in frame.f_code.co_filename:
+    """The function that asked for an eviction outside a KV allocation (a retraction, a cache flush...)."""
+    frame = sys._getframe(1)
+    while frame is not None and any(part in frame.f_code.co_filename for part in _PASSED_THROUGH):
         frame = frame.f_back
     return frame.f_code.co_name if frame is not None else ""
 
 
-def _on_evict(rec, token, start, end, result, cache, params, *a, **k):
+def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
     attrs = {
         sc.CACHE_REQUESTED_TOKENS: params.num_tokens,
         sc.CACHE_FREED_TOKENS: getattr(result, "num_tokens_evicted", 0) if result is not None else 0,
-        sc.CACHE_TRIGGER: kv_allocation.phase or _caller_outside_cache(),
+        sc.CACHE_TRIGGER: st.kv_alloc_phase or _caller_outside_cache(),
     }
     rec.emit(sc.CACHE_EVICT, start, end, _state(cache, attrs))
 
 
-def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    global _config
-    _config = config
-    fault = config.inject_fault
-    hooks = {}
+def hooks(st: SchedulerState) -> dict:
+    fault = st.config.inject_fault
+    out = {}
     for cls in CACHE_CLASSES:
-        hooks[f"{cls}.match_prefix"] = _hooks.around("cache_match_prefix", _on_match, inject_fault=fault)
-        hooks[f"{cls}.insert"] = _hooks.around("cache_insert", _on_insert, inject_fault=fault)
-        hooks[f"{cls}.evict"] = _hooks.around("cache_evict", _on_evict, inject_fault=fault)
-    return _hooks.register(hooks, skipped)
+        out[f"{cls}.match_prefix"] = _hooks.around("cache_match_prefix", _on_match, inject_fault=fault, state=st)
+        out[f"{cls}.insert"] = _hooks.around("cache_insert", _on_insert, inject_fault=fault, state=st)
+        out[f"{cls}.evict"] = _hooks.around("cache_evict", _on_evict, inject_fault=fault, state=st)
+    return out
+
+
+def instrument(st: SchedulerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)

@@ -1,47 +1,31 @@
 """Scheduler instrumentation: request lifecycle inside the scheduler and one span per
 scheduling decision, forward launch and result processing.
 
-Per-request state rides on the Req object (attribute ``_sgt``) so the per-iteration work
-is one attribute read and a length check per running request.
+Every hook here takes the process's ``SchedulerState`` first (bound when the hooks are built);
+per-request state rides on the Req object (``state.RequestTrace``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime import nvtx_ranges, recorder
 from sglang_tracing.runtime.ids import new_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _compat, _hooks, iteration, profile_steps
+from sglang_tracing.patches import _compat, _hooks
+from sglang_tracing.patches.state import Launched, PrefillChunk, PrefillPiece, PrefixMatch, RequestTrace, SchedulerState
 
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
-
-_config: TraceConfig | None = None
-_arrivals: dict[str, int] = {}  # rid -> arrival ns, until the request is first scheduled
-_is_leader = True  # TP rank 0 writes the per-request spans; every rank writes batch spans
-_policy = ""
+MAX_LAUNCHED = 1024  # results never processed (aborted batches) must not pile up
 
 
-class _ReqTrace:
-    __slots__ = ("arrival", "scheduled", "match", "chunks", "tokens", "n_out", "done")
-
-    def __init__(self, arrival: int):
-        self.arrival = arrival
-        self.scheduled = 0
-        self.match: tuple[int, int, int] | None = None  # (start, end, matched tokens)
-        self.chunks: list[tuple[int, int, int, int]] = []  # (start, end, tokens, forward span id)
-        self.tokens: list[int] = []  # wall time of each output token
-        self.n_out = 0
-        self.done = False
-
-
-def _trace_of(req) -> _ReqTrace:
-    st = req.__dict__.get("_sgt")
-    if st is None:
-        st = req._sgt = _ReqTrace(_arrivals.pop(req.rid, 0) or time_ns())
-    return st
+def _trace_of(st: SchedulerState, req) -> RequestTrace:
+    trace = req.__dict__.get("_sgt")
+    if trace is None:
+        trace = req._sgt = RequestTrace(st.arrivals.pop(req.rid, 0) or time_ns())
+    return trace
 
 
 def _extend_lens(batch) -> list[int]:
@@ -61,91 +45,92 @@ def _mode(batch) -> str:
 
 
 # ---- hooks ----
-def _on_init(scheduler) -> None:
-    global _is_leader, _policy
+def _on_init(st: SchedulerState, scheduler) -> None:
     tp_rank = _compat.scheduler_rank(scheduler, "tp_rank")
-    _is_leader = tp_rank in (0, None)
+    st.is_leader = tp_rank in (0, None)
     policy = getattr(getattr(scheduler, "policy", None), "policy", "")
-    _policy = getattr(policy, "value", None) or str(policy)
-    rec = recorder.start(_config, "scheduler", tp_rank)
+    st.policy = getattr(policy, "value", None) or str(policy)
+    rec = recorder.start(st.config, "scheduler", tp_rank)
     nvtx_ranges.enable()
     from sglang_tracing.patches import gpu_state
 
     gpu_state.start_for_scheduler(rec, scheduler)
 
 
-def _on_request(rec, token, start, end, result, scheduler, recv_req, *a, **k):
-    _arrivals[recv_req.rid] = start
+def _on_request(st: SchedulerState, rec, token, start, end, result, scheduler, recv_req, *a, **k):
+    st.arrivals[recv_req.rid] = start
 
 
-def _on_round_input(rec, token, start, end, result, req, *a, **k):
-    st = _trace_of(req)
-    if not st.scheduled:
-        st.match = (start, end, _compat.prefix_len(req))
+def _on_round_input(st: SchedulerState, rec, token, start, end, result, req, *a, **k):
+    trace = _trace_of(st, req)
+    if not trace.scheduled:
+        trace.match = PrefixMatch(start, end, _compat.prefix_len(req))
 
 
-def _before_schedule(rec, scheduler, *a, **k):
-    iteration.reset()
+def _before_schedule(st: SchedulerState, rec, scheduler, *a, **k):
+    st.cache_lookup_ns = 0
+    st.kv_alloc_ns = 0
     sid = new_span_id()
     nvtx_ranges.push(sc.SCHEDULE, sid)
     return sid
 
 
-def _after_schedule(rec, sid, start, end, plan, scheduler, *a, **k):
+def _after_schedule(st: SchedulerState, rec, sid, start, end, plan, scheduler, *a, **k):
     nvtx_ranges.pop()
     batch = plan.batch_to_run
     if batch is None:
-        if _config.capture_steps:
-            profile_steps.on_idle(_config)
+        if st.config.capture_steps:
+            st.windows.on_idle()
         return
     extend = batch.forward_mode.is_extend()
     new_seqs = 0
     if extend:
         for req in batch.reqs:
-            st = _trace_of(req)
-            if not st.scheduled:
-                st.scheduled = start
+            trace = _trace_of(st, req)
+            if not trace.scheduled:
+                trace.scheduled = start
                 new_seqs += 1
-    if _config.batch_spans:
+    if st.config.batch_spans:
         running = plan.running_batch
+        st.iteration += 1
         rec.emit(sc.SCHEDULE, start, end, {
-            sc.SCHED_POLICY: _policy,
+            sc.SCHED_POLICY: st.policy,
             sc.FORWARD_MODE: _mode(batch),
             sc.BATCH_SIZE: len(batch.reqs),
             sc.BATCH_TOKENS: batch.extend_num_tokens if extend else len(batch.reqs),
             sc.SCHED_NEW_SEQS: new_seqs,
             sc.SCHED_RUNNING: running.batch_size() if running is not None else 0,
             sc.SCHED_QUEUED: len(scheduler.waiting_queue),
-            sc.SCHED_CACHE_LOOKUP_NS: iteration.cache_lookup_ns,
-            sc.SCHED_KV_ALLOC_NS: iteration.kv_alloc_ns,
-            sc.ITERATION: iteration.next_index(),
+            sc.SCHED_CACHE_LOOKUP_NS: st.cache_lookup_ns,
+            sc.SCHED_KV_ALLOC_NS: st.kv_alloc_ns,
+            sc.ITERATION: st.iteration,
         }, span_id=sid)
 
 
-def _before_run_batch(rec, scheduler, batch, *a, **k):
+def _before_run_batch(st: SchedulerState, rec, scheduler, batch, *a, **k):
     sid = new_span_id()
-    iteration.current_forward = sid
+    st.current_forward = sid
     nvtx_ranges.push(sc.FORWARD, sid)
     return sid
 
 
-def _pop_range(rec, sid):
+def _pop_range(st: SchedulerState, rec, sid):
     nvtx_ranges.pop()
 
 
-def _end_run_batch(rec, sid):
-    iteration.current_forward = 0
+def _end_run_batch(st: SchedulerState, rec, sid):
+    st.current_forward = 0
     nvtx_ranges.pop()
 
 
-def _after_run_batch(rec, sid, start, end, result, scheduler, batch, *a, **k):
-    _end_run_batch(rec, sid)
+def _after_run_batch(st: SchedulerState, rec, sid, start, end, result, scheduler, batch, *a, **k):
+    _end_run_batch(st, rec, sid)
     extend = batch.forward_mode.is_extend()
     reqs = batch.reqs
-    chunks = lens = None
+    prefill = lens = None
     if extend:
         lens = _extend_lens(batch)
-        chunks = [(req, n) for req, n in zip(reqs, lens) if _in_prefill(req)]
+        prefill = [PrefillPiece(req, n) for req, n in zip(reqs, lens) if _in_prefill(req)]
     attrs = {
         sc.FORWARD_MODE: _mode(batch),
         sc.BATCH_SIZE: len(reqs),
@@ -155,75 +140,76 @@ def _after_run_batch(rec, sid, start, end, result, scheduler, batch, *a, **k):
     }
     if extend:
         attrs[sc.BATCH_EXTEND_LENS] = lens
-    if len(iteration.launched) > 1024:  # results never processed (aborted batches) must not pile up
-        iteration.launched.clear()
-    iteration.launched[id(result)] = (sid, start, chunks)
-    if _config.batch_spans:
-        iteration.emit_forward(rec, sid, start, end, attrs)
+    if len(st.launched) > MAX_LAUNCHED:
+        st.launched.clear()
+    st.launched[id(result)] = Launched(sid, start, prefill)
+    if st.config.batch_spans:
+        st.gpu_times.emit_forward(rec, sid, start, end, attrs)
 
 
-def _before_process(rec, scheduler, batch, result, *a, **k):
+def _before_process(st: SchedulerState, rec, scheduler, batch, result, *a, **k):
     sid = new_span_id()
     nvtx_ranges.push(sc.PROCESS_RESULT, sid)
     return sid
 
 
-def _after_process(rec, sid, start, end, result_none, scheduler, batch, result, *a, **k):
+def _after_process(st: SchedulerState, rec, sid, start, end, result_none, scheduler, batch, result, *a, **k):
     nvtx_ranges.pop()
-    launched = iteration.launched.pop(id(result), None)
-    fwd_sid = launched[0] if launched else 0
-    if launched and launched[2]:
-        for req, tokens in launched[2]:
-            _trace_of(req).chunks.append((launched[1], end, tokens, fwd_sid))
+    launched = st.launched.pop(id(result), None)
+    fwd_sid = launched.forward_span_id if launched else 0
+    if launched and launched.prefill:
+        for piece in launched.prefill:
+            _trace_of(st, piece.req).chunks.append(PrefillChunk(launched.start_ns, end, piece.tokens, fwd_sid))
     finished = []
     for req in batch.reqs:
-        st = req.__dict__.get("_sgt")
-        if st is None or st.done:
+        trace = req.__dict__.get("_sgt")
+        if trace is None or trace.done:
             continue
         n = len(req.output_ids)
-        if n > st.n_out:
-            st.tokens.extend([end] * (n - st.n_out))
-            st.n_out = n
+        if n > trace.n_out:
+            trace.tokens.extend([end] * (n - trace.n_out))
+            trace.n_out = n
         if req.finished():
-            st.done = True
+            trace.done = True
             finished.append(req)
-    if _config.batch_spans:
-        iteration.flush_gpu_times(rec)
+    if st.config.batch_spans:
+        st.gpu_times.flush(rec)
         rec.emit(sc.PROCESS_RESULT, start, end, {
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=sid)
-    if _is_leader and finished:
+    if st.is_leader and finished:
         for req in finished:
             _emit_request(rec, req, req._sgt)
         rec.flush_soon()
 
 
-def _emit_request(rec, req, st: _ReqTrace) -> None:
+def _emit_request(rec, req, trace: RequestTrace) -> None:
     key = request_trace_key(req.rid)
     root = PARENT_IS_REQUEST_ROOT
     rid_attr = {sc.RID: req.rid}
-    if st.scheduled:
-        rec.emit(sc.REQUEST_QUEUED, st.arrival, st.scheduled, rid_attr, parent=root, trace_key=key)
-    if st.match:
-        rec.emit(sc.REQUEST_PREFIX_MATCH, st.match[0], st.match[1],
-                 {sc.RID: req.rid, sc.MATCHED_TOKENS: st.match[2],
+    if trace.scheduled:
+        rec.emit(sc.REQUEST_QUEUED, trace.arrival, trace.scheduled, rid_attr, parent=root, trace_key=key)
+    if trace.match:
+        rec.emit(sc.REQUEST_PREFIX_MATCH, trace.match.start_ns, trace.match.end_ns,
+                 {sc.RID: req.rid, sc.MATCHED_TOKENS: trace.match.matched_tokens,
                   sc.PREFIX_DIGESTS: block_digests(req.origin_input_ids)}, parent=root, trace_key=key)
-    first_token = st.tokens[0] if st.tokens else (st.chunks[-1][1] if st.chunks else 0)
-    if st.chunks:
+    chunks = trace.chunks
+    first_token = trace.tokens[0] if trace.tokens else (chunks[-1].end_ns if chunks else 0)
+    if chunks:
         prefill_id = new_span_id()
-        rec.emit(sc.REQUEST_PREFILL, st.chunks[0][0], first_token, {
+        rec.emit(sc.REQUEST_PREFILL, chunks[0].start_ns, first_token, {
             sc.RID: req.rid, sc.PROMPT_TOKENS: len(req.origin_input_ids),
-            sc.CACHED_TOKENS: req.cached_tokens, sc.CHUNK_TOKENS: sum(c[2] for c in st.chunks),
-            sc.FORWARD_SPAN_ID: f"{st.chunks[-1][3]:016x}"},
+            sc.CACHED_TOKENS: req.cached_tokens, sc.CHUNK_TOKENS: sum(c.tokens for c in chunks),
+            sc.FORWARD_SPAN_ID: f"{chunks[-1].forward_span_id:016x}"},
             span_id=prefill_id, parent=root, trace_key=key)
-        if len(st.chunks) > 1:
-            for i, (c_start, c_end, tokens, fwd) in enumerate(st.chunks):
-                rec.emit(sc.REQUEST_PREFILL_CHUNK, c_start, c_end, {
-                    sc.RID: req.rid, sc.CHUNK_INDEX: i, sc.CHUNK_TOKENS: tokens,
-                    sc.FORWARD_SPAN_ID: f"{fwd:016x}"}, parent=prefill_id, trace_key=key)
-    if st.tokens:
-        rec.emit(sc.REQUEST_DECODE, st.tokens[0], st.tokens[-1], {
-            sc.RID: req.rid, sc.OUTPUT_TOKENS: len(st.tokens), sc.TOKEN_TIMES: st.tokens,
+        if len(chunks) > 1:
+            for i, chunk in enumerate(chunks):
+                rec.emit(sc.REQUEST_PREFILL_CHUNK, chunk.start_ns, chunk.end_ns, {
+                    sc.RID: req.rid, sc.CHUNK_INDEX: i, sc.CHUNK_TOKENS: chunk.tokens,
+                    sc.FORWARD_SPAN_ID: f"{chunk.forward_span_id:016x}"}, parent=prefill_id, trace_key=key)
+    if trace.tokens:
+        rec.emit(sc.REQUEST_DECODE, trace.tokens[0], trace.tokens[-1], {
+            sc.RID: req.rid, sc.OUTPUT_TOKENS: len(trace.tokens), sc.TOKEN_TIMES: trace.tokens,
             sc.FINISH_REASON: _finish_reason(req)}, parent=root, trace_key=key)
 
 
@@ -246,21 +232,23 @@ def _finish_reason(req) -> str:
         return type(reason).__name__
 
 
-def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    global _config
-    _config = config
-    fault = config.inject_fault
-    hooks = {
-        f"{_SCHED}.__init__": _hooks.after_setup("scheduler_init", _on_init, fault),
+def hooks(st: SchedulerState) -> dict[str, Callable]:
+    """The scheduler's hooks by target, each bound to the process's state."""
+    fault = st.config.inject_fault
+    return {
+        f"{_SCHED}.__init__": _hooks.after_setup("scheduler_init", _on_init, fault, state=st),
         f"{_SCHED}.handle_generate_request": _hooks.around("handle_generate_request", _on_request,
-                                                           inject_fault=fault),
+                                                           inject_fault=fault, state=st),
         f"{_REQ}.init_next_round_input": _hooks.around("init_next_round_input", _on_round_input,
-                                                       inject_fault=fault),
+                                                       inject_fault=fault, state=st),
         f"{_SCHED}.get_next_batch_to_run": _hooks.around(
-            "schedule", _after_schedule, _before_schedule, _pop_range, fault),
+            "schedule", _after_schedule, _before_schedule, _pop_range, fault, state=st),
         f"{_SCHED}.run_batch": _hooks.around(
-            "run_batch", _after_run_batch, _before_run_batch, _end_run_batch, fault),
+            "run_batch", _after_run_batch, _before_run_batch, _end_run_batch, fault, state=st),
         f"{_SCHED}.process_batch_result": _hooks.around(
-            "process_batch_result", _after_process, _before_process, _pop_range, fault),
+            "process_batch_result", _after_process, _before_process, _pop_range, fault, state=st),
     }
-    return _hooks.register(hooks, skipped)
+
+
+def instrument(st: SchedulerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)

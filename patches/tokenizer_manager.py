@@ -4,33 +4,20 @@ warm-up, a health check, our readiness probe), and its tokenize span."""
 from __future__ import annotations
 
 from time import time_ns
-from typing import NamedTuple
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime import manifest, recorder
 from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 from sglang_tracing.patches import _hooks, http_server
+from sglang_tracing.patches.state import Arrival, TokenizerState
 
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
-_config: TraceConfig | None = None
 
 
-class _Arrival(NamedTuple):
-    received_ns: int
-    prompt: str | None  # only with --record-prompts
-    stream: bool | None  # None: not known (a request the arrival hook did not see)
-    internal: str | None  # semconv INTERNAL value; None for a user's request
-
-
-_received: dict[str, _Arrival] = {}
-_first_output: dict[str, int] = {}  # rid -> when its first output reached the tokenizer manager
-
-
-def _on_init(tm) -> None:
-    recorder.start(_config, "tokenizer")
-    manifest.write(_config, tm.server_args)
+def _on_init(st: TokenizerState, tm) -> None:
+    recorder.start(st.config, "tokenizer")
+    manifest.write(st.config, tm.server_args)
 
 
 def _rids_and_texts(obj):
@@ -55,41 +42,42 @@ def _is_sglang_warmup(tm, obj) -> bool:
             or all(isinstance(i, list) and tuple(i) == sc.SGLANG_WARMUP_INPUT_IDS for i in id_lists))
 
 
-def _on_init_req_state(rec, token, start, end, result, tm, obj, request=None, *a, **k):
+def _on_init_req_state(st: TokenizerState, rec, token, start, end, result, tm, obj, request=None, *a, **k):
     t = http_server.received_ns(request) or start
     rids, texts = _rids_and_texts(obj)
     stream = bool(getattr(obj, "stream", False))
     warmup = sc.INTERNAL_WARMUP if _is_sglang_warmup(tm, obj) else None
     for rid, text in zip(rids, texts):
         if rid is not None:
-            _received[rid] = _Arrival(t, text if _config.record_prompts and isinstance(text, str) else None,
-                                      stream, sc.internal_by_rid(rid) or warmup)
+            st.received[rid] = Arrival(t, text if st.config.record_prompts and isinstance(text, str) else None,
+                                       stream, sc.internal_by_rid(rid) or warmup)
     http_server.note_request(request, [rid for rid in rids if rid is not None], stream)
 
 
-def _on_tokenize(rec, token, start, end, result, tm, obj, *a, **k):
+def _on_tokenize(st: TokenizerState, rec, token, start, end, result, tm, obj, *a, **k):
     rec.emit(sc.REQUEST_TOKENIZE, start, end, {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(result.input_ids)},
              parent=PARENT_IS_REQUEST_ROOT, trace_key=request_trace_key(obj.rid))
 
 
-def _before_output(rec, tm, recv_obj, *a, **k):
+def _before_output(st: TokenizerState, rec, tm, recv_obj, *a, **k):
     """Note first outputs; return the states of requests finishing in this batch (the original removes them)."""
     now = time_ns()
+    first_output = st.first_output
     for rid in recv_obj.rids:
-        if rid not in _first_output:
-            _first_output[rid] = now
+        if rid not in first_output:
+            first_output[rid] = now
     reasons = getattr(recv_obj, "finished_reasons", None) or ()
     return {rid: tm.rid_to_state.get(rid) for rid, r in zip(recv_obj.rids, reasons) if r is not None}
 
 
-def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
+def _on_output(st: TokenizerState, rec, finishing, start, end, result, tm, recv_obj, *a, **k):
     if not finishing:
         return
     for i, rid in enumerate(recv_obj.rids):
         if rid not in finishing:
             continue
-        arrival = _received.pop(rid, None) or _Arrival(start, None, None, sc.internal_by_rid(rid))
-        first_output = _first_output.pop(rid, end)
+        arrival = st.received.pop(rid, None) or Arrival(start, None, None, sc.internal_by_rid(rid))
+        first_output = st.first_output.pop(rid, end)
         reason = recv_obj.finished_reasons[i]
         attrs = {
             sc.RID: rid,
@@ -119,14 +107,16 @@ def _at(obj, field: str, i: int) -> int:
     return int(values[i]) if values is not None and i < len(values) and values[i] is not None else -1
 
 
-def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    global _config
-    _config = config
-    fault = config.inject_fault
-    return _hooks.register({
-        f"{_TM}.__init__": _hooks.after_setup("tokenizer_manager_init", _on_init, fault),
-        f"{_TM}._init_req_state": _hooks.around("init_req_state", _on_init_req_state, inject_fault=fault),
-        f"{_TM}._tokenize_one_request": _hooks.around_async("tokenize", _on_tokenize, inject_fault=fault),
-        f"{_TM}._handle_batch_output": _hooks.around_async("handle_batch_output", _on_output,
-                                                           _before_output, fault),
-    }, skipped)
+def hooks(st: TokenizerState) -> dict:
+    fault = st.config.inject_fault
+    return {
+        f"{_TM}.__init__": _hooks.after_setup("tokenizer_manager_init", _on_init, fault, state=st),
+        f"{_TM}._init_req_state": _hooks.around("init_req_state", _on_init_req_state, inject_fault=fault, state=st),
+        f"{_TM}._tokenize_one_request": _hooks.around_async("tokenize", _on_tokenize, inject_fault=fault, state=st),
+        f"{_TM}._handle_batch_output": _hooks.around_async("handle_batch_output", _on_output, _before_output,
+                                                           fault, state=st),
+    }
+
+
+def instrument(st: TokenizerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)

@@ -16,7 +16,7 @@
 set -u
 MODEL=${MODEL:-/tmp/llama2}
 RES=${RES:-/tmp/res}
-NSYS=${NSYS:-/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys}
+NSYS=${NSYS:-$(python3 -c 'from sglang_tracing.nsys import DEFAULT_NSYS_PATH; print(DEFAULT_NSYS_PATH)')}
 
 step() {
     local name=$1

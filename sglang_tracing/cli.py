@@ -102,6 +102,7 @@ def _demo(args, rest) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sglang_tracing.config import DEFAULT_CAPTURE_STEPS
     from sglang_tracing.launch_server import add_tracing_options
 
     parser = _Parser(prog="sglang-trace", description=__doc__)
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_launch)
     p = sub.add_parser("nsys", help="the traced server under Nsight Systems: sglang-trace nsys --trace-dir D -- <sglang args>")
     add_tracing_options(p)
-    p.add_argument("--capture-steps", default="0:100000", metavar="START:N",
+    p.add_argument("--capture-steps", default=DEFAULT_CAPTURE_STEPS, metavar="START:N",
                    help="served forwards inside the nsys capture range; it also ends when the server "
                         "first goes idle (default: the first burst of traffic)")
     p.add_argument("--nsys-path", help="the nsys binary (default: on PATH)")

@@ -16,6 +16,8 @@ import sys
 DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none", "--cuda-graph-trace=node",
                      "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
                      "--trace-fork-before-exec=true", "--force-overwrite=true"]
+# the nsys that Nsight Compute 2025.3.1 ships, looked for when none is on PATH
+DEFAULT_NSYS_PATH = "/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys"
 
 
 ATTENTION_KERNELS = "regex:(fwd_kernel|[Pp]refill|[Dd]ecode|[Aa]ttention)"
@@ -43,8 +45,7 @@ def export_ncu_csv(ncu: str, rep: str) -> list[str]:
 
 
 def find_nsys(explicit: str | None = None) -> str:
-    candidates = [explicit] if explicit else [shutil.which("nsys"),
-                                              "/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys"]
+    candidates = [explicit] if explicit else [shutil.which("nsys"), DEFAULT_NSYS_PATH]
     for c in candidates:
         if c and os.path.exists(c):
             return c

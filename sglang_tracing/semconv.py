@@ -129,6 +129,30 @@ ERROR_MESSAGE = "sglang_tracing.error.message"
 HOOK_ERRORS = "sglang_tracing.hook_errors"  # total across hooks
 DROPPED_SPANS = "sglang_tracing.dropped_spans"
 
+# ---- GPU counters: keys of the sampler's nvml-<process>.jsonl lines, the analyzer's counter metrics ----
+NVML_GPU_UTIL = "gpu_util_pct"
+NVML_MEM_UTIL = "mem_util_pct"
+NVML_POWER = "power_w"
+NVML_SM_CLOCK = "sm_clock_mhz"
+NVML_MEM_CLOCK = "mem_clock_mhz"
+NVML_MEM_USED = "mem_used_bytes"
+NVML_MEM_TOTAL = "mem_total_bytes"
+# GPM (GPU performance monitoring, Hopper+): rates over a sampling interval, percent
+GPM_SM_UTIL = "sm_util_pct"
+GPM_SM_OCCUPANCY = "sm_occupancy_pct"
+GPM_TENSOR_UTIL = "tensor_util_pct"
+GPM_DRAM_BW_UTIL = "dram_bw_util_pct"
+GPM_FP16_UTIL = "fp16_util_pct"
+GPM_FP32_UTIL = "fp32_util_pct"
+GPM_METRICS = {  # name -> the pynvml constant of its GPM metric id
+    GPM_SM_UTIL: "NVML_GPM_METRIC_SM_UTIL",
+    GPM_SM_OCCUPANCY: "NVML_GPM_METRIC_SM_OCCUPANCY",
+    GPM_TENSOR_UTIL: "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    GPM_DRAM_BW_UTIL: "NVML_GPM_METRIC_DRAM_BW_UTIL",
+    GPM_FP16_UTIL: "NVML_GPM_METRIC_FP16_UTIL",
+    GPM_FP32_UTIL: "NVML_GPM_METRIC_FP32_UTIL",
+}
+
 # ---- NVTX ----
 NVTX_DOMAIN = "sglang"
 # --trace-level layer: unnamed-id ranges per decoder layer ("layer.<i>") and per op inside it

@@ -69,9 +69,6 @@ class Client:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.read().decode()
 
-    def flush_cache(self) -> None:
-        urllib.request.urlopen(urllib.request.Request(self.url + "/flush_cache", method="POST"), timeout=60).read()
-
 
 class ServerError(RuntimeError):
     """The server exited or never served; the message is one line naming its log."""

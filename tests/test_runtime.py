@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -63,6 +64,31 @@ def test_plugin_is_inert_without_trace_dir(monkeypatch):
     before = dict(HookRegistry._hooks)
     plugin.activate()
     assert dict(HookRegistry._hooks) == before and not plugin._activated
+
+
+def test_plugin_stays_inert_on_an_older_sglang(monkeypatch, tmp_path, caplog):
+    """The version guard (``_instruments``, as opentelemetry-python-contrib instrumentors declare it):
+    an SGLang older than the patches know is left untouched, with one error line saying why."""
+    import tomllib
+    from importlib import metadata
+
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sglang_tracing import plugin
+
+    extra = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    assert [r.replace(" ", "") for r in plugin._instruments] == extra["optional-dependencies"]["sglang"]
+    real_version = metadata.version
+    installed = {"sglang": "0.5.16"}
+    monkeypatch.setattr(metadata, "version", lambda name: installed.get(name) or real_version(name))
+    monkeypatch.setenv("SGLANG_TRACE_DIR", str(tmp_path / "trace"))
+    before = dict(HookRegistry._hooks)
+    plugin.activate()
+    assert dict(HookRegistry._hooks) == before and not plugin._activated
+    assert "sglang 0.5.16 is installed; tracing needs sglang >= 0.5.17" in caplog.text
+    for newer in ("0.5.17", "0.5.23", "0.6.0.dev3+g1234"):
+        installed["sglang"] = newer
+        assert plugin.dependency_conflict() is None, newer
 
 
 def test_hook_passes_result_and_exception_through(monkeypatch):

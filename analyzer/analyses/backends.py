@@ -15,7 +15,7 @@ from sglang_tracing.analyzer.renderers.files import write_report
 from sglang_tracing.analyzer.report import Report
 
 
-HW = ("sm_util_pct", "tensor_util_pct", "dram_bw_util_pct")
+HW = (sc.GPM_SM_UTIL, sc.GPM_TENSOR_UTIL, sc.GPM_DRAM_BW_UTIL)
 # (phase, column, what it is): client-side latencies, then the server's GPU time from forward spans
 PHASES = (("prefill (TTFT)", "ttft_ms", "client median time to first token"),
           ("decode (ITL)", "itl_ms", "client median inter-token latency"),

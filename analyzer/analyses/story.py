@@ -105,8 +105,8 @@ def _schedule_of(spans: pl.DataFrame, t_ns: int | None) -> dict | None:
     return sched.row(0, named=True) if sched.height else None
 
 
-HW_METRICS = ("sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_util_pct", "power_w",
-              "sm_clock_mhz", "mem_used_bytes")
+HW_METRICS = (sc.GPM_SM_UTIL, sc.GPM_SM_OCCUPANCY, sc.GPM_TENSOR_UTIL, sc.GPM_DRAM_BW_UTIL, sc.NVML_POWER,
+              sc.NVML_SM_CLOCK, sc.NVML_MEM_USED)
 
 
 def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str, others: int = 0) -> dict:

@@ -180,7 +180,7 @@ def _sglang(report: Report, model: TraceModel) -> None:
                   if d.len() else None, f"span {name}")
 
     mem = report.section("Memory")
-    used = model.counters.filter(pl.col("metric") == "mem_used_bytes")
+    used = model.counters.filter(pl.col("metric") == sc.NVML_MEM_USED)
     mem.add("peak GPU memory", f"{used['value'].max() / 2**30:.2f} GiB" if used.height else None,
             "NVML mem_used at 100 ms" if used.height else "no NVML samples")
     cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT]))

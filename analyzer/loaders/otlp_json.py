@@ -40,7 +40,7 @@ def _attr_pairs(items) -> list[tuple[str, object]]:
     return [(kv["key"], _value(kv.get("value", {}))) for kv in items or ()]
 
 
-def read_span_file(path: Path, may_be_cut: bool = True) -> tuple[list[dict], list[dict], bool]:
+def read_span_file(path: Path) -> tuple[list[dict], list[dict], bool]:
     """(spans, events, cut): rows of one file; ``cut`` is True when its last line was left half-written.
 
     A half-written last line is what a killed writer leaves; anywhere else a bad line is an error.
@@ -55,7 +55,7 @@ def read_span_file(path: Path, may_be_cut: bool = True) -> tuple[list[dict], lis
             doc = _loads(raw)
             resource_spans = doc["resourceSpans"]
         except (_DecodeError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            if lineno == len(lines) and may_be_cut and not raw.endswith(b"}"):
+            if lineno == len(lines) and not raw.endswith(b"}"):
                 logger.warning("%s: last line is cut off (writer killed?); ignoring it", path)
                 cut = True
                 break

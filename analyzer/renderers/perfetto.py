@@ -19,6 +19,7 @@ from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.model import TraceModel
+from sglang_tracing.runtime.ids import request_trace_key
 
 SEQ = 0x5617
 _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
@@ -182,7 +183,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
             flows.append(_flow_id(fwd))
         info = {"name": name, "flows": flows, "args": {k: v for k, v in zip(short, values) if v is not None}}
         if name in _REQUEST_NAMES and rid:
-            uuid = uuid_of("req:" + rid)
+            uuid = uuid_of(request_trace_key(rid))
             if uuid not in tracks_written:
                 tracks_written[uuid] = bool(w.track(uuid, f"request {rid[:12]}", parent=requests_group))
         else:

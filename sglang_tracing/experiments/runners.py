@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from sglang_tracing.config import CAPTURE_IDLE_END_S, MULTICAST_OFF_ENV
+from sglang_tracing.config import CAPTURE_IDLE_END_S, DEFAULT_CAPTURE_STEPS, ENV_CAPTURE_STEPS, MULTICAST_OFF_ENV
 from sglang_tracing.experiments.common import Experiment, progress
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.serving import Client
@@ -229,7 +229,7 @@ def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
     if tool == "nsys":
         binary = tools.find_nsys(a.tool_path)
         wrap = tools.profile_command(binary, str(trace_dir), [])
-        env, extra = {"SGLANG_TRACE_CAPTURE_STEPS": "0:100000"}, ["--attention-backend", a.backend]
+        env, extra = {ENV_CAPTURE_STEPS: DEFAULT_CAPTURE_STEPS}, ["--attention-backend", a.backend]
     else:
         binary = tools.find_ncu(a.tool_path)
         wrap = [binary, *tools.NCU_ARGS, "-o", str(trace_dir / "attention")]

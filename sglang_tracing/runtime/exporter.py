@@ -20,7 +20,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from sglang_tracing import __version__, semconv as sc
-from sglang_tracing.runtime.ids import request_root_span_id, trace_id_for
+from sglang_tracing.runtime.ids import request_root_span_id, rid_of_trace_key, trace_id_for
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, PARENT_IS_REQUEST_ROOT, read_message
 
 logger = logging.getLogger("sglang_tracing.exporter")
@@ -73,7 +73,7 @@ class SpanBuilder:
         name, start, end, span_id, parent, trace_key, attrs, events = record
         trace_id = self._trace_id(trace_key)
         if parent == PARENT_IS_REQUEST_ROOT:
-            parent = request_root_span_id(trace_key[4:])
+            parent = request_root_span_id(rid_of_trace_key(trace_key))
         parent_ctx = SpanContext(trace_id, parent, False, _SAMPLED) if parent else None
         return ReadableSpan(
             name=name,

@@ -12,17 +12,9 @@ import os
 import threading
 import time
 
-logger = logging.getLogger(__name__)
+from sglang_tracing import semconv as sc
 
-# output field -> NVML GPM metric constant name (percent unless named otherwise)
-GPM_METRICS = {
-    "sm_util_pct": "NVML_GPM_METRIC_SM_UTIL",
-    "sm_occupancy_pct": "NVML_GPM_METRIC_SM_OCCUPANCY",
-    "tensor_util_pct": "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
-    "dram_bw_util_pct": "NVML_GPM_METRIC_DRAM_BW_UTIL",
-    "fp16_util_pct": "NVML_GPM_METRIC_FP16_UTIL",
-    "fp32_util_pct": "NVML_GPM_METRIC_FP32_UTIL",
-}
+logger = logging.getLogger(__name__)
 
 
 def probe(gpu_index: int) -> tuple[bool, str]:
@@ -64,23 +56,23 @@ class Sampler:
         util = n.nvmlDeviceGetUtilizationRates(h)
         mem = n.nvmlDeviceGetMemoryInfo(h)
         return {
-            "gpu_util_pct": util.gpu, "mem_util_pct": util.memory,
-            "power_w": n.nvmlDeviceGetPowerUsage(h) / 1000,
-            "sm_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
-            "mem_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
-            "mem_used_bytes": mem.used, "mem_total_bytes": mem.total,
+            sc.NVML_GPU_UTIL: util.gpu, sc.NVML_MEM_UTIL: util.memory,
+            sc.NVML_POWER: n.nvmlDeviceGetPowerUsage(h) / 1000,
+            sc.NVML_SM_CLOCK: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+            sc.NVML_MEM_CLOCK: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+            sc.NVML_MEM_USED: mem.used, sc.NVML_MEM_TOTAL: mem.total,
         }
 
     def _gpm_values(self, prev, cur) -> dict:
         n = self._nvml
         get = n.c_nvmlGpmMetricsGet_t()
         get.version = n.NVML_GPM_METRICS_GET_VERSION
-        get.numMetrics = len(GPM_METRICS)
+        get.numMetrics = len(sc.GPM_METRICS)
         get.sample1, get.sample2 = prev, cur
-        for i, const in enumerate(GPM_METRICS.values()):
+        for i, const in enumerate(sc.GPM_METRICS.values()):
             get.metrics[i].metricId = getattr(n, const)
         n.nvmlGpmMetricsGet(get)
-        return {field: get.metrics[i].value for i, field in enumerate(GPM_METRICS)
+        return {field: get.metrics[i].value for i, field in enumerate(sc.GPM_METRICS)
                 if get.metrics[i].nvmlReturn == 0}
 
     def _run(self) -> None:

@@ -13,7 +13,7 @@ def new_span_id() -> int:
 
 
 def trace_id_for(key: str) -> int:
-    """128-bit trace id of a trace key ("req:<rid>" or "batch:<pid>:<n>")."""
+    """128-bit trace id of a trace key (``request_trace_key(rid)``, or "process:<pid>" for a process's own spans)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=16).digest(), "big") or 1
 
 
@@ -22,5 +22,13 @@ def request_root_span_id(rid: str) -> int:
     return int.from_bytes(hashlib.blake2b(b"root:" + rid.encode(), digest_size=8).digest(), "big") or 1
 
 
+REQUEST_TRACE_KEY_PREFIX = "req:"
+
+
 def request_trace_key(rid: str) -> str:
-    return "req:" + rid
+    """The trace key of a request's spans, in every process: its trace id is derived from it."""
+    return REQUEST_TRACE_KEY_PREFIX + rid
+
+
+def rid_of_trace_key(key: str) -> str:
+    return key.removeprefix(REQUEST_TRACE_KEY_PREFIX)

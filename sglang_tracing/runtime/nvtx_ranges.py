@@ -42,7 +42,3 @@ def push(span_name: str, span_id: int = 0) -> None:
 def pop() -> None:
     if _enabled:
         _domain.pop_range()
-
-
-def is_enabled() -> bool:
-    return _enabled

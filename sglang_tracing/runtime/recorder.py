@@ -144,12 +144,8 @@ class Recorder:
             pass
 
 
-_recorder: Recorder | None = None
+_recorder: Recorder | None = None  # this process's, once started; each hook's fast path reads it directly
 _lock = threading.Lock()
-
-
-def get() -> Recorder | None:
-    return _recorder
 
 
 def start(config: TraceConfig, role: str, tp_rank: int | None = None) -> Recorder:

@@ -1,0 +1,112 @@
+"""What the patches remember between hook calls: one state object per SGLang process, and the named
+records it holds.
+
+``patches.instrument_all`` builds one ``TokenizerState``, ``SchedulerState`` and ``DetokenizerState``
+and hands each to the patches of that process (the scheduler's to the scheduler, KV-allocation,
+radix-cache and model-runner patches); each process then uses the one its SGLang component starts.
+Single-threaded by construction: one thread per process (the scheduler's loop, the tokenizer
+manager's event loop, the detokenizer's loop) drives every hook that touches it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+from sglang_tracing.config import TraceConfig
+from sglang_tracing.patches.forward_gpu_times import ForwardGpuTimes
+from sglang_tracing.patches.profile_steps import ForwardWindows
+
+
+# ---- tokenizer manager process ----
+class Arrival(NamedTuple):
+    received_ns: int
+    prompt: str | None  # only with --record-prompts
+    stream: bool | None  # None: not known (a request the arrival hook did not see)
+    internal: str | None  # semconv INTERNAL value; None for a user's request
+
+
+@dataclasses.dataclass(slots=True)
+class TokenizerState:
+    config: TraceConfig
+    received: dict[str, Arrival] = dataclasses.field(default_factory=dict)
+    first_output: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> first output delivered
+
+
+# ---- scheduler process ----
+class PrefixMatch(NamedTuple):
+    start_ns: int
+    end_ns: int
+    matched_tokens: int
+
+
+class PrefillPiece(NamedTuple):
+    """Prompt tokens of one request computed by an extend forward."""
+    req: object
+    tokens: int
+
+
+class PrefillChunk(NamedTuple):
+    """A prefill piece once its forward's result was processed."""
+    start_ns: int  # the forward's launch
+    end_ns: int  # its result processed
+    tokens: int
+    forward_span_id: int
+
+
+class Launched(NamedTuple):
+    """A forward launched by ``run_batch``, until ``process_batch_result`` handles its result."""
+    forward_span_id: int
+    start_ns: int
+    prefill: list[PrefillPiece] | None  # None for a decode forward
+
+
+class RequestTrace:
+    """A request's scheduler-side lifecycle; rides on SGLang's Req object (attribute ``_sgt``), so the
+    per-iteration work is one attribute read and a length check per running request."""
+
+    __slots__ = ("arrival", "scheduled", "match", "chunks", "tokens", "n_out", "done")
+
+    def __init__(self, arrival: int):
+        self.arrival = arrival
+        self.scheduled = 0
+        self.match: PrefixMatch | None = None
+        self.chunks: list[PrefillChunk] = []
+        self.tokens: list[int] = []  # wall time of each output token
+        self.n_out = 0
+        self.done = False
+
+
+@dataclasses.dataclass(slots=True)
+class SchedulerState:
+    config: TraceConfig
+    is_leader: bool = True  # TP rank 0 writes the per-request spans; every rank writes batch spans
+    policy: str = ""
+    arrivals: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> arrival, until first scheduled
+    launched: dict[int, Launched] = dataclasses.field(default_factory=dict)  # id(batch result) -> its forward
+    iteration: int = 0  # scheduling passes that picked a batch
+    # the scheduling pass in progress
+    cache_lookup_ns: int = 0  # time in prefix-cache lookups
+    kv_alloc_ns: int = 0  # time in KV allocation
+    kv_alloc_phase: str = ""  # the allocation running now (what triggered an eviction)
+    current_forward: int = 0  # span id of the forward being launched (parent of model-forward spans)
+    # the model runner
+    cuda: object = None  # torch.cuda when the runner is on a CUDA device
+    layer_ranges: int = 0  # module ranges installed at --trace-level layer
+    gpu_times: ForwardGpuTimes = dataclasses.field(default_factory=ForwardGpuTimes)
+    windows: ForwardWindows = dataclasses.field(default_factory=ForwardWindows)
+
+
+# ---- detokenizer process ----
+@dataclasses.dataclass(slots=True)
+class DetokenizeShare:
+    """A request's detokenizer calls so far."""
+    first_start: int
+    last_end: int
+    calls: int = 0
+    share_ns: int = 0  # its share of each batch's time
+
+
+@dataclasses.dataclass(slots=True)
+class DetokenizerState:
+    config: TraceConfig
+    per_request: dict[str, DetokenizeShare] = dataclasses.field(default_factory=dict)
