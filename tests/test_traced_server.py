@@ -293,8 +293,10 @@ def test_internal_requests_are_labelled_and_kept_apart(traced_run):
     assert all(kinds[rid] is None for rid in clients)
     others = {rid: kind for rid, kind in kinds.items() if rid not in clients}
     assert others.pop(_rid(extra["probe"])) == "readiness probe"
+    # Server.wait_ready's own round trip, before the workload
+    assert [k for rid, k in others.items() if rid.startswith(sc.READINESS_RID_PREFIX)] == ["readiness probe"]
     assert list(others.values()).count("warm-up") == 1  # marked when recorded, not inferred
-    assert {k for k in others.values()} == {"warm-up", "health check"}  # /health_generate (and /health)
+    assert {k for k in others.values()} == {"warm-up", "health check", "readiness probe"}
     assert all(rid.startswith("HEALTH_CHECK") for rid, k in others.items() if k == "health check")
     summary = next(s for s in story.build_report(model, "slowest").sections if s.title == "Summary")
     figures = {f.label: f.value for f in summary.figures}
