@@ -50,21 +50,11 @@ def _requests(source: str) -> Callable[[Path], list[str]]:
     return build
 
 
-def _backends(folder: str) -> Callable[[Path], list[str]]:
+def _experiment(name: str, folder: str) -> Callable[[Path], list[str]]:
     def build(work: Path) -> list[str]:
-        from sglang_tracing.analyzer.analyses import backends
+        from sglang_tracing.analyzer import experiment_reports
 
-        return backends.write(Path(folder))  # into the shadow copy of the folder
-    return build
-
-
-def _tp(folder: str) -> Callable[[Path], list[str]]:
-    def build(work: Path) -> list[str]:
-        from sglang_tracing.analyzer.analyses import tp_scaling
-        from sglang_tracing.analyzer.loaders import tp_experiment
-        from sglang_tracing.analyzer.renderers.files import write_report
-
-        return write_report(work, tp_scaling.build_report(tp_experiment.load(folder)))
+        return experiment_reports.write(name, folder, work)
     return build
 
 
@@ -92,9 +82,9 @@ SHOWCASES = (
     Showcase("attention", NCU, f"sglang-trace analyze {NCU} --ncu {NCU}/attention-raw.csv.gz --report attention "
                                "--out showcase", _analyze("attention", NCU, ncu=f"{NCU}/attention-raw.csv.gz")),
     Showcase("backends", "h200-backends", "sglang-trace experiment backends --out h200-backends (backends.*)",
-             _backends("h200-backends")),
+             _experiment("backends", "h200-backends")),
     Showcase("tp_scaling", "h200x2-tp", "sglang-trace experiment tp --out h200x2-tp (tp_scaling.*)",
-             _tp("h200x2-tp")),
+             _experiment("tp_scaling", "h200x2-tp")),
     Showcase("diff", f"{FLASHINFER} vs {TRITON}", f"sglang-trace diff {FLASHINFER} {TRITON} --out showcase",
              _diff(FLASHINFER, TRITON)),
     Showcase("requests", "h200-nsys/nsys-triton/trace",

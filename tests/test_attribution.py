@@ -70,9 +70,10 @@ def truth() -> dict:
 @pytest.fixture(scope="module")
 def phases():
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.analyses.experiment_cells import cells
+    from sglang_tracing.analyzer.loaders import experiments
 
-    frame = backends.with_server_phases(cells(BACKENDS))
+    inputs = experiments.backends(BACKENDS)
+    frame = backends.with_server_phases(inputs.cells, inputs.models)
     return {(r["backend"], r["batch_size"], r["seq_len"]): r for r in frame.iter_rows(named=True)}
 
 
@@ -94,9 +95,10 @@ def test_cells_without_recorded_rids_take_user_requests_arriving_in_their_window
     """Older result.json files lack rids: the server's user requests that arrived inside the cell's window
     stand in (the cell's untimed warm-up ended before it, SGLang's warm-up is internal): same figures."""
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.analyses.experiment_cells import cells
+    from sglang_tracing.analyzer.loaders import experiments
 
-    frame = backends.with_server_phases(cells(BACKENDS).drop("rids"))
+    inputs = experiments.backends(BACKENDS)
+    frame = backends.with_server_phases(inputs.cells.drop("rids"), inputs.models)
     for row in frame.iter_rows(named=True):
         ref = phases[(row["backend"], row["batch_size"], row["seq_len"])]
         for col in ("prefill_gpu_ms", "decode_step_gpu_ms", "batch_reached", "shared_forwards"):
@@ -149,7 +151,9 @@ def test_backends_report_flags_the_batch_it_never_reached(truth, phases, tmp_pat
     assert len(fi_wins) == 8 and statistics.median(fi_wins) == pytest.approx(11.95, abs=0.05)
     # the rendered report carries the same table
     shutil.copytree(BACKENDS, tmp_path / "b", ignore=shutil.ignore_patterns("reports", "*.html", "*.md", "*.txt"))
-    backends.write(tmp_path / "b")
+    from sglang_tracing.analyzer import experiment_reports
+
+    experiment_reports.write("backends", tmp_path / "b")
     assert "batch not reached: flashinfer" in (tmp_path / "b" / "backends.txt").read_text()
 
 

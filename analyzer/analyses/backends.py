@@ -2,16 +2,13 @@
 time per backend, the winner and its margin, and an analysis written from the numbers."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.attribution import forward_members, forwards_inside, forwards_of, is_prefill
-from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
-from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
-from sglang_tracing.analyzer.renderers.files import write_report
+from sglang_tracing.analyzer.loaders.experiments import BackendsInputs
+from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report
 
 
@@ -31,15 +28,8 @@ PHASE_SCHEMA = {"prefill_gpu_ms": pl.Float64, "decode_step_gpu_ms": pl.Float64, 
                 "kv_pool_tokens": pl.Int64}
 
 
-def trace_models(frame: pl.DataFrame) -> dict[str, TraceModel]:
-    """Each server trace dir the cells name, loaded once (spans and NVML/GPM counters)."""
-    dirs = set(frame["trace_dir"].drop_nulls()) if "trace_dir" in frame.columns else set()
-    return {d: load_trace_dir(d) for d in sorted(dirs) if Path(d).is_dir()}
-
-
-def _per_cell(frame: pl.DataFrame, models: dict | None, measure, schema: dict) -> pl.DataFrame:
+def _per_cell(frame: pl.DataFrame, models: dict[str, TraceModel], measure, schema: dict) -> pl.DataFrame:
     """``measure(model, row)`` for each cell whose server trace is at hand, as new columns."""
-    models = trace_models(frame) if models is None else models
     rows = []
     for r in frame.iter_rows(named=True):
         model = models.get(r.get("trace_dir"))
@@ -47,7 +37,7 @@ def _per_cell(frame: pl.DataFrame, models: dict | None, measure, schema: dict) -
     return pl.concat([frame, pl.DataFrame(rows, schema=schema)], how="horizontal")
 
 
-def with_hardware(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFrame:
+def with_hardware(frame: pl.DataFrame, models: dict[str, TraceModel]) -> pl.DataFrame:
     """Mean NVML/GPM figures over each cell's time window, from its server's trace dir."""
     def measure(model, r):
         c = model.counters
@@ -68,7 +58,7 @@ def cell_rids(row: dict, requests: pl.DataFrame | None) -> list[str]:
     return inside["rid"].to_list()
 
 
-def with_server_phases(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFrame:
+def with_server_phases(frame: pl.DataFrame, models: dict[str, TraceModel]) -> pl.DataFrame:
     """Per cell, from its server's forward spans that ran the cell's requests (by rid, so the cell's
     untimed warm-up, SGLang's own warm-up and other cells stay out): GPU time of prefill (extend and
     mixed forwards, summed), the decode batch reached and the median decode step at it, decode steps
@@ -196,12 +186,12 @@ def disagreements(table: pl.DataFrame, client: str, gpu: str, points: float = 10
             for r in off.iter_rows(named=True)]
 
 
-def write(out: Path) -> list[str]:
+def build_report(inputs: BackendsInputs) -> Report:
     report = Report("backends", "Attention backends (experiment 3)")
-    frame = cells_or_empty(out, report, "backend")
-    if frame is None:
-        return write_report(out, report)
-    models = trace_models(frame)
+    frame, models = inputs.cells, inputs.models
+    if frame.is_empty() or "backend" not in frame.columns:
+        report.section("No cells recorded").add("cells", "0")
+        return report
     frame = with_hardware(with_server_phases(frame, models), models)
     table = compare(frame)
     cells_section = report.section("Per cell")
@@ -226,4 +216,4 @@ def write(out: Path) -> list[str]:
     ana = report.section("Analysis (computed from the table)")
     for label, text in analysis(table) + batch_findings(frame):
         ana.add(label, text)
-    return write_report(out, report)
+    return report

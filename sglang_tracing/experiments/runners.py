@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import shutil
 import subprocess
@@ -41,9 +40,14 @@ def render(exp: Experiment, make, *args, **kwargs) -> list[str]:
         return []
 
 
-def _experiment_report(exp: Experiment, analysis: str) -> list[str]:
-    """The experiment's own report, from its recorded cells (``analyzer/analyses/<analysis>.write``)."""
-    return render(exp, lambda: importlib.import_module(f"sglang_tracing.analyzer.analyses.{analysis}").write(exp.out))
+def _experiment_report(exp: Experiment, name: str) -> list[str]:
+    """The experiment's own report, from its recorded cells (``analyzer.experiment_reports``)."""
+    def make():
+        from sglang_tracing.analyzer import experiment_reports
+
+        return experiment_reports.write(name, exp.out)
+
+    return render(exp, make)
 
 
 def _analyze(exp: Experiment, trace_dir: str | None, reports: str, **sources) -> list[str]:
@@ -193,15 +197,7 @@ def tp(exp: Experiment) -> None:
                       requested_requests=a.num_requests, output_len=a.output_len, concurrency=a.concurrency,
                       warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"], **profile)
         exp.record(cell, result)
-    render(exp, _tp_report, exp)
-
-
-def _tp_report(exp: Experiment) -> list[str]:
-    from sglang_tracing.analyzer.analyses import tp_scaling
-    from sglang_tracing.analyzer.loaders import tp_experiment
-    from sglang_tracing.analyzer.renderers.files import write_report
-
-    return write_report(exp.out, tp_scaling.build_report(tp_experiment.load(exp.out)))
+    _experiment_report(exp, "tp_scaling")
 
 
 # ---- 04 nsys timeline / 05 ncu attention ----
