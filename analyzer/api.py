@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.model import TraceModel, load_trace_dir, profiles_only
+from sglang_tracing.config import UsageError
 
 REPORTS = ("story", "radix", "timeline", "attention")
 
@@ -13,7 +14,7 @@ REPORTS = ("story", "radix", "timeline", "attention")
 def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = None,
          ncu: str | None = None) -> TraceModel:
     if trace_dir is None and not (nsys or kineto or ncu):
-        raise ValueError("give a trace dir, or at least one of --nsys, --kineto, --ncu")
+        raise UsageError("give a trace dir, or at least one of --nsys, --kineto, --ncu")
     model = load_trace_dir(trace_dir) if trace_dir else profiles_only()
     if kineto is None and nsys is None and trace_dir and any(Path(trace_dir).glob("kineto-*.json*")):
         kineto = trace_dir  # what --profile-steps wrote next to the spans (nsys, when given, has the kernels)
@@ -54,7 +55,7 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
         return list(allowed)
     bad = [x for x in items if x not in allowed]
     if bad or not items:
-        raise ValueError(f"unknown {what} {', '.join(bad) or text!r}; choose from {', '.join(allowed)}")
+        raise UsageError(f"unknown {what} {', '.join(bad) or text!r}; choose from {', '.join(allowed)}")
     return items
 
 
@@ -69,7 +70,7 @@ def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest
     if trace_dir is None:
         names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
         if out_dir is None:
-            raise ValueError("--out is needed when no trace dir is given")
+            raise UsageError("--out is needed when no trace dir is given")
     out = Path(out_dir or os.path.join(trace_dir, "reports"))
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.config import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except TraceError as exc:
         print(f"sglang-trace: error: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except UsageError as exc:
         print(f"sglang-trace: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,6 +20,12 @@ ENV_INJECT_FAULT = "SGLANG_TRACE_INJECT_FAULT"
 MULTICAST_OFF_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 LEVELS = ("request", "batch", "layer")
+
+
+class UsageError(ValueError):
+    """A user's option or argument is wrong: the CLI prints the message as one line and exits 2 (a
+    ValueError from anywhere else is a bug, and shows its traceback)."""
+
 MIN_NVML_INTERVAL_MS = 100  # GPM returns zeros below this on Hopper (measured on the H200)
 CAPTURE_IDLE_END_S = 1.0  # an idle pause this long ends an nsys capture window
 
@@ -81,13 +87,13 @@ class TraceConfig:
 
 def validate_level(level: str) -> str:
     if level not in LEVELS:
-        raise ValueError(f"trace level must be one of {', '.join(LEVELS)}, not {level!r}")
+        raise UsageError(f"trace level must be one of {', '.join(LEVELS)}, not {level!r}")
     return level
 
 
 def validate_nvml_interval(ms: int) -> int:
     if ms < MIN_NVML_INTERVAL_MS:
-        raise ValueError(f"NVML interval must be >= {MIN_NVML_INTERVAL_MS} ms (GPM reads zeros below), not {ms}")
+        raise UsageError(f"NVML interval must be >= {MIN_NVML_INTERVAL_MS} ms (GPM reads zeros below), not {ms}")
     return ms
 
 
@@ -97,7 +103,7 @@ def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
     try:
         start, count = (int(x) for x in text.split(":"))
     except ValueError:
-        raise ValueError(f"--profile-steps takes START:N (two integers), not {text!r}") from None
+        raise UsageError(f"--profile-steps takes START:N (two integers), not {text!r}") from None
     if start < 0 or count <= 0:
-        raise ValueError(f"--profile-steps START must be >= 0 and N > 0, not {text!r}")
+        raise UsageError(f"--profile-steps START must be >= 0 and N > 0, not {text!r}")
     return start, count

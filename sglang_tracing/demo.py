@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
 from sglang_tracing.serving import CPU_ARGS, Server, ServerError, wait_for_exporters
+from sglang_tracing.config import UsageError
 
 DEMO_ROOT = os.path.join("traces", "demo")
 
@@ -34,7 +35,7 @@ def new_trace_dir(trace_dir: str | None) -> str:
     """``trace_dir`` (absent or empty), or a new ``traces/demo/<timestamp>``; raises ValueError otherwise."""
     trace_dir = os.path.abspath(trace_dir or os.path.join(DEMO_ROOT, time.strftime("%Y%m%d-%H%M%S")))
     if os.path.isdir(trace_dir) and os.listdir(trace_dir):
-        raise ValueError(f"{trace_dir} is not empty: each demo run records into a new trace dir "
+        raise UsageError(f"{trace_dir} is not empty: each demo run records into a new trace dir "
                          f"(leave out --trace-dir for traces/demo/<timestamp>)")
     os.makedirs(trace_dir, exist_ok=True)
     return trace_dir

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from sglang_tracing.config import UsageError
 
 # node-level CUDA-graph tracing: each kernel of a decode graph replay shows up (SGLang's own advice)
 DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none", "--cuda-graph-trace=node",
@@ -31,7 +32,7 @@ def find_ncu(explicit: str | None = None) -> str:
     for c in ([explicit] if explicit else [shutil.which("ncu"), "/usr/local/cuda/bin/ncu"]):
         if c and os.path.exists(c):
             return c
-    raise ValueError("ncu not found: put Nsight Compute on PATH or pass --ncu-path")
+    raise UsageError("ncu not found: put Nsight Compute on PATH or pass --ncu-path")
 
 
 def export_ncu_csv(ncu: str, rep: str) -> list[str]:
@@ -49,7 +50,7 @@ def find_nsys(explicit: str | None = None) -> str:
     for c in candidates:
         if c and os.path.exists(c):
             return c
-    raise ValueError("nsys not found: put Nsight Systems on PATH or pass --nsys-path")
+    raise UsageError("nsys not found: put Nsight Systems on PATH or pass --nsys-path")
 
 
 def profile_command(nsys: str, trace_dir: str, extra: list[str]) -> list[str]:

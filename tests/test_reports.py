@@ -309,3 +309,19 @@ def test_bad_profiler_inputs_on_the_cli(tmp_path):
     assert done.returncode == 2 and "unknown report 'nope'" in done.stderr
     done = cli("launch", "--trace-dir", str(tmp_path), "--nvml-interval-ms", "10", "--", "--model-path", "x")
     assert done.returncode == 2 and ">= 100" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_usage_errors_are_one_line_but_bugs_are_not_swallowed(monkeypatch, capsys):
+    """A wrong option is the user's (one line, exit 2); a ValueError inside an analysis is a bug and
+    must surface with its traceback, not as a 'usage' line."""
+    from sglang_tracing import cli
+
+    assert cli.main(["analyze", str(TRITON), "--report", "nope", "--out", "/tmp/x"]) == 2
+    assert capsys.readouterr().err.strip().startswith("sglang-trace: error: unknown report")
+
+    def broken(*a, **k):
+        raise ValueError("bug inside an analysis")
+
+    monkeypatch.setattr(api, "analyze", broken)
+    with pytest.raises(ValueError, match="bug inside"):
+        cli.main(["analyze", str(TRITON)])

@@ -7,6 +7,7 @@ Weights are not written; serve with ``--load-format dummy``.
 from __future__ import annotations
 
 import json
+from sglang_tracing.config import UsageError
 from pathlib import Path
 
 SPECIAL_TOKENS = {"<unk>": 0, "<s>": 1, "</s>": 2}
@@ -69,7 +70,7 @@ def _tokenizer_json(vocab_size: int) -> dict:
 def build_model_dir(name: str, dest: str | Path) -> Path:
     """Write config + tokenizer of architecture ``name`` into ``dest`` (idempotent)."""
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        raise UsageError(f"unknown model {name!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     arch = ARCHITECTURES[name]
