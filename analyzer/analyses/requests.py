@@ -9,11 +9,11 @@ REQUEST_PHASES = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST
                   sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE)
 
 
-def _opt(spans: pl.DataFrame, name: str, dtype=pl.Int64) -> pl.Expr:
-    return pl.col(name) if name in spans.columns else pl.lit(None, dtype).alias(name)
+def _opt(spans: pl.LazyFrame, name: str, dtype=pl.Int64) -> pl.Expr:
+    return pl.col(name) if name in spans.collect_schema() else pl.lit(None, dtype).alias(name)
 
 
-def _phase(spans: pl.DataFrame, name: str, prefix: str, extra: dict[str, str] | None = None) -> pl.DataFrame:
+def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | None = None) -> pl.LazyFrame:
     cols = [pl.col(sc.RID).alias("rid"), pl.col("start_ns").alias(f"{prefix}_start_ns"),
             pl.col("end_ns").alias(f"{prefix}_end_ns"), pl.col("dur_ns").alias(f"{prefix}_ns")]
     for attr, alias in (extra or {}).items():
@@ -21,8 +21,8 @@ def _phase(spans: pl.DataFrame, name: str, prefix: str, extra: dict[str, str] | 
     return spans.filter(pl.col("name") == name).select(cols).unique("rid", keep="first")
 
 
-def request_table(spans: pl.DataFrame) -> pl.DataFrame:
-    """One row per request id seen in any request span.
+def request_table(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
 
     Columns (ns unless named): rid, received_ns, finished_ns, e2e_ns, prompt_tokens, cached_tokens,
     output_tokens, finish_reason, tokenize_ns, queued_ns, prefix_match_ns, matched_tokens,
@@ -30,19 +30,21 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
     delivered), ttft_compute_ns (received -> first token computed), decode_ns, token_times_ns (list),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded).
     """
-    if sc.RID not in spans.columns:
+    spans = spans.lazy()
+    if sc.RID not in spans.collect_schema():
         return pl.DataFrame(schema={"rid": pl.String, "complete": pl.Boolean})
-    req_spans = spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
+    req_spans = (spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
+                 .sort("start_ns", maintain_order=True))  # "first" below means earliest, as in the spans frame
     rids = req_spans.select(pl.col(sc.RID).alias("rid")).unique()
     root = _phase(req_spans, sc.REQUEST, "root", {
         sc.PROMPT_TOKENS: "prompt_tokens", sc.CACHED_TOKENS: "cached_tokens",
         sc.OUTPUT_TOKENS: "output_tokens", sc.FIRST_OUTPUT_NS: "first_output_ns"})
-    if sc.FINISH_REASON in req_spans.columns:
+    if sc.FINISH_REASON in req_spans.collect_schema():
         root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.FINISH_REASON).alias("finish_reason")).unique("rid"),
             on="rid", how="left")
     decode = _phase(req_spans, sc.REQUEST_DECODE, "decode")
-    if sc.TOKEN_TIMES in req_spans.columns:
+    if sc.TOKEN_TIMES in req_spans.collect_schema():
         decode = decode.join(req_spans.filter(pl.col("name") == sc.REQUEST_DECODE).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.TOKEN_TIMES).alias("token_times_ns")).unique("rid"),
             on="rid", how="left")
@@ -61,7 +63,7 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
     table = rids
     for part in parts:
         table = table.join(part, on="rid", how="left")
-    if "token_times_ns" not in table.columns:
+    if "token_times_ns" not in table.collect_schema():
         table = table.with_columns(pl.lit(None, pl.List(pl.Int64)).alias("token_times_ns"))
     n_tok = pl.col("token_times_ns").list.len()
     table = table.with_columns(
@@ -79,7 +81,7 @@ def request_table(spans: pl.DataFrame) -> pl.DataFrame:
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
     )
-    return table.sort("received_ns", nulls_last=True)
+    return table.sort("received_ns", nulls_last=True).collect()
 
 
 def token_latencies(requests: pl.DataFrame) -> pl.DataFrame:

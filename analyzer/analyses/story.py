@@ -88,11 +88,11 @@ def model_weight_bytes(cfg: dict | None) -> int | None:
     return params * DTYPE_BYTES.get(dtype, 2)
 
 
-def _schedule_of(spans: pl.DataFrame, t_ns: int | None) -> dict | None:
+def _schedule_of(spans: pl.DataFrame | pl.LazyFrame, t_ns: int | None) -> dict | None:
     """The scheduling pass that admitted a request (the schedule span starting at its queue exit)."""
     if t_ns is None:
         return None
-    sched = spans.filter((pl.col("name") == sc.SCHEDULE) & (pl.col("start_ns") == t_ns))
+    sched = spans.lazy().filter((pl.col("name") == sc.SCHEDULE) & (pl.col("start_ns") == t_ns)).collect()
     return sched.row(0, named=True) if sched.height else None
 
 
@@ -121,7 +121,7 @@ def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label:
 def build_report(model: TraceModel, which: str = "slowest", model_config_override: str | None = None) -> Report:
     from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time, request_gpu_time
 
-    spans = model.spans
+    spans = model.scan_spans()
     per_fwd = forward_gpu_time(spans, model.kernels)
     gpu = request_gpu_time(spans, per_fwd)
     requests = request_table(spans).join(gpu, on="rid", how="left")
@@ -193,8 +193,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     result.add("detokenize (this request's share)", ms(req.get("detokenize_share_ns")),
                "detokenizer batches, split by batch size")
     result.add("detokenize window", ms(req["detokenize_ns"]), "first -> last detokenize call")
-    inserts = spans.filter(pl.col("name") == sc.CACHE_INSERT)
-    result.add("cache inserts (whole trace)", str(inserts.height), "span sglang.cache.insert")
+    inserts = spans.filter(pl.col("name") == sc.CACHE_INSERT).select(pl.len()).collect().item()
+    result.add("cache inserts (whole trace)", str(inserts), "span sglang.cache.insert")
 
     summary = report.section("Summary")
     summary.add("end-to-end", ms(req["e2e_ns"]), "root span sglang.request")

@@ -13,17 +13,19 @@ from sglang_tracing.analyzer.report import Report, ms, pct
 
 def build_report(model: TraceModel, top: int = 15) -> Report:
     report = Report("timeline", "Timeline (experiment 4)")
-    spans, kernels = model.spans, model.kernels
+    spans, kernels = model.scan_spans(), model.kernels
+    n_spans = spans.select(pl.len()).collect(engine="streaming").item()
     src = report.section("Sources")
     for s in model.manifest.get("sources", []):
         kind = "nsys" if "nsys" in s else "kineto" if "kineto" in s else "?"
         src.add(kind, s.get(kind), f"{s.get('kernels', 0)} kernels; alignment: {s.get('alignment')}")
-    src.add("spans", str(spans.height), model.source_dir or "no trace dir")
+    src.add("spans", str(n_spans), model.source_dir or "no trace dir")
     threads = report.section("CPU threads and GPU streams")
-    if spans.height:
+    if n_spans:
         threads.table = (spans.group_by("role", "pid").agg(pl.len().alias("spans"),
                                                            ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
-                                                           .round(1).alias("active_ms")).sort("role"))
+                                                           .round(1).alias("active_ms")).collect(engine="streaming")
+                         .sort("role", "pid"))
     if kernels.height:
         threads.child("GPU streams").table = kernels.group_by("device", "stream").agg(
             pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
@@ -75,7 +77,7 @@ def build_report(model: TraceModel, top: int = 15) -> Report:
 
     sched = report.section("Scheduling overhead per batch")
     for name, label in ((sc.SCHEDULE, "schedule"), (sc.PROCESS_RESULT, "result processing"), (sc.FORWARD, "forward launch (CPU)")):
-        d = spans.filter(pl.col("name") == name)["dur_ns"] if spans.height else pl.Series([], dtype=pl.Int64)
+        d = spans.filter(pl.col("name") == name).select("dur_ns").collect().to_series()
         sched.add(label, f"median {ms(d.median())}, p99 {ms(d.quantile(0.99))} over {d.len()} batches" if d.len() else None,
                   f"span {name}")
 
@@ -83,14 +85,17 @@ def build_report(model: TraceModel, top: int = 15) -> Report:
     used = model.counters.filter(pl.col("metric") == "mem_used_bytes")
     mem.add("peak GPU memory", f"{used['value'].max() / 2**30:.2f} GiB" if used.height else None,
             "NVML mem_used at 100 ms" if used.height else "no NVML samples")
-    cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT])) if spans.height else spans
-    if cache.height and sc.CACHE_USED in cache.columns:
-        mem.add("peak KV used", f"{cache[sc.CACHE_USED].max()} of {cache[sc.CACHE_TOTAL].max()} tokens", "cache spans")
-    ev = spans.filter(pl.col("name") == sc.CACHE_EVICT) if spans.height else spans
+    cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT]))
+    if sc.CACHE_USED in cache.collect_schema():
+        peak = cache.select(pl.len(), pl.col(sc.CACHE_USED).max(), pl.col(sc.CACHE_TOTAL).max()).collect().row(0)
+        if peak[0]:
+            mem.add("peak KV used", f"{peak[1]} of {peak[2]} tokens", "cache spans")
+    ev = spans.filter(pl.col("name") == sc.CACHE_EVICT).collect().sort("start_ns", maintain_order=True)
     mem.add("evictions", str(ev.height), "span sglang.cache.evict")
     if ev.height:
+        first = spans.select(pl.col("start_ns").min()).collect(engine="streaming").item()
         mem.child("eviction events").table = ev.select(
-            ((pl.col("start_ns") - spans["start_ns"].min()) / 1e6).round(1).alias("t_ms"),
+            ((pl.col("start_ns") - first) / 1e6).round(1).alias("t_ms"),
             pl.col(sc.CACHE_FREED_TOKENS).alias("freed_tokens"), pl.col(sc.CACHE_TRIGGER).alias("trigger"),
             (pl.col("dur_ns") / 1e3).round(1).alias("dur_us"))
     return report
