@@ -68,8 +68,8 @@ class _Span(msgspec.Struct, gc=False):
     name: str
     startTimeUnixNano: int
     endTimeUnixNano: int
-    parentSpanId: Optional[str] = None
-    attributes: Optional[list[_KeyValue]] = None
+    parentSpanId: str = ""
+    attributes: list[_KeyValue] = []  # null here (the reference path reads it as none) goes to the reference path
     events: list[_Event] = []
 
 
@@ -147,17 +147,17 @@ def _columns(spans: list[_Span], res_cols) -> Chunk:
     base = pl.DataFrame({
         "trace_id": pl.Series(list(map(attrgetter("traceId"), spans)), dtype=pl.String),
         "span_id": pl.Series(list(map(attrgetter("spanId"), spans)), dtype=pl.String),
-        "parent_id": pl.Series([p or None for p in map(attrgetter("parentSpanId"), spans)], dtype=pl.String),
+        "parent_id": pl.Series(list(map(attrgetter("parentSpanId"), spans)), dtype=pl.String),
         "name": pl.Series(names, dtype=pl.String),
         "start_ns": pl.Series(list(map(attrgetter("startTimeUnixNano"), spans)), dtype=pl.Int64),
         "end_ns": pl.Series(list(map(attrgetter("endTimeUnixNano"), spans)), dtype=pl.Int64),
         **{f: pl.Series(values, dtype=SPAN_BASE[f], strict=False) for f, values in zip(SPAN_FIELDS[6:], res_cols)},
-    })
+    }).with_columns(pl.when(pl.col("parent_id") != "").then(pl.col("parent_id")).alias("parent_id"))
     events = _events(spans)
     if not spans:
         return Chunk([], events, [], 0)
     # spans of one name and attribute count nearly always carry the same keys in the same order
-    counts = [len(a) if a else 0 for a in map(attrgetter("attributes"), spans)]
+    counts = list(map(len, map(attrgetter("attributes"), spans)))
     by_kind = (pl.DataFrame({"name": names, "n": counts}).with_row_index("i")
                .group_by("name", "n", maintain_order=True).agg(pl.col("i")))
     groups, first_seen = [], {}
@@ -176,13 +176,15 @@ def _columns(spans: list[_Span], res_cols) -> Chunk:
 
 
 def _events(spans: list[_Span]) -> pl.DataFrame:
-    rows = [(sp.spanId, ev.name, ev.timeUnixNano, sp.traceId) for sp in spans if sp.events for ev in sp.events]
+    with_events = np.flatnonzero(np.fromiter(map(len, map(attrgetter("events"), spans)), np.int64, len(spans)))
+    rows = [(sp.spanId, ev.name, ev.timeUnixNano, sp.traceId) for sp in _take(spans, with_events.tolist())
+            for ev in sp.events] if len(with_events) else []
     return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
 
 
 def _attribute_columns(group: tuple[_Span, ...]) -> tuple[dict[str, pl.Series], dict[str, tuple[int, int]]]:
     """One Series per attribute key over ``group``, and where each key first appears (span, offset)."""
-    lists = [sp.attributes or () for sp in group]
+    lists = list(map(attrgetter("attributes"), group))
     counts = list(map(len, lists))
     flat = list(chain.from_iterable(lists))
     keys = list(map(attrgetter("key"), flat))
