@@ -26,7 +26,7 @@ from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 
 SEQ = 0x5617
-BATCH = 500_000  # events encoded at once: bounds the encoder's memory
+BATCH = 250_000  # events encoded at once: bounds the encoder's memory
 _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
                   sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE}
 _ARG_COLUMNS = (sc.FORWARD_MODE, sc.BATCH_SIZE, sc.BATCH_TOKENS, sc.GPU_DURATION_NS, sc.SCHED_NEW_SEQS,
@@ -105,12 +105,19 @@ class _Writer:
         self.builder.write_packet(p)
         return uuid
 
-    def events(self, ts: np.ndarray, track_event: pc.Rows) -> None:
-        """Track-event packets: timestamp, sequence id and the encoded TrackEvent of each row."""
-        n = len(ts)
-        packet = pc.concat(pc.scalar(_TIMESTAMP, pc.varints(ts)), pc.const(_SEQ_ID + pc.varint_bytes(SEQ), n),
-                           pc.message(_TRACK_EVENT, track_event))
-        self.out.write(pc.message(_PACKET, packet).data.tobytes())
+    def events(self, frame: pl.DataFrame, group: list[str], encode) -> None:
+        """Track-event packets, one per row of ``frame`` (with ``ts``), in its order; rows sharing the
+        ``group`` columns are encoded together by ``encode(rows) -> Rows`` of TrackEvents."""
+        for start in range(0, frame.height, BATCH):
+            batch = frame.slice(start, BATCH).with_row_index("_pos")
+            groups = []
+            for _, rows in batch.group_by(group):
+                n = rows.height
+                packet = pc.concat(pc.scalar(_TIMESTAMP, pc.varints(rows["ts"].to_numpy())),
+                                   pc.const(_SEQ_ID + pc.varint_bytes(SEQ), n), pc.message(_TRACK_EVENT, encode(rows)))
+                data, lens = pc.message(_PACKET, packet).wire()
+                groups.append((rows["_pos"].to_numpy().astype(np.int64), data, lens))
+            self.out.write(pc.interleave(groups, batch.height).tobytes())
 
 
 def _linked_forwards(spans: pl.DataFrame) -> pl.Series:
@@ -242,27 +249,29 @@ def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
                    .select(pl.col("lane").alias("track"), "start_ns", "end_ns", "row"))
         events = pl.concat([events.filter("ok"), _event_order(relaned)])
     payload = slices.drop("track", "start_ns", "end_ns")
-    for start in range(0, events.height, BATCH):
-        batch = events.slice(start, BATCH).join(payload, on="row", how="left", maintain_order="left")
-        w.events(batch["ts"].to_numpy(), _slice_events(batch))
+    events = events.join(payload, on="row", how="left", maintain_order="left").with_columns(
+        pl.when("begin").then(pl.col("name")).alias("_kind"))
+    w.events(events, ["_kind"], _slice_events)
 
 
-def _slice_events(batch: pl.DataFrame) -> pc.Rows:
-    """Encoded TrackEvents: begins with name, flow and args; ends with type and track only."""
-    n = batch.height
-    begin = batch["begin"].to_numpy()
-    kind = np.where(begin, TrackEvent.TYPE_SLICE_BEGIN, TrackEvent.TYPE_SLICE_END)
-    parts = [pc.scalar(_TYPE, pc.varints(kind)), pc.scalar(_TRACK_UUID, pc.varints(batch["track"].to_numpy())),
-             pc.message(_NAME, pc.strings(batch["name"])).where(begin)]
-    if "flow" in batch.columns:
-        flow = batch["flow"]
+def _slice_events(rows: pl.DataFrame) -> pc.Rows:
+    """Encoded TrackEvents of rows of one kind: begins of one name (with flow and args), or ends."""
+    n = rows.height
+    begin = bool(rows["begin"][0])
+    parts = [pc.const(_TYPE + pc.varint_bytes(TrackEvent.TYPE_SLICE_BEGIN if begin else TrackEvent.TYPE_SLICE_END), n),
+             pc.scalar(_TRACK_UUID, pc.varints(rows["track"].to_numpy()))]
+    if not begin:
+        return pc.concat(*parts)
+    parts.append(pc.message(_NAME, pc.strings(rows["name"])))
+    if "flow" in rows.columns and rows["flow"].null_count() < n:
+        flow = rows["flow"]
         parts.append(pc.scalar(_FLOW_IDS, pc.fixed64(flow.fill_null(0).to_numpy(), "<u8"))
-                     .where(begin & flow.is_not_null().to_numpy()))
-    for column in batch.columns:
-        if column in ("track", "row", "ts", "begin", "ok", "name", "flow"):
+                     .where(flow.is_not_null().to_numpy()))
+    for column in rows.columns:
+        if column in ("track", "row", "ts", "begin", "ok", "name", "flow", "_kind", "_pos"):
             continue
-        values = batch[column]
-        present = begin & values.is_not_null().to_numpy()
+        values = rows[column]
+        present = values.is_not_null().to_numpy()
         if not present.any():
             continue
         if values.dtype == pl.Boolean:
@@ -308,13 +317,12 @@ def _write_kernels(w: _Writer, kernels: pl.DataFrame) -> int:
 
 def _counter_events(w: _Writer, samples: pl.DataFrame) -> int:
     """Counter packets from (track, t_ns, value) rows, each track's in time order."""
-    for start in range(0, samples.height, BATCH):
-        b = samples.slice(start, BATCH)
-        n = b.height
-        event = pc.concat(pc.scalar(_TYPE, pc.varints(np.full(n, TrackEvent.TYPE_COUNTER))),
-                          pc.scalar(_TRACK_UUID, pc.varints(b["track"].to_numpy())),
-                          pc.scalar(_DOUBLE_COUNTER, pc.fixed64(b["value"].cast(pl.Float64).to_numpy(), "<f8")))
-        w.events(b["t_ns"].to_numpy(), event)
+    def encode(rows: pl.DataFrame) -> pc.Rows:
+        return pc.concat(pc.const(_TYPE + pc.varint_bytes(TrackEvent.TYPE_COUNTER), rows.height),
+                         pc.scalar(_TRACK_UUID, pc.varints(rows["track"].to_numpy())),
+                         pc.scalar(_DOUBLE_COUNTER, pc.fixed64(rows["value"].cast(pl.Float64).to_numpy(), "<f8")))
+
+    w.events(samples.rename({"t_ns": "ts"}).with_columns(pl.lit(0).alias("_one")), ["_one"], encode)
     return samples.height
 
 

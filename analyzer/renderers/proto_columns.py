@@ -1,10 +1,12 @@
 """Protobuf fields encoded a column at a time: one numpy operation per field for all rows.
 
 A Perfetto trace of a million spans has millions of packets; building one protobuf message object
-per packet costs microseconds each. Here every row's bytes are built together: ``Rows`` holds the
-encoded bytes of many rows back to back with each row's length, and fields are concatenated row
-by row. Field numbers and wire types come from the message descriptors of the perfetto package's
-protos, never typed in; the tests parse the output back with those protos.
+per packet costs microseconds each. Here the fields of many rows are built together: ``Rows`` holds
+one row per message as a byte matrix with a mask of the bytes in use (a field absent from a row,
+or shorter than the longest, is masked out), so concatenating fields and nesting messages are
+matrix stacks, and the wire bytes are read out once, row by row. Field numbers and wire types come
+from the message descriptors of the perfetto package's protos, never typed in; the tests parse
+the output back with those protos.
 """
 from __future__ import annotations
 
@@ -20,23 +22,20 @@ _WIRE = {FieldDescriptor.TYPE_DOUBLE: 1, FieldDescriptor.TYPE_FIXED64: 1, FieldD
 
 @dataclasses.dataclass
 class Rows:
-    data: np.ndarray  # uint8: every row's bytes, back to back
-    lens: np.ndarray  # int64: each row's byte count
+    data: np.ndarray  # (rows, width) uint8
+    used: np.ndarray  # (rows, width) bool: which bytes belong to the row, in order
 
-    @staticmethod
-    def empty(n: int) -> Rows:
-        return Rows(np.zeros(0, np.uint8), np.zeros(n, np.int64))
+    @property
+    def lens(self) -> np.ndarray:
+        return self.used.sum(axis=1, dtype=np.int64)
 
     def where(self, mask: np.ndarray) -> Rows:
-        """Rows where ``mask`` is set; the others become empty (an absent optional field)."""
-        return Rows(self.data[np.repeat(mask, self.lens)], np.where(mask, self.lens, 0))
+        """The rows where ``mask`` is set; the others empty (an absent optional field)."""
+        return Rows(self.data, self.used & mask[:, None])
 
-    def take(self, index: np.ndarray) -> Rows:
-        """Rows picked (and repeated) by index, e.g. encoded dictionary entries by code."""
-        lens = self.lens[index]
-        src = (np.cumsum(self.lens) - self.lens)[index]
-        out_start = np.cumsum(lens) - lens
-        return Rows(self.data[np.repeat(src - out_start, lens) + np.arange(int(lens.sum()))], lens)
+    def wire(self) -> tuple[np.ndarray, np.ndarray]:
+        """(every row's bytes back to back, each row's length)."""
+        return self.data[self.used], self.lens
 
 
 def tag(descriptor, name: str) -> bytes:
@@ -54,26 +53,25 @@ def varint_bytes(value: int) -> bytes:
 
 
 def const(data: bytes, n: int) -> Rows:
-    return Rows(np.tile(np.frombuffer(data, np.uint8), n), np.full(n, len(data), np.int64))
+    row = np.frombuffer(data, np.uint8)
+    return Rows(np.broadcast_to(row, (n, len(row))), np.ones((n, len(row)), bool))
 
 
 def varints(values: np.ndarray) -> Rows:
     """Base-128 varints (negative int64 as their 10-byte two's complement, as protobuf writes int64)."""
     v = np.asarray(values).astype(np.int64).view(np.uint64)
-    lens = np.ones(len(v), np.int64)
-    rest = v >> np.uint64(7)
-    while rest.any():
-        lens += rest > 0
-        rest >>= np.uint64(7)
-    shifts = np.arange(10, dtype=np.uint64) * np.uint64(7)
-    groups = ((v[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
-    pos = np.arange(10)[None, :]
-    groups |= np.where(pos < lens[:, None] - 1, 0x80, 0).astype(np.uint8)
-    return Rows(groups[pos < lens[:, None]], lens)
+    width = max(1, (int(v.max()).bit_length() + 6) // 7) if len(v) else 1
+    groups = (v[:, None] >> (np.arange(width, dtype=np.uint64) * np.uint64(7))) & np.uint64(0x7F)
+    used = np.ones((len(v), width), bool)
+    used[:, 1:] = groups[:, 1:][:, ::-1].cumsum(axis=1)[:, ::-1] > 0  # up to the highest non-zero group
+    more = np.zeros_like(used)
+    more[:, :-1] = used[:, 1:]
+    return Rows((groups | np.where(more, 0x80, 0).astype(np.uint64)).astype(np.uint8), used)
 
 
 def fixed64(values: np.ndarray, dtype: str) -> Rows:
-    return Rows(np.ascontiguousarray(values, dtype=dtype).view(np.uint8), np.full(len(values), 8, np.int64))
+    data = np.ascontiguousarray(values, dtype=dtype).view(np.uint8).reshape(len(values), 8)
+    return Rows(data, np.ones((len(values), 8), bool))
 
 
 def strings(values: pl.Series) -> Rows:
@@ -82,27 +80,37 @@ def strings(values: pl.Series) -> Rows:
     uniques = frame.select(pl.col("v").drop_nulls().unique(maintain_order=True)).with_row_index("code")
     codes = frame.join(uniques, on="v", how="left", maintain_order="left")["code"].fill_null(0).to_numpy()
     encoded = [s.encode() for s in uniques["v"].to_list()] or [b""]
-    table = Rows(np.frombuffer(b"".join(encoded), np.uint8).copy(), np.array([len(e) for e in encoded], np.int64))
-    return table.take(codes.astype(np.int64)).where(values.is_not_null().to_numpy())
+    width = max(1, max(map(len, encoded)))
+    table = np.zeros((len(encoded), width), np.uint8)
+    for i, e in enumerate(encoded):
+        table[i, :len(e)] = np.frombuffer(e, np.uint8)
+    lens = np.array([len(e) for e in encoded], np.int64)[codes]
+    return Rows(table[codes], np.arange(width)[None, :] < lens[:, None]).where(values.is_not_null().to_numpy())
 
 
 def concat(*parts: Rows) -> Rows:
     """Row i of the result is row i of every part, in order."""
-    lens = np.sum([p.lens for p in parts], axis=0) if parts else np.zeros(0, np.int64)
-    out = np.empty(int(lens.sum()), np.uint8)
-    offset = np.cumsum(lens) - lens
-    for p in parts:
-        if p.data.size:
-            src_start = np.cumsum(p.lens) - p.lens
-            out[np.repeat(offset - src_start, p.lens) + np.arange(p.data.size)] = p.data
-        offset = offset + p.lens
-    return Rows(out, lens)
+    return Rows(np.hstack([p.data for p in parts]), np.hstack([p.used for p in parts]))
 
 
 def message(field_tag: bytes, payload: Rows) -> Rows:
     """A length-delimited field (a string, bytes or a nested message) around each row's payload."""
-    return concat(const(field_tag, len(payload.lens)), varints(payload.lens), payload)
+    n = len(payload.data)
+    return concat(const(field_tag, n), varints(payload.lens), payload)
 
 
 def scalar(field_tag: bytes, encoded: Rows) -> Rows:
-    return concat(const(field_tag, len(encoded.lens)), encoded)
+    return concat(const(field_tag, len(encoded.data)), encoded)
+
+
+def interleave(groups: list[tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """Bytes of rows encoded in groups, put back in row order: (positions, bytes, lengths) per group."""
+    lens = np.zeros(n, np.int64)
+    for pos, _, glens in groups:
+        lens[pos] = glens
+    offsets = np.cumsum(lens) - lens
+    out = np.empty(int(lens.sum()), np.uint8)
+    for pos, data, glens in groups:
+        src = np.cumsum(glens) - glens
+        out[np.repeat(offsets[pos] - src, glens) + np.arange(len(data))] = data
+    return out
