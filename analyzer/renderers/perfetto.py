@@ -200,55 +200,74 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
             "flows": len(flow_ids), "tracks": tracks_written}
 
 
-def _event_order(slices: pl.DataFrame) -> pl.DataFrame:
-    """Begin and end events of ``slices`` (track, start_ns, end_ns, row) in the order they are written.
+def _event_order(track: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Begin and end events of spans (arrays by span) in the order they are written, per track.
 
-    Per track, spans sorted by (start, longest first) nest when each ends before the first later
-    span that starts at or after its end, ends falling due together closing innermost first. That
-    order is computed for every track at once; ``ok`` says per event whether its track really
-    nests (each end closes its own begin, and time runs forward)."""
-    s = (slices.sort("track", "start_ns", "end_ns", "row", descending=[False, False, True, False])
-         .with_columns(pl.int_range(pl.len()).over("track").alias("i"), pl.len().over("track").alias("n")))
-    first_at = s.group_by("track", "start_ns").agg(pl.col("i").min().alias("j")).sort("track", "start_ns")
-    ends = (s.select("track", "end_ns", "i", "n").sort("track", "end_ns")
-            .join_asof(first_at, left_on="end_ns", right_on="start_ns", by="track", strategy="forward",
-                       check_sortedness=False)
-            .select("track", "i", pl.max_horizontal(pl.col("i") + 1, pl.col("j").fill_null(pl.col("n"))).alias("k1")))
-    begins = s.select("track", "i", "row", pl.col("start_ns").alias("ts"), pl.col("i").alias("k1"),
-                      pl.lit(1).alias("k2"), pl.lit(0).alias("k3"), pl.lit(True).alias("begin"))
-    ends = ends.join(s.select("track", "i", "row", pl.col("end_ns").alias("ts")), on=["track", "i"]).select(
-        "track", "i", "row", "ts", "k1", pl.lit(0).alias("k2"), (-pl.col("i")).alias("k3"), pl.lit(False).alias("begin"))
-    ev = (pl.concat([begins, ends], how="vertical_relaxed").sort("track", "k1", "k2", "k3")
-          .with_columns(pl.when("begin").then(1).otherwise(-1).cum_sum().over("track").alias("depth")))
-    # nested: the depth after a begin and before its end (the depth after it, plus one) agree, and
-    # time never goes back along the track
-    matched = (ev.group_by("track", "i").agg((pl.col("depth") + pl.col("begin").not_().cast(pl.Int64)).n_unique() == 1)
-               .group_by("track").agg(pl.col("depth").all().alias("ok")))
-    in_time = ev.group_by("track").agg((pl.col("ts").diff().fill_null(0) >= 0).all().alias("in_time"))
-    check = matched.join(in_time, on="track").select("track", (pl.col("ok") & pl.col("in_time")).alias("ok"))
-    return ev.join(check, on="track").select("track", "row", "ts", "begin", "ok")
+    Per track, spans sorted by (start, longest first, input order) nest when each ends before the
+    first later span that starts at or after its end, ends falling due together closing innermost
+    first. That order is computed for every track at once. Returns (span index, is begin) per
+    event, and per span whether its track really nests (each end closes its own begin and time
+    runs forward), so only the tracks that do not need lanes."""
+    n = len(track)
+    order = np.lexsort((np.arange(n), -end, start, track))
+    t, s, e = track[order], start[order], end[order]
+    first = np.r_[True, t[1:] != t[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    sizes = np.diff(np.r_[np.flatnonzero(first), n])
+    i = np.arange(n) - group_start
+    rank = np.cumsum(first) - 1
+    times, inverse = np.unique(np.concatenate([s, e]), return_inverse=True)
+    inverse = inverse.reshape(-1) + np.r_[rank, rank] * (len(times) + 1)  # (track, time) as one sortable integer
+    pos = np.searchsorted(inverse[:n], inverse[n:], side="left")  # first span of the track starting at or after e
+    size = np.repeat(sizes, sizes)
+    due = np.maximum(i + 1, np.where(pos < group_start + size, pos - group_start, size))
+    ev_span = np.concatenate([np.arange(n), np.arange(n)])
+    ev_begin = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    ev_order = np.lexsort((np.r_[np.zeros(n, np.int64), -i], np.r_[np.ones(n, np.int64), np.zeros(n, np.int64)],
+                           np.r_[i, due], np.r_[rank, rank]))
+    ev_span, ev_begin = ev_span[ev_order], ev_begin[ev_order]
+    depth = np.cumsum(np.where(ev_begin, 1, -1))
+    ev_first = np.r_[True, rank[ev_span][1:] != rank[ev_span][:-1]]
+    base = np.maximum.accumulate(np.where(ev_first, np.arange(2 * n), 0))
+    depth = depth - depth[base] + np.where(ev_begin[base], 1, -1)  # depth within the track
+    after_begin, before_end = np.empty(n, np.int64), np.empty(n, np.int64)
+    after_begin[ev_span[ev_begin]] = depth[ev_begin]
+    before_end[ev_span[~ev_begin]] = depth[~ev_begin] + 1
+    ts = np.where(ev_begin, s[ev_span], e[ev_span])
+    back_in_time = np.r_[False, (ts[1:] < ts[:-1]) & ~ev_first[1:]]
+    bad_rank = np.zeros(rank[-1] + 1 if n else 0, bool)
+    bad_rank[rank[after_begin != before_end]] = True
+    bad_rank[rank[ev_span[back_in_time]]] = True
+    nests = np.empty(n, bool)
+    nests[order] = ~bad_rank[rank]
+    return order[ev_span], ev_begin, nests
 
 
 def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
     if slices.is_empty():
         return
-    slices = slices.with_row_index("row")
-    events = _event_order(slices.select("track", "start_ns", "end_ns", "row"))
-    bad = events.filter(~pl.col("ok"))["track"].unique()
-    if bad.len():
+    track = slices["track"].to_numpy().astype(np.int64)
+    start, end = slices["start_ns"].to_numpy(), slices["end_ns"].to_numpy()
+    span, begin, nests = _event_order(track, start, end)
+    if not nests.all():
         # spans that overlap without nesting: greedy lanes per track, lane i > 0 its own child track
-        lanes = []
-        for (track,), frame in slices.filter(pl.col("track").is_in(bad.to_list())).partition_by(
-                "track", as_dict=True, maintain_order=True).items():
-            spans = [(s, e, r) for s, e, r in frame.select("start_ns", "end_ns", "row").iter_rows()]
-            for i, lane in enumerate(assign_lanes(spans)):
-                uuid = track if i == 0 else w.track(uuid_of(f"{track}:lane{i}"), f"lane {i}", parent=track)
-                lanes += [(r, uuid) for _, _, r in lane]
-        lane_of = pl.DataFrame(lanes, schema={"row": pl.UInt32, "lane": pl.UInt64}, orient="row")
-        relaned = (slices.filter(pl.col("track").is_in(bad.to_list())).join(lane_of, on="row")
-                   .select(pl.col("lane").alias("track"), "start_ns", "end_ns", "row"))
-        events = pl.concat([events.filter("ok"), _event_order(relaned)])
-    payload = slices.drop("track", "start_ns", "end_ns")
+        redo = np.flatnonzero(~nests)
+        by_track: dict[int, list] = {}
+        for row, t, s0, e0 in zip(redo.tolist(), track[redo].tolist(), start[redo].tolist(), end[redo].tolist()):
+            by_track.setdefault(t, []).append((s0, e0, row))
+        lane = track.copy()
+        for t, spans in by_track.items():
+            for i, members in enumerate(assign_lanes(spans)):
+                if i:
+                    uuid = w.track(uuid_of(f"{t}:lane{i}"), f"lane {i}", parent=t)
+                    lane[[r for _, _, r in members]] = uuid
+        keep = nests[span]
+        sub_span, sub_begin, _ = _event_order(lane[redo], start[redo], end[redo])
+        span, begin = np.r_[span[keep], redo[sub_span]], np.r_[begin[keep], sub_begin]
+        track = lane
+    events = pl.DataFrame({"track": track[span].astype(np.uint64), "ts": np.where(begin, start[span], end[span]),
+                           "begin": begin, "row": span})
+    payload = slices.drop("track", "start_ns", "end_ns").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
     events = events.join(payload, on="row", how="left", maintain_order="left").with_columns(
         pl.when("begin").then(pl.col("name")).alias("_kind"))
     w.events(events, ["_kind"], _slice_events)
