@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import polars as pl
@@ -168,13 +169,15 @@ def _derived(scan: pl.LazyFrame, server: str) -> pl.LazyFrame:
 
 
 def server_labels(trace_dirs: list[Path]) -> list[str]:
-    """Short distinct names for trace dirs: the last path parts that tell them apart."""
+    """Short distinct names for trace dirs: their paths without the parts they all share at either end
+    (``runs/a/trace`` and ``runs/b/trace`` are ``a`` and ``b``); one dir is its own name."""
     parts = [d.resolve().parts for d in trace_dirs]
-    for depth in range(1, max(map(len, parts)) + 1):
-        labels = ["/".join(p[-depth:]) for p in parts]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [str(d) for d in trace_dirs]
+    if len(parts) == 1:
+        return [parts[0][-1] if parts[0] else str(trace_dirs[0])]
+    head = len(os.path.commonprefix(parts))
+    tail = len(os.path.commonprefix([p[head:][::-1] for p in parts]))
+    labels = ["/".join(p[head:len(p) - tail]) for p in parts]
+    return labels if all(labels) and len(set(labels)) == len(labels) else [str(d) for d in trace_dirs]
 
 
 def load_trace_dir(trace_dir: str | Path, use_cache: bool = True, workers: int | None = None,

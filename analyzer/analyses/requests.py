@@ -24,7 +24,7 @@ def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | 
 def request_table(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
 
-    Columns (ns unless named): rid, received_ns, finished_ns, e2e_ns, prompt_tokens, cached_tokens,
+    Columns (ns unless named): rid, server (when the spans have it), received_ns, finished_ns, e2e_ns, prompt_tokens, cached_tokens,
     output_tokens, finish_reason, tokenize_ns, queued_ns, prefix_match_ns, matched_tokens,
     prefill_start_ns, prefill_ns, first_token_ns, first_output_ns, ttft_ns (received -> first output
     delivered), ttft_compute_ns (received -> first token computed), decode_ns, token_times_ns (list),
@@ -35,7 +35,8 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         return pl.DataFrame(schema={"rid": pl.String, "complete": pl.Boolean})
     req_spans = (spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
                  .sort("start_ns", maintain_order=True))  # "first" below means earliest, as in the spans frame
-    rids = req_spans.select(pl.col(sc.RID).alias("rid")).unique()
+    server = ["server"] if "server" in spans.collect_schema() else []  # which trace dir (model.load_trace_dirs)
+    rids = req_spans.select(pl.col(sc.RID).alias("rid"), *server).unique("rid", keep="first")
     root = _phase(req_spans, sc.REQUEST, "root", {
         sc.PROMPT_TOKENS: "prompt_tokens", sc.CACHED_TOKENS: "cached_tokens",
         sc.OUTPUT_TOKENS: "output_tokens", sc.FIRST_OUTPUT_NS: "first_output_ns"})

@@ -100,8 +100,10 @@ HW_METRICS = ("sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_uti
               "sm_clock_mhz", "mem_used_bytes")
 
 
-def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str) -> dict:
-    state = phase_state(model.counters, windows).filter(pl.col("metric").is_in(HW_METRICS))
+def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str,
+              counters: pl.DataFrame | None = None) -> dict:
+    state = phase_state(model.counters if counters is None else counters, windows).filter(
+        pl.col("metric").is_in(HW_METRICS))
     if state.is_empty():
         why = "; ".join(n.get("reason", "") for n in model.gpu_notes) or "no NVML samples in the trace"
         section.add(f"hardware state ({label})", None, why)
@@ -133,6 +135,10 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         return report
     rid = req["rid"]
     head = report.section(f"Request {rid} (selected: {which})")
+    counters = model.counters
+    if len(model.servers) > 1:  # several trace dirs: this request's server, and only its GPU samples
+        head.add("server", req["server"], "trace dir it was recorded in")
+        counters = counters.filter(pl.col("server") == req["server"])
     head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
     head.add("cached tokens", str(req["cached_tokens"]), "SGLang meta_info")
     head.add("output tokens", str(req["output_tokens"]), "SGLang meta_info")
@@ -163,7 +169,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         prefill.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)")
     else:
         prefill.child("kernel breakdown").table = breakdown
-    pre_hw = _hardware(prefill, model, pwin, "prefill")
+    pre_hw = _hardware(prefill, model, pwin, "prefill", counters)
 
     decode = report.section("Decode")
     tokens = token_latencies(requests.filter(pl.col("rid") == rid))
@@ -184,7 +190,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     else:
         decode.child("kernel breakdown").table = kernels
     dwin = pl.DataFrame({"start_ns": [req["decode_start_ns"]], "end_ns": [req["decode_end_ns"]]})
-    dec_hw = _hardware(decode, model, dwin, "decode")
+    dec_hw = _hardware(decode, model, dwin, "decode", counters)
     for metric in sorted(set(pre_hw) & set(dec_hw)):
         decode.add(f"shift prefill -> decode: {metric}", f"{pre_hw[metric]:.1f} -> {dec_hw[metric]:.1f}",
                    "GPM/NVML means")
@@ -219,7 +225,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         summary.child("requests cut off (no complete record)").table = cut.select(
             "rid", *[c for c in ("received_ns", "prefill_ns", "decode_ns") if c in cut.columns])
     summary.child("all requests").table = all_done.select(
-        "rid", "prompt_tokens", "cached_tokens", "output_tokens",
+        "rid", *(["server"] if len(model.servers) > 1 else []), "prompt_tokens", "cached_tokens", "output_tokens",
         (pl.col("ttft_ns") / 1e6).round(3).alias("ttft_ms"),
         (pl.col("mean_itl_ns") / 1e6).round(3).alias("mean_itl_ms"),
         (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"),
