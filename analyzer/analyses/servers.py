@@ -16,10 +16,9 @@ def merged(model: TraceModel) -> bool:
 def sources_section(model: TraceModel) -> Section:
     """Which trace dirs were merged, under which server name, with how many spans each."""
     sec = Section("Trace dirs merged")
-    sec.add("servers", str(len(model.servers)), "one per trace dir; the server column names them")
-    sec.table = pl.DataFrame([{"server": s["server"], "dir": s["dir"], "spans": s["spans"],
-                               "sglang": (s["manifest"].get("versions") or {}).get("sglang")
-                               or s["manifest"].get("sglang_version")} for s in model.servers])
+    for s in model.servers:
+        sglang = (s["manifest"].get("versions") or {}).get("sglang")
+        sec.add(f"server {s['server']}", s["dir"], f"{s['spans']} spans, SGLang {sglang or '?'}")
     return sec
 
 
