@@ -2,15 +2,25 @@
 
 Frames (all times are wall-clock ns, the clock spans and NVML samples are recorded on):
 
-- ``spans``: one row per span. trace_id, span_id, parent_id, name, start_ns, end_ns, dur_ns,
-  role, pid, tp_rank, and one column per attribute key (names from ``semconv``).
-- ``events``: span events. span_id, trace_id, name, time_ns.
-- ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``).
+- ``spans``: one row per span. trace_id, span_id, parent_id, name, start_ns, end_ns, role, pid,
+  tp_rank, one column per attribute key (names from ``semconv``; in order of first appearance,
+  dtype inferred from the values), then dur_ns and server (the trace dir's name, see below).
+- ``events``: span events. span_id, name, time_ns, trace_id, server.
+- ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``), server.
 - ``kernels``: GPU kernels. start_ns, end_ns, dur_ns, name, device, stream, correlation,
   grid_x/y/z, block_x/y/z, registers, shared_bytes, source (``nsys``, ``kineto``).
 - ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid.
 - ``cpu_ops``: CPU-side operations from Kineto (start_ns, end_ns, name, tid, correlation).
 - ``ncu``: Nsight Compute metrics, long: kernel_id, kernel_name, section, metric, unit, value, text.
+
+Spans are decoded once into parquet parts next to the trace (``loaders/span_store``) and read from
+there: ``TraceModel.scan_spans()`` is a LazyFrame over them (only the span names and columns a query
+uses are read, so an analysis written against it never holds every span), ``TraceModel.spans`` the
+whole frame in memory, sorted by start_ns, read on first use. Columns computed from the recorded
+ones are added in ``_derived``, so both see them.
+
+Several trace dirs (DP replicas, servers, runs) load as one model (``load_trace_dirs``): the
+``server`` column tells their rows apart, ``servers`` lists them (one dir: its name, the same column).
 
 Clock alignment: spans and NVML samples share ``time.time_ns`` on one host. nsys and Kineto
 times are shifted onto it: by the median offset between NVTX ranges and the spans whose ids

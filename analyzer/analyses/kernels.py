@@ -144,9 +144,11 @@ def request_gpu_time(spans: pl.DataFrame | pl.LazyFrame, per_forward: pl.DataFra
             .join(per_forward.drop_nulls("gpu_ns").lazy(), on="span_id"))
     long = long.with_columns((pl.col("gpu_ns") * pl.col("tokens") / pl.col("batch_tokens")).alias("share_ns"))
     is_prefill = pl.col("mode").is_in(["extend", "mixed"])
-    out = long.group_by("rid").agg(
-        pl.col("share_ns").filter(is_prefill).sum().alias("prefill_gpu_ns"),
-        pl.col("share_ns").filter(~is_prefill).sum().alias("decode_gpu_ns"),
+    # columns summed, not filters inside the aggregation: those would make the streaming engine
+    # fall back to holding every (forward, request) row
+    out = long.select("rid", "share_ns", pl.when(is_prefill).then(pl.col("share_ns")).alias("prefill"),
+                      pl.when(~is_prefill).then(pl.col("share_ns")).alias("decode")).group_by("rid").agg(
+        pl.col("prefill").sum().alias("prefill_gpu_ns"), pl.col("decode").sum().alias("decode_gpu_ns"),
         pl.col("share_ns").sum().alias("gpu_ns")).collect(engine="streaming")
     return out if out.height else empty
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
+from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import otlp_columns
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE
@@ -155,7 +156,10 @@ def _decode_task(task: _Task, folder: str) -> dict:
     gc.disable()  # millions of acyclic objects; the collector would only rescan them
     try:
         if task.end < 0:
-            data = read_bytes(Path(task.path))
+            try:
+                data = read_bytes(Path(task.path))
+            except TraceError:  # the reference path reports it
+                return {"index": task.index, "fallback": True}
         else:
             with open(task.path, "rb") as f:
                 f.seek(task.start)
