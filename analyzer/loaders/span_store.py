@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import polars as pl
@@ -99,7 +100,11 @@ def open_store(trace_dir: Path, files: list[Path], use_cache: bool = True, worke
     if not writable_cache:
         folder = Path(tempfile.mkdtemp(prefix="sglang-trace-parts-"))
         atexit.register(shutil.rmtree, folder, True)
-    store = _build(files, folder, workers)
+    try:
+        store = _build(files, folder, workers)
+    except BaseException:  # bad input, interrupted: no half-built parts left behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     if writable_cache:
         final = root / key
         try:
@@ -111,10 +116,11 @@ def open_store(trace_dir: Path, files: list[Path], use_cache: bool = True, worke
 
 
 def _fresh_root(root: Path) -> Path:
-    """The cache root with the entries of other keys (older versions of the span files) removed."""
+    """The cache root with the entries of other keys (older versions of the span files) removed, and
+    unfinished ones left by an analyzer that was killed (an hour old)."""
     if root.exists():
         for old in root.iterdir():
-            if ".tmp-" not in old.name:
+            if ".tmp-" not in old.name or time.time() - old.stat().st_mtime > 3600:
                 shutil.rmtree(old, ignore_errors=True)
     root.mkdir(exist_ok=True)
     return root
@@ -268,8 +274,10 @@ class _WorkerPool:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         for proc in self.procs:
+            if exc_type is not None:  # interrupted or failed: the other chunks are not wanted
+                proc.kill()
             try:
                 proc.stdin.close()
             except OSError:
@@ -284,8 +292,10 @@ class _WorkerPool:
 
 def _worker_main() -> None:
     """A worker: (task, folder) in on stdin, (ok, result or traceback) out on stdout, until stdin closes."""
+    import signal
     import traceback
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the workers
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:
