@@ -212,3 +212,23 @@ def test_merging_needs_an_out_dir_and_distinct_dirs(tmp_path):
         api.analyze([str(TP1), str(TP2)])
     with pytest.raises(ValueError, match="twice"):
         load_trace_dirs([TP1, TP1])
+
+
+def test_evictions_count_later_misses_per_window():
+    """Each eviction counts the requests that arrived strictly between it and the next one and were
+    not full hits (ties included), counted here by a plain loop."""
+    import random
+
+    from sglang_tracing.analyzer.analyses.radix import evictions
+
+    rng = random.Random(1)
+    for _ in range(200):
+        starts = sorted(rng.choice([10, 20, 20, 30, 40]) for _ in range(rng.randint(1, 5)))
+        arrivals = [(rng.choice([5, 10, 15, 20, 25, 30, 40, 45]), rng.choice(["full", "miss", "partial"]))
+                    for _ in range(rng.randint(0, 10))]
+        n = len(starts)
+        ops = pl.DataFrame({"name": [sc.CACHE_EVICT] * n, "start_ns": starts, "dur_ns": [5] * n})
+        lookups = pl.DataFrame(arrivals, schema={"received_ns": pl.Int64, "lookup": pl.String}, orient="row")
+        expected = [sum(1 for t, kind in arrivals if kind != "full" and s < t and (i + 1 == n or t < starts[i + 1]))
+                    for i, s in enumerate(starts)]
+        assert evictions(ops, lookups)["later_requests_missing"].to_list() == expected
