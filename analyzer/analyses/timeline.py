@@ -22,10 +22,11 @@ def build_report(model: TraceModel, top: int = 15) -> Report:
     src.add("spans", str(n_spans), model.source_dir or "no trace dir")
     threads = report.section("CPU threads and GPU streams")
     if n_spans:
-        threads.table = (spans.group_by("role", "pid").agg(pl.len().alias("spans"),
-                                                           ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
-                                                           .round(1).alias("active_ms")).collect(engine="streaming")
-                         .sort("role", "pid"))
+        by = (["server"] if len(model.servers) > 1 else []) + ["role", "pid"]
+        threads.table = (spans.group_by(by).agg(pl.len().alias("spans"),
+                                                ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
+                                                .round(1).alias("active_ms")).collect(engine="streaming")
+                         .sort(by))
     if kernels.height:
         threads.child("GPU streams").table = kernels.group_by("device", "stream").agg(
             pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
