@@ -29,11 +29,17 @@ def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str
     if ncu:
         from sglang_tracing.analyzer.loaders import ncu as ncu_loader
 
-        model.ncu = ncu_loader.read(ncu)
+        model.ncu, model.ncu_rules = ncu_loader.read_profile(ncu)
     if nsys:
         from sglang_tracing.analyzer.loaders import nsys as nsys_loader
+        from sglang_tracing.analyzer.loaders import nsys_stats
 
-        nsys_loader.attach(model, nsys)
+        if nsys_stats.looks_like_stats(nsys):
+            model.nsys_stats.update(nsys_stats.read_all(nsys))
+            model.manifest.setdefault("sources", []).append(
+                {"nsys_stats": nsys, "tables": len(model.nsys_stats), "alignment": "none (totals only)"})
+        else:
+            nsys_loader.attach(model, nsys)
     if kineto:
         from sglang_tracing.analyzer.loaders import kineto as kineto_loader
 
@@ -85,6 +91,53 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
     for report in build_reports(model, names, request, model_config):
         written += write_report(out, report, fmts)
     return written
+
+
+def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None, kineto: str | None = None) -> list[str]:
+    """Write the per-request table (analyses.requests.export_table) as CSV and Parquet; returns the paths."""
+    from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time, request_gpu_time
+    from sglang_tracing.analyzer.analyses.requests import export_table, request_table
+    from sglang_tracing.analyzer.renderers.tables import write_table
+
+    model = load(trace_dir, nsys, kineto)
+    gpu = request_gpu_time(model.spans, forward_gpu_time(model.spans, model.kernels))
+    frame = export_table(request_table(model.spans, model.manifest), gpu)
+    return write_table(frame, Path(out_dir or os.path.join(trace_dir, "reports")), "requests")
+
+
+def load_input(path: str) -> TraceModel:
+    """One run or profile, whatever it is: a trace dir (with the nsys export or Kineto traces recorded
+    next to its spans), an nsys export (.sqlite, .nsys-rep), a Kineto JSON, or nsys stats CSVs."""
+    from sglang_tracing.analyzer.loaders.files import glob_inputs
+
+    p = Path(path)
+    if not p.exists():
+        raise TraceError(p, "no such file or directory")
+    if p.is_dir() and (p / "manifest.json").exists():
+        exports = glob_inputs(p, "*.sqlite") or sorted(p.glob("*.nsys-rep"))
+        return load(str(p), nsys=str(exports[0]) if exports else None)
+    name = p.name.lower()
+    if p.is_dir() or name.endswith((".csv", ".csv.gz")):
+        return load(None, nsys=str(p))
+    if name.endswith((".sqlite", ".sqlite.gz", ".nsys-rep")):
+        return load(None, nsys=str(p))
+    if name.endswith((".json", ".json.gz")):
+        return load(None, kineto=str(p))
+    raise TraceError(p, "not a trace dir, nsys export (.sqlite, .nsys-rep), Kineto JSON or nsys stats CSV")
+
+
+def diff(a: str, b: str, out_dir: str | None = None, formats: str = "text,md,html") -> tuple[str, list[str]]:
+    """Compare two runs or profiles; (the report as text, files written when ``out_dir`` is given)."""
+    from sglang_tracing.analyzer.analyses import diff as diff_analysis
+    from sglang_tracing.analyzer.renderers import text
+    from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
+
+    report = diff_analysis.build_report(load_input(a), load_input(b), a, b)
+    written = []
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        written = write_report(Path(out_dir), report, _parse_list(formats, tuple(FORMATS), "format"))
+    return text.render(report), written
 
 
 def to_perfetto(trace_dir: str | list[str] | None, output: str, nsys: str | None = None,

@@ -9,9 +9,16 @@ Frames (all times are wall-clock ns, the clock spans and NVML samples are record
 - ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``), server.
 - ``kernels``: GPU kernels. start_ns, end_ns, dur_ns, name, device, stream, correlation,
   grid_x/y/z, block_x/y/z, registers, shared_bytes, source (``nsys``, ``kineto``).
-- ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid.
-- ``cpu_ops``: CPU-side operations from Kineto (start_ns, end_ns, name, tid, correlation).
-- ``ncu``: Nsight Compute metrics, long: kernel_id, kernel_name, section, metric, unit, value, text.
+- ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid, style
+  (``PushPop`` / ``StartEnd`` from nsys, ``user_annotation`` from Kineto).
+- ``cpu_ops``: CPU-side calls: start_ns, end_ns, name, tid, correlation, category (``cuda_runtime``,
+  ``cuda_driver``, ``osrt`` from nsys; ``cpu_op``, ``cuda_runtime``, ``cuda_driver`` from Kineto).
+- ``memops``: GPU memory operations. start_ns, end_ns, dur_ns, operation (nsys stats names:
+  ``[CUDA memcpy Host-to-Device]``, ``[CUDA memset]``), bytes, device, stream, correlation, source.
+- ``devices``: GPUs the profiler saw. device, name, sm_count, memory_bytes, cc, source.
+- ``ncu``: Nsight Compute metrics, long: kernel_id, kernel_name, section, metric, unit, value, text;
+  ``ncu_rules``: ncu's own rule results (loaders/ncu.RULE_SCHEMA), with their estimated speedups.
+- ``nsys_stats``: ``nsys stats`` CSV tables (report name -> frame), when only those were given.
 
 Spans are decoded once into parquet parts next to the trace (``loaders/span_store``) and read from
 there: ``TraceModel.scan_spans()`` is a LazyFrame over them (only the span names and columns a query
@@ -48,11 +55,16 @@ KERNEL_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "
                  "block_x": pl.Int64, "block_y": pl.Int64, "block_z": pl.Int64,
                  "registers": pl.Int64, "shared_bytes": pl.Int64, "source": pl.String}
 NVTX_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "text": pl.String, "domain": pl.String,
-               "span_id": pl.String, "tid": pl.Int64}
+               "span_id": pl.String, "tid": pl.Int64, "style": pl.String}
 COUNTER_SCHEMA = {"t_ns": pl.Int64, "gpu": pl.Int64, "metric": pl.String, "value": pl.Float64,
                   "source": pl.String}
 CPU_OP_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "name": pl.String, "tid": pl.Int64,
-                 "correlation": pl.Int64}
+                 "correlation": pl.Int64, "category": pl.String}
+MEMOP_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "operation": pl.String,
+                "bytes": pl.Int64, "device": pl.Int64, "stream": pl.Int64, "correlation": pl.Int64,
+                "source": pl.String}
+DEVICE_SCHEMA = {"device": pl.Int64, "name": pl.String, "sm_count": pl.Int64, "memory_bytes": pl.Int64,
+                 "cc": pl.String, "source": pl.String}
 
 
 def empty(schema: dict) -> pl.DataFrame:
@@ -66,9 +78,11 @@ class TraceModel:
     def __init__(self, manifest: dict, spans: pl.DataFrame | None = None, events: pl.DataFrame | None = None,
                  counters: pl.DataFrame | None = None, kernels: pl.DataFrame | None = None,
                  nvtx: pl.DataFrame | None = None, cpu_ops: pl.DataFrame | None = None,
-                 ncu: pl.DataFrame | None = None, source_dir: str = "", cut_files: list[str] | None = None,
-                 gpu_notes: list[dict] | None = None, span_scan: pl.LazyFrame | None = None,
-                 servers: list[dict] | None = None):
+                 memops: pl.DataFrame | None = None, devices: pl.DataFrame | None = None,
+                 ncu: pl.DataFrame | None = None, ncu_rules: pl.DataFrame | None = None,
+                 nsys_stats: dict[str, pl.DataFrame] | None = None, source_dir: str = "",
+                 cut_files: list[str] | None = None, gpu_notes: list[dict] | None = None,
+                 span_scan: pl.LazyFrame | None = None, servers: list[dict] | None = None):
         self.manifest = manifest
         self._spans = spans
         self._span_scan = span_scan
@@ -77,7 +91,11 @@ class TraceModel:
         self.kernels = kernels if kernels is not None else empty(KERNEL_SCHEMA)
         self.nvtx = nvtx if nvtx is not None else empty(NVTX_SCHEMA)
         self.cpu_ops = cpu_ops if cpu_ops is not None else empty(CPU_OP_SCHEMA)
+        self.memops = memops if memops is not None else empty(MEMOP_SCHEMA)
+        self.devices = devices if devices is not None else empty(DEVICE_SCHEMA)
         self.ncu = ncu  # long ncu metrics (loaders/ncu.SCHEMA) when a profile was given
+        self.ncu_rules = ncu_rules  # ncu's rule hints (loaders/ncu.RULE_SCHEMA)
+        self.nsys_stats = nsys_stats or {}
         self.source_dir = source_dir
         self.cut_files = cut_files or []
         self.gpu_notes = gpu_notes or []

@@ -11,6 +11,7 @@ import logging
 
 logger = logging.getLogger(__name__)
 _GROUP = "sglang.srt.distributed.parallel_state.GroupCoordinator.__init__"
+_ROTARY = "sglang.srt.layers.rotary_embedding.base"
 
 
 def _no_pynccl(*args, **kwargs):
@@ -18,21 +19,19 @@ def _no_pynccl(*args, **kwargs):
     return args, kwargs
 
 
+def _native_rotary(base) -> None:
+    if hasattr(base, "_is_cpu"):
+        base._is_cpu = True
+
+
 def apply() -> bool:
     import torch
 
     if torch.cuda.is_available():
         return False
-    try:
-        from sglang.srt.layers.rotary_embedding import base
-        from sglang.srt.plugins.hook_registry import HookRegistry, HookType
-    except ImportError:
-        return False
-    if hasattr(base, "_is_cpu"):
-        base._is_cpu = True
-    from sglang_tracing.patches._hooks import target_exists
+    from sglang_tracing.patches import _hooks
 
-    if target_exists(_GROUP):
-        HookRegistry.register(_GROUP, _no_pynccl, HookType.BEFORE)
+    _hooks.when_imported(_ROTARY, _native_rotary)
+    _hooks.register({_GROUP: _no_pynccl}, [], hook_type="before")
     logger.info("sglang-tracing cpu_compat: native RotaryEmbedding, no PyNccl (no CUDA device)")
     return True

@@ -1,7 +1,12 @@
 """Prefix-cache instrumentation: match_prefix, insert and evict on every radix-cache class
 SGLang ships with the unified ``*Params`` API (``RadixCache``; ``UnifiedRadixCache``, the
 default from 0.5.23, whose tree lives in a Rust core; ``RadixCacheCpp``), each span
-carrying the cache state after the operation."""
+carrying the cache state after the operation.
+
+SGLang imports a cache class's module only when it picks that class (``RadixCacheCpp``, behind
+``SGLANG_EXPERIMENTAL_CPP_RADIX_TREE``, builds a C++ extension on import), so these hooks apply
+when SGLang imports the module, never before; a method the class lacks (``RadixCacheCpp.insert``
+on 0.5.17) is logged and left out."""
 from __future__ import annotations
 
 import sys

@@ -1,8 +1,10 @@
 """TokenizerManager instrumentation: each request's root span (received -> finished) with
-SGLang's own token accounting, and its tokenize span."""
+SGLang's own token accounting, whether it streams and whether it is an internal request (SGLang's
+warm-up, a health check, our readiness probe), and its tokenize span."""
 from __future__ import annotations
 
 from time import time_ns
+from typing import NamedTuple
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
@@ -13,7 +15,16 @@ from sglang_tracing.patches import _hooks, http_server
 
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 _config: TraceConfig | None = None
-_received: dict[str, tuple[int, str | None]] = {}  # rid -> (received ns, prompt text if recorded)
+
+
+class _Arrival(NamedTuple):
+    received_ns: int
+    prompt: str | None  # only with --record-prompts
+    stream: bool | None  # None: not known (a request the arrival hook did not see)
+    internal: str | None  # semconv INTERNAL value; None for a user's request
+
+
+_received: dict[str, _Arrival] = {}
 _first_output: dict[str, int] = {}  # rid -> when its first output reached the tokenizer manager
 
 
@@ -28,12 +39,32 @@ def _rids_and_texts(obj):
     return rids, texts + [None] * (len(rids) - len(texts))
 
 
+def _is_sglang_warmup(tm, obj) -> bool:
+    """SGLang's own start-up request: sent while the server is still Starting, with its fixed payload
+    (http_server._execute_server_warmup); a user's request sent that early carries other text."""
+    if getattr(getattr(tm, "server_status", None), "name", None) != "Starting":
+        return False
+    params = getattr(obj, "sampling_params", None)
+    params = params[0] if isinstance(params, list) and params else params
+    if not isinstance(params, dict) or params.get("max_new_tokens") != sc.SGLANG_WARMUP_MAX_NEW_TOKENS:
+        return False
+    text, ids = getattr(obj, "text", None), getattr(obj, "input_ids", None)
+    texts = text if isinstance(text, list) else [text]
+    id_lists = ids if isinstance(ids, list) and ids and isinstance(ids[0], list) else [ids]
+    return (all(t == sc.SGLANG_WARMUP_TEXT for t in texts)
+            or all(isinstance(i, list) and tuple(i) == sc.SGLANG_WARMUP_INPUT_IDS for i in id_lists))
+
+
 def _on_init_req_state(rec, token, start, end, result, tm, obj, request=None, *a, **k):
     t = http_server.received_ns(request) or start
     rids, texts = _rids_and_texts(obj)
+    stream = bool(getattr(obj, "stream", False))
+    warmup = sc.INTERNAL_WARMUP if _is_sglang_warmup(tm, obj) else None
     for rid, text in zip(rids, texts):
         if rid is not None:
-            _received[rid] = (t, text if _config.record_prompts and isinstance(text, str) else None)
+            _received[rid] = _Arrival(t, text if _config.record_prompts and isinstance(text, str) else None,
+                                      stream, sc.internal_by_rid(rid) or warmup)
+    http_server.note_request(request, [rid for rid in rids if rid is not None], stream)
 
 
 def _on_tokenize(rec, token, start, end, result, tm, obj, *a, **k):
@@ -57,7 +88,7 @@ def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
     for i, rid in enumerate(recv_obj.rids):
         if rid not in finishing:
             continue
-        received, prompt = _received.pop(rid, (start, None))
+        arrival = _received.pop(rid, None) or _Arrival(start, None, None, sc.internal_by_rid(rid))
         first_output = _first_output.pop(rid, end)
         reason = recv_obj.finished_reasons[i]
         attrs = {
@@ -68,14 +99,18 @@ def _on_output(rec, finishing, start, end, result, tm, recv_obj, *a, **k):
             sc.FINISH_REASON: str(reason.get("type", "")) if isinstance(reason, dict) else str(reason),
             sc.FIRST_OUTPUT_NS: first_output,
         }
-        if prompt is not None:
-            attrs[sc.PROMPT_TEXT] = prompt
+        if arrival.stream is not None:
+            attrs[sc.STREAM] = arrival.stream
+        if arrival.internal:
+            attrs[sc.INTERNAL] = arrival.internal
+        if arrival.prompt is not None:
+            attrs[sc.PROMPT_TEXT] = arrival.prompt
             state = finishing[rid]
             if state is not None and hasattr(state, "get_text"):
                 attrs[sc.OUTPUT_TEXT] = state.get_text()
-        rec.emit(sc.REQUEST, received, end, attrs, span_id=request_root_span_id(rid),
+        rec.emit(sc.REQUEST, arrival.received_ns, end, attrs, span_id=request_root_span_id(rid),
                  trace_key=request_trace_key(rid),
-                 events=((sc.EVENT_RECEIVED, received, {}), (sc.EVENT_FINISHED, end, {})))
+                 events=((sc.EVENT_RECEIVED, arrival.received_ns, {}), (sc.EVENT_FINISHED, end, {})))
     rec.flush_soon()
 
 

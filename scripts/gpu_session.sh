@@ -22,7 +22,7 @@ step() {
     local name=$1
     shift
     echo "$name start $(date +%T)" >>"$RES/progress.log"
-    python3 -m sglang_tracing.cli experiment "$@" --model "$MODEL" --out "$RES/$name" >"$RES/$name.log" 2>&1
+    python3 -m sglang_tracing.cli experiment "$@" --model "$MODEL" --dummy-weights --out "$RES/$name" >"$RES/$name.log" 2>&1
     echo "$name rc=$? end $(date +%T)" >>"$RES/progress.log"
 }
 

@@ -54,6 +54,25 @@ def _perfetto(args, rest) -> int:
     return 0
 
 
+def _requests(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    for p in api.requests(args.trace_dir, out_dir=args.out, nsys=args.nsys, kineto=args.kineto):
+        print(p)
+    return 0
+
+
+def _diff(args, rest) -> int:
+    from sglang_tracing.analyzer import api
+
+    report, written = api.diff(args.a, args.b, out_dir=args.out, formats=args.format)
+    if written:
+        print("\n".join(written))
+    else:
+        print(report, end="")
+    return 0
+
+
 def _experiment(args, rest) -> int:
     from sglang_tracing.experiments import runners
     from sglang_tracing.experiments.common import Experiment
@@ -62,8 +81,13 @@ def _experiment(args, rest) -> int:
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
            "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
+    from sglang_tracing.serving import ServerError
+
     try:
         run(exp)
+    except ServerError as exc:
+        print(f"sglang-trace: error: {exc}; what was recorded is in {exp.out}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"sglang-trace: interrupted; servers stopped, what was recorded is in {exp.out}", file=sys.stderr)
         return 130
@@ -74,8 +98,7 @@ def _experiment(args, rest) -> int:
 def _demo(args, rest) -> int:
     from sglang_tracing import demo
 
-    demo.run(args.trace_dir, requests=args.requests)
-    return 0
+    return demo.run(args.trace_dir, requests=args.requests)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")
             p.set_defaults(func=_perfetto)
+    p = sub.add_parser("requests", help="one row per request (internal or not, streamed, tokens, queue, TTFT, "
+                                        "every ITL, e2e, GPU ms by phase) as CSV and Parquet")
+    p.add_argument("trace_dir")
+    p.add_argument("--out", help="output dir (default: DIR/reports)")
+    p.add_argument("--nsys", help="Nsight Systems export: GPU time from its kernels where spans have no CUDA events")
+    p.add_argument("--kineto", help="Kineto / Chrome-trace JSON, likewise")
+    p.set_defaults(func=_requests)
+    p = sub.add_parser("diff", help="compare two runs or profiles kernel by kernel and range by range")
+    p.add_argument("a", help="baseline: trace dir, nsys export, Kineto JSON or nsys stats CSV(s)")
+    p.add_argument("b", help="compared against the baseline (delta = B - A)")
+    p.add_argument("--out", help="write diff.{txt,md,html} here (default: print the text report)")
+    p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated), with --out")
+    p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
     from sglang_tracing.experiments.common import add_common_options
@@ -127,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="tp experiment: CUDA_VISIBLE_DEVICES per TP size, ';'-separated (0;0,1;0,1,2,3)")
     p.set_defaults(func=_experiment)
     p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
-    p.add_argument("--trace-dir", default="traces/demo")
+    p.add_argument("--trace-dir", help="a new or empty dir (default: traces/demo/<timestamp>)")
     p.add_argument("--requests", type=int, default=12)
     p.set_defaults(func=_demo)
     return parser

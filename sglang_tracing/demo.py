@@ -1,13 +1,20 @@
 """The main job on its embedded default: a tiny traced SGLang server on CPU answers a few
-requests (shared prefixes, repeats, unrelated prompts); the trace is analyzed and exported."""
+requests (shared prefixes, repeats, unrelated prompts); the trace is analyzed and exported.
+
+Each run records into a new trace dir (``traces/demo/<timestamp>`` by default) holding the
+trace, the served model's config and tokenizer (``model/``), the server log and the reports."""
 from __future__ import annotations
 
 import os
+import sys
 import time
+import urllib.error
 from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
-from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
+from sglang_tracing.serving import CPU_ARGS, Server, ServerError, wait_for_exporters
+
+DEMO_ROOT = os.path.join("traces", "demo")
 
 
 def workload(n: int) -> list[str]:
@@ -23,23 +30,45 @@ def workload(n: int) -> list[str]:
     return prompts
 
 
-def run(trace_dir: str, requests: int = 12) -> None:
-    from sglang_tracing.analyzer import api
+def new_trace_dir(trace_dir: str | None) -> str:
+    """``trace_dir`` (absent or empty), or a new ``traces/demo/<timestamp>``; raises ValueError otherwise."""
+    trace_dir = os.path.abspath(trace_dir or os.path.join(DEMO_ROOT, time.strftime("%Y%m%d-%H%M%S")))
+    if os.path.isdir(trace_dir) and os.listdir(trace_dir):
+        raise ValueError(f"{trace_dir} is not empty: each demo run records into a new trace dir "
+                         f"(leave out --trace-dir for traces/demo/<timestamp>)")
+    os.makedirs(trace_dir, exist_ok=True)
+    return trace_dir
 
-    trace_dir = os.path.abspath(trace_dir)
-    model_dir = build_model_dir("tiny-llama", os.path.join(trace_dir + "-model"))
-    print(f"starting a traced SGLang server on CPU (tiny Llama at {model_dir}) ...", flush=True)
+
+def run(trace_dir: str | None = None, requests: int = 12) -> int:
+    from sglang_tracing.analyzer import api
+    from sglang_tracing.analyzer.analyses.story import MIN_TREND_TOKENS
+    from sglang_tracing.launch_server import require_sglang
+
+    require_sglang()
+    trace_dir = new_trace_dir(trace_dir)
+    log = os.path.join(trace_dir, "server.log")
+    output_tokens = 2 * MIN_TREND_TOKENS  # enough decode gaps per request for the story's ITL trend
+    model_dir = build_model_dir("tiny-llama", os.path.join(trace_dir, "model"))
+    print(f"starting a traced SGLang server on CPU (tiny Llama, dummy weights; log: {log}) ...", flush=True)
     t0 = time.time()
-    server = Server(str(model_dir), trace_dir=trace_dir, extra_args=CPU_ARGS,
-                    log_path=trace_dir + "-server.log")
+    server = Server(str(model_dir), trace_dir=trace_dir, extra_args=CPU_ARGS, log_path=log)
     try:
         server.wait_ready(timeout=600)
-        print(f"ready in {time.time() - t0:.0f} s; sending {requests} requests, 4 at a time", flush=True)
+        print(f"ready in {time.time() - t0:.0f} s (one request served); sending {requests} requests, "
+              f"{output_tokens} output tokens each, 4 at a time", flush=True)
         with ThreadPoolExecutor(4) as pool:
-            outs = list(pool.map(lambda p: server.generate(p, max_new_tokens=16, stream=True), workload(requests)))
+            outs = list(pool.map(lambda p: server.generate(p, max_new_tokens=output_tokens, stream=True),
+                                 workload(requests)))
         cached = sum(o["meta_info"]["cached_tokens"] > 0 for o in outs)
         print(f"{len(outs)} requests answered, {cached} with cached prefix tokens", flush=True)
         time.sleep(1)
+    except ServerError as exc:
+        print(f"sglang-trace: error: demo failed: {exc}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # timeouts are OSErrors
+        print(f"sglang-trace: error: demo failed: a request got no answer ({exc}); log: {log}", file=sys.stderr)
+        return 1
     finally:
         server.stop()
     wait_for_exporters(trace_dir)
@@ -55,3 +84,4 @@ def run(trace_dir: str, requests: int = 12) -> None:
         print(f"  {p}")
     print(f"perfetto trace: {pftrace} ({counts['slices']} slices; open it at ui.perfetto.dev)")
     print("\n" + open(os.path.join(trace_dir, "reports", "story.txt")).read())
+    return 0

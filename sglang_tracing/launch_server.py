@@ -5,12 +5,24 @@ Tracing options are taken out; every other argument goes to SGLang unchanged.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 
 from sglang_tracing.config import (
     LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, parse_profile_steps, validate_nvml_interval,
 )
+
+
+class SGLangMissing(ValueError):
+    """Serving was asked for where SGLang cannot be imported (an analyzer-only install)."""
+
+
+def require_sglang() -> None:
+    """Raise SGLangMissing, one line, unless SGLang is importable here (checked without importing it)."""
+    if importlib.util.find_spec("sglang") is None:
+        raise SGLangMissing("SGLang is not installed in this environment: serving needs "
+                            "pip install 'sglang-tracing[sglang]' (or sglang-tracing next to an SGLang install)")
 
 
 def add_tracing_options(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +51,7 @@ def config_from_args(args: argparse.Namespace) -> TraceConfig:
 
 def exec_traced_server(config: TraceConfig, sglang_args: list[str]) -> None:
     """Replace this process with SGLang's launch_server, tracing configured through the environment."""
+    require_sglang()
     os.makedirs(config.trace_dir, exist_ok=True)
     os.environ.update(config.to_env())
     argv = [sys.executable, "-m", "sglang.launch_server", *sglang_args]
@@ -50,10 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     add_tracing_options(parser)
     args, sglang_args = parser.parse_known_args(argv)
     try:
-        config = config_from_args(args)
+        exec_traced_server(config_from_args(args), sglang_args)
     except ValueError as exc:
         parser.exit(2, f"sglang-trace: error: {exc}\n")
-    exec_traced_server(config, sglang_args)
 
 
 if __name__ == "__main__":

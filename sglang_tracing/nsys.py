@@ -55,16 +55,35 @@ def profile_command(nsys: str, trace_dir: str, extra: list[str]) -> list[str]:
     return [nsys, "profile", *DEFAULT_NSYS_ARGS, *extra, "-o", os.path.join(trace_dir, "nsys")]
 
 
+def export_failure(done: subprocess.CompletedProcess, out: str) -> str | None:
+    """Why an ``nsys export`` run did not produce ``out`` (None when it did), in nsys's own words:
+    its last lines of output (nsys prints some errors on stdout), else its exit status."""
+    if done.returncode == 0 and os.path.exists(out):
+        return None
+    said = [ln.strip() for ln in f"{done.stdout or ''}\n{done.stderr or ''}".splitlines() if ln.strip()]
+    status = f"exit status {done.returncode}" if done.returncode else f"exit status 0 but no {out} written"
+    return f"nsys export failed ({status}): " + (" | ".join(said[-2:]) if said else "it printed nothing")
+
+
 def export_sqlite(nsys: str, trace_dir: str) -> str | None:
+    """The capture exported to ``nsys.sqlite`` next to it; None (and one line on stderr) when that failed."""
     rep = os.path.join(trace_dir, "nsys.nsys-rep")
     if not os.path.exists(rep):
         return None
     out = os.path.join(trace_dir, "nsys.sqlite")
-    subprocess.run([nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", out, rep], check=True)
+    done = subprocess.run([nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", out, rep],
+                          capture_output=True, text=True)
+    problem = export_failure(done, out)
+    if problem:
+        print(f"sglang-trace: {rep}: {problem}", file=sys.stderr)
+        return None
     return out
 
 
 def run(config, sglang_args: list[str], nsys_path: str | None, nsys_extra: list[str]) -> int:
+    from sglang_tracing.launch_server import require_sglang
+
+    require_sglang()
     nsys = find_nsys(nsys_path)
     os.makedirs(config.trace_dir, exist_ok=True)
     env = dict(os.environ, **config.to_env())

@@ -1,6 +1,7 @@
 """Entry points in SGLang's plugin group ``sglang.srt.plugins``; ``load_plugins()`` calls them in each process.
 
-Without ``SGLANG_TRACE_DIR`` the tracing plugin registers nothing: SGLang runs untouched.
+Without ``SGLANG_TRACE_DIR`` the tracing plugin registers nothing: SGLang runs untouched. With it,
+activation imports no SGLang module SGLang has not imported itself (see ``patches._hooks.register``).
 """
 from __future__ import annotations
 
@@ -26,13 +27,14 @@ def activate() -> None:
     if config is None or _activated:
         return
     _activated = True
-    from sglang_tracing.patches import instrument_all
+    from sglang_tracing.patches import _hooks, instrument_all
 
     applied = instrument_all(config, skipped_targets)
     if skipped_targets:
         logger.warning("sglang-tracing: this SGLang lacks %d hook target(s), left untraced: %s",
                        len(skipped_targets), ", ".join(skipped_targets))
-    logger.info("sglang-tracing: %d hooks registered, tracing into %s", applied, config.trace_dir)
+    logger.info("sglang-tracing: %d hooks registered, tracing into %s; %d wait until SGLang imports "
+                "their module: %s", applied, config.trace_dir, len(_hooks.waiting), ", ".join(_hooks.waiting))
 
 
 def activate_cpu_compat() -> None:

@@ -16,6 +16,7 @@ REQUEST_PREFILL = "sglang.request.prefill"  # first chunk start -> first token
 REQUEST_PREFILL_CHUNK = "sglang.request.prefill.chunk"
 REQUEST_DECODE = "sglang.request.decode"  # first token -> last token
 REQUEST_DETOKENIZE = "sglang.request.detokenize"
+REQUEST_HTTP = "sglang.request.http"  # HTTP layer: received -> last response byte sent
 EVENT_RECEIVED = "received"
 EVENT_FINISHED = "finished"
 
@@ -52,6 +53,9 @@ FINISH_REASON = "sglang.request.finish_reason"
 PROMPT_TEXT = "sglang.request.prompt_text"  # only with --record-prompts
 OUTPUT_TEXT = "sglang.request.output_text"  # only with --record-prompts
 FIRST_OUTPUT_NS = "sglang.request.first_output_ns"  # root: when the tokenizer manager delivered the first output
+STREAM = "sglang.request.stream"  # root, http: the client asked for a streamed response
+FIRST_BYTE_NS = "sglang.request.first_byte_ns"  # http: first response body bytes handed to the socket
+INTERNAL = "sglang.request.internal"  # root: why it is not a user's request (absent for user requests)
 TOKEN_TIMES = "sglang.request.token_times_ns"  # decode span: wall time of every output token
 CHUNK_INDEX = "sglang.chunk.index"
 CHUNK_TOKENS = "sglang.chunk.tokens"
@@ -63,6 +67,28 @@ PREFIX_BLOCK = 16
 FORWARD_SPAN_ID = "sglang.forward.span_id"  # links request pieces to the batch that ran them
 DETOKENIZE_CALLS = "sglang.detokenize.calls"
 DETOKENIZE_SHARE_NS = "sglang.detokenize.share_ns"  # this request's share of batch time
+
+# ---- internal requests: SGLang's own and ours, kept apart from the user's ----
+INTERNAL_WARMUP = "warm-up"  # SGLang's startup request (http_server._execute_server_warmup)
+INTERNAL_WARMUP_INFERRED = "warm-up (inferred)"  # traces recorded before INTERNAL existed
+SGLANG_WARMUP_TEXT = "The capital city of France is"
+SGLANG_WARMUP_INPUT_IDS = (10, 11, 12)  # its payload with --skip-tokenizer-init
+SGLANG_WARMUP_MAX_NEW_TOKENS = 8
+# rid prefix of the one-token request ``serving.Server.wait_ready`` sends before a server counts as
+# ready: recorded like any request, but the launcher's, not the workload's
+READINESS_RID_PREFIX = "sglang-tracing-ready-"
+INTERNAL_RID_PREFIXES = {"HEALTH_CHECK": "health check",  # sglang.srt.constants.HEALTH_CHECK_RID_PREFIX
+                         READINESS_RID_PREFIX: "readiness probe"}
+
+
+def internal_by_rid(rid) -> str | None:
+    """What an internal request is, from its rid alone (None: a user's, as far as the rid tells)."""
+    if isinstance(rid, str):
+        for prefix, kind in INTERNAL_RID_PREFIXES.items():
+            if rid.startswith(prefix):
+                return kind
+    return None
+
 
 # ---- batch / iteration attributes ----
 FORWARD_MODE = "sglang.batch.forward_mode"  # extend | decode | mixed | idle | ...

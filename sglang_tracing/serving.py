@@ -13,10 +13,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
-CPU_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
-            "--load-format", "dummy", "--skip-server-warmup", "--log-level", "warning"]
+from sglang_tracing.launch_server import require_sglang
+from sglang_tracing.semconv import READINESS_RID_PREFIX
+
+DUMMY_WEIGHTS = ["--load-format", "dummy"]  # random weights: the shipped architectures have none
+CPU_SERVING_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
+                    "--skip-server-warmup", "--log-level", "warning"]
+CPU_ARGS = [*CPU_SERVING_ARGS, *DUMMY_WEIGHTS]  # a shipped architecture (tiny-llama) on CPU
 
 
 def free_port() -> int:
@@ -31,10 +37,14 @@ class Client:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
 
-    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120) -> dict:
-        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk."""
+    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120,
+                 rid: str | None = None) -> dict:
+        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk.
+        ``rid``: SGLang's request id (a readiness probe's starts with semconv.READINESS_RID_PREFIX)."""
         body = {"text": prompt, "stream": stream,
                 "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+        if rid is not None:
+            body["rid"] = rid
         req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         sent = time.time_ns()
@@ -63,12 +73,17 @@ class Client:
         urllib.request.urlopen(urllib.request.Request(self.url + "/flush_cache", method="POST"), timeout=60).read()
 
 
+class ServerError(RuntimeError):
+    """The server exited or never served; the message is one line naming its log."""
+
+
 class Server(Client):
     """A running SGLang server; ``trace_dir=None`` runs it untraced."""
 
     def __init__(self, model_path: str, trace_dir: str | None = None, extra_args: list[str] | None = None,
                  tracing_args: list[str] | None = None, env: dict | None = None, log_path: str | None = None,
                  port: int | None = None, wrap: list[str] | None = None):
+        require_sglang()
         self.port = port or free_port()
         super().__init__(f"http://127.0.0.1:{self.port}")
         sglang_args = ["--model-path", model_path, "--host", "127.0.0.1", "--port", str(self.port),
@@ -88,24 +103,28 @@ class Server(Client):
         self.proc = subprocess.Popen(cmd, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, timeout: float = 300, round_trip: bool = True) -> None:
+        """Return once one real /generate round trip (tokenizer, scheduler, detokenizer) has completed:
+        SGLang answers /model_info before its detokenizer serves. The probe, one output token, is
+        recorded in a trace like any request; its rid starts with ``READINESS_RID_PREFIX``.
+        ``round_trip=False`` waits for /model_info only, for runs whose first request must be the
+        workload's (a kernel profiler counting launches from it)."""
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while (left := deadline - time.time()) > 0:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {self.proc.returncode}; log: {self.log_tail()}")
+                raise ServerError(f"server exited with code {self.proc.returncode} before it served; "
+                                  f"log: {self.log_path or '(not kept)'}")
             try:
-                with urllib.request.urlopen(self.url + "/model_info", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout:.0f}s; log: {self.log_tail()}")
-
-    def log_tail(self, n: int = 3000) -> str:
-        if not self.log_path or not os.path.exists(self.log_path):
-            return "(no log)"
-        return Path(self.log_path).read_text(errors="replace")[-n:]
+                if round_trip:
+                    self.generate("ready", max_new_tokens=1, timeout=max(left, 1),
+                                  rid=f"{READINESS_RID_PREFIX}{uuid.uuid4().hex}")
+                else:
+                    urllib.request.urlopen(self.url + "/model_info", timeout=2).close()
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+                time.sleep(0.5)  # not listening yet, or not serving yet
+        raise ServerError(f"server did not serve a request within {timeout:.0f} s; "
+                          f"log: {self.log_path or '(not kept)'}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:

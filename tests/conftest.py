@@ -9,7 +9,7 @@ import pytest
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
 from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
 
-REALDATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "realdata")
+REALDATA = os.path.join(os.path.dirname(__file__), "data", "realdata")  # copied from ../shared/realdata
 
 
 @pytest.fixture(scope="session")
@@ -18,11 +18,15 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 def start_server(model: str, tmp_path, trace: bool = True, env: dict | None = None,
-                 tracing_args: list[str] | None = None) -> tuple[Server, str]:
+                 tracing_args: list[str] | None = None, sglang_args: list[str] | None = None) -> tuple[Server, str]:
     trace_dir = str(tmp_path / "trace")
-    server = Server(model, trace_dir=trace_dir if trace else None, extra_args=CPU_ARGS, env=env,
+    server = Server(model, trace_dir=trace_dir if trace else None, extra_args=sglang_args or CPU_ARGS, env=env,
                     tracing_args=tracing_args, log_path=str(tmp_path / "server.log"))
-    server.wait_ready(timeout=300)
+    try:
+        server.wait_ready(timeout=300)
+    except BaseException:
+        server.stop()  # a server that never came up is not left running
+        raise
     return server, trace_dir
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -122,3 +123,94 @@ def test_layer_ranges_name_the_graph_replayed_phases():
         assert phases == ["decode", "prefill"]
         assert graph_phases(types.SimpleNamespace(**{**defaults, "disable_prefill_cuda_graph": True})) == ["decode"]
     assert graph_phases(types.SimpleNamespace(**{**defaults, "disable_cuda_graph": True})) == []
+
+
+_ACTIVATE = """
+import importlib, json, os, pkgutil, sys
+process, later, lazy_target = sys.argv[1:]
+importlib.import_module(process)  # what this SGLang process has imported when it loads plugins
+from sglang.srt.plugins import load_plugins
+from sglang.srt.plugins.hook_registry import HookRegistry
+before = set(sys.modules)
+load_plugins()
+from sglang_tracing.patches import _hooks
+out = {"new": sorted(set(sys.modules) - before), "registered": sorted(HookRegistry._hooks),
+       "waiting": list(_hooks.waiting), "built": os.listdir(os.environ["TORCH_EXTENSIONS_DIR"])}
+importlib.import_module(later)  # SGLang goes on importing: the hooks waiting for it apply now
+owner, attr = lazy_target.rsplit(".", 1)
+out["lazy_applied"] = hasattr(getattr(pkgutil.resolve_name(owner), attr), "__wrapped__")
+out["cpp_loaded"] = "sglang.srt.mem_cache.radix_cache_cpp" in sys.modules
+out["built_after"] = os.listdir(os.environ["TORCH_EXTENSIONS_DIR"])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("process, later, lazy_target", [
+    ("sglang.srt.managers.scheduler", "sglang.srt.model_executor.model_runner",
+     "sglang.srt.model_executor.model_runner.ModelRunner.forward"),
+    ("sglang.launch_server", "sglang.srt.entrypoints.http_server",
+     "sglang.srt.managers.tokenizer_manager.TokenizerManager._init_req_state"),
+])
+def test_activation_imports_no_module_sglang_has_not_imported(tmp_path, process, later, lazy_target):
+    """Activating the plugin (SGLang's own load_plugins, at the point its scheduler process and its
+    ``python -m sglang.launch_server`` call it) adds our modules only: in particular not
+    radix_cache_cpp, whose import builds a C++ extension under TORCH_EXTENSIONS_DIR. Hooks on modules
+    SGLang imports afterwards apply when it does."""
+    ext = tmp_path / "torch_extensions"
+    ext.mkdir()
+    env = dict(os.environ, SGLANG_TRACE_DIR=str(tmp_path / "trace"), TORCH_EXTENSIONS_DIR=str(ext))
+    done = subprocess.run([sys.executable, "-c", _ACTIVATE, process, later, lazy_target], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert [m for m in out["new"] if not m.startswith("sglang_tracing")] == []
+    assert out["built"] == []
+    cpp = "sglang.srt.mem_cache.radix_cache_cpp.RadixCacheCpp.insert"
+    assert cpp in out["waiting"] and cpp not in out["registered"]
+    assert lazy_target in out["waiting"] and out["lazy_applied"]
+    assert not out["cpp_loaded"] and out["built_after"] == []  # applying late hooks imported nothing either
+    if process.endswith("scheduler"):  # hooks on modules the process has loaded are registered at once
+        assert "sglang.srt.managers.scheduler.Scheduler.run_batch" in out["registered"]
+        assert "sglang.srt.mem_cache.radix_cache.RadixCache.match_prefix" in out["registered"]
+
+
+_LATE = """
+import inspect, json, logging, sys
+logging.basicConfig(level=logging.WARNING)
+from sglang.srt.plugins.hook_registry import HookRegistry
+from sglang_tracing.patches import _hooks
+calls = []
+def hook(original, *args, **kwargs):
+    calls.append(args[1:])
+    return original(*args, **kwargs)
+skipped = []
+now = _hooks.register({"latepkg.cache.Cache.match_prefix": hook, "latepkg.cache.Cache.insert": hook,
+                       "latepkg.gone.Cache.insert": hook, "json.JSONDecoder.no_such_method": hook}, skipped)
+loaded_at_register = "latepkg.cache" in sys.modules
+from latepkg.cache import Cache
+print(json.dumps({"now": now, "skipped": skipped, "loaded_at_register": loaded_at_register,
+                  "result": Cache().match_prefix(41), "calls": calls, "waiting": _hooks.waiting,
+                  "registered": sorted(HookRegistry._hooks), "source_readable":
+                  "def match_prefix" in inspect.getsource(sys.modules["latepkg.cache"])}))
+"""
+
+
+def test_hook_on_a_module_imported_later_applies_then(tmp_path):
+    """A target in a module not imported at registration waits for the import, then applies;
+    an attribute the class lacks is skipped (logged), never counted as applied."""
+    pkg = tmp_path / "latepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cache.py").write_text("class Cache:\n    def match_prefix(self, x):\n        return x + 1\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    done = subprocess.run([sys.executable, "-c", _LATE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out["now"] == 0 and out["skipped"] == ["json.JSONDecoder.no_such_method"]
+    assert out["loaded_at_register"] is False
+    assert out["result"] == 42 and out["calls"] == [[41]]
+    assert "latepkg.cache.Cache.match_prefix" in out["registered"]
+    assert "latepkg.cache.Cache.insert" not in out["registered"]
+    assert out["waiting"] == [] and out["source_readable"]
+    assert "latepkg.cache.Cache.insert left untraced" in done.stderr
+    assert "latepkg.gone.Cache.insert left untraced" in done.stderr

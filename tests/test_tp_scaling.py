@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -66,6 +67,19 @@ def test_scheduler_ranks_read_from_sglang_parallel_state():
     assert [_compat.scheduler_rank(New(), "tp_rank"), _compat.scheduler_rank(New(), "gpu_id")] == [1, 1]
     assert [_compat.scheduler_rank(Old(), "tp_rank"), _compat.scheduler_rank(Old(), "gpu_id")] == [3, 2]
     assert _compat.scheduler_rank(object(), "tp_rank") is None
+
+
+def test_scheduler_ranks_from_the_runtime_context(monkeypatch):
+    """SGLang 0.5.23 keeps ranks process-wide (runtime_context.get_parallel / get_device)."""
+    import types
+
+    from sglang_tracing.patches import _compat
+
+    ctx = types.ModuleType("sglang.srt.runtime_context")
+    ctx.get_parallel = lambda: types.SimpleNamespace(tp_rank=1, dp_rank=0)
+    ctx.get_device = lambda: types.SimpleNamespace(gpu_id=1)
+    monkeypatch.setitem(sys.modules, "sglang.srt.runtime_context", ctx)
+    assert [_compat.scheduler_rank(object(), n) for n in ("tp_rank", "gpu_id", "pp_rank")] == [1, 1, None]
 
 
 def _otlp_spans(path: Path):

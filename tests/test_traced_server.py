@@ -6,6 +6,9 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +18,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.requests import request_table
 from sglang_tracing.analyzer.model import load_trace_dir
 from sglang_tracing.models.builder import prompt_of_length
-from sglang_tracing.serving import wait_for_exporters
+from sglang_tracing.serving import CPU_ARGS, wait_for_exporters
 
 from conftest import mixed_workload, run_concurrently, start_server, stop_and_drain
 
@@ -24,21 +27,63 @@ LIFECYCLE = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREF
              sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE)
 
 
+EXPORTER = "sglang_tracing.runtime.exporter"
+
+
+def exporter_processes(tag: str) -> int:
+    """Running exporter processes started by a server launched with ``SGT_TEST_TAG=tag`` in its environment
+    (exporters leave the server's process tree on purpose, but inherit its environment)."""
+    import psutil
+
+    count = 0
+    for p in psutil.process_iter():
+        try:
+            if EXPORTER in " ".join(p.cmdline()) and p.environ().get("SGT_TEST_TAG") == tag:
+                count += 1
+        except psutil.Error:  # exited meanwhile, or not ours to read
+            pass
+    return count
+
+
+def wait_until_up(server, timeout: float = 180) -> None:
+    """SGLang answers /health with 503 until its own warm-up request has finished."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(server.url + "/health", timeout=30) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("SGLang's warm-up did not finish")
+
+
 @pytest.fixture(scope="module")
 def traced_run(tiny_model, tmp_path_factory):
-    """One traced server: the mixed 20-request workload, then 300 requests 32 at a time."""
+    """One traced server with SGLang's start-up warm-up on (it arrives while the first workload runs):
+    the mixed 20-request workload, a long streamed request alone, 300 requests 32 at a time, then a
+    health check and a readiness-probe round trip."""
     tmp = tmp_path_factory.mktemp("traced")
-    server, trace_dir = start_server(tiny_model, tmp)
+    (tmp / "torch_extensions").mkdir()  # fresh: a JIT build there would mean we imported what SGLang had not
+    args = [a for a in CPU_ARGS if a != "--skip-server-warmup"]
+    tag = uuid.uuid4().hex
+    server, trace_dir = start_server(tiny_model, tmp, sglang_args=args,
+                                     env={"SGT_TEST_TAG": tag, "TORCH_EXTENSIONS_DIR": str(tmp / "torch_extensions")})
     try:
         mixed = run_concurrently(server, mixed_workload(20), concurrency=4)
         # one long prompt alone: a TTFT long enough that the client's own HTTP costs stay small
         solo = server.generate(prompt_of_length(3000, seed=77), max_new_tokens=24, stream=True)
         load = run_concurrently(server, [prompt_of_length(24, seed=5000 + i) for i in range(300)],
                                 concurrency=32, max_new_tokens=4, stream=False)
+        exporters = exporter_processes(tag)
+        wait_until_up(server)
+        urllib.request.urlopen(server.url + "/health_generate", timeout=60).read()
+        probe = server.generate("ready", max_new_tokens=1, rid=sc.READINESS_RID_PREFIX + uuid.uuid4().hex)
         time.sleep(1)
     finally:
         stop_and_drain(server, trace_dir)
-    return trace_dir, mixed, load, solo
+    return trace_dir, mixed, load, solo, {"exporters": exporters, "probe": probe}
 
 
 def _rid(resp: dict) -> str:
@@ -118,7 +163,7 @@ def pl_col(name):
 
 
 def test_no_span_lost_under_concurrency(traced_run):
-    trace_dir, _, load, _ = traced_run
+    trace_dir, _, load, *_ = traced_run
     model = load_trace_dir(trace_dir)
     rids = {_rid(r) for r in load}
     assert len(rids) == 300
@@ -148,21 +193,28 @@ def test_batch_and_cache_spans_recorded(traced_run):
     expected = "UnifiedRadixCache" if version >= (0, 5, 23) else "RadixCache"
     cache = model.spans.filter(model.spans["name"].is_in([sc.CACHE_MATCH, sc.CACHE_INSERT]))
     assert set(cache[sc.CACHE_CLASS].unique()) == {expected}
+    assert list((Path(trace_dir).parent / "torch_extensions").iterdir()) == []
     note = json.loads(next(Path(trace_dir).glob("gpu-scheduler-*.json")).read_text())
     assert note["sampling"] is False and "cpu" in note["reason"]
 
 
+def test_traced_processes_each_start_an_exporter(traced_run):
+    *_, extra = traced_run
+    assert extra["exporters"] == 3  # tokenizer, scheduler, detokenizer: what the inert test counts
+
+
 def test_inert_without_trace_dir(tiny_model, tmp_path):
-    env = {"SGLANG_TRACE_DIR": ""}
+    tag = uuid.uuid4().hex
+    env = {"SGLANG_TRACE_DIR": "", "SGT_TEST_TAG": tag}
     server, _ = start_server(tiny_model, tmp_path, trace=False, env=env)
     try:
-        out = server.generate(prompt_of_length(16), max_new_tokens=3)
+        out = server.generate(prompt_of_length(16), max_new_tokens=3, stream=True)
         assert out["meta_info"]["completion_tokens"] == 3
+        assert exporter_processes(tag) == 0  # no process of this server records anything
     finally:
         server.stop()
-    log = (tmp_path / "server.log").read_text()
-    assert "hooks registered" not in log
     assert not (tmp_path / "trace").exists()
+    assert not list(tmp_path.rglob("spans-*.jsonl"))
 
 
 def _serve_briefly(tiny_model, tmp_path, n: int, **server_kwargs):
@@ -228,21 +280,62 @@ def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):
     assert request_table(model.spans)["complete"].sum() > 0
 
 
-def test_story_latencies_match_client(traced_run, tmp_path):
-    """The story report's TTFT and mean ITL for a request agree with the client's, within 5%."""
-    from sglang_tracing.analyzer import api
+def test_internal_requests_are_labelled_and_kept_apart(traced_run):
+    """SGLang's start-up warm-up (sent while the client's first requests may already run), its health
+    checks and our readiness probe are internal; every request the client sent is the user's."""
+    from sglang_tracing.analyzer.analyses import story
 
-    trace_dir, *_, solo = traced_run
+    trace_dir, mixed, load, solo, extra = traced_run
+    model = load_trace_dir(trace_dir)
+    table = request_table(model.spans, model.manifest)
+    clients = {_rid(r) for r in [*mixed, *load, solo]}
+    kinds = dict(table.select("rid", "internal").iter_rows())
+    assert all(kinds[rid] is None for rid in clients)
+    others = {rid: kind for rid, kind in kinds.items() if rid not in clients}
+    assert others.pop(_rid(extra["probe"])) == "readiness probe"
+    assert list(others.values()).count("warm-up") == 1  # marked when recorded, not inferred
+    assert {k for k in others.values()} == {"warm-up", "health check"}  # /health_generate (and /health)
+    assert all(rid.startswith("HEALTH_CHECK") for rid, k in others.items() if k == "health check")
+    summary = next(s for s in story.build_report(model, "slowest").sections if s.title == "Summary")
+    figures = {f.label: f.value for f in summary.figures}
+    assert figures["user requests in trace (complete / seen)"] == f"{len(clients)} / {len(clients)}"
+    assert figures["internal requests"] == str(len(others) + 1)
+
+
+def test_streamed_ttft_lies_inside_the_clients(traced_run):
+    """User-visible TTFT: arrival stamped where the HTTP layer first sees the request, end at the first
+    response bytes sent. Both stamps lie inside the client's own interval (same host, same clock);
+    a non-streamed request has no first token to show, so no TTFT."""
+    trace_dir, mixed, load, solo, _ = traced_run
+    model = load_trace_dir(trace_dir)
+    table = {r["rid"]: r for r in request_table(model.spans, model.manifest).iter_rows(named=True)}
+    for resp in [*mixed, solo]:
+        row, c = table[_rid(resp)], resp["client"]
+        assert row["stream"] is True and row["ttft_source"].startswith("first byte sent")
+        assert c["sent_ns"] <= row["received_ns"] < row["first_byte_ns"] <= c["chunk_ns"][0]
+        assert row["ttft_ns"] == row["first_byte_ns"] - row["received_ns"]
+    for resp in load:
+        row = table[_rid(resp)]
+        assert row["stream"] is False and row["ttft_ns"] is None and row["ttft_compute_ns"] > 0
+        assert resp["client"]["sent_ns"] <= row["received_ns"] and row["first_byte_ns"] <= resp["client"]["done_ns"]
+
+
+def test_story_latencies_match_client(traced_run):
+    """The story's TTFT and mean ITL for a request agree with the client's, within 5%."""
+    from sglang_tracing.analyzer.analyses import story
+
+    trace_dir, *_, solo, _ = traced_run
     c = solo["client"]
     chunks = c["chunk_ns"]
     # SGLang may put two tokens in one streamed chunk under load: gaps are counted in tokens
     tokens = solo["meta_info"]["completion_tokens"]
     assert tokens == 24 and len(chunks) >= 2
     ttft, itl = chunks[0] - c["sent_ns"], (chunks[-1] - chunks[0]) / (tokens - 1)
-    api.analyze(trace_dir, reports="story", request=_rid(solo)[:12], out_dir=str(tmp_path), formats="md")
-    story = (tmp_path / "story.md").read_text()
-    assert _rid(solo) in story
-    ours_ttft = float(story.split("- TTFT: **")[1].split(" ms")[0]) * 1e6
-    ours_itl = float(story.split("- average ITL: **")[1].split(" ms")[0]) * 1e6
-    assert abs(ours_ttft - ttft) / ttft < 0.05, (ours_ttft, ttft)
+    report = story.build_report(load_trace_dir(trace_dir), _rid(solo)[:12])
+    assert _rid(solo) in report.sections[0].title
+    figures = {f.label: f for s in report.sections for f in s.figures}
+    ours_ttft = float(figures["TTFT"].value.removesuffix(" ms")) * 1e6
+    ours_itl = float(figures["average ITL"].value.removesuffix(" ms")) * 1e6
+    assert "first byte sent" in figures["TTFT"].source
+    assert ours_ttft <= ttft and abs(ours_ttft - ttft) / ttft < 0.05, (ours_ttft, ttft)
     assert abs(ours_itl - itl) / itl < 0.05, (ours_itl, itl)

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import polars as pl
 
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses.attribution import forward_members, forwards_inside, forwards_of, is_prefill
 from sglang_tracing.analyzer.analyses.experiment_cells import cells_or_empty
+from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
 from sglang_tracing.analyzer.renderers.files import write_report
 from sglang_tracing.analyzer.report import Report
@@ -17,8 +20,15 @@ HW = ("sm_util_pct", "tensor_util_pct", "dram_bw_util_pct")
 PHASES = (("prefill (TTFT)", "ttft_ms", "client median time to first token"),
           ("decode (ITL)", "itl_ms", "client median inter-token latency"),
           ("prefill GPU", "prefill_gpu_ms", "GPU elapsed time (CUDA events, launch gaps included) of the "
-                                            "cell's extend forwards, summed"),
-          ("decode step GPU", "decode_step_gpu_ms", "median GPU elapsed time of the cell's decode forwards"))
+                                            "extend forwards that ran the cell's requests (found by rid), summed; "
+                                            "a forward shared with other requests counts by the cell's share of its tokens"),
+          ("decode step GPU", "decode_step_gpu_ms", "median GPU elapsed time of the cell's decode steps at the "
+                                                    "largest batch the cell reached (steps batched with requests "
+                                                    "outside the cell left out)"))
+STEPS_SCHEMA = pl.List(pl.Struct({"batch": pl.Int64, "steps": pl.Int64, "median_gpu_ms": pl.Float64}))
+PHASE_SCHEMA = {"prefill_gpu_ms": pl.Float64, "decode_step_gpu_ms": pl.Float64, "batch_reached": pl.Int64,
+                "shared_forwards": pl.Int64, "outside_forwards": pl.Int64, "steps_by_batch": STEPS_SCHEMA,
+                "kv_pool_tokens": pl.Int64}
 
 
 def trace_models(frame: pl.DataFrame) -> dict[str, TraceModel]:
@@ -47,24 +57,84 @@ def with_hardware(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFra
     return _per_cell(frame, models, measure, dict.fromkeys(HW, pl.Float64))
 
 
-def with_server_phases(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFrame:
-    """Per cell, from its server's forward spans inside the cell's window (warm-up excluded): GPU time
-    of prefill (extend and mixed forwards, summed) and of one decode step (median); CUDA events."""
-    from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time
+def cell_rids(row: dict, requests: pl.DataFrame | None) -> list[str]:
+    """The rids of a cell's measured requests: from its result.json; for cells that did not record
+    them, the server's user requests (internal ones left out) that arrived inside the cell's window."""
+    if row.get("rids"):
+        return list(row["rids"])
+    if requests is None or requests.is_empty():
+        return []
+    inside = user_requests(requests).filter(pl.col("received_ns").is_between(row["start_ns"], row["end_ns"]))
+    return inside["rid"].to_list()
 
-    forwards: dict[int, pl.DataFrame] = {}
+
+def with_server_phases(frame: pl.DataFrame, models: dict | None = None) -> pl.DataFrame:
+    """Per cell, from its server's forward spans that ran the cell's requests (by rid, so the cell's
+    untimed warm-up, SGLang's own warm-up and other cells stay out): GPU time of prefill (extend and
+    mixed forwards, summed), the decode batch reached and the median decode step at it, decode steps
+    per achieved batch, forwards shared with outsiders and other forwards inside the cell's window
+    (they share its NVML/GPM means); CUDA events."""
+    per_model: dict[int, dict] = {}
 
     def measure(model, r):
-        if id(model) not in forwards:
-            forwards[id(model)] = forward_gpu_time(model.spans, pl.DataFrame()).join(
-                model.spans.select("span_id", "start_ns"), on="span_id")
-        inside = forwards[id(model)].filter(pl.col("start_ns").is_between(r["start_ns"], r["end_ns"]))
-        prefill = inside.filter(pl.col("mode").is_in(["extend", "mixed"]))["gpu_ns"]
-        decode = inside.filter(pl.col("mode") == "decode")["gpu_ns"]
-        return {"prefill_gpu_ms": prefill.sum() / 1e6 if prefill.count() else None,
-                "decode_step_gpu_ms": decode.median() / 1e6 if decode.count() else None}
+        spans = model.spans
+        if id(model) not in per_model:
+            pool = spans[sc.CACHE_TOTAL].drop_nulls().max() if sc.CACHE_TOTAL in spans.columns else None
+            per_model[id(model)] = {"members": forward_members(spans), "pool": pool}
+        known = per_model[id(model)]
+        if not r.get("rids") and "requests" not in known:
+            known["requests"] = request_table(spans, model.manifest)
+        members, pool = known["members"], known["pool"]
+        rids = cell_rids(r, known.get("requests"))
+        mine = forwards_of(members, rids)
+        prefill = mine.filter(is_prefill()).drop_nulls("gpu_ns")
+        # batch membership needs no GPU timing (CPU runs have none): only the medians do
+        alone = mine.filter((pl.col("mode") == "decode") & (pl.col("outsiders") == 0))
+        steps = (alone.group_by(pl.col("members").alias("batch"))
+                 .agg(pl.len().cast(pl.Int64).alias("steps"), (pl.col("gpu_ns").median() / 1e6).alias("median_gpu_ms"))
+                 .sort("batch"))
+        reached = alone["members"].max() if alone.height else None
+        at_reached = alone.filter(pl.col("members") == reached)["gpu_ns"].drop_nulls()
+        inside = forwards_inside(model.spans, r["start_ns"], r["end_ns"])
+        outside = inside.filter(~pl.col("span_id").is_in(mine["span_id"].to_list()))
+        return {"prefill_gpu_ms": (prefill["gpu_ns"] * prefill["share"]).sum() / 1e6 if prefill.height else None,
+                "decode_step_gpu_ms": at_reached.median() / 1e6 if at_reached.len() else None,
+                "batch_reached": reached, "shared_forwards": mine.filter(pl.col("outsiders") > 0).height,
+                "outside_forwards": outside.height, "steps_by_batch": steps.to_dicts(),
+                "kv_pool_tokens": pool}
 
-    return _per_cell(frame, models, measure, {"prefill_gpu_ms": pl.Float64, "decode_step_gpu_ms": pl.Float64})
+    return _per_cell(frame, models, measure, PHASE_SCHEMA)
+
+
+def steps_by_batch(frame: pl.DataFrame) -> pl.DataFrame:
+    """Decode steps per achieved batch size, per cell: backend, batch_size (requested), seq_len, batch
+    (requests of the cell in the step), steps, median_gpu_ms."""
+    return (frame.select("backend", "batch_size", "seq_len", "steps_by_batch").explode("steps_by_batch")
+            .drop_nulls("steps_by_batch").unnest("steps_by_batch")
+            .with_columns(pl.col("median_gpu_ms").round(3)).sort("batch_size", "seq_len", "backend", "batch"))
+
+
+def batch_findings(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """Cells that never ran at their requested batch, and cells whose window held other work."""
+    out = []
+    short = frame.filter(pl.col("batch_reached") < pl.col("batch_size")).sort("batch_size", "seq_len", "backend")
+    for r in short.iter_rows(named=True):
+        groups = "; ".join(f"{g['steps']} steps at {g['batch']}" + (f" (median {g['median_gpu_ms']:.2f} ms)"
+                                                                   if g["median_gpu_ms"] is not None else "")
+                           for g in sorted(r["steps_by_batch"], key=lambda g: -g["steps"])[:3])
+        per_req = r["seq_len"] + (r.get("output_tokens") or 0)
+        pool = (f"; the KV pool ({r['kv_pool_tokens']:,} tokens) holds {r['kv_pool_tokens'] // per_req} requests of "
+                f"{per_req} tokens" if r.get("kv_pool_tokens") and r.get("output_tokens") else "")
+        out.append((f"batch not reached: {r['backend']}",
+                    f"batch {r['batch_size']}, {r['seq_len']} tokens ran at most {r['batch_reached']} requests per "
+                    f"decode step: {groups}{pool}; its decode step GPU is the median at {r['batch_reached']}"))
+    busy = frame.filter((pl.col("outside_forwards") > 0) | (pl.col("shared_forwards") > 0))
+    for r in busy.sort("batch_size", "seq_len", "backend").iter_rows(named=True):
+        out.append((f"other work in the window: {r['backend']}",
+                    f"batch {r['batch_size']}, {r['seq_len']} tokens: {r['outside_forwards']} forward(s) of requests "
+                    f"outside the cell ran inside its window and {r['shared_forwards']} forward(s) batched a cell request "
+                    "with an outsider; GPU times count only the cell's requests, the NVML/GPM means cover the window"))
+    return out
 
 
 def compare(frame: pl.DataFrame) -> pl.DataFrame:
@@ -141,13 +211,19 @@ def write(out: Path) -> list[str]:
         cells_section.add("warm-up", "each cell ran once untimed first (same shapes, other prompts)")
     cells_section.table = table
     raw = report.section("Measurements")
+    raw.add("batch_reached", None if frame["batch_reached"].null_count() == frame.height else "see table",
+            "most of the cell's requests in one decode step (forward spans' rids), beside the requested batch_size")
     raw.table = frame.select(
-        "backend", "batch_size", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
+        "backend", "batch_size", "batch_reached", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
         pl.col("prefill_gpu_ms").round(3), pl.col("decode_step_gpu_ms").round(3),
         pl.col("output_tok_per_s").round(1), *[pl.col(m).round(1) for m in HW]).sort("backend", "batch_size", "seq_len")
     if all(frame[m].null_count() == frame.height for m in HW):
         raw.add("hardware columns", None, "no NVML/GPM samples (CPU run, or no GPU sampling)")
+    steps = report.section("Decode steps per achieved batch")
+    steps.add("batch", None if frame["batch_reached"].null_count() == frame.height else "see table",
+              "requests of the cell in the step; steps batched with outsiders left out")
+    steps.table = steps_by_batch(frame)
     ana = report.section("Analysis (computed from the table)")
-    for label, text in analysis(table):
+    for label, text in analysis(table) + batch_findings(frame):
         ana.add(label, text)
     return write_report(out, report)

@@ -11,7 +11,8 @@ from sglang_tracing.analyzer.loaders.files import resolve
 
 
 def cells(out: Path) -> pl.DataFrame:
-    """One row per cell: the cell's scalar fields plus client medians (TTFT, mean ITL, e2e)."""
+    """One row per cell: the cell's scalar fields, the rids of its measured requests (``rids``, what
+    attributes server-side work to the cell) and client medians (TTFT, mean ITL, e2e)."""
     rows = []
     for f in sorted(Path(out).glob("*/result.json")):
         r = json.loads(f.read_text())
@@ -20,6 +21,8 @@ def cells(out: Path) -> pl.DataFrame:
         if isinstance(row.get("trace_dir"), str):
             row["trace_dir"] = str(resolve(Path(out), row["trace_dir"]))
         row.update(cell=f.parent.name, requests=req.height,
+                   rids=req["rid"].to_list() if "rid" in req.columns else None,
+                   output_tokens=req["completion_tokens"].max() if "completion_tokens" in req.columns else None,
                    ttft_ms=req["ttft_ns"].median() / 1e6, itl_ms=(req["mean_itl_ns"].median() or 0) / 1e6,
                    e2e_ms=req["e2e_ns"].median() / 1e6)
         rows.append(row)

@@ -1,47 +1,10 @@
-"""Experiment 4 analyses over kernels and spans: kernel totals, CPU/GPU overlap, per-request GPU time."""
+"""Experiment 4 analyses over kernels and spans: CPU/GPU overlap, per-forward and per-request GPU time, NVTX
+projection (kernel totals with nsys stats semantics are in ``summaries``)."""
 from __future__ import annotations
-
-import csv
-from pathlib import Path
 
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.errors import TraceError
-
-KERN_SUM_COLUMNS = ["Time (%)", "Total Time (ns)", "Instances", "Avg (ns)", "Med (ns)", "Min (ns)", "Max (ns)",
-                    "StdDev (ns)", "Name"]
-
-
-def kernel_summary(kernels: pl.DataFrame) -> pl.DataFrame:
-    """Per kernel name, ``nsys stats --report cuda_gpu_kern_sum`` semantics: total, instances, mean,
-    median, min, max, sample standard deviation (0 for one instance), share of all kernel time."""
-    if kernels.is_empty():
-        return pl.DataFrame(schema=dict.fromkeys(KERN_SUM_COLUMNS[:-1], pl.Float64) | {"Name": pl.String})
-    total = kernels["dur_ns"].sum()
-    return (kernels.group_by("name").agg(
-        pl.col("dur_ns").sum().alias("Total Time (ns)"), pl.len().alias("Instances"),
-        pl.col("dur_ns").mean().alias("Avg (ns)"), pl.col("dur_ns").median().alias("Med (ns)"),
-        pl.col("dur_ns").min().alias("Min (ns)"), pl.col("dur_ns").max().alias("Max (ns)"),
-        pl.col("dur_ns").std(ddof=1).fill_null(0.0).alias("StdDev (ns)"))
-        .with_columns((pl.col("Total Time (ns)") / total * 100).alias("Time (%)"))
-        .rename({"name": "Name"}).select(KERN_SUM_COLUMNS)
-        .sort(["Total Time (ns)", "Name"], descending=[True, False]))
-
-
-def read_kern_sum_csv(path: str | Path) -> pl.DataFrame:
-    """An ``nsys stats`` cuda_gpu_kern_sum CSV in the same schema as ``kernel_summary``."""
-    path = Path(path)
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0][:len(KERN_SUM_COLUMNS)] != KERN_SUM_COLUMNS:
-        raise TraceError(path, f"not a cuda_gpu_kern_sum CSV (header should be {','.join(KERN_SUM_COLUMNS)})")
-    data = [r for r in rows[1:] if len(r) >= len(KERN_SUM_COLUMNS)]
-    cols = list(zip(*data)) if data else [[]] * len(KERN_SUM_COLUMNS)
-    frame = {name: [float(v) for v in col] for name, col in zip(KERN_SUM_COLUMNS[:-1], cols)}
-    frame["Name"] = list(cols[-1])
-    return pl.DataFrame(frame).with_columns(pl.col("Instances").cast(pl.Int64), pl.col("Total Time (ns)").cast(pl.Int64),
-                                            pl.col("Min (ns)").cast(pl.Int64), pl.col("Max (ns)").cast(pl.Int64))
 
 
 def merge_intervals(frame: pl.DataFrame) -> pl.DataFrame:
@@ -54,11 +17,11 @@ def merge_intervals(frame: pl.DataFrame) -> pl.DataFrame:
     return f.group_by("g").agg(pl.col("start_ns").min(), pl.col("end_ns").max()).sort("start_ns").drop("g")
 
 
-def _total(iv: pl.DataFrame) -> int:
+def total_ns(iv: pl.DataFrame) -> int:
     return int((iv["end_ns"] - iv["start_ns"]).sum()) if iv.height else 0
 
 
-def _intersection(a: pl.DataFrame, b: pl.DataFrame) -> int:
+def intersection_ns(a: pl.DataFrame, b: pl.DataFrame) -> int:
     """Total length of the intersection of two disjoint sorted interval sets."""
     i = j = total = 0
     A, B = a.rows(), b.rows()
@@ -89,8 +52,8 @@ def cpu_gpu_overlap(spans: pl.DataFrame | pl.LazyFrame, kernels: pl.DataFrame, b
     clip = lambda iv: iv.with_columns(pl.col("start_ns").clip(lo, hi), pl.col("end_ns").clip(lo, hi)).filter(
         pl.col("end_ns") > pl.col("start_ns"))
     gpu_iv, cpu_iv = clip(gpu_iv), clip(cpu_iv)
-    window, g, c = hi - lo, _total(gpu_iv), _total(cpu_iv)
-    both = _intersection(gpu_iv, cpu_iv)
+    window, g, c = hi - lo, total_ns(gpu_iv), total_ns(cpu_iv)
+    both = intersection_ns(gpu_iv, cpu_iv)
     gaps = (gpu_iv["start_ns"].shift(-1) - gpu_iv["end_ns"]).drop_nulls()
     bubbles = gaps.filter(gaps > bubble_ns)
     return {"window_ns": window, "gpu_busy_ns": g, "cpu_busy_ns": c, "both_busy_ns": both,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses.requests import request_table
+from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, ms
 
@@ -92,7 +92,7 @@ def evictions(ops: pl.DataFrame, lookups: pl.DataFrame) -> pl.DataFrame:
 
 def build_report(model: TraceModel) -> Report:
     report = Report("radix", "RadixCache analysis (experiment 2)")
-    requests = request_table(model.scan_spans())
+    requests = request_table(model.scan_spans(), model.manifest)
     args = model.manifest.get("server_args") or {}
     ops = cache_ops(model.scan_spans())
     conf = report.section("Cache configuration")
@@ -103,7 +103,8 @@ def build_report(model: TraceModel) -> Report:
     conf.add("cache class", str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None,
              "cache spans")
     conf.add("radix cache disabled", str(bool(args.get("disable_radix_cache"))), "server args")
-    lookups = with_speedup(classify_lookups(requests)).join(inserted_by(requests), on="rid", how="left")
+    # the user's requests only; an internal one (SGLang's warm-up, a health check) may still be the inserter
+    lookups = with_speedup(classify_lookups(user_requests(requests))).join(inserted_by(requests), on="rid", how="left")
     seq = report.section("Request sequence")
     has_digests = "prefix_digests" in requests.columns and requests["prefix_digests"].drop_nulls().len() > 0
     seq.add("inserted by", "see table" if has_digests else None,
@@ -112,6 +113,11 @@ def build_report(model: TraceModel) -> Report:
     seq.table = lookups.select("rid", "prompt_tokens", "cached_tokens", "computed_tokens", "lookup",
                                (pl.col("prefill_ns") / 1e6).round(3).alias("prefill_ms"),
                                pl.col("speedup").round(2), pl.col("inserted_by").str.slice(0, 12))
+    internal = requests.filter(pl.col("internal").is_not_null())
+    seq.add("internal requests", str(internal.height),
+            "SGLang's warm-up, health checks, readiness probes: not in the sequence or the summary")
+    if internal.height:
+        seq.child("internal requests").table = internal.select("rid", "internal", "prompt_tokens", "cached_tokens")
     occupancy = ops.select("start_ns", *[c for c in (sc.CACHE_USED, sc.CACHE_EVICTABLE) if c in ops.columns])
     ev = report.section("Evictions")
     ev_table = evictions(ops, lookups)

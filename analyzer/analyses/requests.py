@@ -6,7 +6,7 @@ import polars as pl
 from sglang_tracing import semconv as sc
 
 REQUEST_PHASES = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
-                  sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE)
+                  sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE, sc.REQUEST_HTTP)
 
 
 def _opt(spans: pl.LazyFrame, name: str, dtype=pl.Int64) -> pl.Expr:
@@ -21,31 +21,56 @@ def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | 
     return spans.filter(pl.col("name") == name).select(cols).unique("rid", keep="first")
 
 
-def request_table(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+# where the user-visible TTFT of a request ends (column ttft_source)
+TTFT_FIRST_BYTE = "first byte sent to the client (HTTP layer)"
+TTFT_FIRST_OUTPUT = "first output at the tokenizer manager (no HTTP first-byte stamp for this request)"
+TTFT_NOT_STREAMED = "not streamed: the client sees no first token, only the whole response"
+LEGACY_WARMUP_MAX_PROMPT = 16  # SGLang's warm-up text is 6 words: 6-8 tokens with any tokenizer
+
+
+def _internal_by_rid() -> pl.Expr:
+    """``sc.internal_by_rid`` as an expression."""
+    expr = pl.lit(None, pl.String)
+    for prefix, kind in reversed(sc.INTERNAL_RID_PREFIXES.items()):
+        expr = pl.when(pl.col("rid").str.starts_with(prefix)).then(pl.lit(kind)).otherwise(expr)
+    return expr
+
+
+def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = None) -> pl.DataFrame:
     """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
 
-    Columns (ns unless named): rid, server (when the spans have it), received_ns, finished_ns, e2e_ns, prompt_tokens, cached_tokens,
-    output_tokens, finish_reason, tokenize_ns, queued_ns, prefix_match_ns, matched_tokens,
-    prefill_start_ns, prefill_ns, first_token_ns, first_output_ns, ttft_ns (received -> first output
-    delivered), ttft_compute_ns (received -> first token computed), decode_ns, token_times_ns (list),
+    Columns (ns unless named): rid, server (when the spans have it), internal (why it is not a user's request: warm-up, health check,
+    readiness probe; null for the user's), stream (null: not recorded), received_ns, finished_ns,
+    e2e_ns, prompt_tokens, cached_tokens, output_tokens, finish_reason, tokenize_ns, queued_ns,
+    prefix_match_ns, matched_tokens, prefill_start_ns, prefill_ns, first_token_ns, first_output_ns,
+    first_byte_ns, ttft_ns (user-visible: received -> first byte sent for a streamed request; null
+    when not streamed), ttft_source (what ttft_ns ends at), ttft_compute_ns (received -> first token
+    computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded).
+
+    ``manifest`` lets traces recorded before the internal marker existed have SGLang's warm-up
+    request recognized by its shape (see ``infer_legacy_warmup``).
     """
     spans = spans.lazy()
-    if sc.RID not in spans.collect_schema():
-        return pl.DataFrame(schema={"rid": pl.String, "complete": pl.Boolean})
+    schema = spans.collect_schema()
+    if sc.RID not in schema:
+        return pl.DataFrame(schema={"rid": pl.String, "internal": pl.String, "complete": pl.Boolean})
     req_spans = (spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
                  .sort("start_ns", maintain_order=True))  # "first" below means earliest, as in the spans frame
-    server = ["server"] if "server" in spans.collect_schema() else []  # which trace dir (model.load_trace_dirs)
+    server = ["server"] if "server" in schema else []  # which trace dir (model.load_trace_dirs)
     rids = req_spans.select(pl.col(sc.RID).alias("rid"), *server).unique("rid", keep="first")
     root = _phase(req_spans, sc.REQUEST, "root", {
         sc.PROMPT_TOKENS: "prompt_tokens", sc.CACHED_TOKENS: "cached_tokens",
         sc.OUTPUT_TOKENS: "output_tokens", sc.FIRST_OUTPUT_NS: "first_output_ns"})
-    if sc.FINISH_REASON in req_spans.collect_schema():
+    root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
+        pl.col(sc.RID).alias("rid"), _opt(spans, sc.STREAM, pl.Boolean).cast(pl.Boolean).alias("stream"),
+        _opt(spans, sc.INTERNAL, pl.String).alias("recorded_internal")).unique("rid"), on="rid", how="left")
+    if sc.FINISH_REASON in schema:
         root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.FINISH_REASON).alias("finish_reason")).unique("rid"),
             on="rid", how="left")
     decode = _phase(req_spans, sc.REQUEST_DECODE, "decode")
-    if sc.TOKEN_TIMES in req_spans.collect_schema():
+    if sc.TOKEN_TIMES in schema:
         decode = decode.join(req_spans.filter(pl.col("name") == sc.REQUEST_DECODE).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.TOKEN_TIMES).alias("token_times_ns")).unique("rid"),
             on="rid", how="left")
@@ -60,6 +85,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         _phase(req_spans, sc.REQUEST_PREFILL, "prefill"),
         decode,
         _phase(req_spans, sc.REQUEST_DETOKENIZE, "detokenize", {sc.DETOKENIZE_SHARE_NS: "detokenize_share_ns"}),
+        _phase(req_spans, sc.REQUEST_HTTP, "http", {sc.FIRST_BYTE_NS: "first_byte_ns"}),
     ]
     table = rids
     for part in parts:
@@ -74,15 +100,53 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         pl.col("token_times_ns").list.first().alias("first_token_ns"),
         pl.when(n_tok > 1).then((pl.col("token_times_ns").list.last() - pl.col("token_times_ns").list.first())
                                 / (n_tok - 1)).otherwise(None).alias("mean_itl_ns"),
+        pl.col("token_times_ns").list.diff().list.slice(1).alias("itl_ns"),
+        pl.coalesce("recorded_internal", _internal_by_rid()).alias("internal"),
     ).with_columns(
-        # user-visible TTFT: received -> first output handed to the client; recordings without
-        # that attribute fall back to the first token computed by the scheduler
-        (pl.coalesce("first_output_ns", "first_token_ns") - pl.col("received_ns")).alias("ttft_ns"),
+        # user-visible TTFT: what the client sees first. A streamed request's first body bytes; a
+        # non-streamed one has none before the whole response. Recordings without the HTTP stamp
+        # (older traces, the Engine API) end at the first output the tokenizer manager delivered.
+        pl.when(pl.col("stream") & pl.col("first_byte_ns").is_not_null())
+        .then(pl.col("first_byte_ns") - pl.col("received_ns"))
+        .when(~pl.col("stream")).then(None)
+        .otherwise(pl.coalesce("first_output_ns", "first_token_ns") - pl.col("received_ns")).alias("ttft_ns"),
+        pl.when(pl.col("stream") & pl.col("first_byte_ns").is_not_null()).then(pl.lit(TTFT_FIRST_BYTE))
+        .when(~pl.col("stream")).then(pl.lit(TTFT_NOT_STREAMED))
+        .otherwise(pl.lit(TTFT_FIRST_OUTPUT)).alias("ttft_source"),
         (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_compute_ns"),
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
-    )
-    return table.sort("received_ns", nulls_last=True).collect()
+    ).drop("recorded_internal").collect()
+    if manifest is not None and sc.STREAM not in schema:
+        # one warm-up per server when several trace dirs are merged
+        table = pl.concat([infer_legacy_warmup(part, manifest) for part in table.partition_by(server)]
+                          if server and table.height else [infer_legacy_warmup(table, manifest)])
+    return table.sort("received_ns", nulls_last=True)
+
+
+def infer_legacy_warmup(requests: pl.DataFrame, manifest: dict) -> pl.DataFrame:
+    """Label SGLang's startup warm-up in a trace recorded before requests carried ``sc.INTERNAL``.
+
+    SGLang sends one /generate of a 6-word prompt and at most ``SGLANG_WARMUP_MAX_NEW_TOKENS``
+    tokens after start-up unless --skip-server-warmup: the earliest request of that shape is it
+    (labelled ``INTERNAL_WARMUP_INFERRED``, since it is recognized by shape, not by a marker).
+    """
+    args = manifest.get("server_args") or {}
+    if not args or args.get("skip_server_warmup", True) or requests.is_empty():
+        return requests
+    shaped = requests.filter(pl.col("internal").is_null()
+                             & (pl.col("prompt_tokens") <= LEGACY_WARMUP_MAX_PROMPT)
+                             & (pl.col("output_tokens") <= sc.SGLANG_WARMUP_MAX_NEW_TOKENS))
+    if shaped.is_empty():
+        return requests
+    rid = shaped.sort("received_ns", nulls_last=True)["rid"][0]
+    return requests.with_columns(pl.when(pl.col("rid") == rid).then(pl.lit(sc.INTERNAL_WARMUP_INFERRED))
+                                 .otherwise(pl.col("internal")).alias("internal"))
+
+
+def user_requests(requests: pl.DataFrame) -> pl.DataFrame:
+    """The requests a user sent: internal ones (warm-up, health checks, readiness probes) left out."""
+    return requests.filter(pl.col("internal").is_null()) if "internal" in requests.columns else requests
 
 
 def token_latencies(requests: pl.DataFrame) -> pl.DataFrame:
@@ -97,3 +161,27 @@ def token_latencies(requests: pl.DataFrame) -> pl.DataFrame:
             .with_columns((pl.col("t_ns") - pl.col("t_ns").shift(1).over("rid")).alias("itl_ns"),
                           (pl.col("prompt_tokens") + pl.col("token_index")).alias("kv_len"))
             .select("rid", "token_index", "t_ns", "itl_ns", "kv_len"))
+
+
+def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
+    """The per-request table ``sglang-trace requests`` writes, one row per request, times in ms.
+
+    ``requests`` from ``request_table``, ``gpu`` from ``kernels.request_gpu_time`` (rid, prefill_gpu_ns,
+    decode_gpu_ns, gpu_ns). Columns: rid, internal (bool), internal_kind, streamed (null: not
+    recorded), prompt_tokens, cached_tokens, output_tokens, finish_reason, received_ns, queue_ms,
+    ttft_ms (user-visible; null when not streamed), ttft_source, first_token_computed_ms, itl_ms
+    (list: every inter-token gap), mean_itl_ms, e2e_ms, prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete.
+    """
+    to_ms = lambda c: (pl.col(c) / 1e6).round(6).alias(c.removesuffix("_ns") + "_ms")  # noqa: E731 (ns exact)
+    table = requests.join(gpu, on="rid", how="left") if gpu.height else requests.with_columns(
+        *[pl.lit(None, pl.Float64).alias(c) for c in ("prefill_gpu_ns", "decode_gpu_ns", "gpu_ns")])
+    if "finish_reason" not in table.columns:
+        table = table.with_columns(pl.lit(None, pl.String).alias("finish_reason"))
+    return table.select(
+        "rid", pl.col("internal").is_not_null().alias("internal"), pl.col("internal").alias("internal_kind"),
+        pl.col("stream").alias("streamed"), "prompt_tokens", "cached_tokens", "output_tokens", "finish_reason",
+        "received_ns", to_ms("queued_ns").alias("queue_ms"), to_ms("ttft_ns"), "ttft_source",
+        to_ms("ttft_compute_ns").alias("first_token_computed_ms"),
+        pl.col("itl_ns").list.eval((pl.element() / 1e6).round(6)).alias("itl_ms"), to_ms("mean_itl_ns"), to_ms("e2e_ns"),
+        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete",
+    ).sort("received_ns", nulls_last=True)

@@ -63,14 +63,14 @@ def shared_rids(requests: pl.DataFrame) -> int:
 def add_breakdowns(reports: list[Report], model: TraceModel) -> None:
     """With several trace dirs: each report opens with the merged dirs and gets a per-server section."""
     from sglang_tracing.analyzer.analyses.radix import classify_lookups
-    from sglang_tracing.analyzer.analyses.requests import request_table
+    from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 
     requests = None
     for report in reports:
         if report.name in ("story", "radix", "timeline"):
             report.sections.insert(0, sources_section(model))
         if report.name in ("story", "radix") and requests is None:
-            requests = request_table(model.scan_spans())
+            requests = user_requests(request_table(model.scan_spans(), model.manifest))  # as every statistic
         if report.name == "story":
             sec = report.section("Per server")
             sec.table = request_breakdown(requests)

@@ -8,15 +8,25 @@ import polars as pl
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
-from sglang_tracing.analyzer.analyses.requests import request_table, token_latencies
+from sglang_tracing.analyzer.analyses.attribution import (forward_members, forwards_inside, forwards_of, is_prefill,
+                                                          kernels_of_forwards)
+from sglang_tracing.analyzer.analyses.requests import (TTFT_NOT_STREAMED, request_table, token_latencies,
+                                                       user_requests)
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, Section, ms
+from sglang_tracing.runtime.manifest import weights_of
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp8": 1}
 
 
 def select_request(requests: pl.DataFrame, which: str) -> dict | None:
+    """``first``, ``slowest`` or ``p50`` of the user's complete requests, or the request whose rid
+    starts with ``which`` (internal ones included: asked for by name)."""
     done = requests.filter(pl.col("complete"))
+    if which not in ("first", "slowest", "p50"):
+        match = done.filter(pl.col("rid").str.starts_with(which))
+        return match.row(0, named=True) if match.height else None
+    done = user_requests(done)
     if done.is_empty():
         return None
     if which == "first":
@@ -25,8 +35,7 @@ def select_request(requests: pl.DataFrame, which: str) -> dict | None:
         ordered = done.sort("e2e_ns")
         idx = ordered.height - 1 if which == "slowest" else (ordered.height - 1) // 2
         return ordered.row(idx, named=True)
-    match = done.filter(pl.col("rid").str.starts_with(which))
-    return match.row(0, named=True) if match.height else None
+    return None
 
 
 MIN_TREND_TOKENS = 16  # fewer decode tokens fit a line to noise
@@ -100,7 +109,7 @@ HW_METRICS = ("sm_util_pct", "sm_occupancy_pct", "tensor_util_pct", "dram_bw_uti
               "sm_clock_mhz", "mem_used_bytes")
 
 
-def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str,
+def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str, others: int = 0,
               counters: pl.DataFrame | None = None) -> dict:
     state = phase_state(model.counters if counters is None else counters, windows).filter(
         pl.col("metric").is_in(HW_METRICS))
@@ -112,6 +121,9 @@ def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label:
     span_ms = int((windows["end_ns"] - windows["start_ns"]).sum()) / 1e6
     caveat = (f"; the phase ({span_ms:.0f} ms) is shorter than one sample interval, so the figure "
               f"also covers neighbouring work" if span_ms < interval else "")
+    if others:
+        caveat += (f"; GPU-wide samples: {others} forward(s) of other requests ran inside this phase "
+                   "and are in the figure")
     values = {}
     for row in state.iter_rows(named=True):
         values[row["metric"]] = row["mean"]
@@ -126,7 +138,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     spans = model.scan_spans()
     per_fwd = forward_gpu_time(spans, model.kernels)
     gpu = request_gpu_time(spans, per_fwd)
-    requests = request_table(spans).join(gpu, on="rid", how="left")
+    requests = request_table(spans, model.manifest).join(gpu, on="rid", how="left")
     gpu_source = ", ".join(sorted(set(per_fwd["source"].drop_nulls().to_list()))) or "none"
     report = Report("story", "Execution story (experiment 1)")
     req = select_request(requests, which)
@@ -139,9 +151,12 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     if len(model.servers) > 1:  # several trace dirs: this request's server, and only its GPU samples
         head.add("server", req["server"], "trace dir it was recorded in")
         counters = counters.filter(pl.col("server") == req["server"])
+    if req.get("internal"):
+        head.add("internal request", req["internal"], "not a user's request: left out of every statistic")
     head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
     head.add("cached tokens", str(req["cached_tokens"]), "SGLang meta_info")
     head.add("output tokens", str(req["output_tokens"]), "SGLang meta_info")
+    head.add("weights", weights_of(model.manifest), "SGLang load_format; dummy: random weights, real timings")
 
     proc = report.section("Request processing")
     sched = _schedule_of(spans, req.get("queued_end_ns"))
@@ -157,19 +172,27 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
 
     prefill = report.section("Prefill")
     prefill.add("total", ms(req["prefill_ns"]), "first chunk launch -> first token")
-    prefill.add("TTFT", ms(req["ttft_ns"]), "received -> first output delivered by the tokenizer manager")
+    if req.get("ttft_source") == TTFT_NOT_STREAMED:
+        prefill.add("TTFT (user-visible)", None, TTFT_NOT_STREAMED + f"; the response arrived after "
+                    f"{ms(req['e2e_ns'])} ms")
+    else:
+        start = "received (HTTP layer)" if req.get("first_byte_ns") else "received"
+        prefill.add("TTFT", ms(req["ttft_ns"]), f"{start} -> {req['ttft_source']}")
     prefill.add("time to first token computed", ms(req["ttft_compute_ns"]), "received -> first token in the scheduler")
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
                 f"forward GPU time ({gpu_source}) split by tokens in each batch"
                 + _longer_than_wall(req.get("prefill_gpu_ns"), req["prefill_ns"]))
+    # only the forwards whose batch held this request: the same rows forwards_of keeps, without
+    # exploding every forward's batch of the trace
+    mine = forwards_of(forward_members(spans.filter(
+        (pl.col("name") == sc.FORWARD) & pl.col(sc.BATCH_RIDS).list.contains(rid)).collect()
+        if sc.BATCH_RIDS in spans.collect_schema() else spans.clear().collect()), [rid])
+    pre_fwd, dec_fwd = mine.filter(is_prefill()), mine.filter(pl.col("mode") == "decode")
     pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
-    _layer_and_op_time(prefill, model, req["prefill_start_ns"], req["prefill_end_ns"])
-    breakdown = _op_breakdown(model, req["prefill_start_ns"], req["prefill_end_ns"])
-    if breakdown is None:
-        prefill.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)")
-    else:
-        prefill.child("kernel breakdown").table = breakdown
-    pre_hw = _hardware(prefill, model, pwin, "prefill", counters)
+    pre_kernels = _kernels(model, pre_fwd, spans)
+    _layer_and_op_time(prefill, model, pre_kernels, pre_fwd)
+    _kernel_breakdown(prefill, model, pre_kernels, pre_fwd)
+    pre_hw = _hardware(prefill, model, pwin, "prefill", _others_inside(spans, pwin, rid), counters)
 
     decode = report.section("Decode")
     tokens = token_latencies(requests.filter(pl.col("rid") == rid))
@@ -184,13 +207,9 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
                    f"linear fit over {trend['points']} tokens, r2={trend['r2']:.2f}")
     else:
         decode.add("ITL trend vs KV length", None, f"fewer than {MIN_TREND_TOKENS} decode tokens")
-    kernels = _op_breakdown(model, req["decode_start_ns"], req["decode_end_ns"])
-    if kernels is None:
-        decode.add("kernel breakdown", None, "no kernels loaded (--nsys or --kineto)")
-    else:
-        decode.child("kernel breakdown").table = kernels
+    _kernel_breakdown(decode, model, _kernels(model, dec_fwd, spans), dec_fwd)
     dwin = pl.DataFrame({"start_ns": [req["decode_start_ns"]], "end_ns": [req["decode_end_ns"]]})
-    dec_hw = _hardware(decode, model, dwin, "decode", counters)
+    dec_hw = _hardware(decode, model, dwin, "decode", _others_inside(spans, dwin, rid), counters)
     for metric in sorted(set(pre_hw) & set(dec_hw)):
         decode.add(f"shift prefill -> decode: {metric}", f"{pre_hw[metric]:.1f} -> {dec_hw[metric]:.1f}",
                    "GPM/NVML means")
@@ -218,18 +237,20 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     else:
         summary.add("decode floor (weights / HBM bandwidth)", None,
                     "no GPU in the manifest" if not gpus else "model config or GPU bandwidth unknown")
-    all_done = requests.filter(pl.col("complete"))
-    summary.add("requests in trace (complete / seen)", f"{all_done.height} / {requests.height}", "")
-    cut = requests.filter(~pl.col("complete"))
+    users, internal = user_requests(requests), requests.filter(pl.col("internal").is_not_null())
+    all_done = users.filter(pl.col("complete"))
+    summary.add("user requests in trace (complete / seen)", f"{all_done.height} / {users.height}",
+                "internal requests (SGLang's warm-up, health checks, readiness probes) listed apart")
+    summary.add("internal requests", str(internal.height), ", ".join(
+        f"{n} {kind}" for kind, n in internal.group_by("internal").len().sort("internal").iter_rows()) or "none")
+    cut = users.filter(~pl.col("complete"))
     if cut.height:
         summary.child("requests cut off (no complete record)").table = cut.select(
             "rid", *[c for c in ("received_ns", "prefill_ns", "decode_ns") if c in cut.columns])
-    summary.child("all requests").table = all_done.select(
-        "rid", *(["server"] if len(model.servers) > 1 else []), "prompt_tokens", "cached_tokens", "output_tokens",
-        (pl.col("ttft_ns") / 1e6).round(3).alias("ttft_ms"),
-        (pl.col("mean_itl_ns") / 1e6).round(3).alias("mean_itl_ms"),
-        (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"),
-        (pl.col("gpu_ns") / 1e6).round(3).alias("gpu_ms"))
+    summary.child("all user requests").table = _request_rows(all_done, len(model.servers) > 1)
+    if internal.height:
+        summary.child("internal requests (not in any statistic)").table = _request_rows(internal).insert_column(
+            1, internal["internal"])
     from sglang_tracing.analyzer.renderers import plots
 
     png = plots.itl_plot(tokens, rid)
@@ -246,13 +267,46 @@ def _longer_than_wall(gpu_ns, wall_ns) -> str:
     return ""
 
 
-def _layer_and_op_time(section: Section, model: TraceModel, start: int | None, end: int | None) -> None:
+def _request_rows(requests: pl.DataFrame, with_server: bool = False) -> pl.DataFrame:
+    return requests.select(
+        "rid", *(["server"] if with_server else []), "prompt_tokens", "cached_tokens", "output_tokens",
+        (pl.col("ttft_ns") / 1e6).round(3).alias("ttft_ms"),
+        (pl.col("mean_itl_ns") / 1e6).round(3).alias("mean_itl_ms"),
+        (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"),
+        (pl.col("gpu_ns") / 1e6).round(3).alias("gpu_ms"))
+
+
+def _others_inside(spans: pl.LazyFrame, window: pl.DataFrame, rid: str) -> int:
+    """Forwards inside a phase's window that did not run this request (they share the GPU-wide samples)."""
+    start, end = window["start_ns"][0], window["end_ns"][0]
+    if start is None or end is None:
+        return 0
+    inside = forwards_inside(spans.lazy().filter(pl.col("start_ns").is_between(start, end)).collect(), start, end)
+    return inside.filter(~pl.col("rids").list.contains(rid).fill_null(False)).height
+
+
+def _kernels(model: TraceModel, forwards: pl.DataFrame, spans: pl.LazyFrame) -> pl.DataFrame:
+    """The kernels the given forwards launched (attributed by forward, not by time window)."""
+    if model.kernels.is_empty():
+        return model.kernels.clear()
+    fwd_spans = spans.lazy().filter(pl.col("name").is_in([sc.FORWARD, sc.MODEL_FORWARD])).collect()
+    return kernels_of_forwards(model.kernels, model.cpu_ops, model.nvtx, fwd_spans, forwards["span_id"])
+
+
+def _batch_note(forwards: pl.DataFrame) -> str:
+    """Whose work a whole-forward figure holds: this request's alone, or its batch's."""
+    shared = forwards.filter(pl.col("outsiders") > 0)
+    if forwards.is_empty() or shared.is_empty():
+        return f"{forwards.height} forward(s) that ran this request alone"
+    return (f"{forwards.height} forward(s) that ran this request, {shared.height} of them batched with up to "
+            f"{shared['outsiders'].max()} other request(s): whole-batch figures, not this request's share")
+
+
+def _layer_and_op_time(section: Section, model: TraceModel, kernels: pl.DataFrame, forwards: pl.DataFrame) -> None:
     """GPU time of the phase's kernels by NVTX op range and by layer (``--trace-level layer`` + nsys)."""
     from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, describe_layers, project_nvtx
 
-    projected = project_nvtx(model.kernels, model.cpu_ops, model.nvtx)
-    if start is not None and end is not None:
-        projected = projected.filter(pl.col("start_ns").is_between(start, end))
+    projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
     if projected.is_empty() or projected["op"].null_count() == projected.height:
         section.add("per-layer / per-op GPU time", None, "needs --trace-level layer ranges of eager forwards "
                     "and an nsys capture (kernels joined to the ranges they were launched in)")
@@ -260,17 +314,22 @@ def _layer_and_op_time(section: Section, model: TraceModel, start: int | None, e
     section.child("GPU time by op (NVTX projection)").table = by_op(projected)
     layers = by_layer(projected)
     if layers.height:
-        section.add("GPU time per layer", describe_layers(layers), "kernels launched inside each layer range")
+        section.add("GPU time per layer", describe_layers(layers),
+                    f"kernels launched inside each layer range, of {_batch_note(forwards)}")
 
 
-def _op_breakdown(model: TraceModel, start: int | None, end: int | None) -> pl.DataFrame | None:
-    """Kernel time by name inside [start, end], or None when no kernels are loaded."""
-    if start is None or end is None or model.kernels.is_empty():
-        return None
-    k = model.kernels.filter((pl.col("start_ns") >= start) & (pl.col("end_ns") <= end))
-    if k.is_empty():
-        return None
-    total = k["dur_ns"].sum()
-    return (k.group_by("name").agg(pl.col("dur_ns").sum().alias("total_ns"), pl.len().alias("calls"))
-            .with_columns((pl.col("total_ns") / total * 100).round(1).alias("share_pct"))
-            .sort("total_ns", descending=True).head(15))
+def _kernel_breakdown(section: Section, model: TraceModel, kernels: pl.DataFrame, forwards: pl.DataFrame) -> None:
+    """Kernel time by name over the kernels the phase's forwards launched."""
+    if kernels.is_empty():
+        why = ("no forward of this request recorded" if forwards.is_empty()
+               else "no kernels loaded (--nsys or --kineto)" if model.kernels.is_empty()
+               else f"none of the {model.kernels.height} loaded kernels ran in this request's forwards "
+                    "(the profile covered other forwards)")
+        section.add("kernel breakdown", None, why)
+        return
+    total = kernels["dur_ns"].sum()
+    child = section.child("kernel breakdown")
+    child.add("kernels of", _batch_note(forwards), "launch -> forward span (NVTX span ids), else CUDA-event window")
+    child.table = (kernels.group_by("name").agg(pl.col("dur_ns").sum().alias("total_ns"), pl.len().alias("calls"))
+                   .with_columns((pl.col("total_ns") / total * 100).round(1).alias("share_pct"))
+                   .sort("total_ns", descending=True).head(15))

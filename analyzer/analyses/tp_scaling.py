@@ -53,8 +53,9 @@ def cell_figures(cell: TpCell) -> dict:
     reached = decode["batch"].max() if decode.height else None
     steady = decode.filter((pl.col("batch") == reached) & pl.col("gpu_start_ns").is_not_null())
     step = (steady["gpu_end_ns"] - steady["gpu_start_ns"]).median() if steady.height else None
-    gpu_total = (mine["gpu_end_ns"] - mine["gpu_start_ns"]).sum() if mine.height else None
-    window = (mine["gpu_end_ns"].max() - mine["gpu_start_ns"].min()) if mine.height else None
+    timed = mine.filter(pl.col("gpu_start_ns").is_not_null())
+    gpu_total = (timed["gpu_end_ns"] - timed["gpu_start_ns"]).sum() if timed.height else None
+    window = (timed["gpu_end_ns"].max() - timed["gpu_start_ns"].min()) if timed.height else None
     return {"tp": cell.tp, "requests_complete": complete, "requests_wanted": r.get("requested_requests", len(reqs)),
             "batch_wanted": r.get("concurrency"), "batch_reached": reached, "steady_steps": steady.height,
             "decode_step_gpu_ms": step / 1e6 if step is not None else None,
@@ -225,7 +226,9 @@ def build_report(inputs: TpInputs) -> Report:
         rec.add("left out", ", ".join(f"TP={tp}" for tp in flags if flags[tp]), "implausible cells (see Scaling)")
     from sglang_tracing.analyzer.renderers.plots import tp_scaling_plot
 
-    report.plots["tp_scaling.png"] = tp_scaling_plot(table, proj)
+    png = tp_scaling_plot(table, proj)
+    if png:
+        report.plots["tp_scaling.png"] = png
     return report
 
 

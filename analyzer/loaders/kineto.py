@@ -1,17 +1,31 @@
-"""Kineto / Chrome-trace JSON (torch profiler, SGLang's /start_profile): kernels, CPU ops, correlation.
+"""Kineto / Chrome-trace JSON (torch profiler, SGLang's /start_profile): kernels, GPU memcpy/memset,
+CUDA runtime and driver calls, CPU ops, user annotations (``record_function`` ranges), device names.
 
-Times: ``ts`` is microseconds; ``baseTimeNanoseconds`` (torch >= 2.0) puts them on the wall clock.
+Times: ``ts`` and ``dur`` are float microseconds; ``baseTimeNanoseconds`` (torch >= 2.0) puts them on the
+wall clock. Kernels and memory operations carry the ``correlation`` id of the runtime/driver call that
+launched them.
 """
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
 
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
-from sglang_tracing.analyzer.model import CPU_OP_SCHEMA, KERNEL_SCHEMA, TraceModel
+from sglang_tracing.analyzer.model import (
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, TraceModel,
+)
+
+CPU_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver")
+# the category names of older Kineto (torch 1.8-1.10), by their current name
+_CATEGORY = {"kernel": "kernel", "memcpy": "gpu_memcpy", "memset": "gpu_memset", "runtime": "cuda_runtime",
+             "driver": "cuda_driver", "operator": "cpu_op"}
+ANNOTATION = "user_annotation"  # CPU-side record_function ranges; gpu_user_annotation is their GPU shadow
+_MEMCPY = re.compile(r"^Memcpy (\w)to(\w)\b")
+_ENDPOINT = {"H": "Host", "D": "Device", "A": "Array", "P": "Peer"}
 
 
 def read(path: str | Path) -> dict:
@@ -35,30 +49,64 @@ def _ns(ts, base: int) -> int:
     return base + int(round(float(ts) * 1000))
 
 
-def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(kernels, cpu_ops) on the wall clock when the trace carries its base time."""
+def memop_name(name: str, category: str) -> str:
+    """Kineto's 'Memcpy HtoD (Pageable -> Device)' / 'Memset (Device)' as nsys stats names them."""
+    if category == "gpu_memset":
+        return "[CUDA memset]"
+    m = _MEMCPY.match(name)
+    if m and m.group(1) in _ENDPOINT and m.group(2) in _ENDPOINT:
+        return f"[CUDA memcpy {_ENDPOINT[m.group(1)]}-to-{_ENDPOINT[m.group(2)]}]"
+    return f"[CUDA memcpy {name}]"
+
+
+def _frame(rows: list, schema: dict) -> pl.DataFrame:
+    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    return df.sort("start_ns") if "start_ns" in schema else df
+
+
+def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
+    """kernels, memops, cpu_ops (CPU ops and CUDA runtime/driver calls), nvtx (user annotations) and
+    devices, on the wall clock when the trace carries its base time."""
     base = trace["base_ns"]
-    kernels, ops = [], []
+    kernels, memops, ops, ranges = [], [], [], []
     for e in trace["events"]:
         if e.get("ph") != "X" or "ts" not in e:
             continue
-        cat = e.get("cat")
+        cat = e.get("cat") or ""
+        cat = _CATEGORY.get(cat.lower(), cat)
         start = _ns(e["ts"], base)
         end = start + int(round(float(e.get("dur", 0)) * 1000))
         args = e.get("args") or {}
+        tid = e.get("tid") if isinstance(e.get("tid"), int) else None
         if cat == "kernel":
             grid = args.get("grid") or [None] * 3
             block = args.get("block") or [None] * 3
             kernels.append((start, end, end - start, e.get("name", ""), args.get("device"), args.get("stream"),
                             args.get("correlation"), *grid[:3], *block[:3], args.get("registers per thread"),
                             args.get("shared memory"), "kineto"))
-        elif cat in ("cpu_op", "cuda_runtime", "user_annotation"):
-            corr = args.get("correlation", args.get("External id"))
-            ops.append((start, end, e.get("name", ""), e.get("tid") if isinstance(e.get("tid"), int) else None,
-                        corr))
-    k = pl.DataFrame(kernels, schema=KERNEL_SCHEMA, orient="row") if kernels else pl.DataFrame(schema=KERNEL_SCHEMA)
-    o = pl.DataFrame(ops, schema=CPU_OP_SCHEMA, orient="row") if ops else pl.DataFrame(schema=CPU_OP_SCHEMA)
-    return k.sort("start_ns"), o.sort("start_ns")
+        elif cat in ("gpu_memcpy", "gpu_memset"):
+            memops.append((start, end, end - start, memop_name(e.get("name", ""), cat), args.get("bytes"),
+                           args.get("device"), args.get("stream"), args.get("correlation"), "kineto"))
+        elif cat in CPU_CATEGORIES:
+            corr = args.get("correlation") if cat != "cpu_op" else None  # a cpu_op's External id is another id space
+            ops.append((start, end, e.get("name", ""), tid, corr, cat))
+        elif cat == ANNOTATION:
+            ranges.append((start, end, e.get("name", ""), "", None, tid, ANNOTATION))
+    devices = [(d.get("id"), d.get("name"), d.get("numSms"), d.get("totalGlobalMem"),
+                f"{d['computeMajor']}.{d['computeMinor']}" if "computeMajor" in d else None, "kineto")
+               for d in trace["devices"] if isinstance(d, dict)]
+    return {"kernels": _frame(kernels, KERNEL_SCHEMA), "memops": _frame(memops, MEMOP_SCHEMA),
+            "cpu_ops": _frame(ops, CPU_OP_SCHEMA), "nvtx": _frame(ranges, NVTX_SCHEMA),
+            "devices": _frame(devices, DEVICE_SCHEMA)}
+
+
+def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(kernels, every CPU-side event): CPU ops, CUDA calls and the user annotations (record_function
+    ranges, where process groups name their collectives, e.g. gloo:all_reduce)."""
+    f = all_frames(trace)
+    annotations = f["nvtx"].select("start_ns", "end_ns", pl.col("text").alias("name"), "tid",
+                                   pl.lit(None, pl.Int64).alias("correlation"), pl.lit(ANNOTATION).alias("category"))
+    return f["kernels"], pl.concat([f["cpu_ops"], annotations]).sort("start_ns")
 
 
 def attach(model: TraceModel, path: str) -> dict:
@@ -70,12 +118,14 @@ def attach(model: TraceModel, path: str) -> dict:
     total = 0
     for f in files:
         trace = read(f)
-        k, o = frames(trace)
-        model.kernels = pl.concat([model.kernels, k])
-        model.cpu_ops = pl.concat([model.cpu_ops, o])
-        total += k.height
+        fr = all_frames(trace)
+        for attr in ("kernels", "memops", "cpu_ops", "nvtx"):
+            setattr(model, attr, pl.concat([getattr(model, attr), fr[attr]]))
+        model.devices = pl.concat([model.devices, fr["devices"]]).unique(maintain_order=True)
+        total += fr["kernels"].height
         model.manifest.setdefault("sources", []).append(
-            {"kineto": str(f), "kernels": k.height, "cpu_ops": o.height,
+            {"kineto": str(f), "kernels": fr["kernels"].height, "cpu_ops": fr["cpu_ops"].height,
+             "memops": fr["memops"].height, "annotations": fr["nvtx"].height,
              "alignment": "baseTimeNanoseconds" if trace["base_ns"] else "none (no base time in the file)",
              "devices": trace["devices"]})
     return {"kernels": total}

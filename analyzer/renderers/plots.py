@@ -1,19 +1,38 @@
-"""PNG plots (matplotlib, Agg). Each takes analysis frames and returns PNG bytes, or None."""
+"""PNG plots (matplotlib, Agg). Each takes analysis frames and returns PNG bytes, or None.
+
+matplotlib is the ``plots`` extra: without it every plot is None and one note says so.
+"""
 from __future__ import annotations
 
+import functools
 import io
+import logging
 
 import polars as pl
 
 from sglang_tracing import semconv as sc
 
+logger = logging.getLogger(__name__)
 
-def _figure():
-    import matplotlib
 
+@functools.cache
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (noted once) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("PNG plots skipped: matplotlib is not installed (pip install 'sglang-tracing[plots]')")
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure():
+    plt = _pyplot()
+    if plt is None:
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
     return plt
 
 
@@ -26,9 +45,9 @@ def _png(fig) -> bytes:
 
 def itl_plot(tokens: pl.DataFrame, rid: str) -> bytes | None:
     pts = tokens.drop_nulls("itl_ns")
-    if pts.is_empty():
+    plt = _pyplot()
+    if pts.is_empty() or plt is None:
         return None
-    plt = _figure()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.plot(pts["token_index"].to_list(), (pts["itl_ns"] / 1e6).to_list(), marker=".", lw=1)
     ax.set_xlabel("output token index")
@@ -41,7 +60,9 @@ def itl_plot(tokens: pl.DataFrame, rid: str) -> bytes | None:
 def cache_plot(occupancy: pl.DataFrame, lookups: pl.DataFrame) -> bytes | None:
     if occupancy.is_empty() or sc.CACHE_USED not in occupancy.columns:
         return None
-    plt = _figure()
+    plt = _pyplot()
+    if plt is None:
+        return None
     t0 = occupancy["start_ns"].min()
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = ((occupancy["start_ns"] - t0) / 1e9).to_list()
@@ -61,9 +82,11 @@ def cache_plot(occupancy: pl.DataFrame, lookups: pl.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def tp_scaling_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> bytes:
+def tp_scaling_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> bytes | None:
     """Output throughput per TP size: measured, linear from the smallest, and projected sizes."""
-    plt = _figure()
+    plt = _pyplot()
+    if plt is None:
+        return None
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(table["tp"].to_list(), table["output_tok_per_s"].to_list(), marker="o", label="measured")
     base = table.row(0, named=True)

@@ -1,4 +1,8 @@
-"""Plain-text tree renderer (the plan's layout)."""
+"""Plain-text tree renderer (the plan's layout).
+
+Tables are drawn here, not by polars' repr: the last column (where kernel names, ranges and hints go)
+is printed in full, and other long text is shortened only as far as values stay distinct, so two
+kernel variants never print the same."""
 from __future__ import annotations
 
 import polars as pl
@@ -6,6 +10,55 @@ import polars as pl
 from sglang_tracing.analyzer.report import Report, Section
 
 NOT_MEASURED = "not measured"
+CELL_WIDTH = 60
+
+
+_ID_COLUMNS = {"pid", "tid", "device", "stream", "kernel_id", "rank", "correlation", "id", "index"}
+
+
+def _cell(v, column: str = "") -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "NaN"
+        if v.is_integer() and abs(v) < 1e15:
+            v = int(v)
+        else:
+            return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) >= 1000 else f"{v:.6g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v) if column in _ID_COLUMNS else f"{v:,}"
+    return str(v)
+
+
+def _shorten(values: list[str], width: int) -> list[str]:
+    """Cut values to ``width`` characters (with '…'), widening until distinct values stay distinct."""
+    distinct = len(set(values))
+    longest = max((len(v) for v in values), default=0)
+    while width < longest:
+        cut = [v if len(v) <= width else v[: width - 1] + "…" for v in values]
+        if len(set(cut)) == distinct:
+            return cut
+        width += 20
+    return values
+
+
+def table_text(df: pl.DataFrame) -> list[str]:
+    """An ASCII-markdown table; numbers right-aligned, the last column in full."""
+    cols = [[_cell(v, c) for v in df[c].to_list()] for c in df.columns]
+    cols = [c if i == len(cols) - 1 else _shorten(c, CELL_WIDTH) for i, c in enumerate(cols)]
+    numeric = [dt.is_numeric() for dt in df.dtypes]
+    widths = [max([len(name)] + [len(v) for v in c]) for name, c in zip(df.columns, cols)]
+    last = len(cols) - 1
+
+    def line(cells):
+        parts = [(v.rjust(w) if numeric[i] else v.ljust(w)) if i < last else v for i, (v, w) in
+                 enumerate(zip(cells, widths))]
+        return "| " + " | ".join(parts) + " |"
+
+    out = [line(df.columns), "|" + "|".join("-" * (w + 2) for w in widths[:last] + [len(df.columns[last])]) + "|"]
+    out += [line(row) for row in zip(*cols)]
+    return out
 
 
 def _figure_line(f) -> str:
@@ -27,11 +80,7 @@ def _section(sec: Section, prefix: str, last: bool, out: list[str]) -> None:
         elif kind == "c":
             _section(item, inner, is_last, out)
         else:
-            with pl.Config(tbl_rows=200, tbl_cols=-1, fmt_str_lengths=36, tbl_width_chars=220,
-                           tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
-                           tbl_formatting="ASCII_MARKDOWN"):
-                text = str(item)
-            for line in text.splitlines():
+            for line in table_text(item.head(200)):
                 out.append(f"{inner}   {line}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sglang_tracing.analyzer.loaders.files import resolve
 from sglang_tracing.models.builder import ARCHITECTURES, build_model_dir
-from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
+from sglang_tracing.serving import CPU_SERVING_ARGS, DUMMY_WEIGHTS, Server, wait_for_exporters
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,9 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--out", help="output folder (default traces/<experiment>-<timestamp>); an existing one resumes")
     p.add_argument("--cpu", action="store_true", help="serve on CPU (torch_native attention)")
+    p.add_argument("--dummy-weights", action="store_true",
+                   help="serve random weights (--load-format dummy) for a --model path too; a shipped "
+                        "architecture always has them (it ships no weights)")
     p.add_argument("--sglang-args", default="", help="more SGLang arguments, quoted")
     p.add_argument("--trace-args", default="", help="more tracing options for launched servers, quoted "
                    "(e.g. '--trace-level layer --profile-steps 1:3')")
@@ -60,9 +63,14 @@ class Experiment:
         m = self.args.model
         return ARCHITECTURES[m]["vocab_size"] if m in ARCHITECTURES else 32000
 
+    @property
+    def dummy_weights(self) -> bool:
+        return self.args.model in ARCHITECTURES or self.args.dummy_weights
+
     def server_args(self, extra: list[str] | None = None) -> list[str]:
-        base = list(CPU_ARGS) if self.args.cpu else ["--load-format", "dummy", "--log-level", "warning"]
-        return base + shlex.split(self.args.sglang_args) + (extra or [])
+        base = list(CPU_SERVING_ARGS) if self.args.cpu else ["--log-level", "warning"]
+        weights = DUMMY_WEIGHTS if self.dummy_weights else []
+        return base + weights + shlex.split(self.args.sglang_args) + (extra or [])
 
     def tracing_args(self, extra: list[str] | None = None) -> list[str]:
         return shlex.split(self.args.trace_args) + (extra or [])

@@ -237,7 +237,9 @@ def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
     server = Server(exp.model_path(), trace_dir=str(trace_dir), extra_args=exp.server_args(extra), env=env,
                     tracing_args=exp.tracing_args(), wrap=wrap, log_path=str(exp.out / cell / "server.log"))
     try:
-        server.wait_ready(timeout=a.ready_timeout)
+        # ncu counts kernel launches from the first request and nsys captures from the first forward:
+        # the workload's request must come first, so no generate probe before it
+        server.wait_ready(timeout=a.ready_timeout, round_trip=False)
         prompts = [prompt_of_length(a.prompt_len, seed=60_000 + i, vocab_size=exp.vocab)
                    for i in range(a.num_requests)]
         result = drive(server, prompts, a.output_len, 1)

@@ -74,6 +74,17 @@ def _model_config(args: dict) -> dict | None:
     return None
 
 
+def weights_of(manifest: dict) -> str | None:
+    """Which weights the server served: "dummy" (random, ``--load-format dummy``) or "real"; None
+    when the manifest has no server args. Read from SGLang's load_format for older recordings."""
+    if manifest.get("weights"):
+        return manifest["weights"]
+    load_format = (manifest.get("server_args") or {}).get("load_format")
+    if load_format is None:
+        return None
+    return "dummy" if load_format == "dummy" else "real"
+
+
 def build(config: TraceConfig, server_args=None) -> dict:
     args = {}
     if server_args is not None and dataclasses.is_dataclass(server_args):
@@ -90,6 +101,7 @@ def build(config: TraceConfig, server_args=None) -> dict:
         "config": dataclasses.asdict(config),
         "command": sys.argv,
         "server_args": args,
+        "weights": weights_of({"server_args": args}),
         "model_config": _model_config(args),
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                  "cpu_count": os.cpu_count()},
