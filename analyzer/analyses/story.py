@@ -151,6 +151,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     if len(model.servers) > 1:  # several trace dirs: this request's server, and only its GPU samples
         head.add("server", req["server"], "trace dir it was recorded in")
         counters = counters.filter(pl.col("server") == req["server"])
+        spans = spans.filter(pl.col("server") == req["server"])  # the forwards that shared its GPU
     if req.get("internal"):
         head.add("internal request", req["internal"], "not a user's request: left out of every statistic")
     head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
@@ -218,7 +219,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     result.add("detokenize (this request's share)", ms(req.get("detokenize_share_ns")),
                "detokenizer batches, split by batch size")
     result.add("detokenize window", ms(req["detokenize_ns"]), "first -> last detokenize call")
-    inserts = spans.filter(pl.col("name") == sc.CACHE_INSERT).select(pl.len()).collect().item()
+    inserts = model.scan_spans().filter(pl.col("name") == sc.CACHE_INSERT).select(pl.len()).collect().item()
     result.add("cache inserts (whole trace)", str(inserts), "span sglang.cache.insert")
 
     summary = report.section("Summary")
