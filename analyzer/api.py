@@ -5,17 +5,26 @@ import os
 from pathlib import Path
 
 from sglang_tracing.analyzer.errors import TraceError
-from sglang_tracing.analyzer.model import TraceModel, load_trace_dir, profiles_only
+from sglang_tracing.analyzer.model import TraceModel, load_trace_dirs, profiles_only
 from sglang_tracing.config import UsageError
 
 REPORTS = ("story", "radix", "timeline", "attention")
 
 
-def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = None,
+def _dirs(trace_dir: str | list[str] | None) -> list[str]:
+    return [trace_dir] if isinstance(trace_dir, str) else list(trace_dir or [])
+
+
+def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str | None = None,
          ncu: str | None = None) -> TraceModel:
-    if trace_dir is None and not (nsys or kineto or ncu):
+    """One trace dir, several (merged, a ``server`` column tells them apart), or profiler files alone."""
+    dirs = _dirs(trace_dir)
+    if not dirs and not (nsys or kineto or ncu):
         raise UsageError("give a trace dir, or at least one of --nsys, --kineto, --ncu")
-    model = load_trace_dir(trace_dir) if trace_dir else profiles_only()
+    if len(dirs) > 1 and (nsys or kineto or ncu):
+        raise UsageError("--nsys, --kineto and --ncu go with one trace dir, not several merged")
+    model = load_trace_dirs(dirs) if dirs else profiles_only()
+    trace_dir = dirs[0] if len(dirs) == 1 else None
     if kineto is None and nsys is None and trace_dir and any(Path(trace_dir).glob("kineto-*.json*")):
         kineto = trace_dir  # what --profile-steps wrote next to the spans (nsys, when given, has the kernels)
     if ncu:
@@ -40,13 +49,16 @@ def load(trace_dir: str | None, nsys: str | None = None, kineto: str | None = No
 
 
 def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None):
-    from sglang_tracing.analyzer.analyses import attention, radix, story, timeline
+    from sglang_tracing.analyzer.analyses import attention, radix, servers, story, timeline
 
     builders = {"story": lambda: story.build_report(model, request, model_config),
                 "radix": lambda: radix.build_report(model),
                 "timeline": lambda: timeline.build_report(model),
                 "attention": lambda: attention.build_report(model)}
-    return [builders[n]() for n in names]
+    reports = [builders[n]() for n in names]
+    if servers.merged(model):
+        servers.add_breakdowns(reports, model)
+    return reports
 
 
 def _parse_list(text: str, allowed, what: str) -> list[str]:
@@ -59,19 +71,22 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
     return items
 
 
-def analyze(trace_dir: str | None, reports: str = "all", request: str = "slowest", out_dir: str | None = None,
-            formats: str = "text,md,html", nsys: str | None = None, kineto: str | None = None,
-            model_config: str | None = None, ncu: str | None = None) -> list[str]:
+def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: str = "slowest",
+            out_dir: str | None = None, formats: str = "text,md,html", nsys: str | None = None,
+            kineto: str | None = None, model_config: str | None = None, ncu: str | None = None) -> list[str]:
     from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
 
     names = _parse_list(reports, REPORTS, "report")
     fmts = _parse_list(formats, tuple(FORMATS), "format")
-    model = load(trace_dir, nsys, kineto, ncu)
-    if trace_dir is None:
+    dirs = _dirs(trace_dir)
+    if len(dirs) > 1 and out_dir is None:
+        raise UsageError("--out is needed when several trace dirs are analyzed together")
+    model = load(dirs, nsys, kineto, ncu)
+    if not dirs:
         names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
         if out_dir is None:
             raise UsageError("--out is needed when no trace dir is given")
-    out = Path(out_dir or os.path.join(trace_dir, "reports"))
+    out = Path(out_dir or os.path.join(dirs[0], "reports"))
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for report in build_reports(model, names, request, model_config):
@@ -126,7 +141,8 @@ def diff(a: str, b: str, out_dir: str | None = None, formats: str = "text,md,htm
     return text.render(report), written
 
 
-def to_perfetto(trace_dir: str | None, output: str, nsys: str | None = None, kineto: str | None = None) -> dict:
+def to_perfetto(trace_dir: str | list[str] | None, output: str, nsys: str | None = None,
+                kineto: str | None = None) -> dict:
     from sglang_tracing.analyzer.renderers import perfetto
 
     model = load(trace_dir, nsys, kineto)

@@ -2,10 +2,11 @@
 
 Frames (all times are wall-clock ns, the clock spans and NVML samples are recorded on):
 
-- ``spans``: one row per span. trace_id, span_id, parent_id, name, start_ns, end_ns, dur_ns,
-  role, pid, tp_rank, and one column per attribute key (names from ``semconv``).
-- ``events``: span events. span_id, trace_id, name, time_ns.
-- ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``).
+- ``spans``: one row per span. trace_id, span_id, parent_id, name, start_ns, end_ns, role, pid,
+  tp_rank, one column per attribute key (names from ``semconv``; in order of first appearance,
+  dtype inferred from the values), then dur_ns and server (the trace dir's name, see below).
+- ``events``: span events. span_id, name, time_ns, trace_id, server.
+- ``counters``: long format. t_ns, gpu, metric, value, source (``nvml``, ``gpm``, ``nsys``), server.
 - ``kernels``: GPU kernels. start_ns, end_ns, dur_ns, name, device, stream, correlation,
   grid_x/y/z, block_x/y/z, registers, shared_bytes, source (``nsys``, ``kineto``).
 - ``nvtx``: NVTX ranges. start_ns, end_ns, text, domain, span_id (parsed from the text), tid, style
@@ -19,22 +20,31 @@ Frames (all times are wall-clock ns, the clock spans and NVML samples are record
   ``ncu_rules``: ncu's own rule results (loaders/ncu.RULE_SCHEMA), with their estimated speedups.
 - ``nsys_stats``: ``nsys stats`` CSV tables (report name -> frame), when only those were given.
 
+Spans are decoded once into parquet parts next to the trace (``loaders/span_store``) and read from
+there: ``TraceModel.scan_spans()`` is a LazyFrame over them (only the span names and columns a query
+uses are read, so an analysis written against it never holds every span), ``TraceModel.spans`` the
+whole frame in memory, sorted by start_ns, read on first use. Columns computed from the recorded
+ones are added in ``_derived``, so both see them.
+
+Several trace dirs (DP replicas, servers, runs) load as one model (``load_trace_dirs``): the
+``server`` column tells their rows apart, ``servers`` lists them (one dir: its name, the same column).
+
 Clock alignment: spans and NVML samples share ``time.time_ns`` on one host. nsys and Kineto
 times are shifted onto it: by the median offset between NVTX ranges and the spans whose ids
 they carry, else by the capture's own wall-clock session start.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 import polars as pl
 
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
-from sglang_tracing.analyzer.loaders.otlp_json import SPAN_FIELDS, read_span_file
+from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE, SPAN_FIELDS
 from sglang_tracing.semconv import GPM_METRICS
 
 logger = logging.getLogger(__name__)
@@ -56,35 +66,61 @@ MEMOP_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "o
                 "source": pl.String}
 DEVICE_SCHEMA = {"device": pl.Int64, "name": pl.String, "sm_count": pl.Int64, "memory_bytes": pl.Int64,
                  "cc": pl.String, "source": pl.String}
-SPAN_BASE = {"trace_id": pl.String, "span_id": pl.String, "parent_id": pl.String, "name": pl.String,
-             "start_ns": pl.Int64, "end_ns": pl.Int64, "role": pl.String, "pid": pl.Int64,
-             "tp_rank": pl.Int64}
 
 
 def empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-@dataclasses.dataclass
 class TraceModel:
-    manifest: dict
-    spans: pl.DataFrame
-    events: pl.DataFrame
-    counters: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(COUNTER_SCHEMA))
-    kernels: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(KERNEL_SCHEMA))
-    nvtx: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(NVTX_SCHEMA))
-    cpu_ops: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(CPU_OP_SCHEMA))
-    memops: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(MEMOP_SCHEMA))
-    devices: pl.DataFrame = dataclasses.field(default_factory=lambda: empty(DEVICE_SCHEMA))
-    ncu: pl.DataFrame | None = None  # long ncu metrics (loaders/ncu.SCHEMA) when a profile was given
-    ncu_rules: pl.DataFrame | None = None  # ncu's rule hints (loaders/ncu.RULE_SCHEMA)
-    nsys_stats: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
-    source_dir: str = ""
-    cut_files: list[str] = dataclasses.field(default_factory=list)
-    gpu_notes: list[dict] = dataclasses.field(default_factory=list)
+    """Every source of one analysis. ``spans`` is read into memory on first use (sorted by start_ns);
+    ``scan_spans()`` gives the same rows lazily, so an analysis built on it never holds every span."""
+
+    def __init__(self, manifest: dict, spans: pl.DataFrame | None = None, events: pl.DataFrame | None = None,
+                 counters: pl.DataFrame | None = None, kernels: pl.DataFrame | None = None,
+                 nvtx: pl.DataFrame | None = None, cpu_ops: pl.DataFrame | None = None,
+                 memops: pl.DataFrame | None = None, devices: pl.DataFrame | None = None,
+                 ncu: pl.DataFrame | None = None, ncu_rules: pl.DataFrame | None = None,
+                 nsys_stats: dict[str, pl.DataFrame] | None = None, source_dir: str = "",
+                 cut_files: list[str] | None = None, gpu_notes: list[dict] | None = None,
+                 span_scan: pl.LazyFrame | None = None, servers: list[dict] | None = None):
+        self.manifest = manifest
+        self._spans = spans
+        self._span_scan = span_scan
+        self.events = events if events is not None else empty(EVENT_SCHEMA)
+        self.counters = counters if counters is not None else empty(COUNTER_SCHEMA)
+        self.kernels = kernels if kernels is not None else empty(KERNEL_SCHEMA)
+        self.nvtx = nvtx if nvtx is not None else empty(NVTX_SCHEMA)
+        self.cpu_ops = cpu_ops if cpu_ops is not None else empty(CPU_OP_SCHEMA)
+        self.memops = memops if memops is not None else empty(MEMOP_SCHEMA)
+        self.devices = devices if devices is not None else empty(DEVICE_SCHEMA)
+        self.ncu = ncu  # long ncu metrics (loaders/ncu.SCHEMA) when a profile was given
+        self.ncu_rules = ncu_rules  # ncu's rule hints (loaders/ncu.RULE_SCHEMA)
+        self.nsys_stats = nsys_stats or {}
+        self.source_dir = source_dir
+        self.cut_files = cut_files or []
+        self.gpu_notes = gpu_notes or []
+        self.servers = servers or []  # one entry per trace dir: server, dir, spans, manifest
+
+    @property
+    def spans(self) -> pl.DataFrame:
+        if self._spans is None:
+            scan = self._span_scan if self._span_scan is not None else spans_frame([]).lazy()
+            self._spans = scan.collect().sort("start_ns", maintain_order=True)
+        return self._spans
+
+    @spans.setter
+    def spans(self, frame: pl.DataFrame) -> None:
+        self._spans = frame
+
+    def scan_spans(self) -> pl.LazyFrame:
+        """The spans frame as a LazyFrame (unsorted): parquet parts on disk until collected."""
+        if self._spans is not None or self._span_scan is None:
+            return self.spans.lazy()
+        return self._span_scan
 
     def col(self, name: str) -> bool:
-        return name in self.spans.columns
+        return name in self.scan_spans().collect_schema()
 
 
 def spans_frame(rows: list[tuple]) -> pl.DataFrame:
@@ -152,47 +188,30 @@ _GPM_FIELDS = frozenset(GPM_METRICS)
 def profiles_only() -> TraceModel:
     """An empty model for analyzing profiler files that came without a trace dir."""
     return TraceModel(manifest={"format": "sglang-tracing", "format_version": 1, "profiles_only": True},
-                      spans=spans_frame([]), events=empty({"span_id": pl.String, "name": pl.String,
-                                                          "time_ns": pl.Int64, "trace_id": pl.String}))
+                      spans=spans_frame([]), events=empty(EVENT_SCHEMA))
 
 
-CACHE_DIR = ".sglang-trace-cache"
+def _derived(scan: pl.LazyFrame, server: str) -> pl.LazyFrame:
+    """Columns computed from the recorded ones (added where the spans are read, so lazily too)."""
+    return scan.with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns"), pl.lit(server).alias("server"))
 
 
-def _cache_key(files: list[Path]) -> str:
-    import hashlib
-
-    h = hashlib.blake2b(digest_size=12)
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()
-
-
-def _read_cached(trace_dir: Path, key: str) -> tuple[pl.DataFrame, pl.DataFrame] | None:
-    folder = trace_dir / CACHE_DIR / key
-    try:
-        return pl.read_parquet(folder / "spans.parquet"), pl.read_parquet(folder / "events.parquet")
-    except (OSError, pl.exceptions.PolarsError):
-        return None
+def server_labels(trace_dirs: list[Path]) -> list[str]:
+    """Short distinct names for trace dirs: their paths without the parts they all share at either end
+    (``runs/a/trace`` and ``runs/b/trace`` are ``a`` and ``b``); one dir is its own name."""
+    parts = [d.resolve().parts for d in trace_dirs]
+    if len(parts) == 1:
+        return [parts[0][-1] if parts[0] else str(trace_dirs[0])]
+    head = len(os.path.commonprefix(parts))
+    tail = len(os.path.commonprefix([p[head:][::-1] for p in parts]))
+    labels = ["/".join(p[head:len(p) - tail]) for p in parts]
+    return labels if all(labels) and len(set(labels)) == len(labels) else [str(d) for d in trace_dirs]
 
 
-def _write_cache(trace_dir: Path, key: str, spans: pl.DataFrame, events: pl.DataFrame) -> None:
-    """Parquet copy of the parsed spans: later runs skip JSON decoding. Best effort (read-only dirs)."""
-    import shutil
+def load_trace_dir(trace_dir: str | Path, use_cache: bool = True, workers: int | None = None,
+                   server: str | None = None) -> TraceModel:
+    from sglang_tracing.analyzer.loaders.span_store import open_store
 
-    root = trace_dir / CACHE_DIR
-    try:
-        if root.exists():
-            shutil.rmtree(root)
-        (root / key).mkdir(parents=True)
-        spans.write_parquet(root / key / "spans.parquet")
-        events.write_parquet(root / key / "events.parquet")
-    except OSError:
-        logger.debug("no parsed-span cache for %s", trace_dir)
-
-
-def load_trace_dir(trace_dir: str | Path, use_cache: bool = True) -> TraceModel:
     trace_dir = Path(trace_dir)
     if not trace_dir.is_dir():
         raise TraceError(trace_dir, "not a directory")
@@ -203,25 +222,30 @@ def load_trace_dir(trace_dir: str | Path, use_cache: bool = True) -> TraceModel:
     manifest = read_manifest(trace_dir)
     if not files:
         raise TraceError(trace_dir, "no spans-*.jsonl files: the server recorded nothing")
-    still_writing = list(trace_dir.glob("*.active"))
-    key = _cache_key(files)
-    cached = _read_cached(trace_dir, key) if use_cache and not still_writing else None
-    cut: list[str] = []
-    if cached is not None:
-        span_frame, ev = cached
-    else:
-        spans, events = [], []
-        for path in files:
-            s, e, was_cut = read_span_file(path)
-            spans += s
-            events += e
-            if was_cut:
-                cut.append(str(path))
-        ev_schema = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String}
-        ev = pl.DataFrame(events, schema=ev_schema, orient="row") if events else empty(ev_schema)
-        span_frame = spans_frame(spans)
-        if use_cache and not still_writing and not cut:
-            _write_cache(trace_dir, key, span_frame, ev)
+    server = server or server_labels([trace_dir])[0]
+    store = open_store(trace_dir, files, use_cache=use_cache, workers=workers)
     notes = [json.loads(p.read_text()) for p in sorted(trace_dir.glob("gpu-*.json"))]
-    return TraceModel(manifest=manifest, spans=span_frame, events=ev, counters=read_counters(trace_dir),
-                      source_dir=str(trace_dir), cut_files=cut, gpu_notes=notes)
+    return TraceModel(manifest=manifest, events=store.events.with_columns(pl.lit(server).alias("server")),
+                      counters=read_counters(trace_dir).with_columns(pl.lit(server).alias("server")),
+                      source_dir=str(trace_dir), cut_files=store.cut_files, gpu_notes=notes,
+                      span_scan=_derived(store.scan(), server),
+                      servers=[{"server": server, "dir": str(trace_dir), "spans": store.spans, "manifest": manifest}])
+
+
+def load_trace_dirs(trace_dirs: list[str | Path], use_cache: bool = True, workers: int | None = None) -> TraceModel:
+    """Several trace dirs (DP replicas, servers, runs) as one model; the ``server`` column tells them apart.
+    One dir gives exactly ``load_trace_dir``; the manifest is the first dir's, ``servers`` lists them all."""
+    dirs = [Path(d) for d in trace_dirs]
+    if len(set(d.resolve() for d in dirs)) < len(dirs):
+        raise ValueError("the same trace dir is given twice")
+    models = [load_trace_dir(d, use_cache, workers, server=label) for d, label in zip(dirs, server_labels(dirs))]
+    if len(models) == 1:
+        return models[0]
+    return TraceModel(manifest=models[0].manifest,
+                      events=pl.concat([m.events for m in models], how="diagonal_relaxed"),
+                      counters=pl.concat([m.counters for m in models], how="diagonal_relaxed"),
+                      source_dir=", ".join(m.source_dir for m in models),
+                      cut_files=[f for m in models for f in m.cut_files],
+                      gpu_notes=[n for m in models for n in m.gpu_notes],
+                      span_scan=pl.concat([m.scan_spans() for m in models], how="diagonal_relaxed"),
+                      servers=[s for m in models for s in m.servers])

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("analyze", "write reports for a trace dir"),
                            ("perfetto", "export a trace dir as a native Perfetto trace")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("trace_dir", nargs="?", help="trace dir (optional when only profiler files are analyzed)")
+        p.add_argument("trace_dir", nargs="*", help="trace dir; several are merged, each one a server in the "
+                                                    "reports (none when only profiler files are analyzed)")
         p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH)")
         p.add_argument("--kineto", help="Kineto / Chrome-trace JSON (.json or .json.gz)")
         if name == "analyze":

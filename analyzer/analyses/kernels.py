@@ -36,10 +36,13 @@ def intersection_ns(a: pl.DataFrame, b: pl.DataFrame) -> int:
     return total
 
 
-def cpu_gpu_overlap(spans: pl.DataFrame, kernels: pl.DataFrame, bubble_ns: int = 50_000) -> dict:
+def cpu_gpu_overlap(spans: pl.DataFrame | pl.LazyFrame, kernels: pl.DataFrame, bubble_ns: int = 50_000) -> dict:
     """Busy and idle time of the scheduler CPU thread and of the GPU over the window both were active."""
-    cpu = spans.filter(pl.col("name").is_in([sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT]))
-    if kernels.is_empty() or cpu.is_empty():
+    if kernels.is_empty():
+        return {}
+    cpu = spans.lazy().filter(pl.col("name").is_in([sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT])).select(
+        "start_ns", "end_ns").collect()
+    if cpu.is_empty():
         return {}
     gpu_iv, cpu_iv = merge_intervals(kernels), merge_intervals(cpu)
     lo = max(gpu_iv["start_ns"].min(), cpu_iv["start_ns"].min())
@@ -59,16 +62,18 @@ def cpu_gpu_overlap(spans: pl.DataFrame, kernels: pl.DataFrame, bubble_ns: int =
             "bubble_threshold_ns": bubble_ns}
 
 
-def forward_gpu_time(spans: pl.DataFrame, kernels: pl.DataFrame) -> pl.DataFrame:
+def forward_gpu_time(spans: pl.DataFrame | pl.LazyFrame, kernels: pl.DataFrame) -> pl.DataFrame:
     """GPU ns of each forward span: its CUDA-event duration when recorded, else the kernels that
     started between its launch and the next forward's launch. Columns: span_id, mode, gpu_ns, source."""
-    fwd = spans.filter(pl.col("name") == sc.FORWARD).sort("start_ns")
-    if fwd.is_empty():
+    spans = spans.lazy()
+    schema = spans.collect_schema()
+    mode = pl.col(sc.FORWARD_MODE) if sc.FORWARD_MODE in schema else pl.lit(None, pl.String)
+    out = spans.filter(pl.col("name") == sc.FORWARD).select(
+        "span_id", "start_ns", mode.alias("mode"),
+        (pl.col(sc.GPU_DURATION_NS) if sc.GPU_DURATION_NS in schema else pl.lit(None, pl.Int64)).alias("event_ns"),
+    ).collect().sort("start_ns", maintain_order=True)
+    if out.is_empty():
         return pl.DataFrame(schema={"span_id": pl.String, "mode": pl.String, "gpu_ns": pl.Int64, "source": pl.String})
-    mode = pl.col(sc.FORWARD_MODE) if sc.FORWARD_MODE in fwd.columns else pl.lit(None, pl.String)
-    out = fwd.select("span_id", "start_ns", mode.alias("mode"),
-                     (pl.col(sc.GPU_DURATION_NS) if sc.GPU_DURATION_NS in fwd.columns
-                      else pl.lit(None, pl.Int64)).alias("event_ns"))
     if not kernels.is_empty():
         k = kernels.select("start_ns", "dur_ns").sort("start_ns").join_asof(
             out.select("span_id", pl.col("start_ns").alias("fwd_start")), left_on="start_ns", right_on="fwd_start")
@@ -82,29 +87,33 @@ def forward_gpu_time(spans: pl.DataFrame, kernels: pl.DataFrame) -> pl.DataFrame
                       .when(pl.col("kernel_ns").is_not_null()).then(pl.lit("kernels")).otherwise(None).alias("source"))
 
 
-def request_gpu_time(spans: pl.DataFrame, per_forward: pl.DataFrame) -> pl.DataFrame:
+def request_gpu_time(spans: pl.DataFrame | pl.LazyFrame, per_forward: pl.DataFrame) -> pl.DataFrame:
     """Each forward's GPU time split across its requests by their tokens in that forward.
     Columns: rid, prefill_gpu_ns, decode_gpu_ns, gpu_ns."""
     empty = pl.DataFrame(schema={"rid": pl.String, "prefill_gpu_ns": pl.Float64, "decode_gpu_ns": pl.Float64,
                                  "gpu_ns": pl.Float64})
-    if per_forward.is_empty() or sc.BATCH_RIDS not in spans.columns:
+    spans = spans.lazy()
+    schema = spans.collect_schema()
+    if per_forward.is_empty() or sc.BATCH_RIDS not in schema:
         return empty
     fwd = spans.filter(pl.col("name") == sc.FORWARD).select(
         "span_id", pl.col(sc.BATCH_RIDS).alias("rid"),
-        (pl.col(sc.BATCH_EXTEND_LENS) if sc.BATCH_EXTEND_LENS in spans.columns else pl.lit(None, pl.List(pl.Int64)))
+        (pl.col(sc.BATCH_EXTEND_LENS) if sc.BATCH_EXTEND_LENS in schema else pl.lit(None, pl.List(pl.Int64)))
         .alias("tokens"))
     fwd = fwd.with_columns(pl.when(pl.col("tokens").is_null()).then(pl.col("rid").list.eval(pl.lit(1)))
                            .otherwise(pl.col("tokens")).alias("tokens"))
-    long = fwd.explode(["rid", "tokens"]).join(per_forward.drop_nulls("gpu_ns"), on="span_id")
-    if long.is_empty():
-        return empty
-    long = long.with_columns((pl.col("gpu_ns") * pl.col("tokens") / pl.col("tokens").sum().over("span_id"))
-                             .alias("share_ns"))
+    # a forward's token total taken before the explode, so the streaming engine needs no window
+    long = (fwd.with_columns(pl.col("tokens").list.sum().alias("batch_tokens")).explode(["rid", "tokens"])
+            .join(per_forward.drop_nulls("gpu_ns").lazy(), on="span_id"))
+    long = long.with_columns((pl.col("gpu_ns") * pl.col("tokens") / pl.col("batch_tokens")).alias("share_ns"))
     is_prefill = pl.col("mode").is_in(["extend", "mixed"])
-    return long.group_by("rid").agg(
-        pl.col("share_ns").filter(is_prefill).sum().alias("prefill_gpu_ns"),
-        pl.col("share_ns").filter(~is_prefill).sum().alias("decode_gpu_ns"),
-        pl.col("share_ns").sum().alias("gpu_ns"))
+    # columns summed, not filters inside the aggregation: those would make the streaming engine
+    # fall back to holding every (forward, request) row
+    out = long.select("rid", "share_ns", pl.when(is_prefill).then(pl.col("share_ns")).alias("prefill"),
+                      pl.when(~is_prefill).then(pl.col("share_ns")).alias("decode")).group_by("rid").agg(
+        pl.col("prefill").sum().alias("prefill_gpu_ns"), pl.col("decode").sum().alias("decode_gpu_ns"),
+        pl.col("share_ns").sum().alias("gpu_ns")).collect(engine="streaming")
+    return out if out.height else empty
 
 
 def project_nvtx(kernels: pl.DataFrame, cpu_ops: pl.DataFrame, nvtx: pl.DataFrame) -> pl.DataFrame:

@@ -56,14 +56,15 @@ def with_speedup(lookups: pl.DataFrame) -> pl.DataFrame:
     return out.with_columns(speedup.otherwise(None).alias("speedup")).sort("received_ns")
 
 
-def cache_ops(spans: pl.DataFrame) -> pl.DataFrame:
+def cache_ops(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Cache operations in time order with the cache state after each."""
     names = (sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT)
-    ops = spans.filter(pl.col("name").is_in(names))
+    ops = spans.lazy().filter(pl.col("name").is_in(names))
+    schema = ops.collect_schema()
     cols = [c for c in (sc.CACHE_TOTAL, sc.CACHE_USED, sc.CACHE_EVICTABLE, sc.CACHE_PROTECTED,
                         sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS, sc.CACHE_FREED_TOKENS,
-                        sc.CACHE_REQUESTED_TOKENS, sc.CACHE_TRIGGER, sc.CACHE_CLASS) if c in ops.columns]
-    return ops.select("name", "start_ns", "dur_ns", *cols).sort("start_ns")
+                        sc.CACHE_REQUESTED_TOKENS, sc.CACHE_TRIGGER, sc.CACHE_CLASS) if c in schema]
+    return ops.select("name", "start_ns", "dur_ns", *cols).collect().sort("start_ns", maintain_order=True)
 
 
 def evictions(ops: pl.DataFrame, lookups: pl.DataFrame) -> pl.DataFrame:
@@ -71,25 +72,29 @@ def evictions(ops: pl.DataFrame, lookups: pl.DataFrame) -> pl.DataFrame:
     ev = ops.filter(pl.col("name") == sc.CACHE_EVICT)
     if ev.is_empty():
         return ev
+    # each request that missed counts for the last eviction that started strictly before it arrived,
+    # unless it arrived exactly when an eviction started (then for none)
+    starts = ev.select(pl.col("start_ns").alias("evict_ns")).with_row_index("i")
+    missing = (lookups.filter(pl.col("lookup") != "full").drop_nulls("received_ns").select("received_ns")
+               .join(starts.select(pl.col("evict_ns").alias("received_ns")), on="received_ns", how="anti")
+               .sort("received_ns")
+               .join_asof(starts, left_on="received_ns", right_on="evict_ns", allow_exact_matches=False)
+               .group_by("i").len())
+    counts = starts.join(missing, on="i", how="left")["len"].fill_null(0).to_list()
     rows = []
-    times = ev["start_ns"].to_list() + [None]
-    for i, row in enumerate(ev.iter_rows(named=True)):
-        nxt = times[i + 1]
-        later = lookups.filter((pl.col("received_ns") > row["start_ns"])
-                               & (pl.col("lookup") != "full")
-                               & ((pl.col("received_ns") < nxt) if nxt else pl.lit(True)))
+    for row, later in zip(ev.iter_rows(named=True), counts):
         rows.append({"time_ns": row["start_ns"], "duration": ms(row["dur_ns"]),
                      "requested_tokens": row.get(sc.CACHE_REQUESTED_TOKENS),
                      "freed_tokens": row.get(sc.CACHE_FREED_TOKENS), "trigger": row.get(sc.CACHE_TRIGGER),
-                     "later_requests_missing": later.height})
+                     "later_requests_missing": later})
     return pl.DataFrame(rows)
 
 
 def build_report(model: TraceModel) -> Report:
     report = Report("radix", "RadixCache analysis (experiment 2)")
-    requests = request_table(model.spans, model.manifest)
+    requests = request_table(model.scan_spans(), model.manifest)
     args = model.manifest.get("server_args") or {}
-    ops = cache_ops(model.spans)
+    ops = cache_ops(model.scan_spans())
     conf = report.section("Cache configuration")
     total = ops[sc.CACHE_TOTAL].drop_nulls().max() if sc.CACHE_TOTAL in ops.columns and ops.height else None
     conf.add("KV slots (tokens)", str(total) if total else None, "allocator size in cache spans")

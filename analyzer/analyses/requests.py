@@ -9,11 +9,11 @@ REQUEST_PHASES = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST
                   sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE, sc.REQUEST_HTTP)
 
 
-def _opt(spans: pl.DataFrame, name: str, dtype=pl.Int64) -> pl.Expr:
-    return pl.col(name) if name in spans.columns else pl.lit(None, dtype).alias(name)
+def _opt(spans: pl.LazyFrame, name: str, dtype=pl.Int64) -> pl.Expr:
+    return pl.col(name) if name in spans.collect_schema() else pl.lit(None, dtype).alias(name)
 
 
-def _phase(spans: pl.DataFrame, name: str, prefix: str, extra: dict[str, str] | None = None) -> pl.DataFrame:
+def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | None = None) -> pl.LazyFrame:
     cols = [pl.col(sc.RID).alias("rid"), pl.col("start_ns").alias(f"{prefix}_start_ns"),
             pl.col("end_ns").alias(f"{prefix}_end_ns"), pl.col("dur_ns").alias(f"{prefix}_ns")]
     for attr, alias in (extra or {}).items():
@@ -36,10 +36,10 @@ def _internal_by_rid() -> pl.Expr:
     return expr
 
 
-def request_table(spans: pl.DataFrame, manifest: dict | None = None) -> pl.DataFrame:
-    """One row per request id seen in any request span.
+def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = None) -> pl.DataFrame:
+    """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
 
-    Columns (ns unless named): rid, internal (why it is not a user's request: warm-up, health check,
+    Columns (ns unless named): rid, server (when the spans have it), internal (why it is not a user's request: warm-up, health check,
     readiness probe; null for the user's), stream (null: not recorded), received_ns, finished_ns,
     e2e_ns, prompt_tokens, cached_tokens, output_tokens, finish_reason, tokenize_ns, queued_ns,
     prefix_match_ns, matched_tokens, prefill_start_ns, prefill_ns, first_token_ns, first_output_ns,
@@ -51,22 +51,26 @@ def request_table(spans: pl.DataFrame, manifest: dict | None = None) -> pl.DataF
     ``manifest`` lets traces recorded before the internal marker existed have SGLang's warm-up
     request recognized by its shape (see ``infer_legacy_warmup``).
     """
-    if sc.RID not in spans.columns:
+    spans = spans.lazy()
+    schema = spans.collect_schema()
+    if sc.RID not in schema:
         return pl.DataFrame(schema={"rid": pl.String, "internal": pl.String, "complete": pl.Boolean})
-    req_spans = spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
-    rids = req_spans.select(pl.col(sc.RID).alias("rid")).unique()
+    req_spans = (spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
+                 .sort("start_ns", maintain_order=True))  # "first" below means earliest, as in the spans frame
+    server = ["server"] if "server" in schema else []  # which trace dir (model.load_trace_dirs)
+    rids = req_spans.select(pl.col(sc.RID).alias("rid"), *server).unique("rid", keep="first")
     root = _phase(req_spans, sc.REQUEST, "root", {
         sc.PROMPT_TOKENS: "prompt_tokens", sc.CACHED_TOKENS: "cached_tokens",
         sc.OUTPUT_TOKENS: "output_tokens", sc.FIRST_OUTPUT_NS: "first_output_ns"})
     root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
         pl.col(sc.RID).alias("rid"), _opt(spans, sc.STREAM, pl.Boolean).cast(pl.Boolean).alias("stream"),
         _opt(spans, sc.INTERNAL, pl.String).alias("recorded_internal")).unique("rid"), on="rid", how="left")
-    if sc.FINISH_REASON in req_spans.columns:
+    if sc.FINISH_REASON in schema:
         root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.FINISH_REASON).alias("finish_reason")).unique("rid"),
             on="rid", how="left")
     decode = _phase(req_spans, sc.REQUEST_DECODE, "decode")
-    if sc.TOKEN_TIMES in req_spans.columns:
+    if sc.TOKEN_TIMES in schema:
         decode = decode.join(req_spans.filter(pl.col("name") == sc.REQUEST_DECODE).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.TOKEN_TIMES).alias("token_times_ns")).unique("rid"),
             on="rid", how="left")
@@ -86,7 +90,7 @@ def request_table(spans: pl.DataFrame, manifest: dict | None = None) -> pl.DataF
     table = rids
     for part in parts:
         table = table.join(part, on="rid", how="left")
-    if "token_times_ns" not in table.columns:
+    if "token_times_ns" not in table.collect_schema():
         table = table.with_columns(pl.lit(None, pl.List(pl.Int64)).alias("token_times_ns"))
     n_tok = pl.col("token_times_ns").list.len()
     table = table.with_columns(
@@ -112,9 +116,11 @@ def request_table(spans: pl.DataFrame, manifest: dict | None = None) -> pl.DataF
         (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_compute_ns"),
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
-    ).drop("recorded_internal")
-    if manifest is not None and sc.STREAM not in spans.columns:
-        table = infer_legacy_warmup(table, manifest)
+    ).drop("recorded_internal").collect()
+    if manifest is not None and sc.STREAM not in schema:
+        # one warm-up per server when several trace dirs are merged
+        table = pl.concat([infer_legacy_warmup(part, manifest) for part in table.partition_by(server)]
+                          if server and table.height else [infer_legacy_warmup(table, manifest)])
     return table.sort("received_ns", nulls_last=True)
 
 

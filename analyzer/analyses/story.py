@@ -97,11 +97,11 @@ def model_weight_bytes(cfg: dict | None) -> int | None:
     return params * DTYPE_BYTES.get(dtype, 2)
 
 
-def _schedule_of(spans: pl.DataFrame, t_ns: int | None) -> dict | None:
+def _schedule_of(spans: pl.DataFrame | pl.LazyFrame, t_ns: int | None) -> dict | None:
     """The scheduling pass that admitted a request (the schedule span starting at its queue exit)."""
     if t_ns is None:
         return None
-    sched = spans.filter((pl.col("name") == sc.SCHEDULE) & (pl.col("start_ns") == t_ns))
+    sched = spans.lazy().filter((pl.col("name") == sc.SCHEDULE) & (pl.col("start_ns") == t_ns)).collect()
     return sched.row(0, named=True) if sched.height else None
 
 
@@ -109,8 +109,10 @@ HW_METRICS = (sc.GPM_SM_UTIL, sc.GPM_SM_OCCUPANCY, sc.GPM_TENSOR_UTIL, sc.GPM_DR
               sc.NVML_SM_CLOCK, sc.NVML_MEM_USED)
 
 
-def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str, others: int = 0) -> dict:
-    state = phase_state(model.counters, windows).filter(pl.col("metric").is_in(HW_METRICS))
+def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label: str, others: int = 0,
+              counters: pl.DataFrame | None = None) -> dict:
+    state = phase_state(model.counters if counters is None else counters, windows).filter(
+        pl.col("metric").is_in(HW_METRICS))
     if state.is_empty():
         why = "; ".join(n.get("reason", "") for n in model.gpu_notes) or "no NVML samples in the trace"
         section.add(f"hardware state ({label})", None, why)
@@ -133,7 +135,7 @@ def _hardware(section: Section, model: TraceModel, windows: pl.DataFrame, label:
 def build_report(model: TraceModel, which: str = "slowest", model_config_override: str | None = None) -> Report:
     from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time, request_gpu_time
 
-    spans = model.spans
+    spans = model.scan_spans()
     per_fwd = forward_gpu_time(spans, model.kernels)
     gpu = request_gpu_time(spans, per_fwd)
     requests = request_table(spans, model.manifest).join(gpu, on="rid", how="left")
@@ -145,6 +147,11 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
         return report
     rid = req["rid"]
     head = report.section(f"Request {rid} (selected: {which})")
+    counters = model.counters
+    if len(model.servers) > 1:  # several trace dirs: this request's server, and only its GPU samples
+        head.add("server", req["server"], "trace dir it was recorded in")
+        counters = counters.filter(pl.col("server") == req["server"])
+        spans = spans.filter(pl.col("server") == req["server"])  # the forwards that shared its GPU
     if req.get("internal"):
         head.add("internal request", req["internal"], "not a user's request: left out of every statistic")
     head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
@@ -176,13 +183,17 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
                 f"forward GPU time ({gpu_source}) split by tokens in each batch"
                 + _longer_than_wall(req.get("prefill_gpu_ns"), req["prefill_ns"]))
-    mine = forwards_of(forward_members(spans), [rid])
+    # only the forwards whose batch held this request: the same rows forwards_of keeps, without
+    # exploding every forward's batch of the trace
+    mine = forwards_of(forward_members(spans.filter(
+        (pl.col("name") == sc.FORWARD) & pl.col(sc.BATCH_RIDS).list.contains(rid)).collect()
+        if sc.BATCH_RIDS in spans.collect_schema() else spans.clear().collect()), [rid])
     pre_fwd, dec_fwd = mine.filter(is_prefill()), mine.filter(pl.col("mode") == "decode")
     pwin = pl.DataFrame({"start_ns": [req["prefill_start_ns"]], "end_ns": [req["prefill_end_ns"]]})
-    pre_kernels = _kernels(model, pre_fwd)
+    pre_kernels = _kernels(model, pre_fwd, spans)
     _layer_and_op_time(prefill, model, pre_kernels, pre_fwd)
     _kernel_breakdown(prefill, model, pre_kernels, pre_fwd)
-    pre_hw = _hardware(prefill, model, pwin, "prefill", _others_inside(spans, pwin, rid))
+    pre_hw = _hardware(prefill, model, pwin, "prefill", _others_inside(spans, pwin, rid), counters)
 
     decode = report.section("Decode")
     tokens = token_latencies(requests.filter(pl.col("rid") == rid))
@@ -197,9 +208,9 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
                    f"linear fit over {trend['points']} tokens, r2={trend['r2']:.2f}")
     else:
         decode.add("ITL trend vs KV length", None, f"fewer than {MIN_TREND_TOKENS} decode tokens")
-    _kernel_breakdown(decode, model, _kernels(model, dec_fwd), dec_fwd)
+    _kernel_breakdown(decode, model, _kernels(model, dec_fwd, spans), dec_fwd)
     dwin = pl.DataFrame({"start_ns": [req["decode_start_ns"]], "end_ns": [req["decode_end_ns"]]})
-    dec_hw = _hardware(decode, model, dwin, "decode", _others_inside(spans, dwin, rid))
+    dec_hw = _hardware(decode, model, dwin, "decode", _others_inside(spans, dwin, rid), counters)
     for metric in sorted(set(pre_hw) & set(dec_hw)):
         decode.add(f"shift prefill -> decode: {metric}", f"{pre_hw[metric]:.1f} -> {dec_hw[metric]:.1f}",
                    "GPM/NVML means")
@@ -208,8 +219,8 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     result.add("detokenize (this request's share)", ms(req.get("detokenize_share_ns")),
                "detokenizer batches, split by batch size")
     result.add("detokenize window", ms(req["detokenize_ns"]), "first -> last detokenize call")
-    inserts = spans.filter(pl.col("name") == sc.CACHE_INSERT)
-    result.add("cache inserts (whole trace)", str(inserts.height), "span sglang.cache.insert")
+    inserts = model.scan_spans().filter(pl.col("name") == sc.CACHE_INSERT).select(pl.len()).collect().item()
+    result.add("cache inserts (whole trace)", str(inserts), "span sglang.cache.insert")
 
     summary = report.section("Summary")
     summary.add("end-to-end", ms(req["e2e_ns"]), "root span sglang.request")
@@ -237,7 +248,7 @@ def build_report(model: TraceModel, which: str = "slowest", model_config_overrid
     if cut.height:
         summary.child("requests cut off (no complete record)").table = cut.select(
             "rid", *[c for c in ("received_ns", "prefill_ns", "decode_ns") if c in cut.columns])
-    summary.child("all user requests").table = _request_rows(all_done)
+    summary.child("all user requests").table = _request_rows(all_done, len(model.servers) > 1)
     if internal.height:
         summary.child("internal requests (not in any statistic)").table = _request_rows(internal).insert_column(
             1, internal["internal"])
@@ -257,27 +268,30 @@ def _longer_than_wall(gpu_ns, wall_ns) -> str:
     return ""
 
 
-def _request_rows(requests: pl.DataFrame) -> pl.DataFrame:
+def _request_rows(requests: pl.DataFrame, with_server: bool = False) -> pl.DataFrame:
     return requests.select(
-        "rid", "prompt_tokens", "cached_tokens", "output_tokens",
+        "rid", *(["server"] if with_server else []), "prompt_tokens", "cached_tokens", "output_tokens",
         (pl.col("ttft_ns") / 1e6).round(3).alias("ttft_ms"),
         (pl.col("mean_itl_ns") / 1e6).round(3).alias("mean_itl_ms"),
         (pl.col("e2e_ns") / 1e6).round(3).alias("e2e_ms"),
         (pl.col("gpu_ns") / 1e6).round(3).alias("gpu_ms"))
 
 
-def _others_inside(spans: pl.DataFrame, window: pl.DataFrame, rid: str) -> int:
+def _others_inside(spans: pl.LazyFrame, window: pl.DataFrame, rid: str) -> int:
     """Forwards inside a phase's window that did not run this request (they share the GPU-wide samples)."""
     start, end = window["start_ns"][0], window["end_ns"][0]
     if start is None or end is None:
         return 0
-    inside = forwards_inside(spans, start, end)
+    inside = forwards_inside(spans.lazy().filter(pl.col("start_ns").is_between(start, end)).collect(), start, end)
     return inside.filter(~pl.col("rids").list.contains(rid).fill_null(False)).height
 
 
-def _kernels(model: TraceModel, forwards: pl.DataFrame) -> pl.DataFrame:
+def _kernels(model: TraceModel, forwards: pl.DataFrame, spans: pl.LazyFrame) -> pl.DataFrame:
     """The kernels the given forwards launched (attributed by forward, not by time window)."""
-    return kernels_of_forwards(model.kernels, model.cpu_ops, model.nvtx, model.spans, forwards["span_id"])
+    if model.kernels.is_empty():
+        return model.kernels.clear()
+    fwd_spans = spans.lazy().filter(pl.col("name").is_in([sc.FORWARD, sc.MODEL_FORWARD])).collect()
+    return kernels_of_forwards(model.kernels, model.cpu_ops, model.nvtx, fwd_spans, forwards["span_id"])
 
 
 def _batch_note(forwards: pl.DataFrame) -> str:

@@ -40,7 +40,11 @@ def _sources(report: Report, model: TraceModel) -> None:
                            if s.get(k))
         src.add(kind, s.get(kind), f"{detail or 'no events'}; alignment: {s.get('alignment', 'n/a')}"
                 + (f"; nsys {s['version']}" if s.get("version") else ""))
-    src.add("spans", str(model.spans.height), model.source_dir or "no trace dir")
+    src.add("spans", str(_span_count(model)), model.source_dir or "no trace dir")
+
+
+def _span_count(model: TraceModel) -> int:
+    return model.scan_spans().select(pl.len()).collect(engine="streaming").item()
 
 
 def _gpus(sec: Section, model: TraceModel, activity: pl.DataFrame) -> None:
@@ -133,11 +137,12 @@ def _stats_tables(report: Report, model: TraceModel, tables: dict) -> None:
 
 
 def _sglang(report: Report, model: TraceModel) -> None:
-    spans, kernels = model.spans, model.kernels
+    spans, kernels = model.scan_spans(), model.kernels
     threads = report.section("SGLang processes")
-    threads.table = (spans.group_by("role", "pid").agg(pl.len().alias("spans"),
-                                                       ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
-                                                       .round(1).alias("active_ms")).sort("role"))
+    by = (["server"] if len(model.servers) > 1 else []) + ["role", "pid"]
+    threads.table = (spans.group_by(by).agg(pl.len().alias("spans"),
+                                            ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
+                                            .round(1).alias("active_ms")).collect(engine="streaming").sort(by))
     ops = report.section("GPU time by layer and op (NVTX projection)")
     projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
     if projected.height:
@@ -175,7 +180,7 @@ def _sglang(report: Report, model: TraceModel) -> None:
     sched = report.section("Scheduling overhead per batch")
     for name, label in ((sc.SCHEDULE, "schedule"), (sc.PROCESS_RESULT, "result processing"),
                         (sc.FORWARD, "forward launch (CPU)")):
-        d = spans.filter(pl.col("name") == name)["dur_ns"]
+        d = spans.filter(pl.col("name") == name).select("dur_ns").collect().to_series()
         sched.add(label, f"median {ms(d.median())}, p99 {ms(d.quantile(0.99))} over {d.len()} batches"
                   if d.len() else None, f"span {name}")
 
@@ -184,16 +189,19 @@ def _sglang(report: Report, model: TraceModel) -> None:
     mem.add("peak GPU memory", f"{used['value'].max() / 2**30:.2f} GiB" if used.height else None,
             "NVML mem_used at 100 ms" if used.height else "no NVML samples")
     cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT]))
-    if cache.height and sc.CACHE_USED in cache.columns:
-        mem.add("peak KV used", f"{cache[sc.CACHE_USED].max()} of {cache[sc.CACHE_TOTAL].max()} tokens", "cache spans")
-    ev = spans.filter(pl.col("name") == sc.CACHE_EVICT)
-    if cache.height:
+    n_cache = cache.select(pl.len()).collect().item()
+    if n_cache and sc.CACHE_USED in cache.collect_schema():
+        used, total = cache.select(pl.col(sc.CACHE_USED).max(), pl.col(sc.CACHE_TOTAL).max()).collect().row(0)
+        mem.add("peak KV used", f"{used} of {total} tokens", "cache spans")
+    ev = spans.filter(pl.col("name") == sc.CACHE_EVICT).collect().sort("start_ns", maintain_order=True)
+    if n_cache:
         mem.add("evictions", str(ev.height), "span sglang.cache.evict")
     else:
         mem.add("evictions", None, "no prefix-cache spans in this trace (--trace-level batch records them)")
     if ev.height:
+        first = spans.select(pl.col("start_ns").min()).collect(engine="streaming").item()
         mem.child("eviction events").table = ev.select(
-            ((pl.col("start_ns") - spans["start_ns"].min()) / 1e6).round(1).alias("t_ms"),
+            ((pl.col("start_ns") - first) / 1e6).round(1).alias("t_ms"),
             pl.col(sc.CACHE_FREED_TOKENS).alias("freed_tokens"), pl.col(sc.CACHE_TRIGGER).alias("trigger"),
             (pl.col("dur_ns") / 1e3).round(1).alias("dur_us"))
 
@@ -207,6 +215,6 @@ def build_report(model: TraceModel) -> Report:
         report.section("GPU streams").table = model.kernels.group_by("device", "stream").agg(
             pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
     _stats_tables(report, model, tables)
-    if model.spans.height:
+    if _span_count(model):
         _sglang(report, model)
     return report

@@ -1,29 +1,49 @@
-"""Native Perfetto trace (protobuf through the perfetto package's protos), streamed packet by packet.
+"""Native Perfetto trace (protobuf), with track events encoded a column at a time.
 
 Tracks: one process track per SGLang process with a thread track for its spans, one track
 per request under a "Requests" group (requests overlap), GPU kernel tracks per device/stream,
 NVML/GPM counter tracks per GPU. Flows link a request's prefill to the forward that ran it,
 and each forward to the processing of its result. Spans that overlap without nesting go to
-extra lanes of their track, so every begin has its end on the same track.
+extra lanes of their track, so every begin has its end on the same track. With several trace
+dirs, each server's processes are its own tracks, named with the server.
+
+Track descriptors (thousands) are perfetto protos written one by one; slice and counter events
+(millions) are encoded by ``proto_columns`` from frames, in batches.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections import defaultdict
 from typing import IO
 
+import numpy as np
 import polars as pl
-from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import TracePacket, TrackEvent
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import DebugAnnotation, Trace, TracePacket, TrackEvent
 from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.model import TraceModel
-from sglang_tracing.runtime.ids import request_trace_key
+from sglang_tracing.analyzer.renderers import proto_columns as pc
+from sglang_tracing.runtime.ids import REQUEST_TRACE_KEY_PREFIX
 
 SEQ = 0x5617
+BATCH = 250_000  # events encoded at once: bounds the encoder's memory
 _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
                   sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE}
+_ARG_COLUMNS = (sc.FORWARD_MODE, sc.BATCH_SIZE, sc.BATCH_TOKENS, sc.GPU_DURATION_NS, sc.SCHED_NEW_SEQS,
+                sc.SCHED_QUEUED, sc.SCHED_RUNNING, sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS,
+                sc.CACHE_FREED_TOKENS, sc.PROMPT_TOKENS, sc.CACHED_TOKENS, sc.OUTPUT_TOKENS, sc.RID)
+
+_TP, _TE, _DA = TracePacket.DESCRIPTOR, TrackEvent.DESCRIPTOR, DebugAnnotation.DESCRIPTOR
+_PACKET = pc.tag(Trace.DESCRIPTOR, "packet")
+_TIMESTAMP, _SEQ_ID, _TRACK_EVENT = pc.tag(_TP, "timestamp"), pc.tag(_TP, "trusted_packet_sequence_id"), pc.tag(
+    _TP, "track_event")
+_TYPE, _TRACK_UUID, _NAME = pc.tag(_TE, "type"), pc.tag(_TE, "track_uuid"), pc.tag(_TE, "name")
+_FLOW_IDS, _DEBUG, _DOUBLE_COUNTER = pc.tag(_TE, "flow_ids"), pc.tag(_TE, "debug_annotations"), pc.tag(
+    _TE, "double_counter_value")
+_ARG_NAME = pc.tag(_DA, "name")
+_ARG_VALUE = {"bool": pc.tag(_DA, "bool_value"), "int": pc.tag(_DA, "int_value"),
+              "double": pc.tag(_DA, "double_value"), "string": pc.tag(_DA, "string_value")}
 
 
 @functools.lru_cache(maxsize=1 << 20)
@@ -53,9 +73,9 @@ def assign_lanes(spans: list[tuple[int, int, object]]) -> list[list[tuple[int, i
 
 class _Writer:
     def __init__(self, out: IO[bytes]):
+        self.out = out
         self.builder = StreamingTraceProtoBuilder(out)
         self.first = True
-        self.flows: dict[str, list] = defaultdict(list)
 
     def packet(self) -> TracePacket:
         p = self.builder.create_packet()
@@ -86,133 +106,206 @@ class _Writer:
         self.builder.write_packet(p)
         return uuid
 
-    def slices(self, track: int, spans: list[tuple[int, int, dict]]) -> int:
-        """Write spans on ``track`` (and lane sub-tracks if they overlap); returns lanes used."""
-        lanes = assign_lanes(spans)
-        for i, lane in enumerate(lanes):
-            uuid = track if i == 0 else self.track(uuid_of(f"{track}:lane{i}"), f"lane {i}", parent=track)
-            stack: list[int] = []
-            for start, end, info in lane:
-                while stack and stack[-1] <= start:
-                    self._end(uuid, stack.pop())
-                self._begin(uuid, start, info)
-                stack.append(end)
-            while stack:
-                self._end(uuid, stack.pop())
-        return len(lanes)
-
-    def _begin(self, track: int, ts: int, info: dict) -> None:
-        p = self.packet()
-        p.timestamp = ts
-        ev = p.track_event
-        ev.type = TrackEvent.TYPE_SLICE_BEGIN
-        ev.track_uuid = track
-        ev.name = info["name"]
-        for flow in info.get("flows", ()):
-            ev.flow_ids.append(flow)
-        for key, value in info.get("args", {}).items():
-            ann = ev.debug_annotations.add()
-            ann.name = key
-            if isinstance(value, bool):
-                ann.bool_value = value
-            elif isinstance(value, int):
-                ann.int_value = value
-            elif isinstance(value, float):
-                ann.double_value = value
-            else:
-                ann.string_value = str(value)
-        self.builder.write_packet(p)
-
-    def _end(self, track: int, ts: int) -> None:
-        p = self.packet()
-        p.timestamp = ts
-        p.track_event.type = TrackEvent.TYPE_SLICE_END
-        p.track_event.track_uuid = track
-        self.builder.write_packet(p)
-
-    def counter(self, track: int, ts: int, value: float) -> None:
-        p = self.packet()
-        p.timestamp = ts
-        p.track_event.type = TrackEvent.TYPE_COUNTER
-        p.track_event.track_uuid = track
-        p.track_event.double_counter_value = value
-        self.builder.write_packet(p)
+    def events(self, frame: pl.DataFrame, group: list[str], encode) -> None:
+        """Track-event packets, one per row of ``frame`` (with ``ts``), in its order; rows sharing the
+        ``group`` columns are encoded together by ``encode(rows) -> Rows`` of TrackEvents."""
+        for start in range(0, frame.height, BATCH):
+            batch = frame.slice(start, BATCH).with_row_index("_pos")
+            groups = []
+            for _, rows in batch.group_by(group):
+                n = rows.height
+                packet = pc.concat(pc.scalar(_TIMESTAMP, pc.varints(rows["ts"].to_numpy())),
+                                   pc.const(_SEQ_ID + pc.varint_bytes(SEQ), n), pc.message(_TRACK_EVENT, encode(rows)))
+                data, lens = pc.message(_PACKET, packet).wire()
+                groups.append((rows["_pos"].to_numpy().astype(np.int64), data, lens))
+            self.out.write(pc.interleave(groups, batch.height).tobytes())
 
 
-_ARG_COLUMNS = (sc.FORWARD_MODE, sc.BATCH_SIZE, sc.BATCH_TOKENS, sc.GPU_DURATION_NS, sc.SCHED_NEW_SEQS,
-                sc.SCHED_QUEUED, sc.SCHED_RUNNING, sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS,
-                sc.CACHE_FREED_TOKENS, sc.PROMPT_TOKENS, sc.CACHED_TOKENS, sc.OUTPUT_TOKENS, sc.RID)
-
-
-def _flow_id(key: str) -> int:
-    return uuid_of("flow:" + key)
-
-
-def _linked_forwards(spans: pl.DataFrame) -> set[str]:
+def _linked_forwards(spans: pl.DataFrame) -> pl.Series:
     """Forward span ids that both a forward slice and some other slice refer to."""
     if sc.FORWARD_SPAN_ID not in spans.columns:
-        return set()
-    referenced = set(spans[sc.FORWARD_SPAN_ID].drop_nulls().to_list())
-    forwards = set(spans.filter(pl.col("name") == sc.FORWARD)["span_id"].to_list())
-    return referenced & forwards
+        return pl.Series("span_id", [], pl.String)
+    referenced = spans.select(pl.col(sc.FORWARD_SPAN_ID).drop_nulls().unique().alias("span_id"))
+    forwards = spans.filter(pl.col("name") == sc.FORWARD).select(pl.col("span_id").unique())
+    return referenced.join(forwards, on="span_id")["span_id"]
+
+
+def _span_frame(model: TraceModel) -> pl.DataFrame:
+    """The span columns the trace shows, read from the lazy scan (not every attribute)."""
+    scan = model.scan_spans()
+    have = scan.collect_schema()
+    wanted = ["name", "start_ns", "end_ns", "span_id", "role", "pid", "tp_rank", "server", sc.RID,
+              sc.FORWARD_SPAN_ID, sc.GPU_START_NS, sc.GPU_END_NS, sc.CACHE_USED, sc.CACHE_EVICTABLE, *_ARG_COLUMNS]
+    return scan.select(list(dict.fromkeys(c for c in wanted if c in have))).collect().sort("start_ns", maintain_order=True)
 
 
 def render(model: TraceModel, out: IO[bytes]) -> dict:
     """Write ``model`` as a Perfetto trace; returns counts of what was written."""
     w = _Writer(out)
-    spans = model.spans
-    args = [c for c in _ARG_COLUMNS if c in spans.columns]
+    spans = _span_frame(model)
+    col = lambda c: pl.col(c) if c in spans.columns else pl.lit(None, pl.String)  # noqa: E731
+    several = spans["server"].n_unique() > 1 if "server" in spans.columns and spans.height else False
+    requests_group = w.track(uuid_of("requests"), "Requests")
     linked = _linked_forwards(spans)
-    fwd_col = sc.FORWARD_SPAN_ID if sc.FORWARD_SPAN_ID in spans.columns else None
-    per_track: dict[int, list] = defaultdict(list)
-    tracks_written: dict[int, bool] = {}
-    requests_group = uuid_of("requests")
-    w.track(requests_group, "Requests")
-    short = [a.split(".", 1)[-1] for a in args]
-    def col(c):
-        return pl.col(c) if c and c in spans.columns else pl.lit(None, pl.String)
-
-    cols = [col(c).alias(f"c{i}") for i, c in enumerate(
-        ["name", "start_ns", "end_ns", "span_id", "role", "pid", "tp_rank", sc.RID, fwd_col, *args])]
-    for name, start, end, span_id, role, pid, tp_rank, rid, fwd, *values in spans.select(cols).iter_rows():
-        flows = []
-        if name == sc.FORWARD:
-            if span_id in linked:
-                flows.append(_flow_id(span_id))
-        elif fwd_col and fwd in linked and name != sc.REQUEST_PREFILL_CHUNK:
-            flows.append(_flow_id(fwd))
-        info = {"name": name, "flows": flows, "args": {k: v for k, v in zip(short, values) if v is not None}}
-        if name in _REQUEST_NAMES and rid:
-            uuid = uuid_of(request_trace_key(rid))
-            if uuid not in tracks_written:
-                tracks_written[uuid] = bool(w.track(uuid, f"request {rid[:12]}", parent=requests_group))
-        else:
-            pid = pid or 0
-            uuid = uuid_of(f"thread:{pid}")
-            if uuid not in tracks_written:
-                label = (role or "process") + (f" tp{tp_rank}" if tp_rank is not None else "")
-                proc = uuid_of(f"proc:{pid}")
-                w.track(proc, f"sglang {label}", pid=pid)
-                tracks_written[uuid] = bool(w.track(uuid, f"{label} spans", parent=proc, pid=pid, tid=pid))
-        per_track[uuid].append((start, max(end, start), info))
+    flow_ids = {s: uuid_of("flow:" + s) for s in linked.to_list()}
+    is_request = col("name").is_in(list(_REQUEST_NAMES)) & col(sc.RID).is_not_null() & (col(sc.RID) != "")
+    process_key = (pl.col("server").cast(pl.String) + ":" if several else pl.lit("")) + pl.col("pid").fill_null(0).cast(
+        pl.String)
+    spans = spans.with_columns(is_request.fill_null(False).alias("_req"), process_key.alias("_proc"))
+    uuids: dict[str, int] = {}
+    tracks_written = 0
+    # request tracks, in order of first appearance
+    for rid in spans.filter("_req")[sc.RID].unique(maintain_order=True).to_list():
+        uuids[REQUEST_TRACE_KEY_PREFIX + rid] = w.track(uuid_of(REQUEST_TRACE_KEY_PREFIX + rid), f"request {rid[:12]}", parent=requests_group)
+        tracks_written += 1
+    threads = spans.filter(~pl.col("_req")).group_by("_proc", maintain_order=True).agg(
+        pl.col("pid").first(), pl.col("role").first(), col("tp_rank").first().alias("tp_rank"),
+        col("server").first().alias("server"))
+    for key, pid, role, tp_rank, server in threads.iter_rows():
+        pid = pid or 0
+        label = (role or "process") + (f" tp{tp_rank}" if tp_rank is not None else "")
+        proc = w.track(uuid_of(f"proc:{key}"), f"sglang {label}" + (f" ({server})" if several else ""), pid=pid)
+        uuids["thread:" + key] = w.track(uuid_of(f"thread:{key}"), f"{label} spans", parent=proc, pid=pid, tid=pid)
+        tracks_written += 1
+    track_key = pl.when("_req").then(REQUEST_TRACE_KEY_PREFIX + col(sc.RID)).otherwise("thread:" + pl.col("_proc"))
+    fwd_col = col(sc.FORWARD_SPAN_ID)
+    flow_of = (pl.when(pl.col("name") == sc.FORWARD).then(pl.col("span_id"))
+               .when(pl.col("name") != sc.REQUEST_PREFILL_CHUNK).then(fwd_col))
+    args = [c for c in _ARG_COLUMNS if c in spans.columns]
+    slices = spans.select(
+        track_key.replace_strict(uuids, return_dtype=pl.UInt64).alias("track"), "start_ns",
+        pl.max_horizontal("start_ns", "end_ns").alias("end_ns"), "name",
+        flow_of.replace_strict(flow_ids, default=None, return_dtype=pl.UInt64).alias("flow"),
+        *[pl.col(c).alias(c.split(".", 1)[-1]) for c in args])
+    n_slices = slices.height
     if sc.GPU_START_NS in spans.columns:
         gpu = spans.filter(pl.col("name") == sc.FORWARD).drop_nulls(sc.GPU_START_NS)
-        for pid, start, end, mode, span_id in gpu.select("pid", sc.GPU_START_NS, sc.GPU_END_NS, sc.FORWARD_MODE,
-                                                         "span_id").iter_rows():
-            uuid = uuid_of(f"gpu-forward:{pid}")
-            if uuid not in tracks_written:
-                tracks_written[uuid] = bool(w.track(uuid, "GPU forwards (CUDA events)", parent=uuid_of(f"proc:{pid}")))
-            per_track[uuid].append((start, max(end, start), {"name": f"forward {mode} (GPU)", "flows": [],
-                                                             "args": {"span_id": span_id}}))
-    n_slices = 0
-    for uuid, items in per_track.items():
-        w.slices(uuid, items)
-        n_slices += len(items)
+        if gpu.height:
+            for key, pid in gpu.select("_proc", "pid").unique("_proc", maintain_order=True).iter_rows():
+                uuids["gpu:" + key] = w.track(uuid_of(f"gpu-forward:{key if several else pid}"),
+                                              "GPU forwards (CUDA events)", parent=uuid_of(f"proc:{key}"))
+                tracks_written += 1
+            gpu_slices = gpu.select(
+                ("gpu:" + pl.col("_proc")).replace_strict(uuids, return_dtype=pl.UInt64).alias("track"),
+                pl.col(sc.GPU_START_NS).alias("start_ns"),
+                pl.max_horizontal(sc.GPU_START_NS, sc.GPU_END_NS).alias("end_ns"),
+                ("forward " + col(sc.FORWARD_MODE).fill_null("None") + " (GPU)").alias("name"),
+                pl.col("span_id"))
+            slices = pl.concat([slices, gpu_slices], how="diagonal")
+            n_slices += gpu_slices.height
+    _write_slices(w, slices)
     n_kernels = _write_kernels(w, model.kernels)
     n_nvtx = _write_nvtx(w, model.nvtx)
-    n_counters = _write_counters(w, model.counters) + _write_cache_occupancy(w, spans)
+    n_counters = _write_counters(w, model.counters) + _write_cache_occupancy(w, spans, several)
     return {"slices": n_slices, "kernels": n_kernels, "nvtx": n_nvtx, "counter_samples": n_counters,
-            "flows": len(linked), "tracks": len(tracks_written)}
+            "flows": len(flow_ids), "tracks": tracks_written}
+
+
+def _event_order(track: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Begin and end events of spans (arrays by span) in the order they are written, per track.
+
+    Per track, spans sorted by (start, longest first, input order) nest when each ends before the
+    first later span that starts at or after its end, ends falling due together closing innermost
+    first. That order is computed for every track at once. Returns (span index, is begin) per
+    event, and per span whether its track really nests (each end closes its own begin and time
+    runs forward), so only the tracks that do not need lanes."""
+    n = len(track)
+    order = np.lexsort((np.arange(n), -end, start, track))
+    t, s, e = track[order], start[order], end[order]
+    first = np.r_[True, t[1:] != t[:-1]]
+    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    sizes = np.diff(np.r_[np.flatnonzero(first), n])
+    i = np.arange(n) - group_start
+    rank = np.cumsum(first) - 1
+    times, inverse = np.unique(np.concatenate([s, e]), return_inverse=True)
+    inverse = inverse.reshape(-1) + np.r_[rank, rank] * (len(times) + 1)  # (track, time) as one sortable integer
+    pos = np.searchsorted(inverse[:n], inverse[n:], side="left")  # first span of the track starting at or after e
+    size = np.repeat(sizes, sizes)
+    due = np.maximum(i + 1, np.where(pos < group_start + size, pos - group_start, size))
+    ev_span = np.concatenate([np.arange(n), np.arange(n)])
+    ev_begin = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    ev_order = np.lexsort((np.r_[np.zeros(n, np.int64), -i], np.r_[np.ones(n, np.int64), np.zeros(n, np.int64)],
+                           np.r_[i, due], np.r_[rank, rank]))
+    ev_span, ev_begin = ev_span[ev_order], ev_begin[ev_order]
+    depth = np.cumsum(np.where(ev_begin, 1, -1))
+    ev_first = np.r_[True, rank[ev_span][1:] != rank[ev_span][:-1]]
+    base = np.maximum.accumulate(np.where(ev_first, np.arange(2 * n), 0))
+    depth = depth - depth[base] + np.where(ev_begin[base], 1, -1)  # depth within the track
+    after_begin, before_end = np.empty(n, np.int64), np.empty(n, np.int64)
+    after_begin[ev_span[ev_begin]] = depth[ev_begin]
+    before_end[ev_span[~ev_begin]] = depth[~ev_begin] + 1
+    ts = np.where(ev_begin, s[ev_span], e[ev_span])
+    back_in_time = np.r_[False, (ts[1:] < ts[:-1]) & ~ev_first[1:]]
+    bad_rank = np.zeros(rank[-1] + 1 if n else 0, bool)
+    bad_rank[rank[after_begin != before_end]] = True
+    bad_rank[rank[ev_span[back_in_time]]] = True
+    nests = np.empty(n, bool)
+    nests[order] = ~bad_rank[rank]
+    return order[ev_span], ev_begin, nests
+
+
+def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
+    if slices.is_empty():
+        return
+    track = slices["track"].to_numpy().astype(np.int64)
+    start, end = slices["start_ns"].to_numpy(), slices["end_ns"].to_numpy()
+    span, begin, nests = _event_order(track, start, end)
+    if not nests.all():
+        # spans that overlap without nesting: greedy lanes per track, lane i > 0 its own child track
+        redo = np.flatnonzero(~nests)
+        by_track: dict[int, list] = {}
+        for row, t, s0, e0 in zip(redo.tolist(), track[redo].tolist(), start[redo].tolist(), end[redo].tolist()):
+            by_track.setdefault(t, []).append((s0, e0, row))
+        lane = track.copy()
+        for t, spans in by_track.items():
+            for i, members in enumerate(assign_lanes(spans)):
+                if i:
+                    uuid = w.track(uuid_of(f"{t}:lane{i}"), f"lane {i}", parent=t)
+                    lane[[r for _, _, r in members]] = uuid
+        keep = nests[span]
+        sub_span, sub_begin, _ = _event_order(lane[redo], start[redo], end[redo])
+        span, begin = np.r_[span[keep], redo[sub_span]], np.r_[begin[keep], sub_begin]
+        track = lane
+    events = pl.DataFrame({"track": track[span].astype(np.uint64), "ts": np.where(begin, start[span], end[span]),
+                           "begin": begin, "row": span})
+    payload = slices.drop("track", "start_ns", "end_ns").with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    events = events.join(payload, on="row", how="left", maintain_order="left").with_columns(
+        pl.when("begin").then(pl.col("name")).alias("_kind"))
+    w.events(events, ["_kind"], _slice_events)
+
+
+def _slice_events(rows: pl.DataFrame) -> pc.Rows:
+    """Encoded TrackEvents of rows of one kind: begins of one name (with flow and args), or ends."""
+    n = rows.height
+    begin = bool(rows["begin"][0])
+    parts = [pc.const(_TYPE + pc.varint_bytes(TrackEvent.TYPE_SLICE_BEGIN if begin else TrackEvent.TYPE_SLICE_END), n),
+             pc.scalar(_TRACK_UUID, pc.varints(rows["track"].to_numpy()))]
+    if not begin:
+        return pc.concat(*parts)
+    parts.append(pc.message(_NAME, pc.strings(rows["name"])))
+    if "flow" in rows.columns and rows["flow"].null_count() < n:
+        flow = rows["flow"]
+        parts.append(pc.scalar(_FLOW_IDS, pc.fixed64(flow.fill_null(0).to_numpy(), "<u8"))
+                     .where(flow.is_not_null().to_numpy()))
+    for column in rows.columns:
+        if column in ("track", "row", "ts", "begin", "ok", "name", "flow", "_kind", "_pos"):
+            continue
+        values = rows[column]
+        present = values.is_not_null().to_numpy()
+        if not present.any():
+            continue
+        if values.dtype == pl.Boolean:
+            encoded = pc.scalar(_ARG_VALUE["bool"], pc.varints(values.fill_null(False).cast(pl.Int64).to_numpy()))
+        elif values.dtype.is_integer():
+            encoded = pc.scalar(_ARG_VALUE["int"], pc.varints(values.fill_null(0).cast(pl.Int64).to_numpy()))
+        elif values.dtype.is_float():
+            encoded = pc.scalar(_ARG_VALUE["double"], pc.fixed64(values.fill_null(0).to_numpy(), "<f8"))
+        else:
+            encoded = pc.message(_ARG_VALUE["string"], pc.strings(values.cast(pl.String)))
+        name = column.encode()
+        annotation = pc.concat(pc.const(_ARG_NAME + pc.varint_bytes(len(name)) + name, n), encoded)
+        parts.append(pc.message(_DEBUG, annotation).where(present))
+    return pc.concat(*parts)
 
 
 def _write_nvtx(w: _Writer, nvtx: pl.DataFrame) -> int:
@@ -221,10 +314,11 @@ def _write_nvtx(w: _Writer, nvtx: pl.DataFrame) -> int:
     if ranges.is_empty():
         return 0
     root = w.track(uuid_of("nvtx"), "NVTX ranges (profiler)")
-    for (tid,), frame in ranges.partition_by(["tid"], as_dict=True).items():
-        track = w.track(uuid_of(f"nvtx:{tid}"), f"thread {tid}", parent=root)
-        w.slices(track, [(s, max(e, s), {"name": t or ""}) for s, e, t in
-                         frame.sort("start_ns").select("start_ns", "end_ns", "text").iter_rows()])
+    tracks = {tid: w.track(uuid_of(f"nvtx:{tid}"), f"thread {tid}", parent=root)
+              for tid in ranges["tid"].unique(maintain_order=True).to_list()}
+    _write_slices(w, ranges.sort("start_ns", maintain_order=True).select(
+        pl.col("tid").replace_strict(tracks, return_dtype=pl.UInt64).alias("track"), "start_ns",
+        pl.max_horizontal("start_ns", "end_ns").alias("end_ns"), pl.col("text").fill_null("").alias("name")))
     return ranges.height
 
 
@@ -232,36 +326,58 @@ def _write_kernels(w: _Writer, kernels: pl.DataFrame) -> int:
     if kernels.is_empty():
         return 0
     gpu_root = w.track(uuid_of("gpu"), "GPU")
-    groups = kernels.partition_by(["device", "stream"], as_dict=True)
-    for (device, stream), frame in groups.items():
-        track = w.track(uuid_of(f"gpu:{device}:{stream}"), f"GPU {device} stream {stream}", parent=gpu_root)
-        w.slices(track, [(s, max(e, s), {"name": n}) for s, e, n in
-                         frame.select("start_ns", "end_ns", "name").iter_rows()])
+    keys = kernels.select("device", "stream").unique(maintain_order=True)
+    tracks = {(d, s): w.track(uuid_of(f"gpu:{d}:{s}"), f"GPU {d} stream {s}", parent=gpu_root)
+              for d, s in keys.iter_rows()}
+    track_of = keys.with_columns(pl.Series("track", list(tracks.values()), pl.UInt64))
+    _write_slices(w, kernels.join(track_of, on=["device", "stream"], how="left", maintain_order="left").select(
+        "track", "start_ns", pl.max_horizontal("start_ns", "end_ns").alias("end_ns"), "name"))
     return kernels.height
 
 
-def _write_cache_occupancy(w: _Writer, spans: pl.DataFrame) -> int:
+def _counter_events(w: _Writer, samples: pl.DataFrame) -> int:
+    """Counter packets from (track, t_ns, value) rows, each track's in time order."""
+    def encode(rows: pl.DataFrame) -> pc.Rows:
+        return pc.concat(pc.const(_TYPE + pc.varint_bytes(TrackEvent.TYPE_COUNTER), rows.height),
+                         pc.scalar(_TRACK_UUID, pc.varints(rows["track"].to_numpy())),
+                         pc.scalar(_DOUBLE_COUNTER, pc.fixed64(rows["value"].cast(pl.Float64).to_numpy(), "<f8")))
+
+    w.events(samples.rename({"t_ns": "ts"}).with_columns(pl.lit(0).alias("_one")), ["_one"], encode)
+    return samples.height
+
+
+def _write_cache_occupancy(w: _Writer, spans: pl.DataFrame, several: bool) -> int:
     """KV tokens used and evictable after each prefix-cache operation, per scheduler process."""
     if sc.CACHE_USED not in spans.columns:
         return 0
-    ops = spans.filter(pl.col(sc.CACHE_USED).is_not_null()).sort("end_ns")
-    n = 0
-    for (pid,), frame in ops.partition_by(["pid"], as_dict=True).items():
+    ops = spans.filter(pl.col(sc.CACHE_USED).is_not_null()).sort("end_ns", maintain_order=True)
+    metrics = [m for m in (sc.CACHE_USED, sc.CACHE_EVICTABLE) if m in ops.columns]
+    frames = []
+    for key, pid in ops.select("_proc", "pid").unique("_proc", maintain_order=True).iter_rows():
         for metric in (sc.CACHE_USED, sc.CACHE_EVICTABLE):
-            track = w.track(uuid_of(f"cache:{pid}:{metric}"), f"KV cache {metric.rsplit('.', 1)[-1]}",
-                            parent=uuid_of(f"proc:{pid}"), counter_unit="tokens")
-            for t, v in frame.select("end_ns", metric).drop_nulls().iter_rows():
-                w.counter(track, t, float(v))
-                n += 1
-    return n
+            track = w.track(uuid_of(f"cache:{key if several else pid}:{metric}"),
+                            f"KV cache {metric.rsplit('.', 1)[-1]}", parent=uuid_of(f"proc:{key}"),
+                            counter_unit="tokens")
+            if metric in metrics:
+                frames.append(ops.filter(pl.col("_proc") == key).select(
+                    pl.lit(track, pl.UInt64).alias("track"), pl.col("end_ns").alias("t_ns"),
+                    pl.col(metric).alias("value")).drop_nulls("value"))
+    return _counter_events(w, pl.concat(frames)) if frames else 0
 
 
 def _write_counters(w: _Writer, counters: pl.DataFrame) -> int:
     if counters.is_empty():
         return 0
-    for (gpu, metric), frame in counters.partition_by(["gpu", "metric"], as_dict=True).items():
-        unit = metric.rsplit("_", 1)[-1]
-        track = w.track(uuid_of(f"counter:{gpu}:{metric}"), f"GPU {gpu} {metric}", counter_unit=unit)
-        for t, v in frame.sort("t_ns").select("t_ns", "value").iter_rows():
-            w.counter(track, t, v)
-    return counters.height
+    several = "server" in counters.columns and counters["server"].n_unique() > 1
+    by = ["server", "gpu", "metric"] if several else ["gpu", "metric"]
+    keys = counters.select(by).unique(maintain_order=True)
+    tracks = []
+    for row in keys.iter_rows(named=True):
+        gpu, metric = row["gpu"], row["metric"]
+        prefix = f"{row['server']}:" if several else ""
+        name = f"GPU {gpu} {metric}" + (f" ({row['server']})" if several else "")
+        tracks.append(w.track(uuid_of(f"counter:{prefix}{gpu}:{metric}"), name, counter_unit=metric.rsplit("_", 1)[-1]))
+    samples = (counters.join(keys.with_columns(pl.Series("track", tracks, pl.UInt64)), on=by, how="left",
+                             maintain_order="left")
+               .sort("track", "t_ns", maintain_order=True).select("track", "t_ns", "value"))
+    return _counter_events(w, samples)

@@ -1,0 +1,84 @@
+"""Several trace dirs analyzed together (DP replicas, servers, runs): which were merged, and each
+report's figures broken down per server (the ``server`` column of the frames)."""
+from __future__ import annotations
+
+import polars as pl
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.model import TraceModel
+from sglang_tracing.analyzer.report import Report, Section
+
+
+def merged(model: TraceModel) -> bool:
+    return len(model.servers) > 1
+
+
+def sources_section(model: TraceModel) -> Section:
+    """Which trace dirs were merged, under which server name, with how many spans each."""
+    sec = Section("Trace dirs merged")
+    for s in model.servers:
+        sglang = (s["manifest"].get("versions") or {}).get("sglang")
+        sec.add(f"server {s['server']}", s["dir"], f"{s['spans']} spans, SGLang {sglang or '?'}")
+    return sec
+
+
+def request_breakdown(requests: pl.DataFrame) -> pl.DataFrame:
+    """Per server: requests seen and complete, tokens, and TTFT / ITL / end-to-end percentiles (ms)."""
+    q = lambda c, p: (pl.col(c).quantile(p, "nearest") / 1e6).round(3)  # noqa: E731
+    return (requests.group_by("server").agg(
+        pl.len().alias("requests"), pl.col("complete").sum().alias("complete"),
+        pl.col("prompt_tokens").sum().alias("prompt_tokens"), pl.col("cached_tokens").sum().alias("cached_tokens"),
+        pl.col("output_tokens").sum().alias("output_tokens"),
+        q("ttft_ns", 0.5).alias("ttft_p50_ms"), q("ttft_ns", 0.9).alias("ttft_p90_ms"),
+        q("mean_itl_ns", 0.5).alias("itl_p50_ms"), q("e2e_ns", 0.5).alias("e2e_p50_ms"),
+        q("e2e_ns", 0.9).alias("e2e_p90_ms"))
+        .sort("server"))
+
+
+def lookup_breakdown(lookups: pl.DataFrame, requests: pl.DataFrame) -> pl.DataFrame:
+    """Per server: prefix-cache lookups by result and the prompt tokens they saved."""
+    by = lookups.join(requests.select("rid", "server"), on="rid", how="left")
+    return (by.group_by("server").agg(
+        (pl.col("lookup") == "full").sum().alias("full_hits"), (pl.col("lookup") == "partial").sum().alias("partial_hits"),
+        (pl.col("lookup") == "miss").sum().alias("misses"), pl.col("cached_tokens").sum().alias("cached_tokens"),
+        (pl.col("cached_tokens").sum() / pl.col("prompt_tokens").sum() * 100).round(1).alias("cached_pct"))
+        .sort("server"))
+
+
+def batch_breakdown(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Per server: spans, forwards, and the median schedule / forward-launch / result-processing time (ms)."""
+    med = lambda name: (pl.col("dur_ns").filter(pl.col("name") == name).median() / 1e6).round(3)  # noqa: E731
+    return (spans.lazy().group_by("server").agg(
+        pl.len().alias("spans"), (pl.col("name") == sc.FORWARD).sum().alias("forwards"),
+        med(sc.SCHEDULE).alias("schedule_p50_ms"), med(sc.FORWARD).alias("forward_launch_p50_ms"),
+        med(sc.PROCESS_RESULT).alias("result_p50_ms"))
+        .collect(engine="streaming").sort("server"))
+
+
+def shared_rids(requests: pl.DataFrame) -> int:
+    """Request ids seen on more than one server (the request table keys on the rid alone)."""
+    return requests.group_by("rid").agg(pl.col("server").n_unique()).filter(pl.col("server") > 1).height
+
+
+def add_breakdowns(reports: list[Report], model: TraceModel) -> None:
+    """With several trace dirs: each report opens with the merged dirs and gets a per-server section."""
+    from sglang_tracing.analyzer.analyses.radix import classify_lookups
+    from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
+
+    requests = None
+    for report in reports:
+        if report.name in ("story", "radix", "timeline"):
+            report.sections.insert(0, sources_section(model))
+        if report.name in ("story", "radix") and requests is None:
+            requests = user_requests(request_table(model.scan_spans(), model.manifest))  # as every statistic
+        if report.name == "story":
+            sec = report.section("Per server")
+            sec.table = request_breakdown(requests)
+            clash = shared_rids(requests)
+            sec.add("request ids on several servers", str(clash),
+                    "0 expected (SGLang's rids are random); a shared rid's request is counted once" if clash else
+                    "each request belongs to one server")
+        elif report.name == "radix":
+            report.section("Per server").table = lookup_breakdown(classify_lookups(requests), requests)
+        elif report.name == "timeline":
+            report.section("Per server").table = batch_breakdown(model.scan_spans())

@@ -1,0 +1,374 @@
+"""A trace dir's spans as parquet parts: decoded once, in parallel, then scanned lazily (out of core).
+
+The OTLP-JSON span files are cut into chunks of whole lines; worker processes decode each chunk
+(``otlp_columns``) and write one parquet part per span name, so a query for some span names reads
+only their parts (each part holds one name: its statistics let the scan skip the others). A file
+the fast decoder declines is read by the reference path (``otlp_json``) instead, which also gives
+the exact error for bad input. The parts, the events and an index live in
+``<trace dir>/.sglang-trace-cache/<key>/`` (a temp dir when the trace dir is read-only or still
+being written); the key covers the span files' names, sizes and mtimes and this format's version.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import pickle
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.loaders import otlp_columns
+from sglang_tracing.analyzer.loaders.files import read_bytes
+from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = ".sglang-trace-cache"
+FORMAT = 2  # bump when parts written by an older analyzer must not be read
+CHUNK_BYTES = 32 << 20
+PARALLEL_MIN_BYTES = 64 << 20  # below this, decoding in this process beats starting workers
+PROGRESS_MIN_BYTES = 256 << 20
+
+
+@dataclasses.dataclass
+class Store:
+    """Parquet parts of one trace dir's spans, their common schema (reference column order) and events."""
+
+    folder: Path
+    parts: list[str]
+    schema: pl.Schema
+    events: pl.DataFrame
+    cut_files: list[str]
+    spans: int
+
+    def scan(self) -> pl.LazyFrame:
+        """Every span, unsorted, without the derived columns (``model.scan_spans`` adds them)."""
+        if not self.parts:
+            return pl.LazyFrame(schema=self.schema)
+        return pl.scan_parquet([str(self.folder / p) for p in self.parts], schema=self.schema,
+                               missing_columns="insert")
+
+
+@dataclasses.dataclass
+class _Task:
+    index: int
+    path: str
+    start: int
+    end: int  # -1: the whole (gzip) file
+    last: bool  # holds the file's end, where a killed writer leaves a cut line
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start if self.end >= 0 else os.path.getsize(self.path)
+
+
+def cache_key(files: list[Path]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"format {FORMAT};".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def open_store(trace_dir: Path, files: list[Path], use_cache: bool = True, workers: int | None = None) -> Store:
+    """The trace dir's cached parts when they match its span files, else freshly built ones."""
+    key = cache_key(files)
+    root = trace_dir / CACHE_DIR
+    writable_cache = use_cache and not any(trace_dir.glob("*.active"))
+    if writable_cache:
+        store = _read_index(root / key)
+        if store is not None:
+            for path in store.cut_files:
+                _warn_cut(path)
+            return store
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=_fresh_root(root)))
+        except OSError:
+            writable_cache = False
+    if not writable_cache:
+        folder = Path(tempfile.mkdtemp(prefix="sglang-trace-parts-"))
+        atexit.register(shutil.rmtree, folder, True)
+    try:
+        store = _build(files, folder, workers)
+    except BaseException:  # bad input, interrupted: no half-built parts left behind
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if writable_cache:
+        final = root / key
+        try:
+            folder.rename(final)
+            store.folder = final
+        except OSError:  # another analyzer finished the same cache first
+            atexit.register(shutil.rmtree, folder, True)
+    return store
+
+
+def _fresh_root(root: Path) -> Path:
+    """The cache root with the entries of other keys (older versions of the span files) removed, and
+    unfinished ones left by an analyzer that was killed (an hour old)."""
+    if root.exists():
+        for old in root.iterdir():
+            if ".tmp-" not in old.name or time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def _read_index(folder: Path) -> Store | None:
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        schema = pl.read_parquet_schema(folder / "schema.parquet")
+        events = pl.read_parquet(folder / "events.parquet")
+    except (OSError, ValueError, pl.exceptions.PolarsError):
+        return None
+    return Store(folder, index["parts"], pl.Schema(schema), events, index["cut_files"], index["spans"])
+
+
+def _plan(files: list[Path]) -> list[_Task]:
+    """Chunks of whole lines, about CHUNK_BYTES each (a gzip file is one chunk)."""
+    tasks: list[_Task] = []
+    for path in files:
+        if path.suffix == ".gz":
+            tasks.append(_Task(len(tasks), str(path), 0, -1, True))
+            continue
+        size = path.stat().st_size
+        start = 0
+        with open(path, "rb") as f:
+            while start < size:
+                f.seek(min(start + CHUNK_BYTES, size))
+                f.readline()  # to the end of the line the cut fell in
+                end = min(f.tell(), size)
+                tasks.append(_Task(len(tasks), str(path), start, end, end >= size))
+                start = end
+    return tasks
+
+
+def _decode_task(task: _Task, folder: str) -> dict:
+    """Decode one chunk and write its parquet parts (runs in a worker process)."""
+    import gc
+
+    gc.disable()  # millions of acyclic objects; the collector would only rescan them
+    try:
+        if task.end < 0:
+            try:
+                data = read_bytes(Path(task.path))
+            except TraceError:  # the reference path reports it
+                return {"index": task.index, "fallback": True}
+        else:
+            with open(task.path, "rb") as f:
+                f.seek(task.start)
+                data = f.read(task.end - task.start)
+        lines = data.split(b"\n")
+        del data
+        if lines and lines[-1] == b"":
+            lines.pop()
+        cut = False
+        try:
+            chunk = otlp_columns.decode_lines(lines)
+        except otlp_columns.DecodeError:
+            # a killed writer's half line is the file's last one; anything else goes to the reference path
+            tail = lines[-1] if lines else b""
+            if not (task.last and tail and not tail.endswith(b"}") and _only_last_fails(lines)):
+                return {"index": task.index, "fallback": True}
+            cut = True
+            chunk = otlp_columns.decode_lines(lines[:-1])
+        parts = []
+        for g, (name, frame) in enumerate(chunk.groups):
+            rel = f"spans/{task.index:05d}-{g:03d}.parquet"
+            frame.write_parquet(Path(folder) / rel, compression="lz4")
+            parts.append({"file": rel, "name": name, "rows": frame.height, "schema": dict(frame.schema)})
+        return {"index": task.index, "fallback": False, "parts": parts, "keys": chunk.keys,
+                "events": chunk.events, "cut": cut, "spans": chunk.spans}
+    finally:
+        gc.enable()
+
+
+def _only_last_fails(lines: list[bytes]) -> bool:
+    try:
+        otlp_columns.decode_lines(lines[:-1])
+    except otlp_columns.DecodeError:
+        return False
+    return True
+
+
+def _run(tasks: list[_Task], folder: Path, workers: int | None):
+    """Each task's result, in task order: decoded here when small, else by worker processes."""
+    total = sum(t.size for t in tasks)
+    from sglang_tracing.analyzer.progress import Progress
+
+    progress = Progress(total, "decoding spans") if total >= PROGRESS_MIN_BYTES else None
+    n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(workers or n_cpu, len(tasks))
+    try:
+        if workers <= 1 or total < PARALLEL_MIN_BYTES:
+            for task in tasks:
+                yield _decode_task(task, str(folder))
+                if progress:
+                    progress.update(task.size)
+            return
+        with _WorkerPool(workers) as pool:
+            for task, result in zip(tasks, pool.map(tasks, str(folder))):
+                yield result
+                if progress:
+                    progress.update(task.size)
+    finally:
+        if progress:
+            progress.close()
+
+
+class _WorkerPool:
+    """Worker processes started as ``python -c`` (not multiprocessing: spawn would re-run the caller's
+    main module, fork would copy polars' thread pool); tasks and results are pickled over pipes."""
+
+    def __init__(self, n: int):
+        code = "from sglang_tracing.analyzer.loaders.span_store import _worker_main; _worker_main()"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                      for _ in range(n)]
+
+    def map(self, tasks: list[_Task], folder: str):
+        pending = list(enumerate(tasks))[::-1]
+        busy: dict[int, int] = {}  # fd -> task index
+        results: dict[int, dict] = {}
+        with selectors.DefaultSelector() as sel:
+            for proc in self.procs:
+                if pending:
+                    busy[proc.stdout.fileno()] = self._send(proc, pending.pop(), folder)
+                    sel.register(proc.stdout, selectors.EVENT_READ, proc)
+            next_out = 0
+            while busy:
+                for key, _ in sel.select():
+                    proc = key.data
+                    index = busy.pop(proc.stdout.fileno())
+                    try:
+                        ok, value = pickle.load(proc.stdout)
+                    except EOFError:
+                        raise RuntimeError(f"span decoding worker {proc.pid} died "
+                                           f"(exit {proc.wait()}); out of memory?") from None
+                    if not ok:
+                        raise RuntimeError(f"span decoding worker failed:\n{value}")
+                    results[index] = value
+                    if pending:
+                        busy[proc.stdout.fileno()] = self._send(proc, pending.pop(), folder)
+                while next_out in results:
+                    yield results.pop(next_out)
+                    next_out += 1
+
+    @staticmethod
+    def _send(proc, item: tuple[int, _Task], folder: str) -> int:
+        pickle.dump((item[1], folder), proc.stdin)
+        proc.stdin.flush()
+        return item[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        for proc in self.procs:
+            if exc_type is not None:  # interrupted or failed: the other chunks are not wanted
+                proc.kill()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _worker_main() -> None:
+    """A worker: (task, folder) in on stdin, (ok, result or traceback) out on stdout, until stdin closes."""
+    import signal
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends the workers
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            task, folder = pickle.load(stdin)
+        except EOFError:
+            return
+        try:
+            reply = (True, _decode_task(task, folder))
+        except Exception:  # reported to the parent, which raises it
+            reply = (False, traceback.format_exc())
+        pickle.dump(reply, stdout)
+        stdout.flush()
+
+
+def _build(files: list[Path], folder: Path, workers: int | None) -> Store:
+    (folder / "spans").mkdir()
+    tasks = _plan(files)
+    results = list(_run(tasks, folder, workers))
+    declined = {tasks[r["index"]].path for r in results if r["fallback"]}
+    parts, keys, events, cut, n = [], {}, [], [], 0
+    for task, r in zip(tasks, results):
+        if task.path in declined:
+            for p in r.get("parts", ()):
+                (folder / p["file"]).unlink()
+            if task.last:  # the whole file, once
+                r = _reference_file(Path(task.path), task.index, folder)
+            else:
+                continue
+        elif r["cut"]:
+            _warn_cut(task.path)  # the reference path warns itself
+        parts += r["parts"]
+        keys.update(dict.fromkeys(r["keys"]))
+        events.append(r["events"])
+        n += r["spans"]
+        if r["cut"]:
+            cut.append(task.path)
+    schema = _unify(parts, list(keys))
+    for p in parts:
+        if any(schema[c] != d for c, d in p["schema"].items()):  # e.g. all-empty lists in this part
+            path = folder / p["file"]
+            pl.read_parquet(path).cast({c: schema[c] for c in p["schema"]}).write_parquet(path, compression="lz4")
+    pl.DataFrame(schema=schema).write_parquet(folder / "schema.parquet")
+    ev = pl.concat(events) if events else pl.DataFrame(schema=EVENT_SCHEMA)
+    ev.write_parquet(folder / "events.parquet")
+    (folder / "index.json").write_text(json.dumps({"format": FORMAT, "parts": [p["file"] for p in parts],
+                                                   "cut_files": cut, "spans": n}))
+    return Store(folder, [p["file"] for p in parts], schema, ev, cut, n)
+
+
+def _warn_cut(path: str) -> None:
+    logger.warning("%s: last line is cut off (writer killed?); ignoring it", path)
+
+
+def _reference_file(path: Path, index: int, folder: Path) -> dict:
+    """One file through the reference path (exact errors, and inputs the fast decoder declines)."""
+    from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
+    from sglang_tracing.analyzer.model import spans_frame
+
+    rows, events, cut = read_span_file(path)
+    frame = spans_frame(rows).drop("dur_ns")
+    parts = []
+    for g, ((name,), group) in enumerate(frame.partition_by("name", as_dict=True, maintain_order=True).items()):
+        keep = [c for c in group.columns
+                if c in SPAN_BASE or group[c].dtype == pl.Null or group[c].null_count() < group.height]
+        rel = f"spans/{index:05d}-{g:03d}.parquet"
+        group.select(keep).write_parquet(folder / rel, compression="lz4")
+        parts.append({"file": rel, "name": name, "rows": group.height, "schema": dict(group.select(keep).schema)})
+    ev = pl.DataFrame(events, schema=EVENT_SCHEMA, orient="row") if events else pl.DataFrame(schema=EVENT_SCHEMA)
+    return {"parts": parts, "keys": frame.columns[len(SPAN_BASE):], "events": ev, "cut": cut, "spans": frame.height}
+
+
+def _unify(parts: list[dict], keys: list[str]) -> pl.Schema:
+    """Base columns, then attribute keys in order of first appearance, each with its parts' supertype."""
+    empty = [pl.DataFrame(schema=p["schema"]) for p in parts]
+    merged = pl.concat([pl.DataFrame(schema=SPAN_BASE), *empty], how="diagonal_relaxed").schema
+    return pl.Schema({c: merged[c] for c in [*SPAN_BASE, *keys]})
