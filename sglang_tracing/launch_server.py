@@ -10,11 +10,11 @@ import os
 import sys
 
 from sglang_tracing.config import (
-    LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, parse_profile_steps, validate_nvml_interval,
+    LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, UsageError, parse_profile_steps, validate_nvml_interval,
 )
 
 
-class SGLangMissing(ValueError):
+class SGLangMissing(UsageError):
     """Serving was asked for where SGLang cannot be imported (an analyzer-only install)."""
 
 

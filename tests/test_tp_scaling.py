@@ -52,8 +52,10 @@ def test_wait_is_the_excess_over_the_quickest_rank():
     assert "rank 0: 2, rank 1: 1" in problem and uneven["wait_ns"].null_count() == 3
 
 
-def test_scheduler_ranks_read_from_sglang_parallel_state():
+def test_scheduler_ranks_read_from_sglang_parallel_state(monkeypatch):
     from sglang_tracing.patches import _compat
+
+    monkeypatch.delitem(sys.modules, "sglang.srt.runtime_context", raising=False)  # a test before may load it
 
     class PS:
         tp_rank, gpu_id = 1, 1
