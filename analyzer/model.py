@@ -43,6 +43,7 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.config import UsageError
 from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
 from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE, SPAN_FIELDS
 from sglang_tracing.semconv import GPM_METRICS
@@ -237,7 +238,7 @@ def load_trace_dirs(trace_dirs: list[str | Path], use_cache: bool = True, worker
     One dir gives exactly ``load_trace_dir``; the manifest is the first dir's, ``servers`` lists them all."""
     dirs = [Path(d) for d in trace_dirs]
     if len(set(d.resolve() for d in dirs)) < len(dirs):
-        raise ValueError("the same trace dir is given twice")
+        raise UsageError("the same trace dir is given twice")
     models = [load_trace_dir(d, use_cache, workers, server=label) for d, label in zip(dirs, server_labels(dirs))]
     if len(models) == 1:
         return models[0]

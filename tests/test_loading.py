@@ -17,6 +17,7 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import DebugAnnotation, T
 from polars.testing import assert_frame_equal
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.config import UsageError
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.loaders import span_store
@@ -212,9 +213,13 @@ def test_several_trace_dirs_merge_with_a_per_server_breakdown(tmp_path):
 
 
 def test_merging_needs_an_out_dir_and_distinct_dirs(tmp_path):
-    with pytest.raises(ValueError, match="--out is needed"):
+    from test_reports import cli
+
+    done = cli("analyze", str(TP1), str(TP1), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "given twice" in done.stderr
+    with pytest.raises(UsageError, match="--out is needed"):
         api.analyze([str(TP1), str(TP2)])
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(UsageError, match="twice"):
         load_trace_dirs([TP1, TP1])
 
 
