@@ -19,6 +19,11 @@ from sglang_tracing.runtime.manifest import weights_of
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "fp8": 1}
 
 
+def dtype_bytes(model_config: dict | None) -> int:
+    """Bytes per weight or activation element of a model config's ``torch_dtype`` (fp16 when unsaid)."""
+    return DTYPE_BYTES.get(str((model_config or {}).get("torch_dtype", "float16")), 2)
+
+
 def select_request(requests: pl.DataFrame, which: str) -> dict | None:
     """``first``, ``slowest`` or ``p50`` of the user's complete requests, or the request whose rid
     starts with ``which`` (internal ones included: asked for by name)."""
@@ -93,8 +98,7 @@ def model_weight_bytes(cfg: dict | None) -> int | None:
     head_dim = h // heads
     per_layer = h * (heads * head_dim) + 2 * h * (kv * head_dim) + (heads * head_dim) * h + 3 * h * inter + 2 * h
     params = layers * per_layer + 2 * vocab * h + h
-    dtype = str(cfg.get("torch_dtype", "float16"))
-    return params * DTYPE_BYTES.get(dtype, 2)
+    return params * dtype_bytes(cfg)
 
 
 def _schedule_of(spans: pl.DataFrame | pl.LazyFrame, t_ns: int | None) -> dict | None:

@@ -8,6 +8,7 @@ import re
 import polars as pl
 
 from sglang_tracing.analyzer.analyses import collectives
+from sglang_tracing.analyzer.analyses.story import dtype_bytes
 from sglang_tracing.analyzer.loaders.tp_experiment import TpCell, TpInputs
 from sglang_tracing.analyzer.report import Report
 
@@ -26,11 +27,6 @@ def nvlink_gb_s(topology: str | None) -> tuple[float | None, str]:
     if not links:
         return None, "no NVLink in the recorded topology"
     return min(links) * NVLINK_GB_S_PER_LINK, f"NV{min(links)} x {NVLINK_GB_S_PER_LINK} GB/s per direction"
-
-
-def dtype_bytes(model_config: dict | None) -> int:
-    dtype = str((model_config or {}).get("torch_dtype", "float16"))
-    return 4 if "32" in dtype else 1 if "8" in dtype else 2
 
 
 # ---- per cell ----
