@@ -154,23 +154,42 @@ def summarize(rounds: dict[str, list[dict]], ref: str) -> dict:
 
 
 def ttft_agreement(trace_dir: str, rounds: list[dict]) -> dict:
-    """Our trace's user-visible TTFT over the client's, per streamed request of the traced server."""
+    """Our trace's user-visible TTFT over the client's, per streamed request of the traced server, and
+    where the difference lies (same host, same clock): client sent -> server received, and server's
+    first byte -> client's first chunk, in microseconds."""
     try:
         from sglang_tracing.analyzer.analyses.requests import request_table
         from sglang_tracing.analyzer.model import load_trace_dir
     except ImportError as exc:  # a bare GPU host: the trace dir (--keep) can be checked elsewhere
         return {"computed": False, "why": f"analyzer not importable here ({exc.name})"}
     model = load_trace_dir(trace_dir, use_cache=False)
-    table = request_table(model.spans, model.manifest)
-    ours = dict(zip(table["rid"], table["ttft_ns"]))
+    ours = {r["rid"]: r for r in request_table(model.spans, model.manifest).iter_rows(named=True)}
+    spread = lambda xs: {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}  # noqa: E731
     out = {"computed": True}
     for kind in ("batch1", "concurrent"):
-        ratios = [ours[q["rid"]] / q["ttft_ns"] for r in rounds for q in r[f"{kind}_requests"]
-                  if ours.get(q["rid"]) and q["ttft_ns"]]
-        if ratios:
-            out[kind] = {"requests": len(ratios), "median": statistics.median(ratios),
-                         "min": min(ratios), "max": max(ratios)}
+        pairs = [(ours[q["rid"]], q) for r in rounds for q in r[f"{kind}_requests"]
+                 if ours.get(q["rid"], {}).get("ttft_ns") and q["ttft_ns"]]
+        if not pairs:
+            continue
+        out[kind] = {"requests": len(pairs), **spread([o["ttft_ns"] / q["ttft_ns"] for o, q in pairs])}
+        if all(q.get("sent_ns") and o.get("first_byte_ns") for o, q in pairs):
+            out[kind]["sent_to_received_us"] = spread([(o["received_ns"] - q["sent_ns"]) / 1e3 for o, q in pairs])
+            out[kind]["first_byte_to_chunk_us"] = spread([(q["first_chunk_ns"] - o["first_byte_ns"]) / 1e3
+                                                          for o, q in pairs])
+            out[kind]["received_by"] = sorted({o.get("received_by") or "not recorded" for o, _ in pairs})
     return out
+
+
+def agreement_only(out: str, keep: str | None) -> int:
+    with open(out) as f:
+        result = json.load(f)
+    trace_dir = os.path.join(keep or result["args"]["keep"], "traced")
+    result["ttft_agreement"] = {**ttft_agreement(trace_dir, result["rounds"]["traced"]),
+                                "computed_where": "off the GPU host, from the kept trace dir (--agreement-only)"}
+    with open(out, "w") as f:
+        json.dump(result, f, indent=1)
+    print_table(result["summary"], result["pools"], result["sink"], result["ttft_agreement"])
+    return 0
 
 
 def print_table(summary: dict, pools: dict, sink: dict | None, agreement: dict | None) -> None:
@@ -193,6 +212,11 @@ def print_table(summary: dict, pools: dict, sink: dict | None, agreement: dict |
             if a:
                 print(f"our TTFT / client TTFT ({kind}, {a['requests']} streamed requests): median {a['median']:.3f} "
                       f"(min {a['min']:.3f}, max {a['max']:.3f})")
+                for part, what in (("sent_to_received_us", "client sent -> server received"),
+                                   ("first_byte_to_chunk_us", "server first byte -> client chunk")):
+                    if part in a:
+                        print(f"  {what}: median {a[part]['median']:.0f} us (min {a[part]['min']:.0f}, "
+                              f"max {a[part]['max']:.0f})")
     elif agreement:
         print(f"TTFT agreement not computed: {agreement['why']}")
 
@@ -214,7 +238,12 @@ def main() -> int:
     ap.add_argument("--out", default="overhead.json", help="JSON result, rewritten after every round")
     ap.add_argument("--keep", help="keep trace dirs and server logs under this dir")
     ap.add_argument("--cpu", action="store_true", help="tiny CPU run (contention, not overhead: a smoke test)")
+    ap.add_argument("--agreement-only", action="store_true",
+                    help="only (re)compute the TTFT agreement of an earlier --out from its --keep trace dir "
+                         "(the GPU host has no analyzer)")
     args = ap.parse_args()
+    if args.agreement_only:
+        return agreement_only(args.out, args.keep)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     bad = [n for n in names if n not in CONFIGS]
     if bad or not names:

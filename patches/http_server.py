@@ -1,7 +1,11 @@
-"""HTTP entry: stamp each request's arrival before FastAPI parses it, so a request's root span
-starts when the server received it (queueing in the HTTP layer included), not when the
+"""HTTP entry: stamp each request's arrival as early as the HTTP layer allows, so a request's root
+span starts when the server received it (queueing in the HTTP layer included), not when the
 tokenizer manager first saw it; and stamp the first response bytes handed to the socket, the
-moment a streaming client sees its first token (one ``sglang.request.http`` span per rid)."""
+moment a streaming client can see its first token (one ``sglang.request.http`` span per rid).
+
+Arrival is when uvicorn's protocol got the request's first bytes from the event loop (before
+parsing, routing and the middleware stack); under another server (granian) it is the ASGI entry.
+The span says which (``semconv.RECEIVED_BY``)."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +22,25 @@ logger = logging.getLogger(__name__)
 SCOPE_KEY = "sglang_tracing.received_ns"
 REQUESTS_KEY = "sglang_tracing.requests"  # ([rids], stream), noted by the tokenizer manager hook
 _HTTP = "sglang.srt.entrypoints.http_server"
+_UVICORN_PROTOCOLS = ("uvicorn.protocols.http.h11_impl.H11Protocol",
+                      "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol")
+_FIRST_READ = "_sglang_tracing_first_read_ns"  # on a protocol: first bytes of a request not yet parsed
+
+
+def _before_read(rec, protocol, *args) -> object:
+    """The request cycle before this read; the read's time if it brings a new request's first bytes."""
+    cycle = protocol.cycle
+    if protocol.__dict__.get(_FIRST_READ) is None and (cycle is None or not cycle.more_body):
+        protocol.__dict__[_FIRST_READ] = time_ns()  # no body of an earlier request still arriving
+    return cycle
+
+
+def _after_read(rec, cycle, start: int, end: int, result, protocol, *args) -> None:
+    """A read that parsed a request's head created its cycle and scope (its app task has not run):
+    the scope gets the time of the request's first read."""
+    new = protocol.cycle
+    if new is not None and new is not cycle:
+        new.scope[SCOPE_KEY] = (protocol.__dict__.pop(_FIRST_READ, None) or start, sc.RECEIVED_BY_READ)
 
 
 class ReceivedAt:
@@ -29,14 +52,14 @@ class ReceivedAt:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http" or _rec._recorder is None:
             return await self.app(scope, receive, send)
-        scope[SCOPE_KEY] = time_ns()
+        scope.setdefault(SCOPE_KEY, (time_ns(), sc.RECEIVED_BY_ASGI))
         first_byte = 0
 
         async def timed_send(message):
             nonlocal first_byte
             body = message.get("type") == "http.response.body"
             if body and not first_byte and message.get("body"):
-                first_byte = time_ns()  # as the bytes are handed to the transport: the client may read them at once
+                first_byte = time_ns()  # handed to the transport, which writes at once: never after the client's read
             await send(message)
             if body and not message.get("more_body", False):
                 _response_sent(scope, first_byte, time_ns())
@@ -46,7 +69,8 @@ class ReceivedAt:
 
 def received_ns(request) -> int | None:
     scope = getattr(request, "scope", None)
-    return scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
+    received = scope.get(SCOPE_KEY) if isinstance(scope, dict) else None
+    return received[0] if received else None
 
 
 def note_request(request, rids: list[str], stream: bool) -> None:
@@ -63,11 +87,12 @@ def _response_sent(scope: dict, first_byte: int, end: int) -> None:
         return  # not a generation request (health, model info, ...)
     try:
         rids, stream = noted
+        received, received_by = scope[SCOPE_KEY]
         for rid in rids:
-            attrs = {sc.RID: rid, sc.STREAM: stream}
+            attrs = {sc.RID: rid, sc.STREAM: stream, sc.RECEIVED_BY: received_by}
             if first_byte:
                 attrs[sc.FIRST_BYTE_NS] = first_byte
-            rec.emit(sc.REQUEST_HTTP, scope[SCOPE_KEY], end, attrs, parent=PARENT_IS_REQUEST_ROOT,
+            rec.emit(sc.REQUEST_HTTP, received, end, attrs, parent=PARENT_IS_REQUEST_ROOT,
                      trace_key=request_trace_key(rid))
     except Exception as exc:  # our own bookkeeping never fails a response
         rec.hook_failed("http_response", exc)
@@ -87,4 +112,7 @@ def _add_middleware_hook(original, *args, **kwargs):
 
 
 def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    return _hooks.register({f"{_HTTP}._setup_and_run_http_server": _add_middleware_hook}, skipped)
+    read = _hooks.around("http_read", _after_read, _before_read, inject_fault=config.inject_fault)
+    hooks = {f"{_HTTP}._setup_and_run_http_server": _add_middleware_hook}
+    hooks.update({f"{protocol}.data_received": read for protocol in _UVICORN_PROTOCOLS})
+    return _hooks.register(hooks, skipped)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import urllib.error
-from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
 from sglang_tracing.serving import CPU_ARGS, Server, ServerError, wait_for_exporters
@@ -58,16 +56,14 @@ def run(trace_dir: str | None = None, requests: int = 12) -> int:
         server.wait_ready(timeout=600)
         print(f"ready in {time.time() - t0:.0f} s (one request served); sending {requests} requests, "
               f"{output_tokens} output tokens each, 4 at a time", flush=True)
-        with ThreadPoolExecutor(4) as pool:
-            outs = list(pool.map(lambda p: server.generate(p, max_new_tokens=output_tokens, stream=True),
-                                 workload(requests)))
+        outs = server.generate_all(workload(requests), output_tokens, concurrency=4, stream=True)
         cached = sum(o["meta_info"]["cached_tokens"] > 0 for o in outs)
         print(f"{len(outs)} requests answered, {cached} with cached prefix tokens", flush=True)
         time.sleep(1)
     except ServerError as exc:
         print(f"sglang-trace: error: demo failed: {exc}", file=sys.stderr)
         return 1
-    except (urllib.error.URLError, OSError, ValueError) as exc:  # timeouts are OSErrors
+    except (OSError, ValueError) as exc:  # HTTP errors and timeouts are OSErrors
         print(f"sglang-trace: error: demo failed: a request got no answer ({exc}); log: {log}", file=sys.stderr)
         return 1
     finally:

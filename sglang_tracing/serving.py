@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sglang_tracing.launch_server import require_sglang
 from sglang_tracing.semconv import READINESS_RID_PREFIX
+from sglang_tracing.timed_http import post_json
 
 DUMMY_WEIGHTS = ["--load-format", "dummy"]  # random weights: the shipped architectures have none
 CPU_SERVING_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
@@ -39,29 +40,24 @@ class Client:
 
     def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = False, timeout: float = 120,
                  rid: str | None = None) -> dict:
-        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk.
+        """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk
+        (``timed_http.post_json``).
         ``rid``: SGLang's request id (a readiness probe's starts with semconv.READINESS_RID_PREFIX)."""
-        body = {"text": prompt, "stream": stream,
-                "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+        body = self._body(prompt, max_new_tokens, stream)
         if rid is not None:
             body["rid"] = rid
-        req = urllib.request.Request(self.url + "/generate", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        sent = time.time_ns()
-        chunk_times, last = [], None
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            if not stream:
-                last = json.loads(r.read())
-                chunk_times.append(time.time_ns())
-            else:
-                for line in r:
-                    line = line.strip()
-                    if not line.startswith(b"data:") or line == b"data: [DONE]":
-                        continue
-                    chunk_times.append(time.time_ns())
-                    last = json.loads(line[5:])
-        last["client"] = {"sent_ns": sent, "chunk_ns": chunk_times, "done_ns": time.time_ns()}
-        return last
+        return post_json(self.url + "/generate", [body], timeout=timeout)[0]
+
+    def generate_all(self, prompts: list[str], max_new_tokens: int = 8, concurrency: int = 1,
+                     stream: bool = False, timeout: float = 120) -> list[dict]:
+        """``generate`` for each prompt, at most ``concurrency`` in flight, from one thread."""
+        bodies = [self._body(p, max_new_tokens, stream) for p in prompts]
+        return post_json(self.url + "/generate", bodies, concurrency, timeout)
+
+    @staticmethod
+    def _body(prompt: str, max_new_tokens: int, stream: bool) -> dict:
+        return {"text": prompt, "stream": stream,
+                "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
 
     def post(self, path: str, body: dict, timeout: float = 60) -> str:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 
 def client_timings(resp: dict) -> dict:
@@ -11,6 +10,7 @@ def client_timings(resp: dict) -> dict:
     chunks = c["chunk_ns"]
     itls = [b - a for a, b in zip(chunks, chunks[1:])]
     return {"rid": resp["meta_info"]["id"], "ttft_ns": chunks[0] - c["sent_ns"] if chunks else None,
+            "sent_ns": c["sent_ns"], "first_chunk_ns": chunks[0] if chunks else None,
             "mean_itl_ns": sum(itls) / len(itls) if itls else None, "e2e_ns": c["done_ns"] - c["sent_ns"],
             "completion_tokens": resp["meta_info"]["completion_tokens"],
             "cached_tokens": resp["meta_info"]["cached_tokens"],
@@ -21,9 +21,7 @@ def concurrent(client, prompts: list[str], output_len: int, concurrency: int, st
                timeout: float = 600) -> dict:
     """Send ``prompts`` with at most ``concurrency`` in flight; client timings and output throughput."""
     t0 = time.time_ns()
-    with ThreadPoolExecutor(concurrency) as pool:
-        outs = list(pool.map(lambda p: client.generate(p, max_new_tokens=output_len, stream=stream,
-                                                       timeout=timeout), prompts))
+    outs = client.generate_all(prompts, output_len, concurrency, stream, timeout)
     wall = time.time_ns() - t0
     timings = [client_timings(o) for o in outs]
     tokens = sum(t["completion_tokens"] for t in timings)

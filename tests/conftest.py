@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -52,8 +51,7 @@ def mixed_workload(n: int = 20) -> list[str]:
 
 def run_concurrently(server: Server, prompts: list[str], concurrency: int, max_new_tokens: int = 6,
                      stream: bool = True) -> list[dict]:
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda p: server.generate(p, max_new_tokens=max_new_tokens, stream=stream), prompts))
+    return server.generate_all(prompts, max_new_tokens, concurrency, stream)
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,15 @@ def _opt(spans: pl.LazyFrame, name: str, dtype=pl.Int64) -> pl.Expr:
     return pl.col(name) if name in spans.collect_schema() else pl.lit(None, dtype).alias(name)
 
 
-def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | None = None) -> pl.LazyFrame:
+def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | None = None,
+           strings: dict[str, str] | None = None) -> pl.LazyFrame:
+    """A phase span's times per rid, with ``extra`` integer and ``strings`` text attributes (attr -> column)."""
     cols = [pl.col(sc.RID).alias("rid"), pl.col("start_ns").alias(f"{prefix}_start_ns"),
             pl.col("end_ns").alias(f"{prefix}_end_ns"), pl.col("dur_ns").alias(f"{prefix}_ns")]
     for attr, alias in (extra or {}).items():
         cols.append(_opt(spans, attr).alias(alias))
+    for attr, alias in (strings or {}).items():
+        cols.append(_opt(spans, attr, pl.String).alias(alias))
     return spans.filter(pl.col("name") == name).select(cols).unique("rid", keep="first")
 
 
@@ -43,7 +47,8 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     readiness probe; null for the user's), stream (null: not recorded), received_ns, finished_ns,
     e2e_ns, prompt_tokens, cached_tokens, output_tokens, finish_reason, tokenize_ns, queued_ns,
     prefix_match_ns, matched_tokens, prefill_start_ns, prefill_ns, first_token_ns, first_output_ns,
-    first_byte_ns, ttft_ns (user-visible: received -> first byte sent for a streamed request; null
+    first_byte_ns, received_by (where the HTTP layer stamped the arrival: semconv.RECEIVED_BY_*; null:
+    before the HTTP stamp or not recorded), ttft_ns (user-visible: received -> first byte sent for a streamed request; null
     when not streamed), ttft_source (what ttft_ns ends at), ttft_compute_ns (received -> first token
     computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded).
@@ -85,7 +90,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         _phase(req_spans, sc.REQUEST_PREFILL, "prefill"),
         decode,
         _phase(req_spans, sc.REQUEST_DETOKENIZE, "detokenize", {sc.DETOKENIZE_SHARE_NS: "detokenize_share_ns"}),
-        _phase(req_spans, sc.REQUEST_HTTP, "http", {sc.FIRST_BYTE_NS: "first_byte_ns"}),
+        _phase(req_spans, sc.REQUEST_HTTP, "http", {sc.FIRST_BYTE_NS: "first_byte_ns"}, {sc.RECEIVED_BY: "received_by"}),
     ]
     table = rids
     for part in parts:
@@ -168,7 +173,7 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
 
     ``requests`` from ``request_table``, ``gpu`` from ``kernels.request_gpu_time`` (rid, prefill_gpu_ns,
     decode_gpu_ns, gpu_ns). Columns: rid, internal (bool), internal_kind, streamed (null: not
-    recorded), prompt_tokens, cached_tokens, output_tokens, finish_reason, received_ns, queue_ms,
+    recorded), prompt_tokens, cached_tokens, output_tokens, finish_reason, received_ns, received_by, queue_ms,
     ttft_ms (user-visible; null when not streamed), ttft_source, first_token_computed_ms, itl_ms
     (list: every inter-token gap), mean_itl_ms, e2e_ms, prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete.
     """
@@ -180,7 +185,7 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     return table.select(
         "rid", pl.col("internal").is_not_null().alias("internal"), pl.col("internal").alias("internal_kind"),
         pl.col("stream").alias("streamed"), "prompt_tokens", "cached_tokens", "output_tokens", "finish_reason",
-        "received_ns", to_ms("queued_ns").alias("queue_ms"), to_ms("ttft_ns"), "ttft_source",
+        "received_ns", "received_by", to_ms("queued_ns").alias("queue_ms"), to_ms("ttft_ns"), "ttft_source",
         to_ms("ttft_compute_ns").alias("first_token_computed_ms"),
         pl.col("itl_ns").list.eval((pl.element() / 1e6).round(6)).alias("itl_ms"), to_ms("mean_itl_ns"), to_ms("e2e_ns"),
         to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete",

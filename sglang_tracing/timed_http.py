@@ -1,0 +1,129 @@
+"""HTTP/1.1 exchanges timed the way their user sees them, many in flight from one thread.
+
+A request's clock starts just before its bytes go to the socket and each streamed chunk is stamped
+when ``select`` returned its socket readable, before any parsing. One thread with non-blocking
+sockets (``h11`` for the protocol) instead of a thread per request: with 64 Python threads a
+request's "sent" stamp can precede its bytes by tens of milliseconds of waiting for the GIL, and a
+chunk's arrival stamp can trail its bytes, so the client itself would stretch the TTFT it reports.
+Connecting is not timed (clients keep connections open; the server cannot see a TCP handshake).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import selectors
+import socket
+import time
+from collections import deque
+from urllib.parse import urlsplit
+
+import h11
+
+
+class HTTPStatusError(OSError):
+    """The server answered with a status other than 200."""
+
+
+@dataclasses.dataclass
+class _Exchange:
+    index: int
+    sock: socket.socket
+    conn: h11.Connection
+    sent_ns: int
+    deadline: float
+    stream: bool
+    status: int = 0
+    body: bytearray = dataclasses.field(default_factory=bytearray)
+    line_start: int = 0  # where the next unread streamed line begins in ``body``
+    chunk_ns: list[int] = dataclasses.field(default_factory=list)
+    last: dict | None = None
+
+
+def _request_bytes(conn: h11.Connection, host: str, path: str, payload: bytes) -> bytes:
+    headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+               ("Connection", "close")]
+    return (conn.send(h11.Request(method="POST", target=path, headers=headers)) + conn.send(h11.Data(data=payload))
+            + conn.send(h11.EndOfMessage()))
+
+
+def _read_lines(ex: _Exchange, now: int) -> None:
+    """Stamp every complete ``data:`` line of a streamed response that arrived in this read."""
+    while (end := ex.body.find(b"\n", ex.line_start)) >= 0:
+        line = bytes(ex.body[ex.line_start:end]).strip()
+        ex.line_start = end + 1
+        if line.startswith(b"data:") and line != b"data: [DONE]":
+            ex.chunk_ns.append(now)
+            ex.last = json.loads(line[5:])
+
+
+def _on_readable(ex: _Exchange, now: int) -> bool:
+    """Feed what the socket holds to h11; True once the response is complete."""
+    ex.conn.receive_data(ex.sock.recv(1 << 16))
+    while True:
+        event = ex.conn.next_event()
+        if event is h11.NEED_DATA:
+            return False
+        if isinstance(event, h11.Response):
+            ex.status = event.status_code
+        elif isinstance(event, h11.Data):
+            ex.body += event.data
+            if ex.stream and ex.status == 200:
+                _read_lines(ex, now)
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return True
+
+
+def _finish(ex: _Exchange, done_ns: int) -> dict:
+    if ex.status != 200:
+        raise HTTPStatusError(f"HTTP {ex.status}: {bytes(ex.body[:200]).decode(errors='replace')}")
+    if not ex.stream:
+        ex.last, ex.chunk_ns = json.loads(bytes(ex.body)), [done_ns]
+    if ex.last is None:
+        raise HTTPStatusError("streamed response carried no data line")
+    return {**ex.last, "client": {"sent_ns": ex.sent_ns, "chunk_ns": ex.chunk_ns, "done_ns": done_ns}}
+
+
+def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120) -> list[dict]:
+    """POST each body to ``url`` with at most ``concurrency`` in flight; each response's JSON (the last
+    streamed one when ``body["stream"]``) plus ``client``: sent_ns, chunk_ns (one per streamed chunk;
+    for a whole response, when it ended), done_ns. Raises HTTPStatusError, TimeoutError or OSError."""
+    parts = urlsplit(url)
+    address, host_header = (parts.hostname, parts.port or 80), parts.netloc
+    todo = deque(enumerate(bodies))
+    results: list[dict | None] = [None] * len(bodies)
+    active: dict[int, _Exchange] = {}
+    with selectors.DefaultSelector() as sel:
+        try:
+            while todo or active:
+                while todo and len(active) < concurrency:
+                    i, body = todo.popleft()
+                    ex = _start(i, body, address, host_header, parts.path or "/", timeout)
+                    active[i] = ex
+                    sel.register(ex.sock, selectors.EVENT_READ, ex)
+                wait = min(ex.deadline for ex in active.values()) - time.monotonic()
+                events = sel.select(max(wait, 0))
+                now = time.time_ns()
+                for key, _ in events:
+                    ex = key.data
+                    if _on_readable(ex, now):
+                        sel.unregister(ex.sock)
+                        ex.sock.close()
+                        del active[ex.index]
+                        results[ex.index] = _finish(ex, time.time_ns())
+                if any(ex.deadline <= time.monotonic() for ex in active.values()):
+                    raise TimeoutError(f"no complete response from {url} within {timeout:.0f} s")
+        finally:
+            for ex in active.values():
+                ex.sock.close()
+    return results  # type: ignore[return-value]
+
+
+def _start(i: int, body: dict, address: tuple[str, int], host: str, path: str, timeout: float) -> _Exchange:
+    sock = socket.create_connection(address, timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = h11.Connection(h11.CLIENT)
+    data = _request_bytes(conn, host, path, json.dumps(body).encode())
+    sent = time.time_ns()
+    sock.sendall(data)
+    sock.setblocking(False)
+    return _Exchange(i, sock, conn, sent, time.monotonic() + timeout, bool(body.get("stream")))
