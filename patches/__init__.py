@@ -13,7 +13,7 @@ def instrument_all(config: TraceConfig, skipped: list[str]) -> int:
     from sglang_tracing.patches.state import DetokenizerState, SchedulerState, TokenizerState
 
     tokenizer, sched, detok = TokenizerState(config), SchedulerState(config), DetokenizerState(config)
-    return (http_server.instrument(config, skipped)
+    return (http_server.instrument(tokenizer, skipped)
             + tokenizer_manager.instrument(tokenizer, skipped)
             + sum(m.instrument(sched, skipped) for m in (scheduler, kv_allocation, radix_cache, model_runner))
             + detokenizer.instrument(detok, skipped))

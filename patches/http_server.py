@@ -3,18 +3,22 @@ span starts when the server received it (queueing in the HTTP layer included), n
 tokenizer manager first saw it; and stamp the first response bytes handed to the socket, the
 moment a streaming client can see its first token (one ``sglang.request.http`` span per rid).
 
-Arrival is when uvicorn's protocol got the request's first bytes from the event loop (before
-parsing, routing and the middleware stack); under another server (granian) it is the ASGI entry.
-The span says which (``semconv.RECEIVED_BY``)."""
+Arrival, best first (the span says which, ``semconv.RECEIVED_BY``): for a request on a new
+connection, when the kernel received its first bytes (read back at accept: the event loop may accept
+and read long after, busy with other requests); else when uvicorn's protocol got its first bytes
+from the event loop (before parsing, routing and the middleware stack); under another server
+(granian), the ASGI entry."""
 from __future__ import annotations
 
+import functools
 import logging
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import TraceConfig
 from sglang_tracing.patches import _hooks
+from sglang_tracing.patches.state import TokenizerState
 from sglang_tracing.runtime import recorder as _rec
+from sglang_tracing.runtime import socket_arrival
 from sglang_tracing.runtime.ids import request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 
@@ -24,14 +28,22 @@ REQUESTS_KEY = "sglang_tracing.requests"  # ([rids], stream), noted by the token
 _HTTP = "sglang.srt.entrypoints.http_server"
 _UVICORN_PROTOCOLS = ("uvicorn.protocols.http.h11_impl.H11Protocol",
                       "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol")
-_FIRST_READ = "_sglang_tracing_first_read_ns"  # on a protocol: first bytes of a request not yet parsed
+_FIRST_READ = "_sglang_tracing_first_read"  # on a protocol: (ns, RECEIVED_BY) of a request not yet parsed
+
+
+def _after_connection_made(rec, token, start: int, end: int, result, protocol, transport, *args) -> None:
+    """A new connection's first bytes may have waited in the kernel before the loop accepted it."""
+    sock = transport.get_extra_info("socket")
+    received = socket_arrival.first_queued_ns(sock.fileno()) if sock is not None else None
+    if received is not None:
+        protocol.__dict__[_FIRST_READ] = (received, sc.RECEIVED_BY_KERNEL)
 
 
 def _before_read(rec, protocol, *args) -> object:
     """The request cycle before this read; the read's time if it brings a new request's first bytes."""
     cycle = protocol.cycle
     if protocol.__dict__.get(_FIRST_READ) is None and (cycle is None or not cycle.more_body):
-        protocol.__dict__[_FIRST_READ] = time_ns()  # no body of an earlier request still arriving
+        protocol.__dict__[_FIRST_READ] = (time_ns(), sc.RECEIVED_BY_READ)  # no earlier body still arriving
     return cycle
 
 
@@ -40,7 +52,7 @@ def _after_read(rec, cycle, start: int, end: int, result, protocol, *args) -> No
     the scope gets the time of the request's first read."""
     new = protocol.cycle
     if new is not None and new is not cycle:
-        new.scope[SCOPE_KEY] = (protocol.__dict__.pop(_FIRST_READ, None) or start, sc.RECEIVED_BY_READ)
+        new.scope[SCOPE_KEY] = protocol.__dict__.pop(_FIRST_READ, None) or (start, sc.RECEIVED_BY_READ)
 
 
 class ReceivedAt:
@@ -98,9 +110,11 @@ def _response_sent(scope: dict, first_byte: int, end: int) -> None:
         rec.hook_failed("http_response", exc)
 
 
-def _add_middleware_hook(original, *args, **kwargs):
+def _add_middleware_hook(st: TokenizerState, original, *args, **kwargs):
     """Around the function that starts uvicorn (plugins are loaded inside launch_server, so hooks on
     launch_server itself never run): add our middleware once, before the app builds its stack."""
+    if st.timestamp_holder is None:  # this is the HTTP server's process: have the kernel stamp arrivals
+        st.timestamp_holder = socket_arrival.keep_timestamps_on()
     try:
         from sglang.srt.entrypoints import http_server
 
@@ -111,8 +125,11 @@ def _add_middleware_hook(original, *args, **kwargs):
     return original(*args, **kwargs)
 
 
-def instrument(config: TraceConfig, skipped: list[str]) -> int:
-    read = _hooks.around("http_read", _after_read, _before_read, inject_fault=config.inject_fault)
-    hooks = {f"{_HTTP}._setup_and_run_http_server": _add_middleware_hook}
-    hooks.update({f"{protocol}.data_received": read for protocol in _UVICORN_PROTOCOLS})
+def instrument(st: TokenizerState, skipped: list[str]) -> int:
+    """The HTTP server runs in the tokenizer manager's process: its hooks share that state."""
+    read = _hooks.around("http_read", _after_read, _before_read, inject_fault=st.config.inject_fault)
+    accept = _hooks.around("http_accept", _after_connection_made, inject_fault=st.config.inject_fault)
+    hooks = {f"{_HTTP}._setup_and_run_http_server": functools.partial(_add_middleware_hook, st)}
+    for protocol in _UVICORN_PROTOCOLS:
+        hooks.update({f"{protocol}.data_received": read, f"{protocol}.connection_made": accept})
     return _hooks.register(hooks, skipped)

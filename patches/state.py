@@ -10,6 +10,7 @@ manager's event loop, the detokenizer's loop) drives every hook that touches it.
 from __future__ import annotations
 
 import dataclasses
+import socket
 from typing import NamedTuple
 
 from sglang_tracing.config import TraceConfig
@@ -30,6 +31,8 @@ class TokenizerState:
     config: TraceConfig
     received: dict[str, Arrival] = dataclasses.field(default_factory=dict)
     first_output: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> first output delivered
+    # the HTTP server (same process): a socket that keeps the kernel stamping received packets
+    timestamp_holder: socket.socket | None = None
 
 
 # ---- scheduler process ----
