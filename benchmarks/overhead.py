@@ -31,8 +31,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from sglang_tracing.models.builder import prompt_of_length
-from sglang_tracing.serving import CPU_ARGS, Server, free_port, wait_for_exporters
-from sglang_tracing.workload import client_timings, concurrent
+from sglang_tracing.app.serving import CPU_ARGS, Server, free_port, wait_for_exporters
+from sglang_tracing.app.workload import client_timings, concurrent
 
 # name -> (our tracing args or None for no trace dir, extra SGLang args, needs the OTLP sink)
 CONFIGS = {"untraced": (None, [], False),

@@ -16,13 +16,13 @@
 set -u
 MODEL=${MODEL:-/tmp/llama2}
 RES=${RES:-/tmp/res}
-NSYS=${NSYS:-$(python3 -c 'from sglang_tracing.nsys import DEFAULT_NSYS_PATH; print(DEFAULT_NSYS_PATH)')}
+NSYS=${NSYS:-$(python3 -c 'from sglang_tracing.app.profilers import DEFAULT_NSYS_PATH; print(DEFAULT_NSYS_PATH)')}
 
 step() {
     local name=$1
     shift
     echo "$name start $(date +%T)" >>"$RES/progress.log"
-    python3 -m sglang_tracing.cli experiment "$@" --model "$MODEL" --dummy-weights --out "$RES/$name" >"$RES/$name.log" 2>&1
+    python3 -m sglang_tracing experiment "$@" --model "$MODEL" --dummy-weights --out "$RES/$name" >"$RES/$name.log" 2>&1
     echo "$name rc=$? end $(date +%T)" >>"$RES/progress.log"
 }
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
-from sglang_tracing.serving import CPU_ARGS, Server, wait_for_exporters
+from sglang_tracing.app.serving import CPU_ARGS, Server, wait_for_exporters
 
 REALDATA = os.path.join(os.path.dirname(__file__), "data", "realdata")  # copied from ../shared/realdata
 

@@ -24,7 +24,7 @@ TRITON = ROOT / "traces" / "examples" / "h200-llama2-7b-triton"
 def _blocked(module: str, *argv: str, **kwargs) -> subprocess.CompletedProcess:
     """``sglang-trace ARGV`` in a fresh interpreter where ``module`` cannot be imported."""
     code = (f"import sys; sys.modules[{module!r}] = None\n"
-            "from sglang_tracing.cli import main\nsys.exit(main(sys.argv[1:]))")
+            "from sglang_tracing.app.cli import main\nsys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300,
                           **kwargs)
 
@@ -86,8 +86,8 @@ def test_demo_refuses_a_non_empty_trace_dir(tmp_path):
 
 
 def test_experiments_use_dummy_weights_only_for_shipped_architectures(tmp_path):
-    from sglang_tracing.cli import build_parser
-    from sglang_tracing.experiments.common import Experiment
+    from sglang_tracing.app.cli import build_parser
+    from sglang_tracing.app.experiments.common import Experiment
 
     def args_for(*extra):
         ns = build_parser().parse_args(["experiment", "baseline", "--out", str(tmp_path / "e"), *extra])
@@ -152,7 +152,7 @@ def test_demo_twice_each_run_its_own_trace(tmp_path):
 
 @pytest.mark.server
 def test_wait_ready_failure_is_one_line_naming_the_log(tmp_path):
-    from sglang_tracing.serving import CPU_ARGS, Server, ServerError
+    from sglang_tracing.app.serving import CPU_ARGS, Server, ServerError
 
     log = tmp_path / "server.log"
     server = Server(str(tmp_path / "no-such-model"), extra_args=CPU_ARGS, log_path=str(log))

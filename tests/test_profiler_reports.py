@@ -461,7 +461,7 @@ def test_failing_nsys_export_reports_its_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{silent.parent}:{os.environ['PATH']}")
     with pytest.raises(TraceError, match=r"exit status 0 but no .* written\): it printed nothing"):
         nsys.open_export(NSYS_REP)
-    from sglang_tracing import nsys as runner
+    from sglang_tracing.app import profilers as runner
 
     trace = tmp_path / "trace"
     trace.mkdir()

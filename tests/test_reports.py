@@ -314,7 +314,7 @@ def test_bad_profiler_inputs_on_the_cli(tmp_path):
 def test_usage_errors_are_one_line_but_bugs_are_not_swallowed(monkeypatch, capsys):
     """A wrong option is the user's (one line, exit 2); a ValueError inside an analysis is a bug and
     must surface with its traceback, not as a 'usage' line."""
-    from sglang_tracing import cli
+    from sglang_tracing.app import cli
 
     assert cli.main(["analyze", str(TRITON), "--report", "nope", "--out", "/tmp/x"]) == 2
     assert capsys.readouterr().err.strip().startswith("sglang-trace: error: unknown report")

@@ -64,7 +64,7 @@ def open_export(path: str | Path) -> tuple[sqlite3.Connection, Path]:
 
 
 def export_report(rep: Path) -> Path:
-    from sglang_tracing.nsys import export_failure
+    from sglang_tracing.analyzer.loaders.nsys_export import export_failure
 
     nsys = shutil.which("nsys")
     if nsys is None:

@@ -26,14 +26,14 @@ def _launch(args, rest: list[str]) -> int:
 def _nsys(args, rest) -> int:
     import dataclasses
 
-    from sglang_tracing import nsys
+    from sglang_tracing.app import profilers
     from sglang_tracing.config import parse_profile_steps
     from sglang_tracing.launch_server import config_from_args
 
     if not rest:
         raise SystemExit("sglang-trace: error: give SGLang's arguments after --, e.g. -- --model-path M")
     config = dataclasses.replace(config_from_args(args), capture_steps=parse_profile_steps(args.capture_steps))
-    return nsys.run(config, rest, args.nsys_path, args.nsys_arg or [])
+    return profilers.run_under_nsys(config, rest, args.nsys_path, args.nsys_arg or [])
 
 
 def _analyze(args, rest) -> int:
@@ -75,14 +75,14 @@ def _diff(args, rest) -> int:
 
 
 def _experiment(args, rest) -> int:
-    from sglang_tracing.experiments import runners
-    from sglang_tracing.experiments.common import Experiment
+    from sglang_tracing.app.experiments import runners
+    from sglang_tracing.app.experiments.common import Experiment
 
     exp = Experiment(args.name, args)
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
            "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
-    from sglang_tracing.serving import ServerError
+    from sglang_tracing.app.serving import ServerError
 
     try:
         run(exp)
@@ -97,7 +97,7 @@ def _experiment(args, rest) -> int:
 
 
 def _demo(args, rest) -> int:
-    from sglang_tracing import demo
+    from sglang_tracing.app import demo
 
     return demo.run(args.trace_dir, requests=args.requests)
 
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
-    from sglang_tracing.experiments.common import add_common_options
+    from sglang_tracing.app.experiments.common import add_common_options
 
     add_common_options(p)
     p.add_argument("--backends", default="flashinfer,triton", help="backends experiment: attention backends")

@@ -9,10 +9,10 @@ import sys
 import time
 
 from sglang_tracing.config import CAPTURE_IDLE_END_S, DEFAULT_CAPTURE_STEPS, ENV_CAPTURE_STEPS, MULTICAST_OFF_ENV
-from sglang_tracing.experiments.common import Experiment, progress
+from sglang_tracing.app.experiments.common import Experiment, progress
 from sglang_tracing.models.builder import prompt_of_length
-from sglang_tracing.serving import Client
-from sglang_tracing.workload import concurrent
+from sglang_tracing.app.serving import Client
+from sglang_tracing.app.workload import concurrent
 
 
 def drive(client: Client, prompts: list[str], output_len: int, concurrency: int) -> dict:
@@ -216,8 +216,8 @@ def profiled(exp: Experiment, tool: str) -> None:
 def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
     import signal
 
-    from sglang_tracing import nsys as tools
-    from sglang_tracing.serving import Server, wait_for_exporters
+    from sglang_tracing.app import profilers as tools
+    from sglang_tracing.app.serving import Server, wait_for_exporters
 
     a = exp.args
     trace_dir = exp.out / cell / "trace"

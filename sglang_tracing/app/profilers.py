@@ -1,8 +1,11 @@
-"""``sglang-trace nsys``: the traced server under Nsight Systems, capturing served forwards only.
+"""The traced server under Nsight Systems or Nsight Compute: finding the tool, its command line,
+exporting what it recorded.
 
-The capture range is cudaProfilerApi: the model-runner patch calls cudaProfilerStart at served
-forward START and cudaProfilerStop after N, so model loading and CUDA-graph capture stay out
-of the report. When the server exits, the report is exported to sqlite next to the trace.
+``sglang-trace nsys`` (and ``experiment nsys``) capture served forwards only: the capture range is
+cudaProfilerApi, the model-runner patch calls cudaProfilerStart at served forward START and
+cudaProfilerStop after N, so model loading and CUDA-graph capture stay out of the report. When the
+server exits, the report is exported to sqlite next to the trace. ``experiment ncu`` profiles a few
+attention launches of a server without CUDA graphs and exports the report's pages to CSV.
 """
 from __future__ import annotations
 
@@ -11,8 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
+
+from sglang_tracing.analyzer.loaders.nsys_export import export_failure
 from sglang_tracing.config import UsageError
 
+# Nsight Systems
 # node-level CUDA-graph tracing: each kernel of a decode graph replay shows up (SGLang's own advice)
 DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none", "--cuda-graph-trace=node",
                      "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
@@ -21,6 +27,54 @@ DEFAULT_NSYS_ARGS = ["--trace=cuda,nvtx,osrt", "--sample=none", "--cpuctxsw=none
 DEFAULT_NSYS_PATH = "/opt/nvidia/nsight-compute/2025.3.1/host/target-linux-x64/nsys"
 
 
+def find_nsys(explicit: str | None = None) -> str:
+    candidates = [explicit] if explicit else [shutil.which("nsys"), DEFAULT_NSYS_PATH]
+    for c in candidates:
+        if c and os.path.exists(c):
+            return c
+    raise UsageError("nsys not found: put Nsight Systems on PATH or pass --nsys-path")
+
+
+def profile_command(nsys: str, trace_dir: str, extra: list[str]) -> list[str]:
+    return [nsys, "profile", *DEFAULT_NSYS_ARGS, *extra, "-o", os.path.join(trace_dir, "nsys")]
+
+
+def export_sqlite(nsys: str, trace_dir: str) -> str | None:
+    """The capture exported to ``nsys.sqlite`` next to it; None (and one line on stderr) when that failed."""
+    rep = os.path.join(trace_dir, "nsys.nsys-rep")
+    if not os.path.exists(rep):
+        return None
+    out = os.path.join(trace_dir, "nsys.sqlite")
+    done = subprocess.run([nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", out, rep],
+                          capture_output=True, text=True)
+    problem = export_failure(done, out)
+    if problem:
+        print(f"sglang-trace: {rep}: {problem}", file=sys.stderr)
+        return None
+    return out
+
+
+def run_under_nsys(config, sglang_args: list[str], nsys_path: str | None, nsys_extra: list[str]) -> int:
+    from sglang_tracing.launch_server import require_sglang
+
+    require_sglang()
+    nsys = find_nsys(nsys_path)
+    os.makedirs(config.trace_dir, exist_ok=True)
+    env = dict(os.environ, **config.to_env())
+    cmd = profile_command(nsys, config.trace_dir, nsys_extra) + [
+        sys.executable, "-m", "sglang.launch_server", *sglang_args]
+    proc = subprocess.Popen(cmd, env=env)
+    previous = signal.signal(signal.SIGINT, lambda *_: proc.send_signal(signal.SIGINT))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = export_sqlite(nsys, config.trace_dir)
+    print(f"nsys report: {out or 'none written'}")
+    return code
+
+
+# Nsight Compute
 ATTENTION_KERNELS = "regex:(fwd_kernel|[Pp]refill|[Dd]ecode|[Aa]ttention)"
 # the last two prefill-attention launches and the first two decode ones of a 32-layer model
 NCU_ARGS = ["--target-processes", "all", "--clock-control", "none", "--set", "full", "-k", ATTENTION_KERNELS,
@@ -43,60 +97,3 @@ def export_ncu_csv(ncu: str, rep: str) -> list[str]:
             subprocess.run([ncu, "--import", rep, "--csv", "--page", page], stdout=f, check=False)
         out.append(path)
     return out
-
-
-def find_nsys(explicit: str | None = None) -> str:
-    candidates = [explicit] if explicit else [shutil.which("nsys"), DEFAULT_NSYS_PATH]
-    for c in candidates:
-        if c and os.path.exists(c):
-            return c
-    raise UsageError("nsys not found: put Nsight Systems on PATH or pass --nsys-path")
-
-
-def profile_command(nsys: str, trace_dir: str, extra: list[str]) -> list[str]:
-    return [nsys, "profile", *DEFAULT_NSYS_ARGS, *extra, "-o", os.path.join(trace_dir, "nsys")]
-
-
-def export_failure(done: subprocess.CompletedProcess, out: str) -> str | None:
-    """Why an ``nsys export`` run did not produce ``out`` (None when it did), in nsys's own words:
-    its last lines of output (nsys prints some errors on stdout), else its exit status."""
-    if done.returncode == 0 and os.path.exists(out):
-        return None
-    said = [ln.strip() for ln in f"{done.stdout or ''}\n{done.stderr or ''}".splitlines() if ln.strip()]
-    status = f"exit status {done.returncode}" if done.returncode else f"exit status 0 but no {out} written"
-    return f"nsys export failed ({status}): " + (" | ".join(said[-2:]) if said else "it printed nothing")
-
-
-def export_sqlite(nsys: str, trace_dir: str) -> str | None:
-    """The capture exported to ``nsys.sqlite`` next to it; None (and one line on stderr) when that failed."""
-    rep = os.path.join(trace_dir, "nsys.nsys-rep")
-    if not os.path.exists(rep):
-        return None
-    out = os.path.join(trace_dir, "nsys.sqlite")
-    done = subprocess.run([nsys, "export", "--type", "sqlite", "--force-overwrite=true", "-o", out, rep],
-                          capture_output=True, text=True)
-    problem = export_failure(done, out)
-    if problem:
-        print(f"sglang-trace: {rep}: {problem}", file=sys.stderr)
-        return None
-    return out
-
-
-def run(config, sglang_args: list[str], nsys_path: str | None, nsys_extra: list[str]) -> int:
-    from sglang_tracing.launch_server import require_sglang
-
-    require_sglang()
-    nsys = find_nsys(nsys_path)
-    os.makedirs(config.trace_dir, exist_ok=True)
-    env = dict(os.environ, **config.to_env())
-    cmd = profile_command(nsys, config.trace_dir, nsys_extra) + [
-        sys.executable, "-m", "sglang.launch_server", *sglang_args]
-    proc = subprocess.Popen(cmd, env=env)
-    previous = signal.signal(signal.SIGINT, lambda *_: proc.send_signal(signal.SIGINT))
-    try:
-        code = proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    out = export_sqlite(nsys, config.trace_dir)
-    print(f"nsys report: {out or 'none written'}")
-    return code

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sglang_tracing.analyzer.loaders.files import resolve
 from sglang_tracing.models.builder import ARCHITECTURES, build_model_dir
-from sglang_tracing.serving import CPU_SERVING_ARGS, DUMMY_WEIGHTS, Server, wait_for_exporters
+from sglang_tracing.app.serving import CPU_SERVING_ARGS, DUMMY_WEIGHTS, Server, wait_for_exporters
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:

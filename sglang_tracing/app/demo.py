@@ -10,7 +10,7 @@ import sys
 import time
 
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
-from sglang_tracing.serving import CPU_ARGS, Server, ServerError, wait_for_exporters
+from sglang_tracing.app.serving import CPU_ARGS, Server, ServerError, wait_for_exporters
 from sglang_tracing.config import UsageError
 
 DEMO_ROOT = os.path.join("traces", "demo")
