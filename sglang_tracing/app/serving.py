@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sglang_tracing.launch_server import require_sglang
 from sglang_tracing.semconv import READINESS_RID_PREFIX
-from sglang_tracing.timed_http import post_json
+from sglang_tracing.app.timed_http import post_json
 
 DUMMY_WEIGHTS = ["--load-format", "dummy"]  # random weights: the shipped architectures have none
 CPU_SERVING_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
