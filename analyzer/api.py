@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from sglang_tracing.analyzer.errors import TraceError
-from sglang_tracing.analyzer.model import TraceModel, load_trace_dirs, profiles_only
+from sglang_tracing.analyzer.model import Source, TraceModel, load_trace_dirs, profiles_only
 from sglang_tracing.config import UsageError
 
 REPORTS = ("story", "radix", "timeline", "attention")
@@ -37,8 +37,8 @@ def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str
 
         if nsys_stats.looks_like_stats(nsys):
             model.nsys_stats.update(nsys_stats.read_all(nsys))
-            model.manifest.setdefault("sources", []).append(
-                {"nsys_stats": nsys, "tables": len(model.nsys_stats), "alignment": "none (totals only)"})
+            model.sources.append(Source("nsys_stats", nsys, "none (totals only)",
+                                        counts={"tables": len(model.nsys_stats)}))
         else:
             nsys_loader.attach(model, nsys)
     if kineto:

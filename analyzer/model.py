@@ -20,7 +20,7 @@ Frames (all times are wall-clock ns, the clock spans and NVML samples are record
   ``ncu_rules``: ncu's own rule results (loaders/ncu.RULE_SCHEMA), with their estimated speedups.
 - ``nsys_stats``: ``nsys stats`` CSV tables (report name -> frame), when only those were given.
 
-Spans are decoded once into parquet parts next to the trace (``loaders/span_store``) and read from
+Spans are decoded once into parquet parts in the user's cache dir (``loaders/span_store``) and read from
 there: ``TraceModel.scan_spans()`` is a LazyFrame over them (only the span names and columns a query
 uses are read, so an analysis written against it never holds every span), ``TraceModel.spans`` the
 whole frame in memory, sorted by start_ns, read on first use. Columns computed from the recorded
@@ -35,6 +35,7 @@ they carry, else by the capture's own wall-clock session start.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -73,6 +74,19 @@ def empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One profiler input loaded into a model (its provenance; the recorded manifest is left as read)."""
+
+    kind: str  # "nsys", "kineto" or "nsys_stats"
+    path: str
+    alignment: str  # how its times were put onto the span clock
+    offset_ns: int | None = None  # the shift applied to its times, where one was measured
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)  # rows loaded: kernels, nvtx, tables...
+    devices: list[dict] = dataclasses.field(default_factory=list)  # the GPUs the file names
+    version: str | None = None  # of the tool that wrote it, where the file says
+
+
 class TraceModel:
     """Every source of one analysis. ``spans`` is read into memory on first use (sorted by start_ns);
     ``scan_spans()`` gives the same rows lazily, so an analysis built on it never holds every span."""
@@ -84,8 +98,9 @@ class TraceModel:
                  ncu: pl.DataFrame | None = None, ncu_rules: pl.DataFrame | None = None,
                  nsys_stats: dict[str, pl.DataFrame] | None = None, source_dir: str = "",
                  cut_files: list[str] | None = None, gpu_notes: list[dict] | None = None,
-                 span_scan: pl.LazyFrame | None = None, servers: list[dict] | None = None):
-        self.manifest = manifest
+                 span_scan: pl.LazyFrame | None = None, servers: list[dict] | None = None,
+                 sources: list[Source] | None = None):
+        self.manifest = manifest  # as recorded; never written to
         self._spans = spans
         self._span_scan = span_scan
         self.events = events if events is not None else empty(EVENT_SCHEMA)
@@ -102,6 +117,7 @@ class TraceModel:
         self.cut_files = cut_files or []
         self.gpu_notes = gpu_notes or []
         self.servers = servers or []  # one entry per trace dir: server, dir, spans, manifest
+        self.sources = sources or []  # profiler files loaded on top, in load order
 
     @property
     def spans(self) -> pl.DataFrame:

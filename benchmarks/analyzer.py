@@ -28,6 +28,8 @@ from pathlib import Path
 import orjson
 import psutil
 
+from sglang_tracing.config import ENV_CACHE_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ("cold", "cached", "perfetto")
 
@@ -142,10 +144,12 @@ def run_steps(trace: Path, work: Path, label: str, env: dict | None, steps: list
     py = [sys.executable, "-m", "sglang_tracing"]
     analyze = py + ["analyze", str(trace), "--report", "all", "--out", str(work / f"reports-{label}"),
                     "--model-config", "llama-2-7b"]
+    cache = work / "span-cache"
+    env = {**(env or os.environ), ENV_CACHE_DIR: str(cache)}
     out = {}
     for step in steps:
         if step == "cold":
-            shutil.rmtree(trace / ".sglang-trace-cache", ignore_errors=True)
+            _clear_caches(trace, cache)
             out[step] = measure(analyze, env, work)
         elif step == "cached":
             out[step] = measure(analyze, env, work)
@@ -154,8 +158,13 @@ def run_steps(trace: Path, work: Path, label: str, env: dict | None, steps: list
             out[step] = measure(py + ["perfetto", str(trace), "-o", str(pftrace)], env, work)
             out[step]["pftrace_mib"] = pftrace.stat().st_size / 2**20
             pftrace.unlink()
-    shutil.rmtree(trace / ".sglang-trace-cache", ignore_errors=True)  # the two versions' caches differ
+    _clear_caches(trace, cache)  # the two versions' caches differ
     return out
+
+
+def _clear_caches(trace: Path, cache: Path) -> None:
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(trace / ".sglang-trace-cache", ignore_errors=True)  # where older revisions kept theirs
 
 
 def _summary(runs: list[dict]) -> dict:

@@ -13,6 +13,7 @@ ENV_PROFILE_STEPS = "SGLANG_TRACE_PROFILE_STEPS"
 ENV_FLUSH_MS = "SGLANG_TRACE_FLUSH_MS"
 ENV_CAPTURE_STEPS = "SGLANG_TRACE_CAPTURE_STEPS"  # cudaProfilerStart/Stop window, for nsys capture ranges
 DEFAULT_CAPTURE_STEPS = "0:100000"  # every served forward until the server first goes idle
+ENV_CACHE_DIR = "SGLANG_TRACE_CACHE_DIR"  # the analyzer's decoded-span cache; default: the user cache dir
 # Testing aid: the named hook raises inside our guarded code, proving requests survive it.
 ENV_INJECT_FAULT = "SGLANG_TRACE_INJECT_FAULT"
 

@@ -5,10 +5,20 @@ import os
 
 import pytest
 
+from sglang_tracing.config import ENV_CACHE_DIR
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
 from sglang_tracing.app.serving import CPU_ARGS, Server, wait_for_exporters
 
 REALDATA = os.path.join(os.path.dirname(__file__), "data", "realdata")  # copied from ../shared/realdata
+
+
+@pytest.fixture(scope="session", autouse=True)
+def span_cache(tmp_path_factory):
+    """The analyzer's span cache in a temp dir, for this process and the CLIs it starts: tests never
+    write into ~/.cache or the repo."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_CACHE_DIR, str(tmp_path_factory.mktemp("span-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

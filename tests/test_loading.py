@@ -7,7 +7,10 @@ import gzip
 import json
 import re
 import shutil
+import sqlite3
+import tempfile
 from collections import Counter, defaultdict
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import DebugAnnotation, T
 from polars.testing import assert_frame_equal
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import UsageError
+from sglang_tracing.config import ENV_CACHE_DIR, UsageError
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.loaders import span_store
@@ -32,6 +35,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 TRACE_DIRS = sorted(m.parent for m in EXAMPLES.rglob("manifest.json"))
 TRITON = EXAMPLES / "h200-llama2-7b-triton"
 TP1, TP2 = EXAMPLES / "h200x2-tp" / "tp1" / "trace", EXAMPLES / "h200x2-tp" / "tp2" / "trace"
+NSYS_DIR = EXAMPLES / "h200-nsys" / "nsys-triton" / "trace"
 KEY = ["start_ns", "span_id", "name", "trace_id"]
 
 
@@ -75,9 +79,20 @@ def test_fast_loader_gives_the_reference_frames(trace_dir):
     assert Counter(model.spans["name"].to_list()) == Counter(s["name"] for s in raw)
 
 
+def cache_entries(trace_dir: Path) -> list[Path]:
+    folder = span_store.cache_folder(trace_dir)
+    return [p for p in folder.iterdir() if p.is_dir()] if folder.exists() else []
+
+
+def tree(folder: Path) -> dict[str, tuple]:
+    """Every path under ``folder`` (hidden ones too) with its size and mtime."""
+    return {str(p.relative_to(folder)): (p.is_dir(), p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")}
+
+
 def test_parallel_chunks_and_the_cache(tmp_path, monkeypatch):
     """Plain files cut into many chunks of whole lines, decoded by worker processes, then the parquet
-    parts read back from the trace dir's cache; a changed span file invalidates it."""
+    parts read back from the user cache; a changed span file invalidates it."""
     d = tmp_path / "t"
     shutil.copytree(TRITON, d)
     for f in d.glob("spans-*.jsonl.gz"):
@@ -90,13 +105,89 @@ def test_parallel_chunks_and_the_cache(tmp_path, monkeypatch):
     assert_same_as_reference(fresh, TRITON)
     cached = load_trace_dir(d)
     assert_frame_equal(cached.spans, fresh.spans)
-    assert len(list((d / span_store.CACHE_DIR).iterdir())) == 1
+    assert len(cache_entries(d)) == 1
     victim = next(d.glob("spans-tokenizer-*.jsonl"))
     lines = victim.read_bytes().splitlines(keepends=True)
     victim.write_bytes(b"".join(lines[:-1]))  # one export batch fewer
     dropped = sum(len(ss["spans"]) for rs in json.loads(lines[-1])["resourceSpans"] for ss in rs["scopeSpans"])
     assert load_trace_dir(d).spans.height == fresh.spans.height - dropped
-    assert len(list((d / span_store.CACHE_DIR).iterdir())) == 1  # the stale parts are gone
+    assert len(cache_entries(d)) == 1  # the stale parts are gone
+
+
+def test_the_cache_lives_outside_the_trace_dir_and_an_added_span_file_invalidates_it(tmp_path, monkeypatch):
+    d = tmp_path / "t"
+    shutil.copytree(TRITON, d)
+    before = tree(d)
+    fresh = load_trace_dir(d)
+    folder = span_store.cache_folder(d)
+    assert folder.is_relative_to(span_store.cache_root()) and not folder.is_relative_to(d)
+    assert len(cache_entries(d)) == 1
+    with monkeypatch.context() as m:  # the second load reads the parts back; it decodes nothing
+        m.setattr(span_store, "_build", lambda *a: pytest.fail("decoded again instead of read from the cache"))
+        cached = load_trace_dir(d)
+    assert_frame_equal(cached.spans, fresh.spans)
+    assert_frame_equal(cached.events, fresh.events)
+    assert tree(d) == before  # nothing written into the trace dir
+    # one more span file (say a process whose exporter wrote late): the cache no longer matches
+    first = gzip.decompress(next(d.glob("spans-tokenizer-*.jsonl.gz")).read_bytes()).splitlines()[0]
+    (d / "spans-tokenizer-pid99999.jsonl").write_bytes(first + b"\n")
+    added = sum(len(ss["spans"]) for rs in json.loads(first)["resourceSpans"] for ss in rs["scopeSpans"])
+    assert added and load_trace_dir(d).spans.height == fresh.spans.height + added
+    assert len(cache_entries(d)) == 1  # the stale parts are gone
+    shutil.rmtree(d)  # the trace dir is gone: the next build anywhere removes its cache
+    other = tmp_path / "u"
+    shutil.copytree(TRITON, other)
+    load_trace_dir(other)
+    assert not folder.exists() and len(cache_entries(other)) == 1
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "mine"))
+    assert span_store.cache_root() == tmp_path / "mine"
+    monkeypatch.delenv(ENV_CACHE_DIR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert span_store.cache_root() == tmp_path / "xdg" / "sglang-tracing"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: only absolute paths count
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert span_store.cache_root() == tmp_path / "home" / ".cache" / "sglang-tracing"
+
+
+def test_a_read_only_trace_dir_is_analyzed_and_left_untouched(tmp_path):
+    """(Tests may run as root, whom chmod does not stop: the tree itself is compared.)"""
+    d = tmp_path / "t"
+    shutil.copytree(EXAMPLES / "h200-ncu-triton", d)
+    for p in [d, *d.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    before = tree(d)
+    try:
+        written = api.analyze(str(d), out_dir=str(tmp_path / "r"), formats="text")
+        again = api.analyze(str(d), out_dir=str(tmp_path / "r2"), formats="text")  # from the cache
+        assert tree(d) == before
+    finally:
+        for p in [d, *d.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    assert {Path(p).name for p in written} == {Path(p).name for p in again} >= {"story.txt", "timeline.txt"}
+    for a, b in zip(sorted(written), sorted(again)):
+        if a.endswith(".txt"):
+            assert Path(a).read_text() == Path(b).read_text()
+
+
+def test_profilers_loaded_are_the_models_sources_and_the_manifest_stays_as_recorded():
+    kineto = sorted((TP2.parent / "profile").glob("*.trace.json.gz"))[0]
+    model = api.load(str(NSYS_DIR), nsys=str(NSYS_DIR / "nsys.sqlite.gz"), kineto=str(kineto))
+    assert model.manifest == json.loads((NSYS_DIR / "manifest.json").read_text())
+    assert [(s.kind, s.path) for s in model.sources] == [("nsys", str(NSYS_DIR / "nsys.sqlite.gz")),
+                                                         ("kineto", str(kineto))]
+    nsys, kin = model.sources
+    with tempfile.TemporaryDirectory() as tmp:  # counted with plain SQL and json, not by the loaders
+        db = Path(tmp) / "nsys.sqlite"
+        db.write_bytes(gzip.decompress((NSYS_DIR / "nsys.sqlite.gz").read_bytes()))
+        with closing(sqlite3.connect(db)) as con:
+            kernels = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+    assert nsys.counts["kernels"] == kernels and nsys.alignment.startswith("median offset")
+    events = json.loads(gzip.decompress(kineto.read_bytes()))["traceEvents"]
+    assert kin.counts["kernels"] == sum(e.get("cat") == "kernel" for e in events)
+    assert kin.alignment == "baseTimeNanoseconds"
 
 
 def test_cut_last_line_in_a_chunked_file(tmp_path, monkeypatch):

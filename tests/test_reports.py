@@ -98,8 +98,8 @@ def _nsys_model():
 
 def test_h200_nsys_nvtx_ids_match_spans():
     model = _nsys_model()
-    source = model.manifest["sources"][-1]
-    assert source["alignment"].startswith("median offset")
+    source = model.sources[-1]
+    assert source.kind == "nsys" and source.alignment.startswith("median offset")
     named = model.nvtx.drop_nulls("span_id")
     joined = named.join(model.spans.select("span_id", "name", pl.col("start_ns").alias("span_start")), on="span_id")
     # every forward / model-forward / result span has its NVTX range, at the same time; the first

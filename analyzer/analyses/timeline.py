@@ -33,13 +33,11 @@ TABLES = {
 
 def _sources(report: Report, model: TraceModel) -> None:
     src = report.section("Sources")
-    for s in model.manifest.get("sources", []):
-        kind = next((k for k in ("nsys", "kineto", "nsys_stats") if k in s), "?")
-        detail = ", ".join(f"{s[k]} {k.replace('_', ' ')}" for k in ("kernels", "memops", "cuda_api_calls",
-                                                                     "osrt_calls", "nvtx", "annotations", "tables")
-                           if s.get(k))
-        src.add(kind, s.get(kind), f"{detail or 'no events'}; alignment: {s.get('alignment', 'n/a')}"
-                + (f"; nsys {s['version']}" if s.get("version") else ""))
+    for s in model.sources:
+        shown = ("kernels", "memops", "cuda_api_calls", "osrt_calls", "nvtx", "annotations", "tables")
+        detail = ", ".join(f"{s.counts[k]} {k.replace('_', ' ')}" for k in shown if s.counts.get(k))
+        src.add(s.kind, s.path, f"{detail or 'no events'}; alignment: {s.alignment}"
+                + (f"; nsys {s.version}" if s.version else ""))
     src.add("spans", str(_span_count(model)), model.source_dir or "no trace dir")
 
 

@@ -16,7 +16,7 @@ import polars as pl
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, TraceModel,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Source, TraceModel,
 )
 
 CPU_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver")
@@ -123,9 +123,10 @@ def attach(model: TraceModel, path: str) -> dict:
             setattr(model, attr, pl.concat([getattr(model, attr), fr[attr]]))
         model.devices = pl.concat([model.devices, fr["devices"]]).unique(maintain_order=True)
         total += fr["kernels"].height
-        model.manifest.setdefault("sources", []).append(
-            {"kineto": str(f), "kernels": fr["kernels"].height, "cpu_ops": fr["cpu_ops"].height,
-             "memops": fr["memops"].height, "annotations": fr["nvtx"].height,
-             "alignment": "baseTimeNanoseconds" if trace["base_ns"] else "none (no base time in the file)",
-             "devices": trace["devices"]})
+        model.sources.append(Source(
+            "kineto", str(f), "baseTimeNanoseconds" if trace["base_ns"] else "none (no base time in the file)",
+            offset_ns=trace["base_ns"] or None,
+            counts={"kernels": fr["kernels"].height, "cpu_ops": fr["cpu_ops"].height,
+                    "memops": fr["memops"].height, "annotations": fr["nvtx"].height},
+            devices=trace["devices"]))
     return {"kernels": total}

@@ -20,7 +20,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import local_copy
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, TraceModel,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Source, TraceModel,
 )
 
 META_TABLES = ("META_DATA_EXPORT", "EXPORT_META_DATA")
@@ -249,10 +249,11 @@ def attach(model: TraceModel, path: str) -> dict:
             if frame.height:
                 setattr(model, attr, pl.concat([getattr(model, attr), frame.with_columns(shift)]))
         model.devices = pl.concat([model.devices, dev])
-        model.manifest.setdefault("sources", []).append(
-            {"nsys": str(path), "alignment": how, "offset_ns": offset, "kernels": k.height, "nvtx": n.height,
-             "cuda_api_calls": calls.height, "osrt_calls": osrt.height, "memops": mem.height,
-             "gpus": dev.to_dicts(), "version": metadata(con).get("EXPORT_PRODUCT_VERSION")})
-        return model.manifest["sources"][-1]
+        source = Source("nsys", str(path), how, offset_ns=offset,
+                        counts={"kernels": k.height, "nvtx": n.height, "cuda_api_calls": calls.height,
+                                "osrt_calls": osrt.height, "memops": mem.height},
+                        devices=dev.to_dicts(), version=metadata(con).get("EXPORT_PRODUCT_VERSION"))
+        model.sources.append(source)
+        return source
     finally:
         con.close()

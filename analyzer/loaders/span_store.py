@@ -4,9 +4,11 @@ The OTLP-JSON span files are cut into chunks of whole lines; worker processes de
 (``otlp_columns``) and write one parquet part per span name, so a query for some span names reads
 only their parts (each part holds one name: its statistics let the scan skip the others). A file
 the fast decoder declines is read by the reference path (``otlp_json``) instead, which also gives
-the exact error for bad input. The parts, the events and an index live in
-``<trace dir>/.sglang-trace-cache/<key>/`` (a temp dir when the trace dir is read-only or still
-being written); the key covers the span files' names, sizes and mtimes and this format's version.
+the exact error for bad input. The parts, the events and an index live in the user's cache
+(``cache_root()``), never in the trace dir: ``<root>/<trace dir name>-<hash of its resolved path>/<key>/``,
+where the key covers the span files' names, sizes and mtimes and this format's version (a temp dir
+instead when the trace dir is still being written or the cache cannot be written). A trace dir's
+cache goes with its next build, or with any build once the trace dir is gone.
 """
 from __future__ import annotations
 
@@ -31,10 +33,11 @@ from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import otlp_columns
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE
+from sglang_tracing.config import ENV_CACHE_DIR
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR = ".sglang-trace-cache"
+TRACE_DIR_FILE = "trace_dir.txt"  # in each trace dir's cache folder: the trace dir it holds the parts of
 FORMAT = 2  # bump when parts written by an older analyzer must not be read
 CHUNK_BYTES = 32 << 20
 PARALLEL_MIN_BYTES = 64 << 20  # below this, decoding in this process beats starting workers
@@ -82,10 +85,25 @@ def cache_key(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def cache_root() -> Path:
+    """$SGLANG_TRACE_CACHE_DIR, else ``sglang-tracing`` in the XDG user cache dir ($XDG_CACHE_HOME, ~/.cache)."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "sglang-tracing"
+
+
+def cache_folder(trace_dir: Path) -> Path:
+    """Where one trace dir's parts are cached: its name, for people, and a hash of its resolved path."""
+    resolved = trace_dir.resolve()
+    digest = hashlib.blake2b(str(resolved).encode(), digest_size=8).hexdigest()
+    return cache_root() / f"{resolved.name[:64]}-{digest}"
+
+
 def open_store(trace_dir: Path, files: list[Path], use_cache: bool = True, workers: int | None = None) -> Store:
     """The trace dir's cached parts when they match its span files, else freshly built ones."""
     key = cache_key(files)
-    root = trace_dir / CACHE_DIR
+    root = cache_folder(trace_dir)
     writable_cache = use_cache and not any(trace_dir.glob("*.active"))
     if writable_cache:
         store = _read_index(root / key)
@@ -94,7 +112,8 @@ def open_store(trace_dir: Path, files: list[Path], use_cache: bool = True, worke
                 _warn_cut(path)
             return store
         try:
-            folder = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=_fresh_root(root)))
+            _prune_orphans(root.parent)
+            folder = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=_fresh_root(root, trace_dir)))
         except OSError:
             writable_cache = False
     if not writable_cache:
@@ -115,15 +134,28 @@ def open_store(trace_dir: Path, files: list[Path], use_cache: bool = True, worke
     return store
 
 
-def _fresh_root(root: Path) -> Path:
-    """The cache root with the entries of other keys (older versions of the span files) removed, and
-    unfinished ones left by an analyzer that was killed (an hour old)."""
+def _fresh_root(root: Path, trace_dir: Path) -> Path:
+    """The trace dir's cache folder with the entries of other keys (older versions of the span files)
+    removed, and unfinished ones left by an analyzer that was killed (an hour old)."""
     if root.exists():
         for old in root.iterdir():
-            if ".tmp-" not in old.name or time.time() - old.stat().st_mtime > 3600:
+            if old.is_dir() and (".tmp-" not in old.name or time.time() - old.stat().st_mtime > 3600):
                 shutil.rmtree(old, ignore_errors=True)
-    root.mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / TRACE_DIR_FILE).write_text(str(trace_dir.resolve()))
     return root
+
+
+def _prune_orphans(cache: Path) -> None:
+    """Remove the cached parts of trace dirs that are gone (they would outlive them). Only folders
+    holding our TRACE_DIR_FILE are touched."""
+    for folder in cache.iterdir() if cache.is_dir() else ():
+        try:
+            trace_dir = (folder / TRACE_DIR_FILE).read_text()
+        except OSError:
+            continue
+        if not Path(trace_dir).is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_index(folder: Path) -> Store | None:
