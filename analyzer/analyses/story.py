@@ -186,13 +186,18 @@ def compute(model: TraceModel, which: str = "slowest", model_config_override: st
     story.tokens = token_latencies(requests.filter(pl.col("rid") == req["rid"]))
     story.trend = itl_trend(story.tokens)
     story.cache_inserts = model.scan_spans().filter(pl.col("name") == sc.CACHE_INSERT).select(pl.len()).collect().item()
+    _add_setup(story, model, model_config_override)
+    return story
+
+
+def _add_setup(story: Story, model: TraceModel, model_config_override: str | None) -> None:
+    """What the run ran on: model size, GPUs, profiles loaded, hardware sampling."""
     story.weight_bytes = model_weight_bytes(model_config(model.manifest, model_config_override))
     story.gpus = (model.manifest.get("gpu") or {}).get("devices") or []
     story.peak_bandwidth = peak_bandwidth(story.gpus[0]["name"]) if story.gpus else None
     story.loaded_kernels = model.kernels.height
     story.sample_interval_ms = (model.manifest.get("config") or {}).get("nvml_interval_ms") or 100
     story.no_samples_why = "; ".join(n.get("reason", "") for n in model.gpu_notes) or "no NVML samples in the trace"
-    return story
 
 
 def _forwards_of_request(spans: pl.LazyFrame, rid: str) -> pl.DataFrame:
