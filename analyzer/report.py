@@ -1,7 +1,9 @@
-"""The report document every renderer consumes: sections of labelled figures and tables.
+"""The report document every renderer consumes: sections of labelled figures and tables, and the
+data of its plots.
 
 A figure that was not measured carries ``value=None`` and says why in ``source``; renderers
-print it as missing, never as a number.
+print it as missing, never as a number. A plot is data only (frames and labels); renderers/plots.py
+draws it.
 """
 from __future__ import annotations
 
@@ -35,11 +37,21 @@ class Section:
 
 
 @dataclasses.dataclass
+class Plot:
+    """One chart's data: ``kind`` names the drawing in renderers/plots.py, ``frames`` hold its points
+    (explicit columns and units), ``labels`` its title and axis names."""
+    file: str  # PNG file name, written beside the report
+    kind: str  # itl, cache, tp_scaling
+    frames: dict[str, pl.DataFrame]
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
 class Report:
     name: str  # file stem: story, radix, ...
     title: str
     sections: list[Section] = dataclasses.field(default_factory=list)
-    plots: dict[str, bytes] = dataclasses.field(default_factory=dict)  # file name -> PNG bytes
+    plots: list[Plot] = dataclasses.field(default_factory=list)
 
     def section(self, title: str) -> Section:
         sec = Section(title)

@@ -6,7 +6,7 @@ import polars as pl
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.model import TraceModel
-from sglang_tracing.analyzer.report import Report, ms
+from sglang_tracing.analyzer.report import Plot, Report, ms
 
 
 def classify_lookups(requests: pl.DataFrame) -> pl.DataFrame:
@@ -118,7 +118,6 @@ def build_report(model: TraceModel) -> Report:
             "SGLang's warm-up, health checks, readiness probes: not in the sequence or the summary")
     if internal.height:
         seq.child("internal requests").table = internal.select("rid", "internal", "prompt_tokens", "cached_tokens")
-    occupancy = ops.select("start_ns", *[c for c in (sc.CACHE_USED, sc.CACHE_EVICTABLE) if c in ops.columns])
     ev = report.section("Evictions")
     ev_table = evictions(ops, lookups)
     ev.add("eviction events", str(ev_table.height), "span sglang.cache.evict")
@@ -138,9 +137,22 @@ def build_report(model: TraceModel) -> Report:
         per_token = (miss["prefill_ns"].sum() / miss["prompt_tokens"].sum()) if miss.height else None
         summary.add("estimated prefill time saved", ms(saved * per_token) if per_token else None,
                     "cached tokens x cold prefill time per token (misses)" if per_token else "no cold request to compare")
-    from sglang_tracing.analyzer.renderers import plots
-
-    png = plots.cache_plot(occupancy, lookups)
-    if png:
-        report.plots["radix_cache.png"] = png
+    plot = cache_plot(ops, lookups)
+    if plot:
+        report.plots.append(plot)
     return report
+
+
+def cache_plot(ops: pl.DataFrame, lookups: pl.DataFrame) -> Plot | None:
+    """KV tokens in use (and evictable) after each cache operation, and each lookup's result at its
+    request's arrival; times in seconds from the first cache operation. None without occupancy."""
+    if ops.is_empty() or sc.CACHE_USED not in ops.columns:
+        return None
+    t0 = ops["start_ns"].min()
+    seconds = lambda c: ((pl.col(c) - t0) / 1e9).alias("t_s")  # noqa: E731
+    tokens = [pl.col(sc.CACHE_USED).alias("used_tokens")]
+    if sc.CACHE_EVICTABLE in ops.columns:
+        tokens.append(pl.col(sc.CACHE_EVICTABLE).alias("evictable_tokens"))
+    return Plot("radix_cache.png", "cache", {"occupancy": ops.select(seconds("start_ns"), *tokens),
+                                             "lookups": lookups.select(seconds("received_ns"), "lookup")},
+                {"title": "Cache occupancy and lookups", "x": "time (s)", "y": "tokens"})

@@ -4,6 +4,8 @@ operations, CUDA API, NVTX ranges, OS runtime) with its semantics, then the SGLa
 overlap of the scheduler, layers and ops, scheduling overhead, KV memory) when the trace has spans."""
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
 from sglang_tracing import semconv as sc
@@ -11,6 +13,7 @@ from sglang_tracing.analyzer.analyses import topdown
 from sglang_tracing.analyzer.analyses.kernels import (
     by_layer, by_op, cpu_gpu_overlap, describe_layers, forward_gpu_time, project_nvtx,
 )
+from sglang_tracing.analyzer.analyses.ncu_metrics import ranked_hints
 from sglang_tracing.analyzer.analyses.summaries import summaries
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, Section, ms, pct
@@ -45,32 +48,169 @@ def _span_count(model: TraceModel) -> int:
     return model.scan_spans().select(pl.len()).collect(engine="streaming").item()
 
 
-def _gpus(sec: Section, model: TraceModel, activity: pl.DataFrame) -> None:
-    names = topdown.device_names(model)
-    used = sorted(set(activity["device"].to_list())) if activity.height else []
+# ---- computing: what the profile and the spans hold ----
+@dataclasses.dataclass
+class TopDown:
+    """The top-down page: how busy the GPUs were, where their idle time went, what to look at first."""
+    names: dict[int, str]  # GPU model by device id (topdown.device_names)
+    devices: list[int]  # devices that ran the profiled work
+    from_profile: bool  # GPU names from the profiler files (else from the trace manifest's NVML)
+    busy: pl.DataFrame  # per device: window, busy, idle and bubble time (topdown.gpu_overview)
+    host: dict | None  # what the host did during GPU bubbles (topdown.host_during_bubbles)
+    syncs: pl.DataFrame  # synchronizing CUDA calls by name, most time first
+    look_first: pl.DataFrame  # ranked: rank, what, at_stake_ms, share_of_window_pct, detail
+    hints: pl.DataFrame  # ncu's rule results with an estimated speedup, largest first
+
+
+@dataclasses.dataclass
+class SglangSide:
+    """What the scheduler and its spans show next to the GPU."""
+    processes: pl.DataFrame  # per (server,) role and pid: spans, active_ms
+    ops: pl.DataFrame | None  # GPU time by NVTX op range; None: no kernel joined to a range
+    layers: pl.DataFrame | None  # GPU time by layer range
+    overlap: dict  # scheduler CPU vs GPU busy time (kernels.cpu_gpu_overlap); empty: not measurable
+    per_forward: pl.DataFrame | None  # GPU time per forward by mode and source: forwards, median_ms, total_ms
+    batch_spans: dict[str, pl.Series]  # span name -> durations (ns) of the per-batch scheduler spans
+    peak_memory: float | None  # most GPU memory in use (NVML, bytes)
+    cache_spans: int  # prefix-cache spans recorded
+    kv_peak: tuple[int, int] | None  # most KV tokens in use, of how many
+    evictions: pl.DataFrame  # t_ms (from the first span), freed_tokens, trigger, dur_us
+
+
+@dataclasses.dataclass
+class Timeline:
+    tables: dict[str, tuple[pl.DataFrame, str]]  # nsys stats table name -> (table, where it came from)
+    top: TopDown
+    profiled: bool  # any profiler file loaded
+    stats_only: bool  # nsys stats CSVs: totals without a timeline
+    streams: pl.DataFrame | None  # kernels and busy time per device and stream
+    sglang: SglangSide | None  # None: no spans
+
+
+def compute(model: TraceModel) -> Timeline:
+    tables = summaries(model)
+    streams = None
+    if model.kernels.height:
+        streams = model.kernels.group_by("device", "stream").agg(
+            pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
+    profiled = bool(model.kernels.height or model.memops.height or model.cpu_ops.height or model.nvtx.height
+                    or model.nsys_stats)
+    return Timeline(tables, _top_down(model, tables), profiled, bool(model.nsys_stats), streams,
+                    _sglang_side(model) if _span_count(model) else None)
+
+
+def _top_down(model: TraceModel, tables: dict) -> TopDown:
+    activity = topdown.gpu_activity(model.kernels, model.memops)
+    busy = topdown.gpu_overview(activity)
+    gaps = topdown.bubbles(activity)
+    host = topdown.host_during_bubbles(gaps, model.cpu_ops)
+    first = topdown.look_first(busy, tables["cuda_gpu_kern_sum"][0], tables["cuda_gpu_mem_time_sum"][0],
+                               tables["cuda_gpu_mem_size_sum"][0], topdown.bubbles_after_sync(gaps, model.cpu_ops),
+                               host, model.ncu_rules)
+    window = int(busy["window_ns"].max()) if busy.height else None
+    first = first.with_columns(
+        (pl.col("at_stake_ns") / 1e6).round(3).alias("at_stake_ms"),
+        ((pl.col("at_stake_ns") / window * 100).round(1) if window else pl.lit(None, pl.Float64))
+        .alias("share_of_window_pct")).select("rank", "what", "at_stake_ms", "share_of_window_pct", "detail")
+    return TopDown(topdown.device_names(model), sorted(set(activity["device"].to_list())) if activity.height else [],
+                   bool(model.devices.height), busy, host, topdown.sync_calls(model.cpu_ops), first,
+                   ranked_hints(model.ncu_rules).drop_nulls("speedup_pct"))
+
+
+def _sglang_side(model: TraceModel) -> SglangSide:
+    spans, kernels = model.scan_spans(), model.kernels
+    by = (["server"] if len(model.servers) > 1 else []) + ["role", "pid"]
+    processes = (spans.group_by(by).agg(pl.len().alias("spans"),
+                                        ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
+                                        .round(1).alias("active_ms")).collect(engine="streaming").sort(by))
+    projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
+    ops, layers = (by_op(projected), by_layer(projected)) if projected.height else (None, None)
+    batch_spans = {name: spans.filter(pl.col("name") == name).select("dur_ns").collect().to_series()
+                   for name in (sc.SCHEDULE, sc.PROCESS_RESULT, sc.FORWARD)}
+    used = model.counters.filter(pl.col("metric") == sc.NVML_MEM_USED)
+    cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT]))
+    n_cache = cache.select(pl.len()).collect().item()
+    kv_peak = None
+    if n_cache and sc.CACHE_USED in cache.collect_schema():
+        kv_peak = cache.select(pl.col(sc.CACHE_USED).max(), pl.col(sc.CACHE_TOTAL).max()).collect().row(0)
+    return SglangSide(processes, ops, layers, cpu_gpu_overlap(spans, kernels), _per_forward(spans, kernels),
+                      batch_spans, used["value"].max() if used.height else None, n_cache, kv_peak, _evictions(spans))
+
+
+def _per_forward(spans: pl.LazyFrame, kernels: pl.DataFrame) -> pl.DataFrame | None:
+    per_fwd = forward_gpu_time(spans, kernels)
+    if not (per_fwd.height and per_fwd["gpu_ns"].drop_nulls().len()):
+        return None
+    return per_fwd.drop_nulls("gpu_ns").group_by("mode", "source").agg(
+        pl.len().alias("forwards"), (pl.col("gpu_ns").median() / 1e6).round(3).alias("median_ms"),
+        (pl.col("gpu_ns").sum() / 1e6).round(1).alias("total_ms")).sort("mode")
+
+
+def _evictions(spans: pl.LazyFrame) -> pl.DataFrame:
+    ev = spans.filter(pl.col("name") == sc.CACHE_EVICT).collect().sort("start_ns", maintain_order=True)
+    if ev.is_empty():
+        return ev
+    first = spans.select(pl.col("start_ns").min()).collect(engine="streaming").item()
+    return ev.select(((pl.col("start_ns") - first) / 1e6).round(1).alias("t_ms"),
+                     pl.col(sc.CACHE_FREED_TOKENS).alias("freed_tokens"), pl.col(sc.CACHE_TRIGGER).alias("trigger"),
+                     (pl.col("dur_ns") / 1e3).round(1).alias("dur_us"))
+
+
+# ---- wording: the timeline as a report ----
+def build_report(model: TraceModel) -> Report:
+    return describe(compute(model), model)
+
+
+def describe(timeline: Timeline, model: TraceModel) -> Report:
+    """The report of ``timeline``; ``model`` names the sources it was loaded from."""
+    report = Report("timeline", "Timeline (experiment 4)")
+    _topdown(report.section("Top-down"), timeline.top, timeline)
+    _sources(report, model)
+    if timeline.streams is not None:
+        report.section("GPU streams").table = timeline.streams
+    _stats_tables(report, timeline)
+    if timeline.sglang is not None:
+        _sglang(report, timeline.sglang)
+    return report
+
+
+def _gpus(sec: Section, top: TopDown) -> None:
+    names = top.names
     if not names:
         sec.add("GPU", None, "the profile names no GPU (nsys TARGET_INFO_GPU, Kineto deviceProperties, "
                              "trace manifest)")
         return
-    shown = [d for d in used if d in names] or sorted(names)
+    shown = [d for d in top.devices if d in names] or sorted(names)
     label = ", ".join(f"{names[d]} (device {d})" for d in shown)
     extra = len(names) - len(shown)
-    where = "that ran the profiled work" if model.devices.height else "from the trace manifest (NVML)"
+    where = "that ran the profiled work" if top.from_profile else "from the trace manifest (NVML)"
     sec.add("GPU" if len(shown) == 1 else "GPUs", label,
             where + (f"; the node lists {len(names)} GPUs" if extra > 0 else ""))
 
 
-def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
-    sec = report.section("Top-down")
-    activity = topdown.gpu_activity(model.kernels, model.memops)
-    _gpus(sec, model, activity)
-    if activity.is_empty():
+def _topdown(sec: Section, top: TopDown, timeline: Timeline) -> None:
+    _gpus(sec, top)
+    if not top.devices:
         why = ("nsys stats CSVs hold totals only; pass the .sqlite or .nsys-rep for the timeline"
-               if model.nsys_stats else "no GPU activity loaded (--nsys or --kineto)")
+               if timeline.stats_only else "no GPU activity loaded (--nsys or --kineto)")
         sec.add("GPU busy", None, why)
-    overview = topdown.gpu_overview(activity)
-    for row in overview.iter_rows(named=True):
-        dev = f" (device {row['device']})" if overview.height > 1 else ""
+    _busy(sec, top.busy)
+    _host(sec, top)
+    if top.look_first.height:
+        sec.child("What to look at first").table = top.look_first
+    if top.hints.height:
+        sec.child("ncu hints, ranked by estimated speedup").table = top.hints.head(10).with_columns(
+            pl.col("speedup_pct").round(1))
+    nvtx = timeline.tables["nvtx_sum"][0]
+    if nvtx.height:
+        first = nvtx.row(0, named=True)
+        sec.add("largest NVTX range", f"{first['Range']}: {ms(first['Total Time (ns)'])} over {first['Instances']} "
+                                      f"instances ({first['Style']})", "nvtx_sum's first row")
+
+
+def _busy(sec: Section, busy: pl.DataFrame) -> None:
+    for row in busy.iter_rows(named=True):
+        dev = f" (device {row['device']})" if busy.height > 1 else ""
         w = row["window_ns"]
         sec.add(f"GPU busy{dev}", f"{ms(row['busy_ns'])} of {ms(w)} ({pct(row['busy_pct'])})",
                 f"union of kernels and memcpy/memset from the first GPU operation to the last; kernels alone "
@@ -78,8 +218,10 @@ def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
         sec.add(f"GPU idle{dev}", f"{ms(row['idle_ns'])}: {row['bubbles']} bubbles > {topdown.BUBBLE_NS / 1e3:.0f} us "
                                   f"totalling {ms(row['bubble_ns'])} (longest {ms(row['longest_bubble_ns'])}), "
                                   f"{ms(row['launch_gap_ns'])} in shorter gaps between operations", "")
-    gaps = topdown.bubbles(activity)
-    host = topdown.host_during_bubbles(gaps, model.cpu_ops)
+
+
+def _host(sec: Section, top: TopDown) -> None:
+    host = top.host
     if host and host["bubble_ns"]:
         b = host["bubble_ns"]
         sec.add("host during GPU bubbles",
@@ -87,44 +229,21 @@ def _topdown(report: Report, model: TraceModel, tables: dict) -> None:
                 f"{pct(host['in_other_api_ns'] / b * 100)} in other CUDA calls, "
                 f"{pct(host['no_api_ns'] / b * 100)} in no CUDA call",
                 "no CUDA call: the GPU waited for host-side work (Python, data, CPU ops) or the host was idle")
-    elif activity.height:
+    elif top.devices:
         sec.add("host during GPU bubbles", None, "no CUDA API calls in the profile" if not host else "no bubbles")
-    syncs = topdown.sync_calls(model.cpu_ops)
-    if syncs.height:
-        top = syncs.row(0, named=True)
-        sec.add("host blocked in synchronizing calls", f"{ms(int(syncs['total_ns'].sum()))} over "
-                f"{int(syncs['calls'].sum())} calls (most in {top['name']}: {ms(top['total_ns'])})",
+    if top.syncs.height:
+        first = top.syncs.row(0, named=True)
+        sec.add("host blocked in synchronizing calls", f"{ms(int(top.syncs['total_ns'].sum()))} over "
+                f"{int(top.syncs['calls'].sum())} calls (most in {first['name']}: {ms(first['total_ns'])})",
                 "costs GPU time only where the GPU then sat idle (ranked below as GPU idle after synchronizing calls)")
-    first = topdown.look_first(overview, tables["cuda_gpu_kern_sum"][0], tables["cuda_gpu_mem_time_sum"][0],
-                               tables["cuda_gpu_mem_size_sum"][0], topdown.bubbles_after_sync(gaps, model.cpu_ops),
-                               host, model.ncu_rules)
-    if first.height:
-        window = int(overview["window_ns"].max()) if overview.height else None
-        sec.child("What to look at first").table = first.with_columns(
-            (pl.col("at_stake_ns") / 1e6).round(3).alias("at_stake_ms"),
-            ((pl.col("at_stake_ns") / window * 100).round(1) if window else pl.lit(None, pl.Float64))
-            .alias("share_of_window_pct")).select("rank", "what", "at_stake_ms", "share_of_window_pct", "detail")
-    if model.ncu_rules is not None and model.ncu_rules.height:
-        from sglang_tracing.analyzer.analyses.ncu_metrics import ranked_hints
-
-        hints = ranked_hints(model.ncu_rules).drop_nulls("speedup_pct")
-        if hints.height:
-            sec.child("ncu hints, ranked by estimated speedup").table = hints.head(10).with_columns(
-                pl.col("speedup_pct").round(1))
-    nvtx = tables["nvtx_sum"][0]
-    if nvtx.height:
-        top = nvtx.row(0, named=True)
-        sec.add("largest NVTX range", f"{top['Range']}: {ms(top['Total Time (ns)'])} over {top['Instances']} "
-                                      f"instances ({top['Style']})", "nvtx_sum's first row")
 
 
-def _stats_tables(report: Report, model: TraceModel, tables: dict) -> None:
-    if not (model.kernels.height or model.memops.height or model.cpu_ops.height or model.nvtx.height
-            or model.nsys_stats):
+def _stats_tables(report: Report, timeline: Timeline) -> None:
+    if not timeline.profiled:
         report.section("nsys stats tables").add("tables", None, "no profiler file given (--nsys or --kineto)")
         return
     for name, (title, missing) in TABLES.items():
-        table, source = tables[name]
+        table, source = timeline.tables[name]
         sec = report.section(title)
         if table.is_empty():
             sec.add("rows", None, missing)
@@ -134,29 +253,31 @@ def _stats_tables(report: Report, model: TraceModel, tables: dict) -> None:
         sec.table = table.head(TOP).with_columns(pl.selectors.float().round(3 if "MB" in table.columns[0] else 1))
 
 
-def _sglang(report: Report, model: TraceModel) -> None:
-    spans, kernels = model.scan_spans(), model.kernels
-    threads = report.section("SGLang processes")
-    by = (["server"] if len(model.servers) > 1 else []) + ["role", "pid"]
-    threads.table = (spans.group_by(by).agg(pl.len().alias("spans"),
-                                            ((pl.col("end_ns").max() - pl.col("start_ns").min()) / 1e6)
-                                            .round(1).alias("active_ms")).collect(engine="streaming").sort(by))
+def _sglang(report: Report, side: SglangSide) -> None:
+    report.section("SGLang processes").table = side.processes
     ops = report.section("GPU time by layer and op (NVTX projection)")
-    projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
-    if projected.height:
-        ops.table = by_op(projected)
-        layers = by_layer(projected)
-        if layers.height:
-            ops.add("GPU time per layer", describe_layers(layers),
+    if side.ops is not None:
+        ops.table = side.ops
+        if side.layers.height:
+            ops.add("GPU time per layer", describe_layers(side.layers),
                     "kernels launched inside each layer range, all forwards of the capture")
         ops.add("other", "kernels launched outside op ranges",
                 "CUDA-graph replays (their ranges ran at capture), sampling, cache writes")
     else:
         ops.add("per-op GPU time", None, "needs --trace-level layer ranges, an nsys capture with CUDA API calls, "
                 "and eager forwards (--disable-prefill-cuda-graph)")
+    _overlap(report.section("Scheduler CPU vs GPU"), side)
+    sched = report.section("Scheduling overhead per batch")
+    for name, label in ((sc.SCHEDULE, "schedule"), (sc.PROCESS_RESULT, "result processing"),
+                        (sc.FORWARD, "forward launch (CPU)")):
+        d = side.batch_spans[name]
+        sched.add(label, f"median {ms(d.median())}, p99 {ms(d.quantile(0.99))} over {d.len()} batches"
+                  if d.len() else None, f"span {name}")
+    _memory(report.section("Memory"), side)
 
-    overlap = report.section("Scheduler CPU vs GPU")
-    o = cpu_gpu_overlap(spans, kernels)
+
+def _overlap(overlap: Section, side: SglangSide) -> None:
+    o = side.overlap
     if o:
         w = o["window_ns"]
         overlap.add("window", ms(w), "both the scheduler thread and the GPU active")
@@ -169,50 +290,20 @@ def _sglang(report: Report, model: TraceModel) -> None:
                     f"{o['bubbles']} totalling {ms(o['bubble_ns'])}", "gaps between kernels")
     else:
         overlap.add("overlap", None, "needs both kernels (--nsys/--kineto) and scheduler spans")
-    per_fwd = forward_gpu_time(spans, kernels)
-    if per_fwd.height and per_fwd["gpu_ns"].drop_nulls().len():
-        overlap.child("GPU time per forward").table = per_fwd.drop_nulls("gpu_ns").group_by("mode", "source").agg(
-            pl.len().alias("forwards"), (pl.col("gpu_ns").median() / 1e6).round(3).alias("median_ms"),
-            (pl.col("gpu_ns").sum() / 1e6).round(1).alias("total_ms")).sort("mode")
+    if side.per_forward is not None:
+        overlap.child("GPU time per forward").table = side.per_forward
 
-    sched = report.section("Scheduling overhead per batch")
-    for name, label in ((sc.SCHEDULE, "schedule"), (sc.PROCESS_RESULT, "result processing"),
-                        (sc.FORWARD, "forward launch (CPU)")):
-        d = spans.filter(pl.col("name") == name).select("dur_ns").collect().to_series()
-        sched.add(label, f"median {ms(d.median())}, p99 {ms(d.quantile(0.99))} over {d.len()} batches"
-                  if d.len() else None, f"span {name}")
 
-    mem = report.section("Memory")
-    used = model.counters.filter(pl.col("metric") == sc.NVML_MEM_USED)
-    mem.add("peak GPU memory", f"{used['value'].max() / 2**30:.2f} GiB" if used.height else None,
-            "NVML mem_used at 100 ms" if used.height else "no NVML samples")
-    cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT]))
-    n_cache = cache.select(pl.len()).collect().item()
-    if n_cache and sc.CACHE_USED in cache.collect_schema():
-        used, total = cache.select(pl.col(sc.CACHE_USED).max(), pl.col(sc.CACHE_TOTAL).max()).collect().row(0)
+def _memory(mem: Section, side: SglangSide) -> None:
+    peak = side.peak_memory
+    mem.add("peak GPU memory", f"{peak / 2**30:.2f} GiB" if peak is not None else None,
+            "NVML mem_used at 100 ms" if peak is not None else "no NVML samples")
+    if side.kv_peak:
+        used, total = side.kv_peak
         mem.add("peak KV used", f"{used} of {total} tokens", "cache spans")
-    ev = spans.filter(pl.col("name") == sc.CACHE_EVICT).collect().sort("start_ns", maintain_order=True)
-    if n_cache:
-        mem.add("evictions", str(ev.height), "span sglang.cache.evict")
+    if side.cache_spans:
+        mem.add("evictions", str(side.evictions.height), "span sglang.cache.evict")
     else:
         mem.add("evictions", None, "no prefix-cache spans in this trace (--trace-level batch records them)")
-    if ev.height:
-        first = spans.select(pl.col("start_ns").min()).collect(engine="streaming").item()
-        mem.child("eviction events").table = ev.select(
-            ((pl.col("start_ns") - first) / 1e6).round(1).alias("t_ms"),
-            pl.col(sc.CACHE_FREED_TOKENS).alias("freed_tokens"), pl.col(sc.CACHE_TRIGGER).alias("trigger"),
-            (pl.col("dur_ns") / 1e3).round(1).alias("dur_us"))
-
-
-def build_report(model: TraceModel) -> Report:
-    report = Report("timeline", "Timeline (experiment 4)")
-    tables = summaries(model)
-    _topdown(report, model, tables)
-    _sources(report, model)
-    if model.kernels.height:
-        report.section("GPU streams").table = model.kernels.group_by("device", "stream").agg(
-            pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
-    _stats_tables(report, model, tables)
-    if _span_count(model):
-        _sglang(report, model)
-    return report
+    if side.evictions.height:
+        mem.child("eviction events").table = side.evictions

@@ -10,7 +10,7 @@ import polars as pl
 from sglang_tracing.analyzer.analyses import collectives
 from sglang_tracing.analyzer.analyses.story import dtype_bytes
 from sglang_tracing.analyzer.loaders.tp_experiment import TpCell, TpInputs
-from sglang_tracing.analyzer.report import Report
+from sglang_tracing.analyzer.report import Plot, Report
 
 NVLINK_GB_S_PER_LINK = 25  # per direction, NVLink 3 (A100) and 4 (H100/H200): 12 x 25 and 18 x 25 GB/s
 PROJECTED_SIZES = (4, 8)
@@ -220,12 +220,20 @@ def build_report(inputs: TpInputs) -> Report:
         rec.add(label, text)
     if len(good) < len(table):
         rec.add("left out", ", ".join(f"TP={tp}" for tp in flags if flags[tp]), "implausible cells (see Scaling)")
-    from sglang_tracing.analyzer.renderers.plots import tp_scaling_plot
-
-    png = tp_scaling_plot(table, proj)
-    if png:
-        report.plots["tp_scaling.png"] = png
+    report.plots.append(throughput_plot(table, proj))
     return report
+
+
+def throughput_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> Plot:
+    """Output throughput per TP size: measured, linear from the smallest size, and projected sizes."""
+    base = table.row(0, named=True)
+    sizes = sorted(set(table["tp"].to_list()) | set(projection["tp"].to_list() if projection is not None else []))
+    frames = {"measured": table.select("tp", "output_tok_per_s"),
+              "linear": pl.DataFrame({"tp": sizes, "output_tok_per_s": [base["output_tok_per_s"] * t / base["tp"]
+                                                                        for t in sizes]})}
+    if projection is not None:
+        frames["projection"] = projection.filter(pl.col("kind") == "projection").select("tp", "output_tok_per_s")
+    return Plot("tp_scaling.png", "tp_scaling", frames, {"x": "TP size", "y": "output tok/s"})
 
 
 def _allreduce_sections(report: Report, ar: dict, inputs: TpInputs, figs: dict, link_gb_s, link_why) -> None:

@@ -3,22 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sglang_tracing.analyzer.renderers import html, markdown, text
+from sglang_tracing.analyzer.renderers import html, markdown, plots, text
 from sglang_tracing.analyzer.report import Report
 
-# format name -> (file extension, renderer)
-FORMATS = {"text": ("txt", text.render), "md": ("md", markdown.render), "html": ("html", html.render)}
+# format name -> (file extension, renderer of the report and its drawn plots: file name -> PNG bytes)
+FORMATS = {"text": ("txt", lambda report, pngs: text.render(report)), "md": ("md", markdown.render),
+           "html": ("html", html.render)}
 
 
 def write_report(out: Path, report: Report, formats=tuple(FORMATS)) -> list[str]:
-    """Render ``report`` in each format into ``out``, its plots beside; returns the paths written."""
+    """Render ``report`` in each format into ``out``, its plots drawn beside; returns the paths written."""
+    pngs = plots.draw_all(report)
     paths = []
     for fmt in formats:
         ext, render = FORMATS[fmt]
         p = Path(out) / f"{report.name}.{ext}"
-        p.write_text(render(report))
+        p.write_text(render(report, pngs))
         paths.append(str(p))
-    for name, png in report.plots.items():
+    for name, png in pngs.items():
         (Path(out) / name).write_bytes(png)
         paths.append(str(Path(out) / name))
     return paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from sglang_tracing.analyzer.renderers import plots
 from sglang_tracing.analyzer.report import Report, Section
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
@@ -32,13 +33,16 @@ def _section(sec: Section, depth: int, out: list[str]) -> None:
     out.append("</section>")
 
 
-def render(report: Report) -> str:
+def render(report: Report, pngs: dict[str, bytes] | None = None) -> str:
+    """The page; ``pngs`` are the report's plots already drawn (plots.draw_all), drawn here when not given."""
+    if pngs is None:
+        pngs = plots.draw_all(report)
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
            f"<title>{escape(report.title)}</title><style>{_STYLE}</style></head><body>",
            f"<h1>{escape(report.title)}</h1>"]
     for sec in report.sections:
         _section(sec, 2, out)
-    for name, png in report.plots.items():
+    for name, png in pngs.items():
         data = base64.b64encode(png).decode()
         out.append(f"<figure><img alt='{escape(name)}' src='data:image/png;base64,{data}'>"
                    f"<figcaption>{escape(name)}</figcaption></figure>")

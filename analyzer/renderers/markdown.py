@@ -1,8 +1,11 @@
 """Markdown renderer."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import polars as pl
 
+from sglang_tracing.analyzer.renderers import plots
 from sglang_tracing.analyzer.report import Report, Section
 
 
@@ -28,10 +31,12 @@ def _section(sec: Section, depth: int, out: list[str]) -> None:
         _section(child, depth + 1, out)
 
 
-def render(report: Report) -> str:
+def render(report: Report, images: Iterable[str] | None = None) -> str:
+    """The document; ``images`` are the file names of its drawn plots (written beside it), those
+    plots.draw_all would draw when not given."""
     out = [f"# {report.title}"]
     for sec in report.sections:
         _section(sec, 2, out)
-    for name in report.plots:
+    for name in plots.drawable(report) if images is None else images:
         out += ["", f"![{name}]({name})"]
     return "\n".join(out) + "\n"

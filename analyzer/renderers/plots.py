@@ -1,6 +1,6 @@
-"""PNG plots (matplotlib, Agg). Each takes analysis frames and returns PNG bytes, or None.
+"""PNG plots (matplotlib, Agg): draws the plot data a Report carries (report.Plot), one drawing per kind.
 
-matplotlib is the ``plots`` extra: without it every plot is None and one note says so.
+matplotlib is the ``plots`` extra: without it nothing is drawn and one note says so.
 """
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import logging
 
 import polars as pl
 
-from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.report import Plot, Report
 
 logger = logging.getLogger(__name__)
+
+LOOKUP_COLORS = {"full": "green", "partial": "orange", "miss": "red"}
 
 
 @functools.cache
@@ -29,75 +31,64 @@ def _pyplot():
     return plt
 
 
-def _figure():
+def _itl(ax, plot: Plot) -> None:
+    pts = plot.frames["points"]
+    ax.plot(pts["token_index"].to_list(), pts["itl_ms"].to_list(), marker=".", lw=1)
+    ax.grid(alpha=0.3)
+
+
+def _cache(ax, plot: Plot) -> None:
+    occupancy, lookups = plot.frames["occupancy"], plot.frames["lookups"]
+    x = occupancy["t_s"].to_list()
+    ax.step(x, occupancy["used_tokens"].to_list(), where="post", label="KV used (tokens)")
+    if "evictable_tokens" in occupancy.columns:
+        ax.step(x, occupancy["evictable_tokens"].to_list(), where="post", label="evictable (tokens)")
+    for kind, color in LOOKUP_COLORS.items():
+        sub = lookups.filter(pl.col("lookup") == kind)
+        if sub.height:
+            ax.scatter(sub["t_s"].to_list(), [0] * sub.height, c=color, marker="|", s=200,
+                       label=f"{kind} ({sub.height})")
+    ax.legend(fontsize=7)
+
+
+def _tp_scaling(ax, plot: Plot) -> None:
+    styles = {"measured": {"marker": "o"}, "linear": {"ls": "--"}, "projection": {"marker": "x", "ls": ":"}}
+    for name, style in styles.items():
+        if name in plot.frames:
+            line = plot.frames[name]
+            ax.plot(line["tp"].to_list(), line["output_tok_per_s"].to_list(), label=name, **style)
+    ax.set_xticks(sorted(set().union(*(f["tp"].to_list() for f in plot.frames.values()))))
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
+# kind -> (figure size in inches, drawing of the data onto the axes)
+KINDS = {"itl": ((7, 3.2), _itl), "cache": ((7, 3.2), _cache), "tp_scaling": ((6, 3.2), _tp_scaling)}
+
+
+def draw(plot: Plot) -> bytes | None:
+    """The plot as PNG bytes; None without matplotlib."""
     plt = _pyplot()
     if plt is None:
-        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
-    return plt
-
-
-def _png(fig) -> bytes:
+        return None
+    size, drawing = KINDS[plot.kind]
+    fig, ax = plt.subplots(figsize=size)
+    drawing(ax, plot)
+    ax.set_xlabel(plot.labels.get("x", ""))
+    ax.set_ylabel(plot.labels.get("y", ""))
+    if plot.labels.get("title"):
+        ax.set_title(plot.labels["title"])
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    _figure().close(fig)
+    plt.close(fig)
     return buf.getvalue()
 
 
-def itl_plot(tokens: pl.DataFrame, rid: str) -> bytes | None:
-    pts = tokens.drop_nulls("itl_ns")
-    plt = _pyplot()
-    if pts.is_empty() or plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot(pts["token_index"].to_list(), (pts["itl_ns"] / 1e6).to_list(), marker=".", lw=1)
-    ax.set_xlabel("output token index")
-    ax.set_ylabel("ITL (ms)")
-    ax.set_title(f"Inter-token latency, request {rid[:12]}")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+def draw_all(report: Report) -> dict[str, bytes]:
+    """Every plot of the report drawn: file name -> PNG bytes (empty without matplotlib)."""
+    return {p.file: png for p in report.plots if (png := draw(p)) is not None}
 
 
-def cache_plot(occupancy: pl.DataFrame, lookups: pl.DataFrame) -> bytes | None:
-    if occupancy.is_empty() or sc.CACHE_USED not in occupancy.columns:
-        return None
-    plt = _pyplot()
-    if plt is None:
-        return None
-    t0 = occupancy["start_ns"].min()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    x = ((occupancy["start_ns"] - t0) / 1e9).to_list()
-    ax.step(x, occupancy[sc.CACHE_USED].to_list(), where="post", label="KV used (tokens)")
-    if sc.CACHE_EVICTABLE in occupancy.columns:
-        ax.step(x, occupancy[sc.CACHE_EVICTABLE].to_list(), where="post", label="evictable (tokens)")
-    colors = {"full": "green", "partial": "orange", "miss": "red"}
-    for kind, color in colors.items():
-        sub = lookups.filter(pl.col("lookup") == kind)
-        if sub.height:
-            ax.scatter(((sub["received_ns"] - t0) / 1e9).to_list(), [0] * sub.height, c=color, marker="|",
-                       s=200, label=f"{kind} ({sub.height})")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("tokens")
-    ax.set_title("Cache occupancy and lookups")
-    ax.legend(fontsize=7)
-    return _png(fig)
-
-
-def tp_scaling_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> bytes | None:
-    """Output throughput per TP size: measured, linear from the smallest, and projected sizes."""
-    plt = _pyplot()
-    if plt is None:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(table["tp"].to_list(), table["output_tok_per_s"].to_list(), marker="o", label="measured")
-    base = table.row(0, named=True)
-    sizes = sorted(set(table["tp"].to_list()) | set(projection["tp"].to_list() if projection is not None else []))
-    ax.plot(sizes, [base["output_tok_per_s"] * t / base["tp"] for t in sizes], "--", label="linear")
-    if projection is not None:
-        p = projection.filter(pl.col("kind") == "projection")
-        ax.plot(p["tp"].to_list(), p["output_tok_per_s"].to_list(), marker="x", ls=":", label="projection")
-    ax.set_xlabel("TP size")
-    ax.set_ylabel("output tok/s")
-    ax.set_xticks(sizes)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    return _png(fig)
+def drawable(report: Report) -> list[str]:
+    """File names of the plots ``draw_all`` would write (none without matplotlib), without drawing them."""
+    return [p.file for p in report.plots] if _pyplot() is not None else []
