@@ -64,7 +64,7 @@ collect() {
         grep -q "^$name rc=" "$RES/progress.log" || continue
         find "$d" -name '*.sqlite' -exec gzip -kf {} \;
         tar czf "$OUT/$name.tgz" -C "$RES" --exclude='*.nsys-rep' --exclude='*.sqlite' \
-            --exclude='.sglang-trace-cache' --exclude='model' "$name"
+            --exclude='model' "$name"
     done
     ls -la "$OUT"
 }

@@ -4,8 +4,8 @@
     python scripts/regenerate_examples.py --out DIR  # write them elsewhere (tests/test_examples.py does)
 
 One report kind, one recorded source, one command: the table below (SHOWCASES). The analyzer runs on
-a temporary copy of traces/examples (12 MB), so whatever it writes beside its inputs (the parsed-span
-cache, an experiment's own report files) lands there and the recorded folders are never touched.
+a temporary copy of traces/examples, so whatever an experiment command writes beside its inputs (its
+own report files) lands there and the recorded folders are never touched.
 Sources are named relative to traces/examples, as the commands in the table would be typed there.
 """
 from __future__ import annotations

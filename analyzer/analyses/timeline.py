@@ -15,7 +15,7 @@ from sglang_tracing.analyzer.analyses.kernels import (
 )
 from sglang_tracing.analyzer.analyses.ncu_metrics import ranked_hints
 from sglang_tracing.analyzer.analyses.summaries import summaries
-from sglang_tracing.analyzer.model import TraceModel
+from sglang_tracing.analyzer.model import Source, TraceModel
 from sglang_tracing.analyzer.report import Report, Section, ms, pct
 
 TOP = 25
@@ -34,14 +34,14 @@ TABLES = {
 }
 
 
-def _sources(report: Report, model: TraceModel) -> None:
+def _sources(report: Report, timeline: Timeline) -> None:
     src = report.section("Sources")
-    for s in model.sources:
+    for s in timeline.sources:
         shown = ("kernels", "memops", "cuda_api_calls", "osrt_calls", "nvtx", "annotations", "tables")
         detail = ", ".join(f"{s.counts[k]} {k.replace('_', ' ')}" for k in shown if s.counts.get(k))
         src.add(s.kind, s.path, f"{detail or 'no events'}; alignment: {s.alignment}"
                 + (f"; nsys {s.version}" if s.version else ""))
-    src.add("spans", str(_span_count(model)), model.source_dir or "no trace dir")
+    src.add("spans", str(timeline.span_count), timeline.source_dir or "no trace dir")
 
 
 def _span_count(model: TraceModel) -> int:
@@ -72,6 +72,7 @@ class SglangSide:
     per_forward: pl.DataFrame | None  # GPU time per forward by mode and source: forwards, median_ms, total_ms
     batch_spans: dict[str, pl.Series]  # span name -> durations (ns) of the per-batch scheduler spans
     peak_memory: float | None  # most GPU memory in use (NVML, bytes)
+    nvml_interval_ms: int | None  # how often NVML was sampled (the recorded config)
     cache_spans: int  # prefix-cache spans recorded
     kv_peak: tuple[int, int] | None  # most KV tokens in use, of how many
     evictions: pl.DataFrame  # t_ms (from the first span), freed_tokens, trigger, dur_us
@@ -85,6 +86,9 @@ class Timeline:
     stats_only: bool  # nsys stats CSVs: totals without a timeline
     streams: pl.DataFrame | None  # kernels and busy time per device and stream
     sglang: SglangSide | None  # None: no spans
+    sources: list[Source]  # profiler files loaded beside the trace
+    span_count: int
+    source_dir: str | None  # the trace dir(s)
 
 
 def compute(model: TraceModel) -> Timeline:
@@ -95,8 +99,9 @@ def compute(model: TraceModel) -> Timeline:
             pl.len().alias("kernels"), (pl.col("dur_ns").sum() / 1e6).round(3).alias("busy_ms")).sort("device", "stream")
     profiled = bool(model.kernels.height or model.memops.height or model.cpu_ops.height or model.nvtx.height
                     or model.nsys_stats)
+    n_spans = _span_count(model)
     return Timeline(tables, _top_down(model, tables), profiled, bool(model.nsys_stats), streams,
-                    _sglang_side(model) if _span_count(model) else None)
+                    _sglang_side(model) if n_spans else None, list(model.sources), n_spans, model.source_dir)
 
 
 def _top_down(model: TraceModel, tables: dict) -> TopDown:
@@ -134,7 +139,8 @@ def _sglang_side(model: TraceModel) -> SglangSide:
     if n_cache and sc.CACHE_USED in cache.collect_schema():
         kv_peak = cache.select(pl.col(sc.CACHE_USED).max(), pl.col(sc.CACHE_TOTAL).max()).collect().row(0)
     return SglangSide(processes, ops, layers, cpu_gpu_overlap(spans, kernels), _per_forward(spans, kernels),
-                      batch_spans, used["value"].max() if used.height else None, n_cache, kv_peak, _evictions(spans))
+                      batch_spans, used["value"].max() if used.height else None,
+                      model.manifest.get("config", {}).get("nvml_interval_ms"), n_cache, kv_peak, _evictions(spans))
 
 
 def _per_forward(spans: pl.LazyFrame, kernels: pl.DataFrame) -> pl.DataFrame | None:
@@ -158,14 +164,13 @@ def _evictions(spans: pl.LazyFrame) -> pl.DataFrame:
 
 # ---- wording: the timeline as a report ----
 def build_report(model: TraceModel) -> Report:
-    return describe(compute(model), model)
+    return describe(compute(model))
 
 
-def describe(timeline: Timeline, model: TraceModel) -> Report:
-    """The report of ``timeline``; ``model`` names the sources it was loaded from."""
+def describe(timeline: Timeline) -> Report:
     report = Report("timeline", "Timeline (experiment 4)")
     _topdown(report.section("Top-down"), timeline.top, timeline)
-    _sources(report, model)
+    _sources(report, timeline)
     if timeline.streams is not None:
         report.section("GPU streams").table = timeline.streams
     _stats_tables(report, timeline)
@@ -297,7 +302,8 @@ def _overlap(overlap: Section, side: SglangSide) -> None:
 def _memory(mem: Section, side: SglangSide) -> None:
     peak = side.peak_memory
     mem.add("peak GPU memory", f"{peak / 2**30:.2f} GiB" if peak is not None else None,
-            "NVML mem_used at 100 ms" if peak is not None else "no NVML samples")
+            (f"NVML mem_used every {side.nvml_interval_ms} ms" if side.nvml_interval_ms else "NVML mem_used")
+            if peak is not None else "no NVML samples")
     if side.kv_peak:
         used, total = side.kv_peak
         mem.add("peak KV used", f"{used} of {total} tokens", "cache spans")

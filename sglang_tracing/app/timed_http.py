@@ -60,7 +60,11 @@ def _on_readable(ex: _Exchange, now: int) -> bool:
     """Feed what the socket holds to h11; True once the response is complete."""
     ex.conn.receive_data(ex.sock.recv(1 << 16))
     while True:
-        event = ex.conn.next_event()
+        try:
+            event = ex.conn.next_event()
+        except h11.RemoteProtocolError as exc:  # e.g. the server closed mid-response
+            raise ConnectionError("the server closed the connection without a response" if not ex.status
+                                  else f"broken HTTP response ({exc})") from None
         if event is h11.NEED_DATA:
             return False
         if isinstance(event, h11.Response):
@@ -74,6 +78,8 @@ def _on_readable(ex: _Exchange, now: int) -> bool:
 
 
 def _finish(ex: _Exchange, done_ns: int) -> dict:
+    if not ex.status:
+        raise ConnectionError("the server closed the connection without a response")
     if ex.status != 200:
         raise HTTPStatusError(f"HTTP {ex.status}: {bytes(ex.body[:200]).decode(errors='replace')}")
     if not ex.stream:
