@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses import profiler_control
 from sglang_tracing.analyzer.analyses.requests import request_table
 from sglang_tracing.analyzer.model import load_trace_dir
 from sglang_tracing.models.builder import prompt_of_length
@@ -265,6 +266,13 @@ def test_profile_steps_time_their_profiler_control_inside_the_forwards(layer_pro
                           left_on="parent_id", right_on="span_id")
     assert inside.filter((pl.col("start_ns") >= pl.col("f0")) & (pl.col("end_ns") <= pl.col("f1"))).height == 2
     assert len(list(Path(trace_dir).glob("kineto-pid*.json"))) == 1
+    # the analyzer leaves exactly those two forwards out, with the recorded time, nothing inferred
+    model = load_trace_dir(trace_dir)
+    left = profiler_control.spans_with_control(model.scan_spans(), model.servers).sort("span_id")
+    expected = control.select(pl.col("parent_id").alias("span_id"), (pl.col("end_ns") - pl.col("start_ns"))
+                              .alias("control_ns")).sort("span_id")
+    assert left.select("span_id", "control_ns").rows() == expected.rows()
+    assert left["inferred"].null_count() == 2
 
 
 def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):
