@@ -1,5 +1,6 @@
 """ModelRunner instrumentation: model-forward spans with GPU time from CUDA events,
-per-layer/per-op NVTX ranges at ``--trace-level layer``, and ``--profile-steps`` Kineto capture."""
+per-layer/per-op NVTX ranges at ``--trace-level layer``, and the ``--profile-steps`` / ``capture_steps``
+windows (``profile_steps``), whose actions are timed as spans of their own."""
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,7 @@ def _before_forward(st: SchedulerState, rec, runner, *a, **k) -> _Forward | None
     if not fwd:  # warm-up or CUDA-graph capture, not a served batch
         return None
     sid = new_span_id()
-    st.windows.before_forward(st.config)
+    st.windows.before_forward(st.config, rec, fwd)
     events = None
     cuda = st.cuda
     if cuda is not None and st.config.batch_spans:  # forward spans (which carry GPU time) are batch level
@@ -72,7 +73,7 @@ def _after_forward(st: SchedulerState, rec, token: _Forward | None, start, end, 
     if token.events is not None:
         token.events.end.record()
         st.gpu_times.attach(token.parent, token.events)
-    st.windows.after_forward(st.config)
+    st.windows.after_forward(st.config, rec, token.parent)
     if st.config.batch_spans:
         attrs = {sc.FORWARD_MODE: forward_batch.forward_mode.name.lower(), sc.BATCH_SIZE: forward_batch.batch_size}
         if st.layer_ranges:

@@ -80,7 +80,7 @@ def _after_schedule(st: SchedulerState, rec, sid, start, end, plan, scheduler, *
     batch = plan.batch_to_run
     if batch is None:
         if st.config.capture_steps:
-            st.windows.on_idle()
+            st.windows.on_idle(rec)
         return
     extend = batch.forward_mode.is_extend()
     new_seqs = 0

@@ -35,6 +35,14 @@ CACHE_EVICT = "sglang.cache.evict"
 # ---- our own health ----
 HOOK_ERROR = "sglang_tracing.hook_error"
 RECORDER_STATS = "sglang_tracing.stats"
+# our own profiler control (capture_steps, --profile-steps), timed where it ran: inside a scheduler forward
+# (its parent) or, for a capture ended by an idle server, between forwards; never SGLang's time
+PROFILER_CONTROL = "sglang_tracing.profiler_control"
+PROFILER_ACTION = "sglang_tracing.profiler.action"  # one of:
+CAPTURE_START = "nsys capture start"  # cudaProfilerStart: nsys --capture-range=cudaProfilerApi begins
+CAPTURE_STOP = "nsys capture stop"  # cudaProfilerStop
+TORCH_PROFILER_START = "torch profiler start"  # --profile-steps window opens
+KINETO_EXPORT = "Kineto stop and export"  # --profile-steps window closes, chrome trace written
 
 # ---- resource attributes (one set per process) ----
 RES_ROLE = "sglang.role"  # tokenizer | scheduler | detokenizer

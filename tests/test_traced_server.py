@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses import profiler_control
 from sglang_tracing.analyzer.analyses.requests import request_table
 from sglang_tracing.analyzer.model import load_trace_dir
 from sglang_tracing.models.builder import prompt_of_length
@@ -237,12 +238,41 @@ def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
     assert stats[sc.HOOK_ERRORS][-1] >= 6  # at least one failure per processed batch, all counted
 
 
-def test_layer_level_installs_ranges_on_every_llama_module(tiny_model, tmp_path):
-    _, spans = _serve_briefly(tiny_model, tmp_path, 3, tracing_args=["--trace-level", "layer"])
+@pytest.fixture(scope="module")
+def layer_profiled(tiny_model, tmp_path_factory):
+    """Three requests at --trace-level layer with a Kineto window over served forwards 1..2."""
+    tmp = tmp_path_factory.mktemp("layer")
+    _, spans = _serve_briefly(tiny_model, tmp, 3, tracing_args=["--trace-level", "layer", "--profile-steps", "1:2"])
+    return tmp / "trace", spans
+
+
+def test_layer_level_installs_ranges_on_every_llama_module(tiny_model, layer_profiled):
+    _, spans = layer_profiled
     layers = json.loads((Path(tiny_model) / "config.json").read_text())["num_hidden_layers"]
     fwd = spans.filter(pl.col("name") == sc.MODEL_FORWARD)
     # embedding, final norm, lm_head, and per layer: the layer, 2 norms, qkv, attention, o, gate_up, down
     assert fwd.height > 0 and fwd[sc.NVTX_LAYER_RANGES].to_list() == [3 + 8 * layers] * fwd.height
+
+
+def test_profile_steps_time_their_profiler_control_inside_the_forwards(layer_profiled):
+    """--profile-steps 1:2: the torch profiler opens in served forward 1 and Kineto writes its trace in
+    forward 2, each a span of its own parented by (and inside) that scheduler forward."""
+    trace_dir, spans = layer_profiled
+    fwd = spans.filter(pl.col("name") == sc.FORWARD).sort("start_ns")
+    control = spans.filter(pl.col("name") == sc.PROFILER_CONTROL).sort("start_ns")
+    assert control[sc.PROFILER_ACTION].to_list() == [sc.TORCH_PROFILER_START, sc.KINETO_EXPORT]
+    assert control["parent_id"].to_list() == fwd["span_id"][1:3].to_list()
+    inside = control.join(fwd.select("span_id", pl.col("start_ns").alias("f0"), pl.col("end_ns").alias("f1")),
+                          left_on="parent_id", right_on="span_id")
+    assert inside.filter((pl.col("start_ns") >= pl.col("f0")) & (pl.col("end_ns") <= pl.col("f1"))).height == 2
+    assert len(list(Path(trace_dir).glob("kineto-pid*.json"))) == 1
+    # the analyzer leaves exactly those two forwards out, with the recorded time, nothing inferred
+    model = load_trace_dir(trace_dir)
+    left = profiler_control.spans_with_control(model.scan_spans(), model.servers).sort("span_id")
+    expected = control.select(pl.col("parent_id").alias("span_id"), (pl.col("end_ns") - pl.col("start_ns"))
+                              .alias("control_ns")).sort("span_id")
+    assert left.select("span_id", "control_ns").rows() == expected.rows()
+    assert left["inferred"].null_count() == 2
 
 
 def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):

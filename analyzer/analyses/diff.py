@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses import topdown
+from sglang_tracing.analyzer.analyses import profiler_control, topdown
 from sglang_tracing.analyzer.analyses.summaries import summaries
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, ms
@@ -44,11 +44,15 @@ def compare(a: pl.DataFrame, b: pl.DataFrame, key: str, total: str, count: str) 
                     pl.col(key).alias("name")))
 
 
-def span_table(spans: pl.DataFrame) -> pl.DataFrame:
-    """SGLang spans per name (forwards per mode) in the nsys-stats shape compare() reads."""
+def span_table(spans: pl.DataFrame, left_out: pl.DataFrame | None = None) -> pl.DataFrame:
+    """SGLang spans per name (forwards per mode) in the nsys-stats shape compare() reads, without the
+    scheduler spans our profiler control ran in (``left_out``: profiler_control.spans_with_control)."""
     if spans.is_empty():
         return pl.DataFrame(schema={"Name": pl.String, "Total Time (ns)": pl.Int64, "Num Calls": pl.Int64})
     from sglang_tracing import semconv as sc
+
+    if left_out is not None:
+        spans = profiler_control.kept(spans, left_out).collect()
 
     name = pl.col("name")
     if sc.FORWARD_MODE in spans.columns:
@@ -102,11 +106,17 @@ def build_report(a: TraceModel, b: TraceModel, label_a: str = "A", label_b: str 
     ta, tb = summaries(a), summaries(b)
     _totals(report, a, b, ta, tb)
     tables = [(title, ta[name][0], tb[name][0], key, count) for name, (title, key, count) in TABLES.items()]
-    tables.insert(2, ("SGLang spans", span_table(a.spans), span_table(b.spans), "Name", "Num Calls"))
+    left = {tag: profiler_control.spans_with_control(m.scan_spans(), m.servers) for tag, m in (("A", a), ("B", b))}
+    tables.insert(2, ("SGLang spans", span_table(a.spans, left["A"]), span_table(b.spans, left["B"]), "Name",
+                      "Num Calls"))
     for title, x, y, key, count in tables:
         if x.is_empty() and y.is_empty():
             continue
         sec = report.section(title)
+        if title == "SGLang spans":
+            for tag, why in ((tag, profiler_control.describe(f)) for tag, f in left.items()):
+                if why:
+                    sec.add(f"side {tag}", why, "scheduler spans our profiler control ran in: not in this table")
         if x.is_empty() or y.is_empty():
             sec.add("comparison", None, f"only {'B' if x.is_empty() else 'A'} has {title.lower()}")
             continue

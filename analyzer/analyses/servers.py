@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses import profiler_control
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, Section
 
@@ -45,14 +46,24 @@ def lookup_breakdown(lookups: pl.DataFrame, requests: pl.DataFrame) -> pl.DataFr
         .sort("server"))
 
 
-def batch_breakdown(spans: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """Per server: spans, forwards, and the median schedule / forward-launch / result-processing time (ms)."""
+def batch_breakdown(spans: pl.DataFrame | pl.LazyFrame, left_out: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Per server: spans, forwards, and the median schedule / forward-launch / result-processing time (ms)
+    of the scheduler spans our profiler control did not run in (``left_out``: profiler_control.spans_with_control;
+    a ``left_out`` column counts them where there were any)."""
+    left_out = left_out if left_out is not None else pl.DataFrame(schema=profiler_control.SCHEMA)
+    sched = profiler_control.kept(spans.lazy().filter(pl.col("name").is_in(profiler_control.SCHEDULER_SPANS)),
+                                  left_out)
     med = lambda name: (pl.col("dur_ns").filter(pl.col("name") == name).median() / 1e6).round(3)  # noqa: E731
-    return (spans.lazy().group_by("server").agg(
-        pl.len().alias("spans"), (pl.col("name") == sc.FORWARD).sum().alias("forwards"),
-        med(sc.SCHEDULE).alias("schedule_p50_ms"), med(sc.FORWARD).alias("forward_launch_p50_ms"),
-        med(sc.PROCESS_RESULT).alias("result_p50_ms"))
-        .collect(engine="streaming").sort("server"))
+    counts = spans.lazy().group_by("server").agg(pl.len().alias("spans"),
+                                                 (pl.col("name") == sc.FORWARD).sum().alias("forwards"))
+    medians = sched.group_by("server").agg(med(sc.SCHEDULE).alias("schedule_p50_ms"),
+                                           med(sc.FORWARD).alias("forward_launch_p50_ms"),
+                                           med(sc.PROCESS_RESULT).alias("result_p50_ms"))
+    out = counts.join(medians, on="server", how="left").collect(engine="streaming").sort("server")
+    if left_out.height:
+        n = left_out.group_by("server").len("left_out")
+        out = out.join(n, on="server", how="left").with_columns(pl.col("left_out").fill_null(0).cast(pl.UInt32))
+    return out
 
 
 def shared_rids(requests: pl.DataFrame) -> int:
@@ -81,4 +92,9 @@ def add_breakdowns(reports: list[Report], model: TraceModel) -> None:
         elif report.name == "radix":
             report.section("Per server").table = lookup_breakdown(classify_lookups(requests), requests)
         elif report.name == "timeline":
-            report.section("Per server").table = batch_breakdown(model.scan_spans())
+            left_out = profiler_control.spans_with_control(model.scan_spans(), model.servers)
+            sec = report.section("Per server")
+            sec.table = batch_breakdown(model.scan_spans(), left_out)
+            for (server,), g in left_out.group_by("server", maintain_order=True):
+                sec.add(f"server {server}", profiler_control.describe(g),
+                        "scheduler spans our profiler control ran in: not in the medians")

@@ -9,7 +9,7 @@ import dataclasses
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses import topdown
+from sglang_tracing.analyzer.analyses import profiler_control, topdown
 from sglang_tracing.analyzer.analyses.kernels import (
     by_layer, by_op, cpu_gpu_overlap, describe_layers, forward_gpu_time, project_nvtx,
 )
@@ -70,7 +70,9 @@ class SglangSide:
     layers: pl.DataFrame | None  # GPU time by layer range
     overlap: dict  # scheduler CPU vs GPU busy time (kernels.cpu_gpu_overlap); empty: not measurable
     per_forward: pl.DataFrame | None  # GPU time per forward by mode and source: forwards, median_ms, total_ms
-    batch_spans: dict[str, pl.Series]  # span name -> durations (ns) of the per-batch scheduler spans
+    batch_spans: dict[str, pl.Series]  # span name -> durations (ns) of the per-batch scheduler spans, less left_out
+    longest: dict[str, dict]  # span name -> its longest kept span: dur_ns, mode, nth (of that mode on its process)
+    left_out: pl.DataFrame  # scheduler spans our profiler control ran in (profiler_control.spans_with_control)
     peak_memory: float | None  # most GPU memory in use (NVML, bytes)
     nvml_interval_ms: int | None  # how often NVML was sampled (the recorded config)
     cache_spans: int  # prefix-cache spans recorded
@@ -130,8 +132,11 @@ def _sglang_side(model: TraceModel) -> SglangSide:
                                         .round(1).alias("active_ms")).collect(engine="streaming").sort(by))
     projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
     ops, layers = (by_op(projected), by_layer(projected)) if projected.height else (None, None)
-    batch_spans = {name: spans.filter(pl.col("name") == name).select("dur_ns").collect().to_series()
-                   for name in (sc.SCHEDULE, sc.PROCESS_RESULT, sc.FORWARD)}
+    left_out = profiler_control.spans_with_control(spans, model.servers)
+    sched = profiler_control.kept(spans, left_out)
+    batch_spans = {name: sched.filter(pl.col("name") == name).select("dur_ns").collect().to_series()
+                   for name in profiler_control.SCHEDULER_SPANS}
+    longest = {name: _longest(sched, spans, name) for name, d in batch_spans.items() if d.len()}
     used = model.counters.filter(pl.col("metric") == sc.NVML_MEM_USED)
     cache = spans.filter(pl.col("name").is_in([sc.CACHE_MATCH, sc.CACHE_INSERT, sc.CACHE_EVICT]))
     n_cache = cache.select(pl.len()).collect().item()
@@ -139,8 +144,21 @@ def _sglang_side(model: TraceModel) -> SglangSide:
     if n_cache and sc.CACHE_USED in cache.collect_schema():
         kv_peak = cache.select(pl.col(sc.CACHE_USED).max(), pl.col(sc.CACHE_TOTAL).max()).collect().row(0)
     return SglangSide(processes, ops, layers, cpu_gpu_overlap(spans, kernels), _per_forward(spans, kernels),
-                      batch_spans, used["value"].max() if used.height else None,
+                      batch_spans, longest, left_out, used["value"].max() if used.height else None,
                       model.manifest.get("config", {}).get("nvml_interval_ms"), n_cache, kv_peak, _evictions(spans))
+
+
+def _longest(kept: pl.LazyFrame, spans: pl.LazyFrame, name: str) -> dict:
+    """The longest of the kept spans named ``name``: dur_ns, mode, and nth: which of its process's spans of
+    that mode it was, counting every one (1: the first, where one-time work such as a JIT compile lands)."""
+    mode = pl.col(sc.FORWARD_MODE) if sc.FORWARD_MODE in spans.collect_schema() else pl.lit(None, pl.String)
+    cols = ("server", "pid", "start_ns", "dur_ns", mode.alias("mode"))
+    top = (kept.filter(pl.col("name") == name).select(*cols).sort("dur_ns", descending=True).head(1)
+           .collect().row(0, named=True))
+    mine = spans.filter(pl.col("name") == name).select(*cols)
+    nth = mine.filter((pl.col("server") == top["server"]) & (pl.col("pid") == top["pid"])
+                      & (pl.col("mode").eq_missing(top["mode"])) & (pl.col("start_ns") <= top["start_ns"]))
+    return {"dur_ns": top["dur_ns"], "mode": top["mode"], "nth": nth.select(pl.len()).collect().item()}
 
 
 def _per_forward(spans: pl.LazyFrame, kernels: pl.DataFrame) -> pl.DataFrame | None:
@@ -275,10 +293,18 @@ def _sglang(report: Report, side: SglangSide) -> None:
     sched = report.section("Scheduling overhead per batch")
     for name, label in ((sc.SCHEDULE, "schedule"), (sc.PROCESS_RESULT, "result processing"),
                         (sc.FORWARD, "forward launch (CPU)")):
-        d = side.batch_spans[name]
+        d, why = side.batch_spans[name], profiler_control.describe(side.left_out, name)
         sched.add(label, f"median {ms(d.median())}, p99 {ms(d.quantile(0.99))} over {d.len()} batches"
-                  if d.len() else None, f"span {name}")
+                  + _longest_text(side.longest[name]) if d.len() else None,
+                  f"span {name}" + (f"; {why}" if why else ""))
     _memory(report.section("Memory"), side)
+
+
+def _longest_text(longest: dict) -> str:
+    nth, mode = longest["nth"], longest["mode"] or "batch"
+    suffix = "th" if 10 <= nth % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(nth % 10, "th")
+    which = f"the first {mode}" if nth == 1 else f"the {nth}{suffix} {mode} on its process"
+    return f"; longest {ms(longest['dur_ns'])} ({which})"
 
 
 def _overlap(overlap: Section, side: SglangSide) -> None:
