@@ -372,3 +372,21 @@ def test_story_latencies_match_client(traced_run):
              "first_byte_to_client_ns": chunks[0] - req["first_byte_ns"]}  # which end a failure is at
     assert ours_ttft <= ttft and abs(ours_ttft - ttft) / ttft < 0.05, (ours_ttft, ttft, where)
     assert abs(ours_itl - itl) / itl < 0.05, (ours_itl, itl)
+
+
+def test_stop_right_after_the_last_response_keeps_every_request(tiny_model, tmp_path):
+    """A user stops the server the moment their benchmark ends: SGLang SIGKILLs its workers, so what a
+    scheduler has not yet handed to its exporter is gone. Every request's record must already be out."""
+    server, trace_dir = start_server(tiny_model, tmp_path)
+    try:
+        outs = server.generate_all([prompt_of_length(64, seed=i) for i in range(8)], 16, concurrency=8,
+                                   stream=True)
+    finally:
+        stop_and_drain(server, trace_dir)  # no pause: straight after the last response
+    model = load_trace_dir(trace_dir)
+    table = request_table(model.spans, model.manifest)
+    rows = {r["rid"]: r for r in table.iter_rows(named=True)}
+    for out in outs:
+        row = rows[_rid(out)]
+        assert row["complete"], {k: row[k] for k in ("rid", "prefill_ns", "decode_ns", "e2e_ns")}
+        assert len(row["token_times_ns"]) == out["meta_info"]["completion_tokens"] == 16

@@ -88,8 +88,8 @@ class Recorder:
                                                sc.ERROR_MESSAGE: str(exc)[:500]})
 
     def flush_soon(self) -> None:
-        """Ask the writer to flush within ~10 ms (a request finished): a server stopped right after its
-        last request then keeps that request's spans, since SGLang SIGKILLs its workers at shutdown."""
+        """Ask the writer to flush now (a request finished): a server stopped right after its last
+        request then keeps that request's spans, since SGLang SIGKILLs its workers at shutdown."""
         self._wake.set()
 
     def start_sampler(self, settings: dict) -> None:
@@ -102,7 +102,6 @@ class Recorder:
         while not self._closed:
             if self._wake.wait(interval):
                 self._wake.clear()
-                time.sleep(0.01)  # coalesce the finishes of one batch into one write
             self.flush()
 
     def flush(self) -> None:
