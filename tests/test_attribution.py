@@ -237,15 +237,14 @@ def test_radix_sequence_holds_the_clients_requests_with_sglangs_cached_tokens():
 
     cells = [c for c in _cells() if c["backend"] == "triton"]
     client = {r["rid"]: r["cached_tokens"] for c in cells for r in c["requests"]}
-    report = radix.build_report(load_trace_dir(BACKENDS / "server-triton" / "trace"))
-    seq = next(s for s in report.sections if s.title == "Request sequence")
-    table = seq.table
+    result = radix.compute(load_trace_dir(BACKENDS / "server-triton" / "trace"))
+    table = result.lookups
     assert table.height == 2 * sum(c["batch_size"] for c in cells) == 246
     mine = table.filter(pl.col("rid").is_in(list(client)))
     assert mine.height == len(client)
     for rid, cached, lookup in mine.select("rid", "cached_tokens", "lookup").iter_rows():
         assert cached == client[rid] and (lookup == "miss") == (client[rid] == 0)
-    assert {f.label: f.value for f in seq.figures}["internal requests"] == "1"
+    assert result.internal.height == 1
 
 
 # ---- the request table ----

@@ -62,11 +62,11 @@ def test_tp_scaling_on_cpu(tmp_path):
         raw[int(f.name.split("TP-")[1][0])] = sum(1 for e in events if e.get("name") == "gloo:all_reduce")
     inputs = tp_experiment.load(out)
     a = tp_scaling.allreduce(inputs.cells[2], inputs.model_config)
-    assert a["source"] == "CPU ops" and a["families"] == ["gloo"]
-    calls = a["calls"].group_by("rank").len().sort("rank")["len"].to_list()
+    assert a.source == "CPU ops" and a.families == ["gloo"]
+    calls = a.calls.group_by("rank").len().sort("rank")["len"].to_list()
     assert calls == [raw[0], raw[1]] and raw[0] > 0
     layers = json.loads((out / "model" / "tiny-llama" / "config.json").read_text())["num_hidden_layers"]
-    per_forward = set(a["summary"]["calls_per_forward"].to_list())
+    per_forward = set(a.summary["calls_per_forward"].to_list())
     assert per_forward == {2 * layers + 1}  # attention and MLP per layer, plus the embedding
     # a re-render (every cell recorded) starts no server and rewrites nothing that was recorded
     stamps = {p: p.stat().st_mtime for p in out.glob("tp*/result.json")}

@@ -106,13 +106,13 @@ def _raw_allreduce_durations(rank: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def example_report():
+def example_result():
     inputs = tp_experiment.load(EXAMPLE)
-    return inputs, tp_scaling.build_report(inputs)
+    return inputs, tp_scaling.compute(inputs)
 
 
-def test_two_h200_ranks_and_their_collectives(example_report):
-    inputs, _ = example_report
+def test_two_h200_ranks_and_their_collectives(example_result):
+    inputs, _ = example_result
     files = sorted(p.name.split("-pid")[0] for p in (EXAMPLE / "tp2" / "trace").glob("spans-scheduler-*"))
     assert files == ["spans-scheduler-tp0", "spans-scheduler-tp1"]
     a = tp_scaling.allreduce(inputs.cells[2], inputs.model_config)
@@ -120,20 +120,20 @@ def test_two_h200_ranks_and_their_collectives(example_report):
     assert len(r0) == len(r1) == 650  # 10 profiled forwards x (2 per layer x 32 + embedding)
     transfer = [min(a_, b) for a_, b in zip(r0, r1)]
     waits = {0: sum(a_ - t for a_, t in zip(r0, transfer)), 1: sum(b - t for b, t in zip(r1, transfer))}
-    summary = a["summary"].group_by("rank").agg(pl.col("wait_ms").sum(), pl.col("calls").sum()).sort("rank")
+    summary = a.summary.group_by("rank").agg(pl.col("wait_ms").sum(), pl.col("calls").sum()).sort("rank")
     assert summary["calls"].to_list() == [650, 650]
     for rank in (0, 1):  # Kineto durations are microseconds
         assert summary.filter(pl.col("rank") == rank)["wait_ms"][0] == pytest.approx(waits[rank] / 1e3, rel=1e-3)
     assert waits[1] > 5 * waits[0]  # the profile pass: rank 1 waits for rank 0
-    assert set(a["families"]) == {"NCCL", "custom all-reduce"}
-    decode = a["summary"].filter(pl.col("mode") == "decode")
+    assert set(a.families) == {"NCCL", "custom all-reduce"}
+    decode = a.summary.filter(pl.col("mode") == "decode")
     assert decode["calls_per_forward"].to_list() == [65.0, 65.0]
     assert decode["median_msg_bytes"].to_list() == [32 * 4096 * 2] * 2  # batch 32 x hidden 4096 x fp16
 
 
-def test_two_h200_scaling_figures_match_raw_spans(example_report):
-    inputs, report = example_report
-    table = next(s for s in report.sections if s.title == "Scaling").table
+def test_two_h200_scaling_figures_match_raw_spans(example_result):
+    inputs, analysis = example_result
+    table = analysis.table
     for tp in (1, 2):
         result = json.loads((EXAMPLE / f"tp{tp}" / "result.json").read_text())
         rids = {q["rid"] for q in result["requests"]}
@@ -152,8 +152,7 @@ def test_two_h200_scaling_figures_match_raw_spans(example_report):
     t1, t2 = (table.filter(pl.col("tp") == n).row(0, named=True) for n in (1, 2))
     assert t2["scaling_efficiency_pct"] == pytest.approx(t2["output_tok_per_s"] / (2 * t1["output_tok_per_s"]) * 100,
                                                         abs=0.1)
-    flags = [f for s in report.sections for f in s.figures if "implausible" in f.label]
-    assert flags == []  # warmed up: nothing above 100%, every request complete, batch 32 reached
+    assert analysis.flags == {1: [], 2: []}  # warmed up: nothing above 100%, every request complete, batch 32 reached
 
 
 def test_implausible_cells_are_flagged_not_advised():
@@ -166,8 +165,13 @@ def test_implausible_cells_are_flagged_not_advised():
     assert any("reached 26" in f for f in flags) and any("900 ms > wall" in f for f in flags)
 
 
-def test_projection_labelled_with_its_error(example_report):
-    _, report = example_report
+def test_projection_labelled_with_its_error(example_result):
+    _, result = example_result
+    table = result.projection.table
+    assert table["kind"].to_list() == ["measured", "measured", "projection", "projection"]
+    tp2 = table.filter(pl.col("tp") == 2).row(0, named=True)  # the error is the naive TP=2 ITL's against the measured
+    assert result.projection.naive_error_pct == pytest.approx(
+        (tp2["naive_itl_ms (TP=1 alone)"] / tp2["itl_ms"] - 1) * 100, abs=0.02)
+    report = tp_scaling.describe(result)
     sec = next(s for s in report.sections if s.title.startswith("Projection"))
-    assert sec.table["kind"].to_list() == ["measured", "measured", "projection", "projection"]
-    assert any("error of the naive projection" in f.value for f in sec.figures)
+    assert any(f"{result.projection.naive_error_pct:+.1f}%" in f.value for f in sec.figures)

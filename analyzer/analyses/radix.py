@@ -1,12 +1,14 @@
 """Experiment 2, RadixCache analysis: lookups, reuse, evictions and what they cost."""
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.model import TraceModel
-from sglang_tracing.analyzer.report import Plot, Report, ms
+from sglang_tracing.analyzer.report import Plot, Report, Section, ms
 
 
 def classify_lookups(requests: pl.DataFrame) -> pl.DataFrame:
@@ -90,57 +92,134 @@ def evictions(ops: pl.DataFrame, lookups: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def build_report(model: TraceModel) -> Report:
-    report = Report("radix", "RadixCache analysis (experiment 2)")
+# ---- computing: what the cache did ----
+@dataclasses.dataclass
+class CacheSetup:
+    """How the cache was configured: from the cache spans and the recorded server args."""
+    kv_slots: int | None  # allocator size: the largest total in the cache spans
+    page_size: int | None
+    eviction_policy: str
+    cache_class: str | None  # SGLang's cache class, as the first cache span recorded it
+    disabled: bool  # --disable-radix-cache
+
+
+@dataclasses.dataclass
+class Savings:
+    """What the hits saved over the user's requests."""
+    mean_cached_tokens: float
+    cached_share_pct: float  # cached tokens over prompt tokens
+    cached_tokens: int  # prompt tokens not computed again
+    cold_ns_per_token: float | None  # the misses' prefill time per prompt token (None: no miss)
+
+    @property
+    def saved_ns(self) -> float | None:
+        """Cached tokens priced at the misses' prefill time per token."""
+        return self.cached_tokens * self.cold_ns_per_token if self.cold_ns_per_token else None
+
+
+@dataclasses.dataclass
+class Radix:
+    """Every figure of the RadixCache analysis."""
+    setup: CacheSetup
+    requests: pl.DataFrame  # every request of the trace (request_table), internal ones included
+    lookups: pl.DataFrame  # the user's requests: classify_lookups, with_speedup, inserted_by
+    has_digests: bool  # prefix digests recorded, so inserted_by is known
+    ops: pl.DataFrame  # cache operations with the cache state after each (cache_ops)
+    evictions: pl.DataFrame  # evict events with the later requests that missed (evictions)
+    counts: dict[str, int]  # user requests per lookup result (full, partial, miss)
+    savings: Savings | None  # None: no user request
+
+    @property
+    def internal(self) -> pl.DataFrame:
+        """SGLang's warm-up, health checks, readiness probes: not in the sequence or the summary."""
+        return self.requests.filter(pl.col("internal").is_not_null())
+
+
+def compute(model: TraceModel) -> Radix:
     requests = request_table(model.scan_spans(), model.manifest)
-    args = model.manifest.get("server_args") or {}
     ops = cache_ops(model.scan_spans())
-    conf = report.section("Cache configuration")
-    total = ops[sc.CACHE_TOTAL].drop_nulls().max() if sc.CACHE_TOTAL in ops.columns and ops.height else None
-    conf.add("KV slots (tokens)", str(total) if total else None, "allocator size in cache spans")
-    conf.add("page size", str(args.get("page_size")) if args.get("page_size") else None, "server args")
-    conf.add("eviction policy", str(args.get("radix_eviction_policy") or "lru"), "server args")
-    conf.add("cache class", str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None,
-             "cache spans")
-    conf.add("radix cache disabled", str(bool(args.get("disable_radix_cache"))), "server args")
     # the user's requests only; an internal one (SGLang's warm-up, a health check) may still be the inserter
     lookups = with_speedup(classify_lookups(user_requests(requests))).join(inserted_by(requests), on="rid", how="left")
-    seq = report.section("Request sequence")
     has_digests = "prefix_digests" in requests.columns and requests["prefix_digests"].drop_nulls().len() > 0
-    seq.add("inserted by", "see table" if has_digests else None,
+    return Radix(_setup(ops, model.manifest.get("server_args") or {}), requests, lookups, has_digests, ops,
+                 evictions(ops, lookups), dict(lookups.group_by("lookup").len().iter_rows()), _savings(lookups))
+
+
+def _setup(ops: pl.DataFrame, args: dict) -> CacheSetup:
+    total = ops[sc.CACHE_TOTAL].drop_nulls().max() if sc.CACHE_TOTAL in ops.columns and ops.height else None
+    cache_class = str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None
+    return CacheSetup(total, args.get("page_size"), str(args.get("radix_eviction_policy") or "lru"), cache_class,
+                      bool(args.get("disable_radix_cache")))
+
+
+def _savings(lookups: pl.DataFrame) -> Savings | None:
+    if not lookups.height:
+        return None
+    cached = lookups["cached_tokens"].sum()
+    miss = lookups.filter(pl.col("lookup") == "miss")
+    per_token = (miss["prefill_ns"].sum() / miss["prompt_tokens"].sum()) if miss.height else None
+    return Savings(lookups["cached_tokens"].mean(), cached / max(1, lookups["prompt_tokens"].sum()) * 100, cached,
+                   per_token)
+
+
+# ---- wording: the analysis as a report ----
+def build_report(model: TraceModel) -> Report:
+    return describe(compute(model))
+
+
+def describe(radix: Radix) -> Report:
+    report = Report("radix", "RadixCache analysis (experiment 2)")
+    _configuration(report.section("Cache configuration"), radix.setup)
+    _sequence(report.section("Request sequence"), radix)
+    _evictions(report.section("Evictions"), radix.evictions)
+    _summary(report.section("Summary"), radix)
+    plot = cache_plot(radix.ops, radix.lookups)
+    if plot:
+        report.plots.append(plot)
+    return report
+
+
+def _configuration(conf: Section, setup: CacheSetup) -> None:
+    conf.add("KV slots (tokens)", str(setup.kv_slots) if setup.kv_slots else None, "allocator size in cache spans")
+    conf.add("page size", str(setup.page_size) if setup.page_size else None, "server args")
+    conf.add("eviction policy", setup.eviction_policy, "server args")
+    conf.add("cache class", setup.cache_class, "cache spans")
+    conf.add("radix cache disabled", str(setup.disabled), "server args")
+
+
+def _sequence(seq: Section, radix: Radix) -> None:
+    seq.add("inserted by", "see table" if radix.has_digests else None,
             f"earliest earlier request with the same first tokens, in blocks of {sc.PREFIX_BLOCK}"
-            if has_digests else "this trace predates prefix digests")
-    seq.table = lookups.select("rid", "prompt_tokens", "cached_tokens", "computed_tokens", "lookup",
-                               (pl.col("prefill_ns") / 1e6).round(3).alias("prefill_ms"),
-                               pl.col("speedup").round(2), pl.col("inserted_by").str.slice(0, 12))
-    internal = requests.filter(pl.col("internal").is_not_null())
+            if radix.has_digests else "this trace predates prefix digests")
+    seq.table = radix.lookups.select("rid", "prompt_tokens", "cached_tokens", "computed_tokens", "lookup",
+                                     (pl.col("prefill_ns") / 1e6).round(3).alias("prefill_ms"),
+                                     pl.col("speedup").round(2), pl.col("inserted_by").str.slice(0, 12))
+    internal = radix.internal
     seq.add("internal requests", str(internal.height),
             "SGLang's warm-up, health checks, readiness probes: not in the sequence or the summary")
     if internal.height:
         seq.child("internal requests").table = internal.select("rid", "internal", "prompt_tokens", "cached_tokens")
-    ev = report.section("Evictions")
-    ev_table = evictions(ops, lookups)
-    ev.add("eviction events", str(ev_table.height), "span sglang.cache.evict")
-    if ev_table.height:
-        ev.table = ev_table
-    summary = report.section("Summary")
-    counts = dict(lookups.group_by("lookup").len().iter_rows())
+
+
+def _evictions(ev: Section, table: pl.DataFrame) -> None:
+    ev.add("eviction events", str(table.height), "span sglang.cache.evict")
+    if table.height:
+        ev.table = table
+
+
+def _summary(summary: Section, radix: Radix) -> None:
     for kind in ("full", "partial", "miss"):
-        summary.add(f"{kind} hits" if kind != "miss" else "misses", str(counts.get(kind, 0)),
+        summary.add(f"{kind} hits" if kind != "miss" else "misses", str(radix.counts.get(kind, 0)),
                     "from SGLang's cached_tokens per request")
-    if lookups.height:
-        summary.add("average prefix match", f"{lookups['cached_tokens'].mean():.1f} tokens "
-                    f"({lookups['cached_tokens'].sum() / max(1, lookups['prompt_tokens'].sum()) * 100:.1f}% of prompt tokens)", "")
-        saved = lookups["cached_tokens"].sum()
-        summary.add("compute saved", f"{saved} prompt tokens", "sum of cached tokens")
-        miss = lookups.filter(pl.col("lookup") == "miss")
-        per_token = (miss["prefill_ns"].sum() / miss["prompt_tokens"].sum()) if miss.height else None
-        summary.add("estimated prefill time saved", ms(saved * per_token) if per_token else None,
-                    "cached tokens x cold prefill time per token (misses)" if per_token else "no cold request to compare")
-    plot = cache_plot(ops, lookups)
-    if plot:
-        report.plots.append(plot)
-    return report
+    s = radix.savings
+    if s is None:
+        return
+    summary.add("average prefix match", f"{s.mean_cached_tokens:.1f} tokens "
+                f"({s.cached_share_pct:.1f}% of prompt tokens)", "")
+    summary.add("compute saved", f"{s.cached_tokens} prompt tokens", "sum of cached tokens")
+    summary.add("estimated prefill time saved", ms(s.saved_ns),
+                "cached tokens x cold prefill time per token (misses)" if s.cold_ns_per_token
+                else "no cold request to compare")
 
 
 def cache_plot(ops: pl.DataFrame, lookups: pl.DataFrame) -> Plot | None:

@@ -3,6 +3,7 @@ rank (waiting for the slower rank vs moving data), a projection to larger TP siz
 only on cells whose figures are plausible."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import polars as pl
@@ -10,7 +11,7 @@ import polars as pl
 from sglang_tracing.analyzer.analyses import collectives
 from sglang_tracing.analyzer.analyses.story import dtype_bytes
 from sglang_tracing.analyzer.loaders.tp_experiment import TpCell, TpInputs
-from sglang_tracing.analyzer.report import Plot, Report
+from sglang_tracing.analyzer.report import Plot, Report, Section
 
 NVLINK_GB_S_PER_LINK = 25  # per direction, NVLink 3 (A100) and 4 (H100/H200): 12 x 25 and 18 x 25 GB/s
 PROJECTED_SIZES = (4, 8)
@@ -90,7 +91,23 @@ def plausibility(row: dict, fig: dict) -> list[str]:
 
 
 # ---- all-reduce per rank ----
-def allreduce(cell: TpCell, model_config: dict | None) -> dict | None:
+@dataclasses.dataclass
+class AllReduce:
+    """One TP size's all-reduces in SGLang's profile pass (the pass after the measured one), per rank."""
+    calls: pl.DataFrame  # every call: rank, family, times, transfer_ns, wait_ns, forward, mode, tokens
+    source: str  # where they were found: GPU kernels or CPU ops
+    problem: str | None  # why waiting was not split from transfer (None: it was)
+    summary: pl.DataFrame  # per rank, mode and implementation (collectives.per_rank_summary), per layer if known
+    families: list[str]  # the implementations seen
+    first_call: pl.DataFrame  # per rank, its waiting and the share of it in a forward's first call
+    lag_profile: pl.DataFrame  # per rank, CPU launch lag behind the earliest rank (launch_lag), profile pass
+    lag_measured: pl.DataFrame  # the same over the measured pass
+    profile_busy: dict[int, float | None]  # rank -> share of the profile pass with a kernel running
+    skew_profile: pl.DataFrame  # per rank and mode, forward time beyond the quickest rank's (forward_skew)
+    skew_measured: pl.DataFrame  # the same over the measured pass
+
+
+def allreduce(cell: TpCell, model_config: dict | None) -> AllReduce | None:
     """Calls of the profile pass per rank, split into waiting and transfer, joined to forwards."""
     calls, source = collectives.per_rank_calls(cell.profile_kernels, cell.profile_ops)
     if calls.is_empty():
@@ -102,13 +119,21 @@ def allreduce(cell: TpCell, model_config: dict | None) -> dict | None:
     per_token = per_token * dtype_bytes(model_config) if per_token else None
     summary = collectives.per_rank_summary(calls, per_token, cell.tp)
     profiled = cell.forwards.filter(pl.col("forward").is_in(calls["forward"].drop_nulls().unique().implode()))
-    return {"calls": calls, "source": source, "problem": problem, "summary": summary,
-            "families": sorted(set(calls["family"].to_list())),
-            "first_call": collectives.first_call_wait_share(calls), "lag_profile": launch_lag(profiled),
-            "lag_measured": launch_lag(measured_forwards(cell)),
-            "profile_busy": {r: collectives.busy_share(k) for r, k in sorted(cell.profile_kernels.items())},
-            "skew_profile": collectives.forward_skew(profiled),
-            "skew_measured": collectives.forward_skew(measured_forwards(cell))}
+    return AllReduce(calls, source, problem, _per_layer(summary, (model_config or {}).get("num_hidden_layers")),
+                     sorted(set(calls["family"].to_list())), collectives.first_call_wait_share(calls),
+                     launch_lag(profiled), launch_lag(measured_forwards(cell)),
+                     {r: collectives.busy_share(k) for r, k in sorted(cell.profile_kernels.items())},
+                     collectives.forward_skew(profiled), collectives.forward_skew(measured_forwards(cell)))
+
+
+def _per_layer(summary: pl.DataFrame, layers: int | None) -> pl.DataFrame:
+    """The summary's times per forward also per layer (us), where the model's layer count is known."""
+    if not layers:
+        return summary
+    return summary.with_columns((pl.col("ms_per_forward") / layers * 1e3).round(1).alias("us_per_layer"),
+                                (pl.col("wait_ms_per_forward") / layers * 1e3).round(1).alias("wait_us_per_layer"),
+                                (pl.col("transfer_ms_per_forward") / layers * 1e3).round(1)
+                                .alias("transfer_us_per_layer"))
 
 
 def launch_lag(forwards: pl.DataFrame) -> pl.DataFrame:
@@ -121,107 +146,208 @@ def launch_lag(forwards: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---- projection ----
-def projection(cells: dict[int, TpCell], figs: dict[int, dict], table: pl.DataFrame, ar2: dict | None,
-               model_config: dict | None, link_gb_s: float | None) -> tuple[pl.DataFrame | None, list[str]]:
+@dataclasses.dataclass
+class Fit:
+    """The model behind the projection, through what TP=1 and TP=2 measured: a decode step's compute is
+    fixed_ms + split_ms / n, each all-reduce latency_ms + msg_bytes x 2(n-1)/n over the NVLink bandwidth."""
+    step1_ms: float  # TP=1's decode step (GPU)
+    compute2_ms: float  # TP=2's decode step less its all-reduce transfers and waiting
+    fixed_ms: float
+    split_ms: float
+    calls: float  # all-reduces per forward (TP=2, decode, rank 0)
+    msg_bytes: float  # their median message
+    latency_ms: float  # per all-reduce, beyond moving its bytes
+    link_gb_s: float
+    wait_ms: float  # launch-skew wait a forward of TP=2's measured pass (rank 0), kept at every size
+    overhead_ms: float  # TP=2's ITL beyond its GPU step: CPU work not hidden by the GPU, kept at every size
+    layers: int | None  # the model's hidden layers (for the naive projection)
+
+    @property
+    def split_is_negative(self) -> bool:
+        """TP=2's compute did not shrink as a split predicts: the projection is unreliable."""
+        return self.fixed_ms < 0 or self.split_ms < 0
+
+    def step(self, n: int) -> float:
+        bw = self.link_gb_s * 1e9
+        return (self.fixed_ms + self.split_ms / n
+                + self.calls * (self.latency_ms + self.msg_bytes * ring_factor(n) / bw * 1e3) + self.wait_ms)
+
+    def naive_step(self, n: int) -> float | None:
+        """From TP=1 alone: a perfect split and bandwidth-only all-reduces (None without the layer count)."""
+        if not self.layers:
+            return None
+        bw = self.link_gb_s * 1e9
+        return self.step1_ms / n + (2 * self.layers + 1) * self.msg_bytes * ring_factor(n) / bw * 1e3
+
+
+@dataclasses.dataclass
+class Projection:
+    table: pl.DataFrame | None  # per TP size, measured or projected: decode step, ITL, throughput, naive ITL
+    fit: Fit | None  # None: nothing projected
+    naive_error_pct: float | None = None  # the naive projection's ITL error against TP=2's measured ITL
+    missing: str | None = None  # why nothing was projected
+
+
+def projection(figs: dict[int, dict], table: pl.DataFrame, ar2: AllReduce | None, model_config: dict | None,
+               link_gb_s: float | None) -> Projection:
     """Decode step, ITL and throughput at TP=4 and 8 from what TP=1 and TP=2 measured, and the error of the
     same projection made from TP=1 alone (checked against the measured TP=2)."""
-    notes = []
     if 1 not in figs or 2 not in figs or ar2 is None:
-        return None, ["needs measured TP=1 and TP=2 cells with an all-reduce profile"]
+        return Projection(None, None, missing="needs measured TP=1 and TP=2 cells with an all-reduce profile")
     s1, s2 = figs[1]["decode_step_gpu_ms"], figs[2]["decode_step_gpu_ms"]
     if not (s1 and s2) or figs[1]["batch_reached"] != figs[2]["batch_reached"] or not link_gb_s:
-        return None, ["needs the same decode batch at TP=1 and TP=2, GPU step times and an NVLink bandwidth"]
-    dec = ar2["summary"].filter((pl.col("mode") == "decode") & (pl.col("rank") == 0))
+        return Projection(None, None, missing="needs the same decode batch at TP=1 and TP=2, GPU step times and an "
+                                              "NVLink bandwidth")
+    dec = ar2.summary.filter((pl.col("mode") == "decode") & (pl.col("rank") == 0))
     if dec.is_empty() or dec["median_msg_bytes"][0] is None:
-        return None, ["no decode all-reduce on rank 0 in the TP=2 profile"]
+        return Projection(None, None, missing="no decode all-reduce on rank 0 in the TP=2 profile")
     if dec.height > 1:
-        return None, ["decode all-reduces of TP=2 used several implementations; not modelled"]
-    d = dec.row(0, named=True)
-    calls, msg = d["calls_per_forward"], d["median_msg_bytes"]
-    per_call_ms = d["transfer_ms_per_forward"] / calls
-    skew = ar2["skew_measured"]
-    skew = skew.filter((pl.col("mode") == "decode") & (pl.col("rank") == 0)) if skew.height else skew
-    wait_ms = skew["median_excess_us"][0] / 1e3 if skew.height else d["wait_ms_per_forward"]
-    bw = link_gb_s * 1e9
-    latency_ms = max(per_call_ms - msg * ring_factor(2) / bw * 1e3, 0.0)
-    compute2 = s2 - d["transfer_ms_per_forward"] - wait_ms
-    split = 2 * (s1 - compute2)  # compute(n) = fixed + split / n, through (1, s1) and (2, compute2)
-    fixed = s1 - split
+        return Projection(None, None, missing="decode all-reduces of TP=2 used several implementations; not modelled")
     row = {r["tp"]: r for r in table.iter_rows(named=True)}
-    overhead2 = row[2]["itl_ms"] - s2  # ITL beyond the GPU step: CPU work not hidden by the GPU
-    layers = (model_config or {}).get("num_hidden_layers")
+    fit = _fit(s1, s2, dec.row(0, named=True), ar2.skew_measured, row[2]["itl_ms"], model_config, link_gb_s)
+    return Projection(_projected(fit, figs, row), fit, _naive_error_pct(fit, row))
 
-    def step(n: int) -> float:
-        return fixed + split / n + calls * (latency_ms + msg * ring_factor(n) / bw * 1e3) + wait_ms
 
-    def naive_step(n: int) -> float | None:  # TP=1 alone: perfect split, bandwidth-only all-reduces
-        if not layers:
-            return None
-        return s1 / n + (2 * layers + 1) * msg * ring_factor(n) / bw * 1e3
+def _fit(s1: float, s2: float, dec: dict, skew: pl.DataFrame, itl2: float, model_config: dict | None,
+         link_gb_s: float) -> Fit:
+    """``dec``: TP=2's decode all-reduces on rank 0 (per_rank_summary row); ``skew``: its measured pass's."""
+    calls, msg = dec["calls_per_forward"], dec["median_msg_bytes"]
+    per_call_ms = dec["transfer_ms_per_forward"] / calls
+    skew = skew.filter((pl.col("mode") == "decode") & (pl.col("rank") == 0)) if skew.height else skew
+    wait_ms = skew["median_excess_us"][0] / 1e3 if skew.height else dec["wait_ms_per_forward"]
+    latency_ms = max(per_call_ms - msg * ring_factor(2) / (link_gb_s * 1e9) * 1e3, 0.0)
+    compute2 = s2 - dec["transfer_ms_per_forward"] - wait_ms
+    split = 2 * (s1 - compute2)  # compute(n) = fixed + split / n, through (1, s1) and (2, compute2)
+    return Fit(s1, compute2, s1 - split, split, calls, msg, latency_ms, link_gb_s, wait_ms, itl2 - s2,
+               (model_config or {}).get("num_hidden_layers"))
 
-    naive2 = naive_step(2)
-    naive_itl2 = naive2 + (row[1]["itl_ms"] - s1) if naive2 is not None else None
-    err = (naive_itl2 / row[2]["itl_ms"] - 1) * 100 if naive_itl2 else None
+
+def _projected(fit: Fit, figs: dict[int, dict], row: dict[int, dict]) -> pl.DataFrame:
+    """Measured sizes as measured, the others from the fit; throughput scales with 1/ITL at the same batch."""
     rows = []
     for n in (1, 2, *PROJECTED_SIZES):
         measured = n in row
-        itl = row[n]["itl_ms"] if measured else step(n) + overhead2
+        itl = row[n]["itl_ms"] if measured else fit.step(n) + fit.overhead_ms
+        naive = fit.naive_step(n)
         rows.append({"tp": n, "kind": "measured" if measured else "projection",
-                     "decode_step_gpu_ms": round(figs[n]["decode_step_gpu_ms"] if measured else step(n), 3),
+                     "decode_step_gpu_ms": round(figs[n]["decode_step_gpu_ms"] if measured else fit.step(n), 3),
                      "itl_ms": round(itl, 3),
                      "output_tok_per_s": round(row[n]["output_tok_per_s"] if measured
                                                else row[2]["output_tok_per_s"] * row[2]["itl_ms"] / itl, 1),
-                     "naive_itl_ms (TP=1 alone)": round(naive_step(n) + row[1]["itl_ms"] - s1, 3)
-                     if naive_step(n) is not None else None})
-    notes.append(f"model: compute = {fixed:.3f} ms fixed + {split:.3f} ms / TP (through TP=1's {s1:.3f} ms step and "
-                 f"TP=2's {compute2:.3f} ms of compute); each all-reduce = {latency_ms * 1e3:.1f} us latency + "
-                 f"{msg / 1e3:.0f} kB x 2(n-1)/n over {link_gb_s:.0f} GB/s, {calls:.0f} per forward; the launch-skew "
-                 f"wait of TP=2's measured pass ({wait_ms:.3f} ms a forward on rank 0) kept; CPU time beyond the GPU step "
-                 f"({overhead2:.3f} ms) kept; throughput scales with 1/ITL at the same batch")
-    if err is not None:
-        notes.append(f"error of the naive projection (TP=1 alone: perfect split, bandwidth-only all-reduces) "
-                     f"against the measured TP=2 ITL: {err:+.1f}%")
-    if fixed < 0 or split < 0:
-        notes.append("the fitted compute split is negative: TP=2 compute did not shrink as a split predicts; "
-                     "treat the projection as unreliable")
-    return pl.DataFrame(rows), notes
+                     "naive_itl_ms (TP=1 alone)": round(naive + row[1]["itl_ms"] - fit.step1_ms, 3)
+                     if naive is not None else None})
+    return pl.DataFrame(rows)
 
 
-# ---- report ----
-def build_report(inputs: TpInputs) -> Report:
-    report = Report("tp_scaling", "Tensor-parallel scaling (experiment 6)")
+def _naive_error_pct(fit: Fit, row: dict[int, dict]) -> float | None:
+    naive2 = fit.naive_step(2)
+    naive_itl2 = naive2 + (row[1]["itl_ms"] - fit.step1_ms) if naive2 is not None else None
+    return (naive_itl2 / row[2]["itl_ms"] - 1) * 100 if naive_itl2 else None
+
+
+# ---- computing: all cells together ----
+@dataclasses.dataclass
+class TpScaling:
+    """Every figure of the TP-scaling analysis."""
+    topology: str | None  # nvidia-smi topo -m, recorded when the cells ran
+    figures: dict[int, dict]  # TP size -> what its cell achieved (cell_figures)
+    table: pl.DataFrame  # one row per TP size (scaling)
+    flags: dict[int, list[str]]  # TP size -> why its figures cannot be taken at face value (plausibility)
+    link_gb_s: float | None  # NVLink bandwidth per direction (nvlink_gb_s)
+    link_why: str  # where it comes from, or why it is unknown
+    allreduce: dict[int, AllReduce | None]  # TP size > 1 -> its all-reduces (None: no collective profiled)
+    layers: int | None  # the model's hidden layers
+    projection: Projection
+
+    @property
+    def plausible(self) -> pl.DataFrame:
+        """The rows of ``table`` no flag was raised for: the only ones advice is built on."""
+        return self.table.filter(pl.col("tp").is_in([tp for tp in self.figures if not self.flags[tp]]))
+
+    def profile_slowed(self, tp: int) -> bool:
+        """The profile pass kept a GPU clearly less busy than the measured pass did: the profiler made the
+        CPU launch forwards late, so its waits are launch delays, not the measured pass's."""
+        measured = self.figures[tp]["gpu_busy"]
+        return any(b is not None and measured and b < measured - 0.15 for b in self.allreduce[tp].profile_busy.values())
+
+
+def compute(inputs: TpInputs) -> TpScaling | None:
+    """None when no cell was recorded."""
     if inputs.table.is_empty() or not inputs.cells:
-        report.section("No cells recorded").add("cells", "0")
-        return report
-    report.section("Topology").add("nvidia-smi topo -m", (inputs.topology or "").strip()[:2000] or None,
-                                   "recorded when the cells ran")
+        return None
     figs = {tp: cell_figures(c) for tp, c in inputs.cells.items()}
     table = scaling(inputs.table, pl.DataFrame(list(figs.values())))
-    sec = report.section("Scaling")
-    sec.table = table
     flags = {r["tp"]: plausibility(r, figs[r["tp"]]) for r in table.iter_rows(named=True)}
-    for tp, why in flags.items():
-        for w in why:
-            sec.add(f"TP={tp}: implausible", w, "not used for advice or the projection")
     link_gb_s, link_why = nvlink_gb_s(inputs.topology)
     ar = {tp: allreduce(c, inputs.model_config) for tp, c in inputs.cells.items() if tp > 1}
-    _allreduce_sections(report, ar, inputs, figs, link_gb_s, link_why)
     usable = {tp: f for tp, f in figs.items() if not flags[tp]}
-    proj, notes = projection(inputs.cells, usable, table, ar.get(2), inputs.model_config, link_gb_s)
-    psec = report.section("Projection to larger TP sizes (a model, not a measurement)")
-    psec.table = proj
-    for n in notes:
-        psec.add("projection", n)
-    rec = report.section("Recommendations (computed)")
-    good = table.filter(pl.col("tp").is_in([tp for tp in usable]))
+    return TpScaling(inputs.topology, figs, table, flags, link_gb_s, link_why, ar,
+                     (inputs.model_config or {}).get("num_hidden_layers"),
+                     projection(usable, table, ar.get(2), inputs.model_config, link_gb_s))
+
+
+# ---- wording: the analysis as a report ----
+def build_report(inputs: TpInputs) -> Report:
+    return describe(compute(inputs))
+
+
+def describe(result: TpScaling | None) -> Report:
+    report = Report("tp_scaling", "Tensor-parallel scaling (experiment 6)")
+    if result is None:
+        report.section("No cells recorded").add("cells", "0")
+        return report
+    report.section("Topology").add("nvidia-smi topo -m", (result.topology or "").strip()[:2000] or None,
+                                   "recorded when the cells ran")
+    _scaling(report.section("Scaling"), result)
+    for tp in sorted(result.allreduce):
+        _allreduce(report.section(f"All-reduce at TP={tp}, per rank (SGLang's profiler, pass after the measured one)"),
+                   tp, result)
+    _projection(report.section("Projection to larger TP sizes (a model, not a measurement)"), result.projection)
+    _recommendations(report.section("Recommendations (computed)"), result)
+    report.plots.append(throughput_plot(result.table, result.projection.table))
+    return report
+
+
+def _scaling(sec: Section, result: TpScaling) -> None:
+    sec.table = result.table
+    for tp, why in result.flags.items():
+        for w in why:
+            sec.add(f"TP={tp}: implausible", w, "not used for advice or the projection")
+
+
+def _projection(sec: Section, proj: Projection) -> None:
+    sec.table = proj.table
+    for note in _projection_notes(proj):
+        sec.add("projection", note)
+
+
+def _projection_notes(proj: Projection) -> list[str]:
+    f = proj.fit
+    if f is None:
+        return [proj.missing]
+    notes = [f"model: compute = {f.fixed_ms:.3f} ms fixed + {f.split_ms:.3f} ms / TP (through TP=1's {f.step1_ms:.3f} "
+             f"ms step and TP=2's {f.compute2_ms:.3f} ms of compute); each all-reduce = {f.latency_ms * 1e3:.1f} us "
+             f"latency + {f.msg_bytes / 1e3:.0f} kB x 2(n-1)/n over {f.link_gb_s:.0f} GB/s, {f.calls:.0f} per forward; "
+             f"the launch-skew wait of TP=2's measured pass ({f.wait_ms:.3f} ms a forward on rank 0) kept; CPU time "
+             f"beyond the GPU step ({f.overhead_ms:.3f} ms) kept; throughput scales with 1/ITL at the same batch"]
+    if proj.naive_error_pct is not None:
+        notes.append(f"error of the naive projection (TP=1 alone: perfect split, bandwidth-only all-reduces) "
+                     f"against the measured TP=2 ITL: {proj.naive_error_pct:+.1f}%")
+    if f.split_is_negative:
+        notes.append("the fitted compute split is negative: TP=2 compute did not shrink as a split predicts; "
+                     "treat the projection as unreliable")
+    return notes
+
+
+def _recommendations(rec: Section, result: TpScaling) -> None:
+    good = result.plausible
     if good.is_empty():
         rec.add("advice", None, "no cell passed the plausibility checks")
     for label, text in recommendations(good):
         rec.add(label, text)
-    if len(good) < len(table):
-        rec.add("left out", ", ".join(f"TP={tp}" for tp in flags if flags[tp]), "implausible cells (see Scaling)")
-    report.plots.append(throughput_plot(table, proj))
-    return report
+    if len(good) < len(result.table):
+        rec.add("left out", ", ".join(f"TP={tp}" for tp, why in result.flags.items() if why),
+                "implausible cells (see Scaling)")
 
 
 def throughput_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> Plot:
@@ -236,54 +362,52 @@ def throughput_plot(table: pl.DataFrame, projection: pl.DataFrame | None) -> Plo
     return Plot("tp_scaling.png", "tp_scaling", frames, {"x": "TP size", "y": "output tok/s"})
 
 
-def _allreduce_sections(report: Report, ar: dict, inputs: TpInputs, figs: dict, link_gb_s, link_why) -> None:
-    layers = (inputs.model_config or {}).get("num_hidden_layers")
-    for tp, a in sorted(ar.items()):
-        sec = report.section(f"All-reduce at TP={tp}, per rank (SGLang's profiler, pass after the measured one)")
-        if a is None:
-            sec.add("all-reduce", None, "no collective in the rank profiles (no profile recorded, or profiler "
-                                        "unavailable)")
-            continue
-        sec.add("found in", f"{a['source']}: {', '.join(a['families'])}")
-        if a["problem"]:
-            sec.add("wait vs transfer", None, a["problem"])
-        s = a["summary"]
-        if layers:
-            s = s.with_columns((pl.col("ms_per_forward") / layers * 1e3).round(1).alias("us_per_layer"),
-                               (pl.col("wait_ms_per_forward") / layers * 1e3).round(1).alias("wait_us_per_layer"),
-                               (pl.col("transfer_ms_per_forward") / layers * 1e3).round(1)
-                               .alias("transfer_us_per_layer"))
-        sec.table = s.with_columns(pl.col(pl.Float64).round(3))
-        sec.add("bus bandwidth reference", f"{link_gb_s:.0f} GB/s" if link_gb_s else None, link_why)
-        if layers:
-            sec.add("per layer", f"{layers} layers: time per forward / layers (2 all-reduces a layer plus the "
-                                 "embedding's once a forward)")
-        busy = a["profile_busy"]
-        measured_busy = figs[tp]["gpu_busy"]
-        sec.add("GPU busy during the profile pass", ", ".join(f"rank {r}: {b * 100:.0f}%" for r, b in busy.items()
-                                                              if b is not None) or None,
-                "kernel time over the pass's window; the measured pass (rank 0, CUDA events): "
-                + (f"{measured_busy * 100:.0f}%" if measured_busy else "not measured"))
-        for r in a["first_call"].iter_rows(named=True):
-            sec.add(f"rank {r['rank']}: waiting in the profile pass",
-                    f"{r['wait_ms']:.2f} ms, {r['first_call_share_pct'] or 0:.0f}% of it in the first all-reduce "
-                    "of a forward", "a rank waits when another reaches the collective later")
-        for label in ("profile", "measured"):
-            for r in a[f"lag_{label}"].iter_rows(named=True):
-                sec.add(f"rank {r['rank']}: CPU starts a forward after the earliest rank ({label} pass, median)",
-                        f"{r['cpu_lag_us']:.0f} us", "host clock")
-        _skew_figures(sec, "profile pass", a["skew_profile"])
-        _skew_figures(sec, "measured pass", a["skew_measured"])
-        low = [r for r, b in busy.items() if b is not None and measured_busy and b < measured_busy - 0.15]
-        if low:
-            sec.add("reading the waits", f"the profile pass kept the GPUs busy {min(busy.values()) * 100:.0f}-"
-                    f"{max(busy.values()) * 100:.0f}% of the time against {measured_busy * 100:.0f}% in the "
-                    "measured pass: under the profiler the CPU launches forwards late, so each rank's launch "
-                    "delay becomes the other's wait. Take transfer times from the profile and waiting from the "
-                    "measured pass (CUDA events, no profiler).")
+def _allreduce(sec: Section, tp: int, result: TpScaling) -> None:
+    a = result.allreduce[tp]
+    if a is None:
+        sec.add("all-reduce", None, "no collective in the rank profiles (no profile recorded, or profiler "
+                                    "unavailable)")
+        return
+    sec.add("found in", f"{a.source}: {', '.join(a.families)}")
+    if a.problem:
+        sec.add("wait vs transfer", None, a.problem)
+    sec.table = a.summary.with_columns(pl.col(pl.Float64).round(3))
+    sec.add("bus bandwidth reference", f"{result.link_gb_s:.0f} GB/s" if result.link_gb_s else None, result.link_why)
+    if result.layers:
+        sec.add("per layer", f"{result.layers} layers: time per forward / layers (2 all-reduces a layer plus the "
+                             "embedding's once a forward)")
+    _busy(sec, a.profile_busy, result.figures[tp]["gpu_busy"])
+    _waits(sec, a)
+    if result.profile_slowed(tp):
+        busy, measured_busy = a.profile_busy, result.figures[tp]["gpu_busy"]
+        sec.add("reading the waits", f"the profile pass kept the GPUs busy {min(busy.values()) * 100:.0f}-"
+                f"{max(busy.values()) * 100:.0f}% of the time against {measured_busy * 100:.0f}% in the "
+                "measured pass: under the profiler the CPU launches forwards late, so each rank's launch "
+                "delay becomes the other's wait. Take transfer times from the profile and waiting from the "
+                "measured pass (CUDA events, no profiler).")
 
 
-def _skew_figures(sec, label: str, skew: pl.DataFrame) -> None:
+def _busy(sec: Section, busy: dict[int, float | None], measured_busy: float | None) -> None:
+    sec.add("GPU busy during the profile pass", ", ".join(f"rank {r}: {b * 100:.0f}%" for r, b in busy.items()
+                                                          if b is not None) or None,
+            "kernel time over the pass's window; the measured pass (rank 0, CUDA events): "
+            + (f"{measured_busy * 100:.0f}%" if measured_busy else "not measured"))
+
+
+def _waits(sec: Section, a: AllReduce) -> None:
+    for r in a.first_call.iter_rows(named=True):
+        sec.add(f"rank {r['rank']}: waiting in the profile pass",
+                f"{r['wait_ms']:.2f} ms, {r['first_call_share_pct'] or 0:.0f}% of it in the first all-reduce "
+                "of a forward", "a rank waits when another reaches the collective later")
+    for label, lag in (("profile", a.lag_profile), ("measured", a.lag_measured)):
+        for r in lag.iter_rows(named=True):
+            sec.add(f"rank {r['rank']}: CPU starts a forward after the earliest rank ({label} pass, median)",
+                    f"{r['cpu_lag_us']:.0f} us", "host clock")
+    _skew_figures(sec, "profile pass", a.skew_profile)
+    _skew_figures(sec, "measured pass", a.skew_measured)
+
+
+def _skew_figures(sec: Section, label: str, skew: pl.DataFrame) -> None:
     for r in skew.iter_rows(named=True):
         sec.add(f"rank {r['rank']}, {r['mode']}: forward longer than the quickest rank's ({label})",
                 f"median {r['median_excess_us']:.1f} us, mean {r['mean_excess_us']:.1f} us over {r['forwards']} "
