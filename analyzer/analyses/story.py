@@ -307,14 +307,20 @@ def _processing(proc: Section, story: Story) -> None:
     proc.add("CPU prep total", ms(sum(cpu)) if cpu else None, "tokenize + lookup + KV allocation")
 
 
+ARRIVAL_WORDS = {sc.RECEIVED_BY_KERNEL: "its first bytes in the kernel", sc.RECEIVED_BY_READ: "HTTP server's read",
+                 sc.RECEIVED_BY_ASGI: "ASGI entry"}  # semconv.RECEIVED_BY values, in a report's words
+
+
 def _prefill(prefill: Section, story: Story) -> None:
     req = story.request
     prefill.add("total", ms(req["prefill_ns"]), "first chunk launch -> first token")
     if req.get("ttft_source") == TTFT_NOT_STREAMED:
         prefill.add("TTFT (user-visible)", None, TTFT_NOT_STREAMED + f"; the response arrived after "
-                    f"{ms(req['e2e_ns'])} ms")
+                    f"{ms(req['e2e_ns'])}")
     else:
-        start = "received (HTTP layer)" if req.get("first_byte_ns") else "received"
+        by = req.get("received_by")
+        start = f"received ({ARRIVAL_WORDS.get(by, by)})" if by else (
+            "received (HTTP layer)" if req.get("first_byte_ns") else "received")
         prefill.add("TTFT", ms(req["ttft_ns"]), f"{start} -> {req['ttft_source']}")
     prefill.add("time to first token computed", ms(req["ttft_compute_ns"]), "received -> first token in the scheduler")
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
