@@ -4,7 +4,8 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
+from sglang_tracing.analyzer.analyses.profiler_control import describe_requests
+from sglang_tracing.analyzer.analyses.requests import for_statistics, profiler_touched, request_table
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Plot, Report, ms
 
@@ -92,7 +93,7 @@ def evictions(ops: pl.DataFrame, lookups: pl.DataFrame) -> pl.DataFrame:
 
 def build_report(model: TraceModel) -> Report:
     report = Report("radix", "RadixCache analysis (experiment 2)")
-    requests = request_table(model.scan_spans(), model.manifest)
+    requests = request_table(model.scan_spans(), model.manifest, model.servers)
     args = model.manifest.get("server_args") or {}
     ops = cache_ops(model.scan_spans())
     conf = report.section("Cache configuration")
@@ -103,8 +104,8 @@ def build_report(model: TraceModel) -> Report:
     conf.add("cache class", str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None,
              "cache spans")
     conf.add("radix cache disabled", str(bool(args.get("disable_radix_cache"))), "server args")
-    # the user's requests only; an internal one (SGLang's warm-up, a health check) may still be the inserter
-    lookups = with_speedup(classify_lookups(user_requests(requests))).join(inserted_by(requests), on="rid", how="left")
+    # the user's requests our profiler control did not slow; an internal one (SGLang's warm-up) may still be the inserter
+    lookups = with_speedup(classify_lookups(for_statistics(requests))).join(inserted_by(requests), on="rid", how="left")
     seq = report.section("Request sequence")
     has_digests = "prefix_digests" in requests.columns and requests["prefix_digests"].drop_nulls().len() > 0
     seq.add("inserted by", "see table" if has_digests else None,
@@ -118,6 +119,10 @@ def build_report(model: TraceModel) -> Report:
             "SGLang's warm-up, health checks, readiness probes: not in the sequence or the summary")
     if internal.height:
         seq.child("internal requests").table = internal.select("rid", "internal", "prompt_tokens", "cached_tokens")
+    if (touched := profiler_touched(requests)).height:
+        seq.add("left out: our profiler control", str(touched.height), describe_requests(touched))
+        seq.child("left out: our profiler control").table = touched.select("rid", "profiler_control", "prompt_tokens",
+                                                                           "cached_tokens")
     ev = report.section("Evictions")
     ev_table = evictions(ops, lookups)
     ev.add("eviction events", str(ev_table.height), "span sglang.cache.evict")
