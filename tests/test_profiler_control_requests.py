@@ -101,7 +101,8 @@ def test_recorded_control_spans_are_the_windows():
             dict(server="a", pid=1, span_id="c0", name=sc.PROFILER_CONTROL, start_ns=600 * MS, end_ns=900 * MS,
                  action=sc.KINETO_EXPORT)]
     spans = pl.DataFrame(rows).rename({"action": sc.PROFILER_ACTION})
-    windows = profiler_control.action_windows(spans, [{"server": "a", "manifest": {"config": {"profile_steps": [0, 1]}}}])
+    manifest = {"config": {"profile_steps": [0, 1]}}  # recorded spans win: nothing is inferred beside them
+    windows = profiler_control.action_windows(spans, [{"server": "a", "manifest": manifest}])
     assert windows.select("action", "start_ns", "end_ns", "inferred").rows() == [(sc.KINETO_EXPORT, 600 * MS, 900 * MS,
                                                                                   None)]
     requests = pl.DataFrame({"rid": ["early", "late"], "server": ["a", "a"], "received_ns": [0, 500 * MS],
@@ -133,6 +134,10 @@ def test_committed_traces_touch_these_requests():
     assert round(nsys.e2e(next(iter(nsys.touched()))) / MS, 3) == 538.936  # the trace's slowest before
     assert len(triton.touched()) == 1 and not triton.touched().keys() & triton.warmups()
     assert len(flashinfer.touched()) == 2 and len(flashinfer.touched().keys() & flashinfer.warmups()) == 1
+    # the backends cells' client medians are over their measured rids (result.json): none was touched
+    measured = {r["rid"] for f in (EXAMPLES / "h200-backends").glob("*/result.json")
+                for r in json.loads(f.read_text())["requests"]}
+    assert len(measured) == 2 * 123 and not measured & (triton.touched().keys() | flashinfer.touched().keys())
 
 
 @pytest.mark.parametrize("trace_dir", [LAYER, NSYS, TRITON, FLASHINFER], ids=["layer", "nsys", "triton", "flashinfer"])
@@ -197,7 +202,8 @@ def test_radix_sequence_leaves_out_touched_requests_and_says_so():
     touched = set(raw.touched())
     assert sorted(seq.table["rid"]) == sorted(raw.kept())
     assert {f.label: f.value for f in seq.figures}["left out: our profiler control"] == str(len(touched))
-    assert {c.title: c.table for c in seq.children}["left out: our profiler control"]["rid"].to_list() == sorted(touched)
+    listed = {c.title: c.table for c in seq.children}["left out: our profiler control"]
+    assert sorted(listed["rid"]) == sorted(touched)
 
 
 def test_exported_table_keeps_touched_requests_with_the_column(tmp_path):

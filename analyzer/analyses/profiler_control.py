@@ -73,8 +73,9 @@ def requests_during(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFra
     on = ["server"] if "server" in requests.columns else []
     life = requests.select("rid", *on, "received_ns", "finished_ns").drop_nulls("received_ns")
     w = windows.select(*on, pl.col("start_ns").alias("w_start"), pl.col("end_ns").alias("w_end"), "action", "inferred")
-    pairs = (life.join(w, on=on) if on else life.join(w, how="cross")).filter(
-        (pl.col("received_ns") < pl.col("w_end")) & (pl.col("finished_ns").is_null() | (pl.col("finished_ns") > pl.col("w_start"))))
+    in_flight = (pl.col("received_ns") < pl.col("w_end")) & (pl.col("finished_ns").is_null()
+                                                            | (pl.col("finished_ns") > pl.col("w_start")))
+    pairs = (life.join(w, on=on) if on else life.join(w, how="cross")).filter(in_flight)
     return pairs.sort("w_start").group_by("rid", maintain_order=True).agg(
         pl.col("action").unique(maintain_order=True).str.join("; ").alias("profiler_control"),
         pl.col("inferred").drop_nulls().unique(maintain_order=True).str.join(", ").alias("profiler_control_inferred"),

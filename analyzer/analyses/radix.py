@@ -104,7 +104,7 @@ def build_report(model: TraceModel) -> Report:
     conf.add("cache class", str(ops[sc.CACHE_CLASS][0]) if sc.CACHE_CLASS in ops.columns and ops.height else None,
              "cache spans")
     conf.add("radix cache disabled", str(bool(args.get("disable_radix_cache"))), "server args")
-    # the user's requests our profiler control did not slow; an internal one (SGLang's warm-up) may still be the inserter
+    # the user's requests our profiler control did not slow; an internal one (SGLang's warm-up) may be the inserter
     lookups = with_speedup(classify_lookups(for_statistics(requests))).join(inserted_by(requests), on="rid", how="left")
     seq = report.section("Request sequence")
     has_digests = "prefix_digests" in requests.columns and requests["prefix_digests"].drop_nulls().len() > 0

@@ -172,7 +172,9 @@ def profiler_touched(requests: pl.DataFrame) -> pl.DataFrame:
     """The user's requests our profiler control ran during (profiler_control.describe_requests says why they
     are out of the statistics)."""
     users = user_requests(requests)
-    return users.filter(pl.col("profiler_control").is_not_null()) if "profiler_control" in users.columns else users.clear()
+    if "profiler_control" not in users.columns:
+        return users.clear()
+    return users.filter(pl.col("profiler_control").is_not_null())
 
 
 def token_latencies(requests: pl.DataFrame) -> pl.DataFrame:

@@ -175,7 +175,8 @@ def compute(model: TraceModel, which: str = "slowest", model_config_override: st
     """The request ``which`` selects (select_request) and what its phases ran, where, and on what."""
     spans = model.scan_spans()
     per_fwd = forward_gpu_time(spans, model.kernels)
-    requests = request_table(spans, model.manifest, model.servers).join(request_gpu_time(spans, per_fwd), on="rid", how="left")
+    requests = request_table(spans, model.manifest, model.servers).join(request_gpu_time(spans, per_fwd), on="rid",
+                                                                        how="left")
     story = Story(which, requests, select_request(requests, which), len(model.servers), weights_of(model.manifest))
     req = story.request
     if req is None:
