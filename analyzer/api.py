@@ -102,7 +102,7 @@ def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None
 
     model = load(trace_dir, nsys, kineto)
     gpu = request_gpu_time(model.spans, forward_gpu_time(model.spans, model.kernels))
-    frame = export_table(request_table(model.spans, model.manifest), gpu)
+    frame = export_table(request_table(model.spans, model.manifest, model.servers), gpu)
     return write_table(frame, Path(out_dir or os.path.join(trace_dir, "reports")), "requests")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import profiler_control
 from sglang_tracing.analyzer.analyses.requests import request_table
@@ -273,6 +274,16 @@ def test_profile_steps_time_their_profiler_control_inside_the_forwards(layer_pro
                               .alias("control_ns")).sort("span_id")
     assert left.select("span_id", "control_ns").rows() == expected.rows()
     assert left["inferred"].null_count() == 2
+    # the requests in flight while they ran (root spans overlapping the control spans, json over the files)
+    raw = raw_spans.spans(trace_dir)
+    actions = sorted((c["start"], c["end"], c["attrs"][sc.PROFILER_ACTION])
+                     for c in raw_spans.named(raw, sc.PROFILER_CONTROL))
+    in_flight = {r["attrs"][sc.RID]: "; ".join(a for s, e, a in actions if r["start"] < e and r["end"] > s)
+                 for r in raw_spans.named(raw, sc.REQUEST)}
+    table = request_table(model.spans, model.manifest, model.servers)
+    named = {rid: a for rid, a in table.select("rid", "profiler_control").iter_rows() if a}
+    assert named == {rid: a for rid, a in in_flight.items() if a} and named
+    assert table["profiler_control_inferred"].null_count() == table.height
 
 
 def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):

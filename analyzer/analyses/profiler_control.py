@@ -11,9 +11,14 @@ than shortened by the action's time: after cudaProfilerStart or a torch profiler
 forward already runs traced, so what remains is not SGLang's ordinary time either; and for traces
 recorded before the actions had spans of their own the forward is known, the action's time is not.
 
+The same actions inflate the latencies of the requests in flight while they ran (TTFT, ITL, end-to-end):
+``requests_during`` names, per request, the actions whose time window overlapped its lifetime (received ->
+finished), and the request statistics leave those requests out as they leave out SGLang's internal ones.
+
 Where the actions come from: the ``sglang_tracing.profiler_control`` spans the runtime records; for a
 trace dir without any, inferred from its manifest (the config's capture_steps / profile_steps name the
-served forward, counted per scheduler process, at which the runtime acts) and labelled inferred.
+served forward, counted per scheduler process, at which the runtime acts) and labelled inferred. A
+recorded action's window is its own span; an inferred one's is the forward it ran in.
 """
 from __future__ import annotations
 
@@ -27,24 +32,67 @@ from sglang_tracing.config import CAPTURE_IDLE_END_S
 SCHEDULER_SPANS = (sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT)
 SCHEMA = {"server": pl.String, "pid": pl.Int64, "span_id": pl.String, "name": pl.String, "action": pl.String,
           "control_ns": pl.Int64, "inferred": pl.String}
+WINDOW_SCHEMA = {"server": pl.String, "pid": pl.Int64, "action": pl.String, "start_ns": pl.Int64, "end_ns": pl.Int64,
+                 "inferred": pl.String}
+REQUEST_SCHEMA = {"rid": pl.String, "profiler_control": pl.String, "profiler_control_inferred": pl.String}
+_RECORDED = {"server": pl.String, "pid": pl.Int64, "c_start": pl.Int64, "c_end": pl.Int64, "action": pl.String}
+_MARKS = {"server": pl.String, "pid": pl.Int64, "span_id": pl.String, "name": pl.String, "start_ns": pl.Int64,
+          "end_ns": pl.Int64, "action": pl.String, "inferred": pl.String}
 
 
 def spans_with_control(spans: pl.LazyFrame | pl.DataFrame, servers: list[dict]) -> pl.DataFrame:
     """The scheduler spans a profiler-control action ran in, one row per span: server, pid, span_id, name,
     action (the actions, joined), control_ns (their recorded time inside the span; null where inferred),
     inferred (null where recorded, else what the inference rests on)."""
-    spans = spans.lazy()
-    schema = spans.collect_schema()
-    if not {"server", "pid", "span_id"} <= set(schema.names()):
-        return pl.DataFrame(schema=SCHEMA)
-    recorded = _recorded(spans, schema)
-    found = [_contained(spans, recorded)] if recorded.height else []
-    with_spans = set(recorded["server"].to_list())
-    for s in servers:
-        if s["server"] not in with_spans:
-            found.append(_inferred(spans, s["server"], (s.get("manifest") or {}).get("config") or {}))
+    recorded, inferred = _actions(spans, servers)
+    found = [_contained(spans.lazy(), recorded)] if recorded.height else []
+    if inferred.height:
+        found.append(inferred.group_by("server", "pid", "span_id", "name", maintain_order=True).agg(
+            pl.col("action").str.join(" and "), pl.col("inferred").unique(maintain_order=True).str.join(", "),
+        ).with_columns(pl.lit(None, pl.Int64).alias("control_ns")).select(list(SCHEMA)))
     found = [f for f in found if f.height]
     return pl.concat(found) if found else pl.DataFrame(schema=SCHEMA)
+
+
+def action_windows(spans: pl.LazyFrame | pl.DataFrame, servers: list[dict]) -> pl.DataFrame:
+    """When each profiler-control action ran, one row per action: server, pid, action, start_ns, end_ns
+    (its own span where recorded; where inferred, the forward it ran in), inferred (as in spans_with_control)."""
+    recorded, inferred = _actions(spans, servers)
+    recorded = recorded.rename({"c_start": "start_ns", "c_end": "end_ns"}).with_columns(
+        pl.lit(None, pl.String).alias("inferred"))
+    return pl.concat([recorded.select(list(WINDOW_SCHEMA)), inferred.select(list(WINDOW_SCHEMA))]).sort("start_ns")
+
+
+def requests_during(requests: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """The requests (request_table rows: rid, received_ns, finished_ns, server where merged) in flight while an
+    action of their server ran, one row each: rid, profiler_control (the actions in time order, "; "-joined),
+    profiler_control_inferred (what an inferred window rests on; null where every action was recorded).
+    In flight: received before the window ended and finished after it began (never finished: still in flight)."""
+    if windows.is_empty() or requests.is_empty():
+        return pl.DataFrame(schema=REQUEST_SCHEMA)
+    on = ["server"] if "server" in requests.columns else []
+    life = requests.select("rid", *on, "received_ns", "finished_ns").drop_nulls("received_ns")
+    w = windows.select(*on, pl.col("start_ns").alias("w_start"), pl.col("end_ns").alias("w_end"), "action", "inferred")
+    in_flight = (pl.col("received_ns") < pl.col("w_end")) & (pl.col("finished_ns").is_null()
+                                                            | (pl.col("finished_ns") > pl.col("w_start")))
+    pairs = (life.join(w, on=on) if on else life.join(w, how="cross")).filter(in_flight)
+    return pairs.sort("w_start").group_by("rid", maintain_order=True).agg(
+        pl.col("action").unique(maintain_order=True).str.join("; ").alias("profiler_control"),
+        pl.col("inferred").drop_nulls().unique(maintain_order=True).str.join(", ").alias("profiler_control_inferred"),
+    ).with_columns(pl.when(pl.col("profiler_control_inferred") != "").then(pl.col("profiler_control_inferred"))
+                   .alias("profiler_control_inferred")).select(list(REQUEST_SCHEMA))
+
+
+def describe_requests(touched: pl.DataFrame) -> str | None:
+    """Why the requests ``touched`` (rows with profiler_control set) are out of the request statistics, e.g.
+    "1 left out: in flight while our profiler control ran (nsys capture start), inferred from capture_steps
+    0:100000 in the manifest"; None for none."""
+    if touched.is_empty():
+        return None
+    actions = touched["profiler_control"].str.split("; ").explode().unique(maintain_order=True).to_list()
+    sources = touched["profiler_control_inferred"].drop_nulls().str.split(", ").explode().unique(maintain_order=True)
+    return (f"{touched.height} left out: in flight while our profiler control ran ({'; '.join(actions)})"
+            + (f", inferred from {', '.join(sources.to_list())}" if sources.len() else ""))
 
 
 def kept(spans: pl.LazyFrame | pl.DataFrame, left_out: pl.DataFrame) -> pl.LazyFrame:
@@ -74,10 +122,23 @@ def describe(left_out: pl.DataFrame, name: str | None = None) -> str | None:
             + (f" (inferred from {', '.join(sources)})" if sources else ""))
 
 
+def _actions(spans: pl.LazyFrame | pl.DataFrame, servers: list[dict]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The recorded actions (server, pid, c_start, c_end, action) and, for every server without any, the
+    inferred ones (_MARKS: the forward each ran in, with the action and what the inference rests on)."""
+    spans = spans.lazy()
+    schema = spans.collect_schema()
+    if not {"server", "pid", "span_id"} <= set(schema.names()):
+        return pl.DataFrame(schema=_RECORDED), pl.DataFrame(schema=_MARKS)
+    recorded = _recorded(spans, schema)
+    with_spans = set(recorded["server"].to_list())
+    inferred = [_inferred(spans, s["server"], (s.get("manifest") or {}).get("config") or {})
+                for s in servers if s["server"] not in with_spans]
+    return recorded, pl.concat([pl.DataFrame(schema=_MARKS), *inferred])
+
+
 def _recorded(spans: pl.LazyFrame, schema) -> pl.DataFrame:
     if sc.PROFILER_ACTION not in schema:
-        return pl.DataFrame(schema={"server": pl.String, "pid": pl.Int64, "c_start": pl.Int64, "c_end": pl.Int64,
-                                    "action": pl.String})
+        return pl.DataFrame(schema=_RECORDED)
     return spans.filter(pl.col("name") == sc.PROFILER_CONTROL).select(
         "server", "pid", pl.col("start_ns").alias("c_start"), pl.col("end_ns").alias("c_end"),
         pl.col(sc.PROFILER_ACTION).alias("action")).collect()
@@ -105,7 +166,7 @@ def _inferred(spans: pl.LazyFrame, server: str, config: dict) -> pl.DataFrame:
     only where no such pause came first."""
     capture, profile = config.get("capture_steps"), config.get("profile_steps")
     if not (capture or profile):
-        return pl.DataFrame(schema=SCHEMA)
+        return pl.DataFrame(schema=_MARKS)
     fwd = (spans.filter((pl.col("server") == server) & (pl.col("name") == sc.FORWARD))
            .select("server", "pid", "span_id", "name", "start_ns", "end_ns").collect()
            .sort("pid", "start_ns").with_columns(pl.int_range(pl.len()).over("pid").alias("index"),
@@ -125,9 +186,4 @@ def _inferred(spans: pl.LazyFrame, server: str, config: dict) -> pl.DataFrame:
                   (at(end) & ~pl.col("pid").is_in(idled.implode()), sc.CAPTURE_STOP, source)]
     rows = [fwd.filter(which).with_columns(pl.lit(action).alias("action"), pl.lit(source).alias("inferred"))
             for which, action, source in marks]
-    found = pl.concat(rows)
-    if found.is_empty():
-        return pl.DataFrame(schema=SCHEMA)
-    return found.group_by("server", "pid", "span_id", "name", maintain_order=True).agg(
-        pl.col("action").str.join(" and "), pl.col("inferred").unique(maintain_order=True).str.join(", "),
-    ).with_columns(pl.lit(None, pl.Int64).alias("control_ns")).select(list(SCHEMA))
+    return pl.concat(rows).select(list(_MARKS))

@@ -6,7 +6,8 @@ import dataclasses
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
+from sglang_tracing.analyzer.analyses.profiler_control import describe_requests
+from sglang_tracing.analyzer.analyses.requests import for_statistics, profiler_touched, request_table
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Plot, Report, Section, ms
 
@@ -136,10 +137,10 @@ class Radix:
 
 
 def compute(model: TraceModel) -> Radix:
-    requests = request_table(model.scan_spans(), model.manifest)
+    requests = request_table(model.scan_spans(), model.manifest, model.servers)
     ops = cache_ops(model.scan_spans())
-    # the user's requests only; an internal one (SGLang's warm-up, a health check) may still be the inserter
-    lookups = with_speedup(classify_lookups(user_requests(requests))).join(inserted_by(requests), on="rid", how="left")
+    # the user's requests our profiler control did not slow; an internal one (SGLang's warm-up) may be the inserter
+    lookups = with_speedup(classify_lookups(for_statistics(requests))).join(inserted_by(requests), on="rid", how="left")
     has_digests = "prefix_digests" in requests.columns and requests["prefix_digests"].drop_nulls().len() > 0
     return Radix(_setup(ops, model.manifest.get("server_args") or {}), requests, lookups, has_digests, ops,
                  evictions(ops, lookups), dict(lookups.group_by("lookup").len().iter_rows()), _savings(lookups))
@@ -199,6 +200,10 @@ def _sequence(seq: Section, radix: Radix) -> None:
             "SGLang's warm-up, health checks, readiness probes: not in the sequence or the summary")
     if internal.height:
         seq.child("internal requests").table = internal.select("rid", "internal", "prompt_tokens", "cached_tokens")
+    if (touched := profiler_touched(radix.requests)).height:
+        seq.add("left out: our profiler control", str(touched.height), describe_requests(touched))
+        seq.child("left out: our profiler control").table = touched.select("rid", "profiler_control", "prompt_tokens",
+                                                                           "cached_tokens")
 
 
 def _evictions(ev: Section, table: pl.DataFrame) -> None:

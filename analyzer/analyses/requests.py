@@ -4,6 +4,7 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses import profiler_control
 
 REQUEST_PHASES = (sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
                   sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE, sc.REQUEST_HTTP)
@@ -40,7 +41,8 @@ def _internal_by_rid() -> pl.Expr:
     return expr
 
 
-def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = None) -> pl.DataFrame:
+def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = None,
+                  servers: list[dict] | None = None) -> pl.DataFrame:
     """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
 
     Columns (ns unless named): rid, server (when the spans have it), internal (why it is not a user's request: warm-up, health check,
@@ -51,15 +53,19 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     before the HTTP stamp or not recorded), ttft_ns (user-visible: received -> first byte sent for a streamed request; null
     when not streamed), ttft_source (what ttft_ns ends at), ttft_compute_ns (received -> first token
     computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens),
-    mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded).
+    mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded), profiler_control (our
+    profiler-control actions that ran while the request was in flight; null: none) and
+    profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
 
     ``manifest`` lets traces recorded before the internal marker existed have SGLang's warm-up
-    request recognized by its shape (see ``infer_legacy_warmup``).
+    request recognized by its shape (see ``infer_legacy_warmup``); ``servers`` (TraceModel.servers) lets
+    profiler-control actions be inferred from each trace dir's manifest where none was recorded.
     """
     spans = spans.lazy()
     schema = spans.collect_schema()
     if sc.RID not in schema:
-        return pl.DataFrame(schema={"rid": pl.String, "internal": pl.String, "complete": pl.Boolean})
+        return pl.DataFrame(schema={"rid": pl.String, "internal": pl.String, "complete": pl.Boolean,
+                                    **profiler_control.REQUEST_SCHEMA})
     req_spans = (spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
                  .sort("start_ns", maintain_order=True))  # "first" below means earliest, as in the spans frame
     server = ["server"] if "server" in schema else []  # which trace dir (model.load_trace_dirs)
@@ -126,7 +132,8 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         # one warm-up per server when several trace dirs are merged
         table = pl.concat([infer_legacy_warmup(part, manifest) for part in table.partition_by(server)]
                           if server and table.height else [infer_legacy_warmup(table, manifest)])
-    return table.sort("received_ns", nulls_last=True)
+    touched = profiler_control.requests_during(table, profiler_control.action_windows(spans, servers or []))
+    return table.join(touched, on="rid", how="left").sort("received_ns", nulls_last=True)
 
 
 def infer_legacy_warmup(requests: pl.DataFrame, manifest: dict) -> pl.DataFrame:
@@ -154,6 +161,22 @@ def user_requests(requests: pl.DataFrame) -> pl.DataFrame:
     return requests.filter(pl.col("internal").is_null()) if "internal" in requests.columns else requests
 
 
+def for_statistics(requests: pl.DataFrame) -> pl.DataFrame:
+    """The requests every request statistic (percentiles, means, slowest) is over: the user's, without the
+    ones our profiler control ran during (its time is in their latencies; ``profiler_touched`` lists them)."""
+    users = user_requests(requests)
+    return users.filter(pl.col("profiler_control").is_null()) if "profiler_control" in users.columns else users
+
+
+def profiler_touched(requests: pl.DataFrame) -> pl.DataFrame:
+    """The user's requests our profiler control ran during (profiler_control.describe_requests says why they
+    are out of the statistics)."""
+    users = user_requests(requests)
+    if "profiler_control" not in users.columns:
+        return users.clear()
+    return users.filter(pl.col("profiler_control").is_not_null())
+
+
 def token_latencies(requests: pl.DataFrame) -> pl.DataFrame:
     """One row per output token: rid, token_index, t_ns, itl_ns (gap to the previous token), kv_len
     (prompt tokens + tokens generated so far, the KV length the token attended to)."""
@@ -175,18 +198,22 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     decode_gpu_ns, gpu_ns). Columns: rid, internal (bool), internal_kind, streamed (null: not
     recorded), prompt_tokens, cached_tokens, output_tokens, finish_reason, received_ns, received_by, queue_ms,
     ttft_ms (user-visible; null when not streamed), ttft_source, first_token_computed_ms, itl_ms
-    (list: every inter-token gap), mean_itl_ms, e2e_ms, prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete.
+    (list: every inter-token gap), mean_itl_ms, e2e_ms, prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete,
+    profiler_control (our profiler control that ran while it was in flight: its latencies include that time),
+    profiler_control_inferred.
     """
     to_ms = lambda c: (pl.col(c) / 1e6).round(6).alias(c.removesuffix("_ns") + "_ms")  # noqa: E731 (ns exact)
     table = requests.join(gpu, on="rid", how="left") if gpu.height else requests.with_columns(
         *[pl.lit(None, pl.Float64).alias(c) for c in ("prefill_gpu_ns", "decode_gpu_ns", "gpu_ns")])
-    if "finish_reason" not in table.columns:
-        table = table.with_columns(pl.lit(None, pl.String).alias("finish_reason"))
+    for col in ("finish_reason", *profiler_control.REQUEST_SCHEMA):
+        if col not in table.columns:
+            table = table.with_columns(pl.lit(None, pl.String).alias(col))
     return table.select(
         "rid", pl.col("internal").is_not_null().alias("internal"), pl.col("internal").alias("internal_kind"),
         pl.col("stream").alias("streamed"), "prompt_tokens", "cached_tokens", "output_tokens", "finish_reason",
         "received_ns", "received_by", to_ms("queued_ns").alias("queue_ms"), to_ms("ttft_ns"), "ttft_source",
         to_ms("ttft_compute_ns").alias("first_token_computed_ms"),
         pl.col("itl_ns").list.eval((pl.element() / 1e6).round(6)).alias("itl_ms"), to_ms("mean_itl_ns"), to_ms("e2e_ns"),
-        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete",
+        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete", "profiler_control",
+        "profiler_control_inferred",
     ).sort("received_ns", nulls_last=True)

@@ -6,6 +6,7 @@ import polars as pl
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import profiler_control
+from sglang_tracing.analyzer.analyses.requests import for_statistics, profiler_touched
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, Section
 
@@ -24,16 +25,25 @@ def sources_section(model: TraceModel) -> Section:
 
 
 def request_breakdown(requests: pl.DataFrame) -> pl.DataFrame:
-    """Per server: requests seen and complete, tokens, and TTFT / ITL / end-to-end percentiles (ms)."""
+    """Per server: the user's requests (``requests``: requests.user_requests) seen and complete, tokens, and
+    TTFT / ITL / end-to-end percentiles (ms) over the ones statistics are over (requests.for_statistics; a
+    ``left_out`` column counts the others where there were any)."""
     q = lambda c, p: (pl.col(c).quantile(p, "nearest") / 1e6).round(3)  # noqa: E731
-    return (requests.group_by("server").agg(
+    counts = requests.group_by("server").agg(
         pl.len().alias("requests"), pl.col("complete").sum().alias("complete"),
         pl.col("prompt_tokens").sum().alias("prompt_tokens"), pl.col("cached_tokens").sum().alias("cached_tokens"),
-        pl.col("output_tokens").sum().alias("output_tokens"),
+        pl.col("output_tokens").sum().alias("output_tokens"))
+    stats = for_statistics(requests)
+    quantiles = stats.group_by("server").agg(
         q("ttft_ns", 0.5).alias("ttft_p50_ms"), q("ttft_ns", 0.9).alias("ttft_p90_ms"),
         q("mean_itl_ns", 0.5).alias("itl_p50_ms"), q("e2e_ns", 0.5).alias("e2e_p50_ms"),
         q("e2e_ns", 0.9).alias("e2e_p90_ms"))
-        .sort("server"))
+    out = counts.join(quantiles, on="server", how="left").sort("server")
+    touched = profiler_touched(requests)
+    if touched.height:
+        out = out.join(touched.group_by("server").len("left_out"), on="server", how="left").with_columns(
+            pl.col("left_out").fill_null(0).cast(pl.UInt32))
+    return out
 
 
 def lookup_breakdown(lookups: pl.DataFrame, requests: pl.DataFrame) -> pl.DataFrame:
@@ -81,16 +91,19 @@ def add_breakdowns(reports: list[Report], model: TraceModel) -> None:
         if report.name in ("story", "radix", "timeline"):
             report.sections.insert(0, sources_section(model))
         if report.name in ("story", "radix") and requests is None:
-            requests = user_requests(request_table(model.scan_spans(), model.manifest))  # as every statistic
+            requests = user_requests(request_table(model.scan_spans(), model.manifest, model.servers))
         if report.name == "story":
             sec = report.section("Per server")
             sec.table = request_breakdown(requests)
+            for (server,), g in profiler_touched(requests).group_by("server", maintain_order=True):
+                sec.add(f"server {server}", profiler_control.describe_requests(g),
+                        "requests our profiler control ran during: not in the percentiles")
             clash = shared_rids(requests)
             sec.add("request ids on several servers", str(clash),
                     "0 expected (SGLang's rids are random); a shared rid's request is counted once" if clash else
                     "each request belongs to one server")
         elif report.name == "radix":
-            report.section("Per server").table = lookup_breakdown(classify_lookups(requests), requests)
+            report.section("Per server").table = lookup_breakdown(classify_lookups(for_statistics(requests)), requests)
         elif report.name == "timeline":
             left_out = profiler_control.spans_with_control(model.scan_spans(), model.servers)
             sec = report.section("Per server")

@@ -13,8 +13,9 @@ from sglang_tracing.analyzer.analyses.attribution import (forward_members, forwa
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
 from sglang_tracing.analyzer.analyses.kernels import (by_layer, by_op, describe_layers, forward_gpu_time,
                                                       project_nvtx, request_gpu_time)
-from sglang_tracing.analyzer.analyses.requests import (TTFT_NOT_STREAMED, request_table, token_latencies,
-                                                       user_requests)
+from sglang_tracing.analyzer.analyses.profiler_control import describe_requests
+from sglang_tracing.analyzer.analyses.requests import (TTFT_NOT_STREAMED, for_statistics, profiler_touched,
+                                                       request_table, token_latencies, user_requests)
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Plot, Report, Section, ms
 from sglang_tracing.runtime.manifest import weights_of
@@ -28,13 +29,13 @@ def dtype_bytes(model_config: dict | None) -> int:
 
 
 def select_request(requests: pl.DataFrame, which: str) -> dict | None:
-    """``first``, ``slowest`` or ``p50`` of the user's complete requests, or the request whose rid
-    starts with ``which`` (internal ones included: asked for by name)."""
+    """``first``, ``slowest`` or ``p50`` of the user's complete requests that no profiler control of ours ran
+    during (requests.for_statistics), or the request whose rid starts with ``which`` (any: asked for by name)."""
     done = requests.filter(pl.col("complete"))
     if which not in ("first", "slowest", "p50"):
         match = done.filter(pl.col("rid").str.starts_with(which))
         return match.row(0, named=True) if match.height else None
-    done = user_requests(done)
+    done = for_statistics(done)
     if done.is_empty():
         return None
     if which == "first":
@@ -164,12 +165,18 @@ class Story:
     def internal(self) -> pl.DataFrame:
         return self.requests.filter(pl.col("internal").is_not_null())
 
+    @property
+    def touched(self) -> pl.DataFrame:
+        """The user's requests our profiler control ran during: out of every statistic, listed apart."""
+        return profiler_touched(self.requests)
+
 
 def compute(model: TraceModel, which: str = "slowest", model_config_override: str | None = None) -> Story:
     """The request ``which`` selects (select_request) and what its phases ran, where, and on what."""
     spans = model.scan_spans()
     per_fwd = forward_gpu_time(spans, model.kernels)
-    requests = request_table(spans, model.manifest).join(request_gpu_time(spans, per_fwd), on="rid", how="left")
+    requests = request_table(spans, model.manifest, model.servers).join(request_gpu_time(spans, per_fwd), on="rid",
+                                                                        how="left")
     story = Story(which, requests, select_request(requests, which), len(model.servers), weights_of(model.manifest))
     req = story.request
     if req is None:
@@ -288,6 +295,11 @@ def _head(head: Section, story: Story) -> None:
         head.add("server", req["server"], "trace dir it was recorded in")
     if req.get("internal"):
         head.add("internal request", req["internal"], "not a user's request: left out of every statistic")
+    if req.get("profiler_control"):
+        inferred = req.get("profiler_control_inferred")
+        head.add("our profiler control in flight", req["profiler_control"],
+                 "ran while this request was in flight, so its latencies include it: left out of every statistic"
+                 + (f" (inferred from {inferred})" if inferred else ""))
     head.add("prompt tokens", str(req["prompt_tokens"]), "tokenizer manager")
     head.add("cached tokens", str(req["cached_tokens"]), "SGLang meta_info")
     head.add("output tokens", str(req["output_tokens"]), "SGLang meta_info")
@@ -364,17 +376,22 @@ def _summary(summary: Section, story: Story) -> None:
     if req["decode_ns"] and req["output_tokens"] and req["output_tokens"] > 1:
         summary.add("decode tokens/s", f"{(req['output_tokens'] - 1) / (req['decode_ns'] / 1e9):.1f}", "")
     _decode_floor(summary, story)
-    users, internal = story.users, story.internal
+    users, internal, touched = story.users, story.internal, story.touched
     all_done = users.filter(pl.col("complete"))
     summary.add("user requests in trace (complete / seen)", f"{all_done.height} / {users.height}",
                 "internal requests (SGLang's warm-up, health checks, readiness probes) listed apart")
     summary.add("internal requests", str(internal.height), ", ".join(
         f"{n} {kind}" for kind, n in internal.group_by("internal").len().sort("internal").iter_rows()) or "none")
+    summary.add("left out of statistics: our profiler control", str(touched.height),
+                describe_requests(touched) or "no user request was in flight while our profiler control ran")
     cut = users.filter(~pl.col("complete"))
     if cut.height:
         summary.child("requests cut off (no complete record)").table = cut.select(
             "rid", *[c for c in ("received_ns", "prefill_ns", "decode_ns") if c in cut.columns])
-    summary.child("all user requests").table = _request_rows(all_done, story.servers > 1)
+    summary.child("user requests in the statistics").table = _request_rows(for_statistics(all_done), story.servers > 1)
+    if touched.height:
+        summary.child("user requests our profiler control ran during (not in any statistic)").table = (
+            _request_rows(touched, story.servers > 1).insert_column(1, touched["profiler_control"]))
     if internal.height:
         summary.child("internal requests (not in any statistic)").table = _request_rows(internal).insert_column(
             1, internal["internal"])
