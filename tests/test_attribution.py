@@ -271,3 +271,26 @@ def test_requests_cli_writes_every_itl(tmp_path):
         assert parquet[rid]["itl_ms"] == pytest.approx(gaps, abs=1e-6)
         assert float(row["e2e_ms"]) == pytest.approx((roots[rid]["end"] - roots[rid]["start"]) / 1e6, abs=1e-6)
         assert int(row["output_tokens"]) == roots[rid]["attrs"][sc.OUTPUT_TOKENS] == len(gaps) + 1
+
+
+def test_gpu_share_longer_than_the_phase_says_why():
+    """h200-nsys-layer, request 17e50a: its 16 decode forwards (json over the raw spans) hold more GPU time
+    than its decode phase's wall time; the story says so without blaming a profiler that was not there."""
+    from sglang_tracing.analyzer.analyses import story
+
+    trace = EXAMPLES / "h200-nsys-layer" / "nsys-triton" / "trace"
+    spans = raw_spans.spans(trace)
+    rid = next(s["attrs"][sc.RID] for s in raw_spans.named(spans, sc.REQUEST) if s["attrs"][sc.RID].startswith("17e50a"))
+    decode = next(s for s in raw_spans.named(spans, sc.REQUEST_DECODE) if s["attrs"][sc.RID] == rid)
+    times = decode["attrs"][sc.TOKEN_TIMES]
+    forwards = [s for s in raw_spans.named(spans, sc.FORWARD) if rid in s["attrs"].get(sc.BATCH_RIDS, [])
+                and s["attrs"][sc.FORWARD_MODE] == "decode"]
+    assert len(forwards) == len(times) == 16
+    gpu = sum(int(f["attrs"][sc.GPU_DURATION_NS]) / len(f["attrs"][sc.BATCH_RIDS]) for f in forwards)
+    assert gpu > 1.1 * (times[-1] - times[0])
+    assert min(int(f["attrs"][sc.GPU_START_NS]) for f in forwards) < times[0]  # launched before the first token
+    computed = story.compute(load_trace_dir(trace), rid[:12])
+    assert computed.request["decode_gpu_ns"] == pytest.approx(gpu, rel=1e-9)
+    share = next(f for s in story.describe(computed).sections if s.title == "Decode" for f in s.figures
+                 if f.label == "GPU time (this request's share)")
+    assert "overlap scheduling" in share.source and "was attached" not in share.source
