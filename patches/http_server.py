@@ -6,8 +6,9 @@ moment a streaming client can see its first token (one ``sglang.request.http`` s
 Arrival, best first (the span says which, ``semconv.RECEIVED_BY``): for a request on a new
 connection, when the kernel received its first bytes (read back at accept: the event loop may accept
 and read long after, busy with other requests); else when uvicorn's protocol got its first bytes
-from the event loop (before parsing, routing and the middleware stack); under another server
-(granian), the ASGI entry."""
+from the event loop (before parsing, routing and the middleware stack), moved back by the kernel's
+age of that data, less a tick, when it waited that long (so it never precedes the arrival); under
+another server (granian), the ASGI entry."""
 from __future__ import annotations
 
 import functools
@@ -28,6 +29,8 @@ REQUESTS_KEY = "sglang_tracing.requests"  # ([rids], stream), noted by the token
 _HTTP = "sglang.srt.entrypoints.http_server"
 _UVICORN_PROTOCOLS = ("uvicorn.protocols.http.h11_impl.H11Protocol",
                       "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol")
+KERNEL_TICK_MAX_MS = 4  # TCP_INFO's ages count kernel ticks: 4 ms at HZ=250, 1 ms at HZ=1000
+KERNEL_AGE_MIN_MS = KERNEL_TICK_MAX_MS + 1  # a wait the ticks can tell from none
 _FIRST_READ = "_sglang_tracing_first_read"  # on a protocol: (ns, RECEIVED_BY) of a request not yet parsed
 
 
@@ -40,11 +43,21 @@ def _after_connection_made(rec, token, start: int, end: int, result, protocol, t
 
 
 def _before_read(rec, protocol, *args) -> object:
-    """The request cycle before this read; the read's time if it brings a new request's first bytes."""
+    """The request cycle before this read; when it brings a new request's first bytes, their arrival."""
     cycle = protocol.cycle
     if protocol.__dict__.get(_FIRST_READ) is None and (cycle is None or not cycle.more_body):
-        protocol.__dict__[_FIRST_READ] = (time_ns(), sc.RECEIVED_BY_READ)  # no earlier body still arriving
+        protocol.__dict__[_FIRST_READ] = _arrival_at_read(protocol, time_ns())  # no earlier body still arriving
     return cycle
+
+
+def _arrival_at_read(protocol, now: int) -> tuple[int, str]:
+    """The read's time, or earlier when the kernel says the bytes waited (a busy loop read them late):
+    by the wait less one tick, so never before they arrived."""
+    sock = protocol.transport.get_extra_info("socket") if protocol.transport is not None else None
+    age = socket_arrival.last_data_age_ms(sock.fileno()) if sock is not None else None
+    if age is not None and age >= KERNEL_AGE_MIN_MS:
+        return now - (age - KERNEL_TICK_MAX_MS) * 1_000_000, sc.RECEIVED_BY_KERNEL_MS
+    return now, sc.RECEIVED_BY_READ
 
 
 def _after_read(rec, cycle, start: int, end: int, result, protocol, *args) -> None:

@@ -65,6 +65,7 @@ STREAM = "sglang.request.stream"  # root, http: the client asked for a streamed 
 FIRST_BYTE_NS = "sglang.request.first_byte_ns"  # http: first response body bytes written to the socket
 RECEIVED_BY = "sglang.request.received_by"  # http: where the arrival was stamped, one of:
 RECEIVED_BY_KERNEL = "kernel"  # the kernel received its first bytes (new connection, Linux receive timestamps)
+RECEIVED_BY_KERNEL_MS = "kernel, ms"  # kept-alive connection read late: TCP_INFO's data age, kernel-tick resolution
 RECEIVED_BY_READ = "http read"  # the HTTP server's protocol got the request's first bytes (uvicorn)
 RECEIVED_BY_ASGI = "asgi entry"  # the ASGI app was called (other servers)
 INTERNAL = "sglang.request.internal"  # root: why it is not a user's request (absent for user requests)

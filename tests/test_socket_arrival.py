@@ -44,3 +44,17 @@ def test_nothing_queued_gives_none():
     with holder, client, accepted:
         assert socket_arrival.first_queued_ns(accepted.fileno()) is None
         assert socket_arrival.first_queued_ns(-1) is None  # a closed or bad descriptor: no stamp, no raise
+
+
+def test_age_of_data_already_read():
+    """A kept-alive connection's request read late: TCP_INFO still says how long ago its bytes came."""
+    client, accepted = _pair()
+    with client, accepted:
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        sent = time.time_ns()
+        time.sleep(0.2)
+        assert accepted.recv(100)  # the server's late read consumes the bytes
+        age = socket_arrival.last_data_age_ms(accepted.fileno())
+        waited_ms = (time.time_ns() - sent) / 1e6
+        assert age is not None and waited_ms - 12 <= age <= waited_ms + 12  # kernel ticks: 1-10 ms apart
+        assert socket_arrival.last_data_age_ms(-1) is None

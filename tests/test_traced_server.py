@@ -390,6 +390,7 @@ def test_stop_right_after_the_last_response_keeps_every_request(tiny_model, tmp_
     scheduler has not yet handed to its exporter is gone. Every request's record must already be out."""
     server, trace_dir = start_server(tiny_model, tmp_path)
     try:
+        kept_alive = _two_on_one_connection(server.port)
         outs = server.generate_all([prompt_of_length(64, seed=i) for i in range(8)], 16, concurrency=8,
                                    stream=True)
     finally:
@@ -397,7 +398,33 @@ def test_stop_right_after_the_last_response_keeps_every_request(tiny_model, tmp_
     model = load_trace_dir(trace_dir)
     table = request_table(model.spans, model.manifest)
     rows = {r["rid"]: r for r in table.iter_rows(named=True)}
+    # a kept-alive connection's second request: stamped at the server's read (or, read late, by the
+    # kernel's age of its bytes), never before the client sent it
+    second = rows[kept_alive[1]["rid"]]
+    assert second["received_by"] in (sc.RECEIVED_BY_READ, sc.RECEIVED_BY_KERNEL_MS)
+    assert kept_alive[1]["sent_ns"] <= second["received_ns"] <= kept_alive[1]["done_ns"]
     for out in outs:
         row = rows[_rid(out)]
         assert row["complete"], {k: row[k] for k in ("rid", "prefill_ns", "decode_ns", "e2e_ns")}
         assert len(row["token_times_ns"]) == out["meta_info"]["completion_tokens"] == 16
+    for out in kept_alive:
+        assert rows[out["rid"]]["complete"] and len(rows[out["rid"]]["token_times_ns"]) == 4
+
+
+def _two_on_one_connection(port: int) -> list[dict]:
+    """Two non-streamed requests over one kept-alive HTTP/1.1 connection (http.client)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    done = []
+    for i in range(2):
+        body = json.dumps({"text": prompt_of_length(32, seed=900 + i), "rid": f"kept-alive-{uuid.uuid4().hex}",
+                           "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}})
+        sent = time.time_ns()
+        conn.request("POST", "/generate", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and not resp.will_close
+        out = json.loads(resp.read())
+        done.append({"rid": out["meta_info"]["id"], "sent_ns": sent, "done_ns": time.time_ns()})
+    conn.close()
+    return done

@@ -1,9 +1,12 @@
-"""When the kernel received the first bytes still queued on a TCP socket (Linux receive timestamps).
+"""When the kernel received a request's bytes on a TCP socket, read after the fact.
 
 An HTTP server's event loop may accept and read a connection long after its request arrived (it is
-busy tokenizing and streaming others), and the request's user waited all that time. The kernel
-stamps each incoming packet once any socket asked for receive timestamps; peeking one byte with
-``SO_TIMESTAMPNS`` returns the stamp of the oldest unread packet, without consuming anything.
+busy tokenizing and streaming others), and the request's user waited all that time. Two readings:
+- before the server reads a new connection: the kernel stamps each incoming packet once any socket
+  asked for receive timestamps; peeking one byte with ``SO_TIMESTAMPNS`` returns the stamp of the
+  oldest unread packet, without consuming anything (nanoseconds);
+- after it read (a kept-alive connection's next request): ``TCP_INFO``'s age of the last data
+  received, in milliseconds counted in kernel ticks (1-4 ms apart, Linux's HZ).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import sys
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python names it only on some builds
 _TIMESPEC = struct.Struct("qq")
+_LAST_DATA_RECV = struct.Struct("<I")  # struct tcp_info.tcpi_last_data_recv: 8 u8 fields, 11 u32 before it
+_LAST_DATA_RECV_OFFSET = 52
 
 
 def keep_timestamps_on() -> socket.socket | None:
@@ -44,3 +49,16 @@ def first_queued_ns(fd: int) -> int | None:
             seconds, nanos = _TIMESPEC.unpack_from(data)
             return seconds * 1_000_000_000 + nanos or None
     return None
+
+
+def last_data_age_ms(fd: int) -> int | None:
+    """Milliseconds since TCP socket ``fd`` last received data (kernel ticks: a tick's error either
+    way); None where TCP_INFO is not available."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(info) < _LAST_DATA_RECV_OFFSET + _LAST_DATA_RECV.size:
+        return None
+    return _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_OFFSET)[0]
