@@ -125,8 +125,8 @@ def one_round(server: Server, args, seed: int) -> dict:
     """Batch-1 streamed requests, then ``concurrency`` streamed requests at once."""
     single = [client_timings(server.generate(p, max_new_tokens=args.output_len, stream=True, timeout=600))
               for p in prompts(args, seed, args.batch1_samples)]
-    load = concurrent(server, prompts(args, seed + 5000, args.concurrency), args.output_len, args.concurrency,
-                      stream=True)
+    load = concurrent(server, prompts(args, seed + 5000, args.requests or args.concurrency), args.output_len,
+                      args.concurrency, stream=True, keep_alive=args.keep_alive)
     reqs = load["requests"]
     return {"tok_per_s": load["output_tok_per_s"],
             "ttft_ms": statistics.median(r["ttft_ns"] for r in reqs) / 1e6,
@@ -172,11 +172,15 @@ def ttft_agreement(trace_dir: str, rounds: list[dict]) -> dict:
         if not pairs:
             continue
         out[kind] = {"requests": len(pairs), **spread([o["ttft_ns"] / q["ttft_ns"] for o, q in pairs])}
+        kept = [o["ttft_ns"] / q["ttft_ns"] for o, q in pairs if q.get("kept_alive")]
+        if kept:
+            out[kind]["kept_alive"] = {"requests": len(kept), **spread(kept)}
         if all(q.get("sent_ns") and o.get("first_byte_ns") for o, q in pairs):
             out[kind]["sent_to_received_us"] = spread([(o["received_ns"] - q["sent_ns"]) / 1e3 for o, q in pairs])
             out[kind]["first_byte_to_chunk_us"] = spread([(q["first_chunk_ns"] - o["first_byte_ns"]) / 1e3
                                                           for o, q in pairs])
-            out[kind]["received_by"] = sorted({o.get("received_by") or "not recorded" for o, _ in pairs})
+            by = [o.get("received_by") or "not recorded" for o, _ in pairs]
+            out[kind]["received_by"] = {b: by.count(b) for b in sorted(set(by))}
     return out
 
 
@@ -212,6 +216,12 @@ def print_table(summary: dict, pools: dict, sink: dict | None, agreement: dict |
             if a:
                 print(f"our TTFT / client TTFT ({kind}, {a['requests']} streamed requests): median {a['median']:.3f} "
                       f"(min {a['min']:.3f}, max {a['max']:.3f})")
+                if "kept_alive" in a:
+                    k = a["kept_alive"]
+                    print(f"  on kept-alive connections ({k['requests']}): median {k['median']:.3f} "
+                          f"(min {k['min']:.3f}, max {k['max']:.3f})")
+                if "received_by" in a:
+                    print("  arrival stamped by: " + ", ".join(f"{b} {n}" for b, n in a["received_by"].items()))
                 for part, what in (("sent_to_received_us", "client sent -> server received"),
                                    ("first_byte_to_chunk_us", "server first byte -> client chunk")):
                     if part in a:
@@ -226,6 +236,9 @@ def main() -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--requests", type=int, help="concurrent requests a round (default: --concurrency)")
+    ap.add_argument("--keep-alive", action="store_true",
+                    help="connections carry one request after another (pooling clients), not one each")
     ap.add_argument("--batch1-samples", type=int, default=4, help="streamed requests one at a time per round")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)

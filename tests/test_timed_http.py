@@ -18,6 +18,7 @@ def _serve(handler) -> tuple[str, list[dict]]:
     """A listening socket answering each connection with ``handler(conn, body)``; returns (url, log)."""
     server = socket.create_server(("127.0.0.1", 0))
     log: list[dict] = []
+    accepted: list = []
 
     def loop():
         while True:
@@ -28,17 +29,26 @@ def _serve(handler) -> tuple[str, list[dict]]:
             threading.Thread(target=one, args=(conn,), daemon=True).start()
 
     def one(conn):
+        accepted.append(conn)
         data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
-        while len(body) < length:
-            body += conn.recv(65536)
-        log.append({"received_ns": time.time_ns(), "body": json.loads(body)})
-        handler(conn, log[-1])
-        conn.close()
+        while True:
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(65536)
+                if not more:
+                    conn.close()
+                    return
+                data += more
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(rest) < length:
+                rest += conn.recv(65536)
+            body, data = rest[:length], rest[length:]
+            log.append({"received_ns": time.time_ns(), "body": json.loads(body), "conn": len(accepted)})
+            handler(conn, log[-1])
+            if b"connection: close" in head.lower():
+                conn.close()
+                return
 
     threading.Thread(target=loop, daemon=True).start()
     return f"http://127.0.0.1:{server.getsockname()[1]}/generate", log
@@ -99,3 +109,12 @@ def test_timeout_when_nothing_comes():
     url, _ = _serve(lambda conn, req: time.sleep(1.5))  # then closes without a response
     with pytest.raises(TimeoutError):  # raised first: not the ConnectionError the close would give
         post_json(url, [{"kind": "slow"}], timeout=0.5)
+
+
+def test_keep_alive_reuses_connections():
+    url, log = _serve(_stream)
+    out = post_json(url, [{"rid": f"k{i}", "stream": True} for i in range(6)], concurrency=2, timeout=10,
+                    keep_alive=True)
+    assert len({r["conn"] for r in log}) == 2  # two connections carried all six requests
+    assert [o["client"]["reused"] for o in out].count(True) == 4
+    assert all(len(o["client"]["chunk_ns"]) == 3 for o in out)

@@ -5,7 +5,8 @@ when ``select`` returned its socket readable, before any parsing. One thread wit
 sockets (``h11`` for the protocol) instead of a thread per request: with 64 Python threads a
 request's "sent" stamp can precede its bytes by tens of milliseconds of waiting for the GIL, and a
 chunk's arrival stamp can trail its bytes, so the client itself would stretch the TTFT it reports.
-Connecting is not timed (clients keep connections open; the server cannot see a TCP handshake).
+Connecting is not timed (clients keep connections open; the server cannot see a TCP handshake). With
+``keep_alive`` a finished connection carries the next request, as pooling clients (the OpenAI SDK) do.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class _Exchange:
     sent_ns: int
     deadline: float
     stream: bool
+    reused: bool  # sent on a kept-alive connection
     status: int = 0
     body: bytearray = dataclasses.field(default_factory=bytearray)
     line_start: int = 0  # where the next unread streamed line begins in ``body``
@@ -39,9 +41,10 @@ class _Exchange:
     last: dict | None = None
 
 
-def _request_bytes(conn: h11.Connection, host: str, path: str, payload: bytes) -> bytes:
-    headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
-               ("Connection", "close")]
+def _request_bytes(conn: h11.Connection, host: str, path: str, payload: bytes, keep_alive: bool) -> bytes:
+    headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+    if not keep_alive:
+        headers.append(("Connection", "close"))
     return (conn.send(h11.Request(method="POST", target=path, headers=headers)) + conn.send(h11.Data(data=payload))
             + conn.send(h11.EndOfMessage()))
 
@@ -86,24 +89,28 @@ def _finish(ex: _Exchange, done_ns: int) -> dict:
         ex.last, ex.chunk_ns = json.loads(bytes(ex.body)), [done_ns]
     if ex.last is None:
         raise HTTPStatusError("streamed response carried no data line")
-    return {**ex.last, "client": {"sent_ns": ex.sent_ns, "chunk_ns": ex.chunk_ns, "done_ns": done_ns}}
+    return {**ex.last, "client": {"sent_ns": ex.sent_ns, "chunk_ns": ex.chunk_ns, "done_ns": done_ns,
+                                  "reused": ex.reused}}
 
 
-def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120) -> list[dict]:
+def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120,
+              keep_alive: bool = False) -> list[dict]:
     """POST each body to ``url`` with at most ``concurrency`` in flight; each response's JSON (the last
     streamed one when ``body["stream"]``) plus ``client``: sent_ns, chunk_ns (one per streamed chunk;
-    for a whole response, when it ended), done_ns. Raises HTTPStatusError, TimeoutError or OSError."""
+    for a whole response, when it ended), done_ns, reused (sent on a kept-alive connection). Raises
+    HTTPStatusError, TimeoutError or OSError."""
     parts = urlsplit(url)
     address, host_header = (parts.hostname, parts.port or 80), parts.netloc
     todo = deque(enumerate(bodies))
     results: list[dict | None] = [None] * len(bodies)
     active: dict[int, _Exchange] = {}
+    idle: list[tuple[socket.socket, h11.Connection]] = []  # kept-alive connections between requests
     with selectors.DefaultSelector() as sel:
         try:
             while todo or active:
                 while todo and len(active) < concurrency:
                     i, body = todo.popleft()
-                    ex = _start(i, body, address, host_header, parts.path or "/", timeout)
+                    ex = _start(i, body, address, host_header, parts.path or "/", timeout, keep_alive, idle)
                     active[i] = ex
                     sel.register(ex.sock, selectors.EVENT_READ, ex)
                 wait = min(ex.deadline for ex in active.values()) - time.monotonic()
@@ -113,23 +120,40 @@ def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float
                     ex = key.data
                     if _on_readable(ex, now):
                         sel.unregister(ex.sock)
-                        ex.sock.close()
                         del active[ex.index]
                         results[ex.index] = _finish(ex, time.time_ns())
+                        if keep_alive and ex.conn.our_state is ex.conn.their_state is h11.DONE:
+                            ex.conn.start_next_cycle()
+                            idle.append((ex.sock, ex.conn))
+                        else:
+                            ex.sock.close()
                 if any(ex.deadline <= time.monotonic() for ex in active.values()):
                     raise TimeoutError(f"no complete response from {url} within {timeout:.0f} s")
         finally:
-            for ex in active.values():
-                ex.sock.close()
+            for sock in [ex.sock for ex in active.values()] + [sock for sock, _ in idle]:
+                sock.close()
     return results  # type: ignore[return-value]
 
 
-def _start(i: int, body: dict, address: tuple[str, int], host: str, path: str, timeout: float) -> _Exchange:
+def _start(i: int, body: dict, address: tuple[str, int], host: str, path: str, timeout: float,
+           keep_alive: bool, idle: list) -> _Exchange:
+    payload = json.dumps(body).encode()
+    while idle:  # a kept-alive connection the server may have closed meanwhile: then the next, or a new one
+        sock, conn = idle.pop()
+        try:
+            sock.setblocking(True)
+            return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, True), timeout, True)
+        except OSError:
+            sock.close()
     sock = socket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = h11.Connection(h11.CLIENT)
-    data = _request_bytes(conn, host, path, json.dumps(body).encode())
+    return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, keep_alive), timeout, False)
+
+
+def _send(i: int, body: dict, sock: socket.socket, conn: h11.Connection, data: bytes, timeout: float,
+          reused: bool) -> _Exchange:
     sent = time.time_ns()
     sock.sendall(data)
     sock.setblocking(False)
-    return _Exchange(i, sock, conn, sent, time.monotonic() + timeout, bool(body.get("stream")))
+    return _Exchange(i, sock, conn, sent, time.monotonic() + timeout, bool(body.get("stream")), reused)

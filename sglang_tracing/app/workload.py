@@ -11,6 +11,7 @@ def client_timings(resp: dict) -> dict:
     itls = [b - a for a, b in zip(chunks, chunks[1:])]
     return {"rid": resp["meta_info"]["id"], "ttft_ns": chunks[0] - c["sent_ns"] if chunks else None,
             "sent_ns": c["sent_ns"], "first_chunk_ns": chunks[0] if chunks else None,
+            "kept_alive": c.get("reused", False),
             "mean_itl_ns": sum(itls) / len(itls) if itls else None, "e2e_ns": c["done_ns"] - c["sent_ns"],
             "completion_tokens": resp["meta_info"]["completion_tokens"],
             "cached_tokens": resp["meta_info"]["cached_tokens"],
@@ -18,10 +19,10 @@ def client_timings(resp: dict) -> dict:
 
 
 def concurrent(client, prompts: list[str], output_len: int, concurrency: int, stream: bool = True,
-               timeout: float = 600) -> dict:
+               timeout: float = 600, keep_alive: bool = False) -> dict:
     """Send ``prompts`` with at most ``concurrency`` in flight; client timings and output throughput."""
     t0 = time.time_ns()
-    outs = client.generate_all(prompts, output_len, concurrency, stream, timeout)
+    outs = client.generate_all(prompts, output_len, concurrency, stream, timeout, keep_alive)
     wall = time.time_ns() - t0
     timings = [client_timings(o) for o in outs]
     tokens = sum(t["completion_tokens"] for t in timings)
