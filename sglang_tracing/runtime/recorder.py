@@ -4,7 +4,10 @@ Encoding OTLP-JSON costs ~45 us a span in pure Python. Doing that in the SGLang 
 would steal GIL time from the scheduler, so this process only marshals batches of raw
 records down a pipe every ``flush_ms``; ``sglang_tracing.runtime.exporter`` turns them
 into OpenTelemetry spans and writes them. When this process dies, even by SIGKILL, the
-exporter sees end-of-file and writes out everything it already received.
+exporter sees end-of-file and writes out everything it already received. What this process still
+holds goes out when it exits normally (atexit), when a request finishes (the writer is woken at
+once), and, in a process that leaves SIGTERM at its default (SGLang's scheduler and detokenizer,
+which a stop of the process group terminates), before it dies of SIGTERM.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import atexit
 import collections
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +41,7 @@ class Recorder:
         self.dropped = 0
         self._reported_health = (0, 0)
         self._queue: collections.deque = collections.deque()
+        self._send_lock = threading.RLock()  # the writer thread and a SIGTERM flush share the pipe
         self._wake = threading.Event()
         self._closed = False
         os.makedirs(config.trace_dir, exist_ok=True)
@@ -51,6 +56,7 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="sglang-trace-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+        self._flush_before_sigterm()
 
     @property
     def process_label(self) -> str:
@@ -92,6 +98,21 @@ class Recorder:
         request then keeps that request's spans, since SGLang SIGKILLs its workers at shutdown."""
         self._wake.set()
 
+    def _flush_before_sigterm(self) -> None:
+        """Where SIGTERM would kill this process outright, flush first, then die of it all the same.
+        A handler SGLang (or anyone) installed is left alone: its exit runs ``close``."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        try:
+            self.flush()
+        finally:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
     def start_sampler(self, settings: dict) -> None:
         """Ask the exporter process to sample NVML/GPM for a GPU (off this process's GIL)."""
         self._send(MSG_SAMPLER, settings)
@@ -124,8 +145,9 @@ class Recorder:
 
     def _send(self, kind: int, payload) -> None:
         try:
-            self._pipe.write(encode_message(kind, payload))
-            self._pipe.flush()
+            with self._send_lock:
+                self._pipe.write(encode_message(kind, payload))
+                self._pipe.flush()
         except (OSError, ValueError) as exc:
             if not self._closed:
                 self._closed = True
