@@ -116,5 +116,5 @@ def test_keep_alive_reuses_connections():
     out = post_json(url, [{"rid": f"k{i}", "stream": True} for i in range(6)], concurrency=2, timeout=10,
                     keep_alive=True)
     assert len({r["conn"] for r in log}) == 2  # two connections carried all six requests
-    assert [o["client"]["reused"] for o in out].count(True) == 4
+    assert [o["client"]["kept_alive"] for o in out].count(True) == 4
     assert all(len(o["client"]["chunk_ns"]) == 3 for o in out)

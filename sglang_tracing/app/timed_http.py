@@ -33,7 +33,7 @@ class _Exchange:
     sent_ns: int
     deadline: float
     stream: bool
-    reused: bool  # sent on a kept-alive connection
+    kept_alive: bool  # sent on a connection that carried an earlier request
     status: int = 0
     body: bytearray = dataclasses.field(default_factory=bytearray)
     line_start: int = 0  # where the next unread streamed line begins in ``body``
@@ -90,14 +90,14 @@ def _finish(ex: _Exchange, done_ns: int) -> dict:
     if ex.last is None:
         raise HTTPStatusError("streamed response carried no data line")
     return {**ex.last, "client": {"sent_ns": ex.sent_ns, "chunk_ns": ex.chunk_ns, "done_ns": done_ns,
-                                  "reused": ex.reused}}
+                                  "kept_alive": ex.kept_alive}}
 
 
 def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120,
               keep_alive: bool = False) -> list[dict]:
     """POST each body to ``url`` with at most ``concurrency`` in flight; each response's JSON (the last
     streamed one when ``body["stream"]``) plus ``client``: sent_ns, chunk_ns (one per streamed chunk;
-    for a whole response, when it ended), done_ns, reused (sent on a kept-alive connection). Raises
+    for a whole response, when it ended), done_ns, kept_alive (sent on a connection that carried an earlier request). Raises
     HTTPStatusError, TimeoutError or OSError."""
     parts = urlsplit(url)
     address, host_header = (parts.hostname, parts.port or 80), parts.netloc
@@ -152,8 +152,8 @@ def _start(i: int, body: dict, address: tuple[str, int], host: str, path: str, t
 
 
 def _send(i: int, body: dict, sock: socket.socket, conn: h11.Connection, data: bytes, timeout: float,
-          reused: bool) -> _Exchange:
+          kept_alive: bool) -> _Exchange:
     sent = time.time_ns()
     sock.sendall(data)
     sock.setblocking(False)
-    return _Exchange(i, sock, conn, sent, time.monotonic() + timeout, bool(body.get("stream")), reused)
+    return _Exchange(i, sock, conn, sent, time.monotonic() + timeout, bool(body.get("stream")), kept_alive)

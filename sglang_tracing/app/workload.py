@@ -11,7 +11,7 @@ def client_timings(resp: dict) -> dict:
     itls = [b - a for a, b in zip(chunks, chunks[1:])]
     return {"rid": resp["meta_info"]["id"], "ttft_ns": chunks[0] - c["sent_ns"] if chunks else None,
             "sent_ns": c["sent_ns"], "first_chunk_ns": chunks[0] if chunks else None,
-            "kept_alive": c.get("reused", False),
+            "kept_alive": c["kept_alive"],
             "mean_itl_ns": sum(itls) / len(itls) if itls else None, "e2e_ns": c["done_ns"] - c["sent_ns"],
             "completion_tokens": resp["meta_info"]["completion_tokens"],
             "cached_tokens": resp["meta_info"]["cached_tokens"],
