@@ -256,7 +256,10 @@ def main() -> int:
                          "(the GPU host has no analyzer)")
     args = ap.parse_args()
     if args.agreement_only:
-        return agreement_only(args.out, args.keep)
+        try:
+            return agreement_only(args.out, args.keep)
+        except (OSError, ValueError, KeyError) as exc:
+            ap.exit(2, f"overhead.py: error: cannot recompute the TTFT agreement of {args.out}: {exc!r}\n")
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     bad = [n for n in names if n not in CONFIGS]
     if bad or not names:

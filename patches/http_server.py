@@ -34,10 +34,15 @@ KERNEL_AGE_MIN_MS = KERNEL_TICK_MAX_MS + 1  # a wait the ticks can tell from non
 _FIRST_READ = "_sglang_tracing_first_read"  # on a protocol: (ns, RECEIVED_BY) of a request not yet parsed
 
 
+def _fd(transport) -> int | None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock.fileno() if sock is not None else None
+
+
 def _after_connection_made(rec, token, start: int, end: int, result, protocol, transport, *args) -> None:
     """A new connection's first bytes may have waited in the kernel before the loop accepted it."""
-    sock = transport.get_extra_info("socket")
-    received = socket_arrival.first_queued_ns(sock.fileno()) if sock is not None else None
+    fd = _fd(transport)
+    received = socket_arrival.first_queued_ns(fd) if fd is not None else None
     if received is not None:
         protocol.__dict__[_FIRST_READ] = (received, sc.RECEIVED_BY_KERNEL)
 
@@ -53,8 +58,8 @@ def _before_read(rec, protocol, *args) -> object:
 def _arrival_at_read(protocol, now: int) -> tuple[int, str]:
     """The read's time, or earlier when the kernel says the bytes waited (a busy loop read them late):
     by the wait less one tick, so never before they arrived."""
-    sock = protocol.transport.get_extra_info("socket") if protocol.transport is not None else None
-    age = socket_arrival.last_data_age_ms(sock.fileno()) if sock is not None else None
+    fd = _fd(protocol.transport)
+    age = socket_arrival.last_data_age_ms(fd) if fd is not None else None
     if age is not None and age >= KERNEL_AGE_MIN_MS:
         return now - (age - KERNEL_TICK_MAX_MS) * 1_000_000, sc.RECEIVED_BY_KERNEL_MS
     return now, sc.RECEIVED_BY_READ

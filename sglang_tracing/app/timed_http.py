@@ -25,6 +25,9 @@ class HTTPStatusError(OSError):
     """The server answered with a status other than 200."""
 
 
+NO_RESPONSE = "the server closed the connection without a response"
+
+
 @dataclasses.dataclass
 class _Exchange:
     index: int
@@ -66,8 +69,7 @@ def _on_readable(ex: _Exchange, now: int) -> bool:
         try:
             event = ex.conn.next_event()
         except h11.RemoteProtocolError as exc:  # e.g. the server closed mid-response
-            raise ConnectionError("the server closed the connection without a response" if not ex.status
-                                  else f"broken HTTP response ({exc})") from None
+            raise ConnectionError(NO_RESPONSE if not ex.status else f"broken HTTP response ({exc})") from None
         if event is h11.NEED_DATA:
             return False
         if isinstance(event, h11.Response):
@@ -82,7 +84,7 @@ def _on_readable(ex: _Exchange, now: int) -> bool:
 
 def _finish(ex: _Exchange, done_ns: int) -> dict:
     if not ex.status:
-        raise ConnectionError("the server closed the connection without a response")
+        raise ConnectionError(NO_RESPONSE)
     if ex.status != 200:
         raise HTTPStatusError(f"HTTP {ex.status}: {bytes(ex.body[:200]).decode(errors='replace')}")
     if not ex.stream:

@@ -34,11 +34,16 @@ def keep_timestamps_on() -> socket.socket | None:
         return None
 
 
+def _borrowed(fd: int) -> socket.socket:
+    """A socket object on a duplicate of ``fd``: closing it leaves the server's socket open."""
+    return socket.socket(fileno=os.dup(fd))
+
+
 def first_queued_ns(fd: int) -> int | None:
     """Wall-clock ns at which the kernel received the oldest unread byte on TCP socket ``fd``; None
     when nothing is queued, the packet carries no stamp, or the platform has no such stamps."""
     try:
-        with socket.socket(fileno=os.dup(fd)) as sock:
+        with _borrowed(fd) as sock:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(_TIMESPEC.size),
                                               socket.MSG_PEEK | socket.MSG_DONTWAIT)
@@ -55,7 +60,7 @@ def last_data_age_ms(fd: int) -> int | None:
     """Milliseconds since TCP socket ``fd`` last received data (kernel ticks: a tick's error either
     way); None where TCP_INFO is not available."""
     try:
-        with socket.socket(fileno=os.dup(fd)) as sock:
+        with _borrowed(fd) as sock:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     except (OSError, ValueError, AttributeError):
         return None
