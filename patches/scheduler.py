@@ -13,7 +13,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.runtime import nvtx_ranges, recorder
 from sglang_tracing.runtime.ids import new_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _compat, _hooks
+from sglang_tracing.patches import _compat, _hooks, speculative
 from sglang_tracing.patches.state import Launched, PrefillChunk, PrefillPiece, PrefixMatch, RequestTrace, SchedulerState
 
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
@@ -174,16 +174,17 @@ def _after_process(st: SchedulerState, rec, sid, start, end, result_none, schedu
             finished.append(req)
     if st.config.batch_spans:
         st.gpu_times.flush(rec)
+        speculative.on_result(st, rec, batch, result, fwd_sid, start, end)
         rec.emit(sc.PROCESS_RESULT, start, end, {
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=sid)
     if st.is_leader and finished:
         for req in finished:
-            _emit_request(rec, req, req._sgt)
+            _emit_request(rec, req, req._sgt, st.hicache)
         rec.flush_soon()
 
 
-def _emit_request(rec, req, trace: RequestTrace) -> None:
+def _emit_request(rec, req, trace: RequestTrace, hicache: bool = False) -> None:
     key = request_trace_key(req.rid)
     root = PARENT_IS_REQUEST_ROOT
     rid_attr = {sc.RID: req.rid}
@@ -200,7 +201,7 @@ def _emit_request(rec, req, trace: RequestTrace) -> None:
         rec.emit(sc.REQUEST_PREFILL, chunks[0].start_ns, first_token, {
             sc.RID: req.rid, sc.PROMPT_TOKENS: len(req.origin_input_ids),
             sc.CACHED_TOKENS: req.cached_tokens, sc.CHUNK_TOKENS: sum(c.tokens for c in chunks),
-            sc.FORWARD_SPAN_ID: f"{chunks[-1].forward_span_id:016x}"},
+            sc.FORWARD_SPAN_ID: f"{chunks[-1].forward_span_id:016x}", **_cache_tiers(req, hicache)},
             span_id=prefill_id, parent=root, trace_key=key)
         if len(chunks) > 1:
             for i, chunk in enumerate(chunks):
@@ -210,7 +211,15 @@ def _emit_request(rec, req, trace: RequestTrace) -> None:
     if trace.tokens:
         rec.emit(sc.REQUEST_DECODE, trace.tokens[0], trace.tokens[-1], {
             sc.RID: req.rid, sc.OUTPUT_TOKENS: len(trace.tokens), sc.TOKEN_TIMES: trace.tokens,
-            sc.FINISH_REASON: _finish_reason(req)}, parent=root, trace_key=key)
+            sc.FINISH_REASON: _finish_reason(req), **speculative.request_attrs(req)}, parent=root, trace_key=key)
+
+
+def _cache_tiers(req, hicache: bool) -> dict:
+    """SGLang's split of a request's cached tokens by tier, where the hierarchical cache served it."""
+    if not hicache or not getattr(req, "_cache_breakdown_computed", False):
+        return {}
+    return {sc.CACHED_DEVICE: req.cached_tokens_device, sc.CACHED_HOST: req.cached_tokens_host,
+            sc.CACHED_STORAGE: req.cached_tokens_storage}
 
 
 def block_digests(ids, block: int = sc.PREFIX_BLOCK) -> list[int]:

@@ -79,6 +79,13 @@ class RequestTrace:
         self.done = False
 
 
+class RemovedNode(NamedTuple):
+    """A radix node that left a tier of the hierarchical cache, until its eviction span is written."""
+    on_host: bool
+    age_ns: int  # since its last access
+    tokens: int
+
+
 @dataclasses.dataclass(slots=True)
 class SchedulerState:
     config: TraceConfig
@@ -97,6 +104,10 @@ class SchedulerState:
     layer_ranges: int = 0  # module ranges installed at --trace-level layer
     gpu_times: ForwardGpuTimes = dataclasses.field(default_factory=ForwardGpuTimes)
     windows: ForwardWindows = dataclasses.field(default_factory=ForwardWindows)
+    # the hierarchical cache (HiRadixCache) and speculative decoding, where SGLang runs them
+    hicache: bool = False
+    removed: list[RemovedNode] = dataclasses.field(default_factory=list)
+    spec_pending: list = dataclasses.field(default_factory=list)  # draft/verify spans awaiting their GPU events
 
 
 # ---- detokenizer process ----

@@ -135,6 +135,45 @@ CACHE_USED = "sglang.cache.used_tokens"
 CACHE_EVICTABLE = "sglang.cache.evictable_tokens"
 CACHE_PROTECTED = "sglang.cache.protected_tokens"
 
+# ---- hierarchical cache (--enable-hierarchical-cache: HiRadixCache's device, host and storage tiers) ----
+# CACHE_MATCH / CACHE_INSERT / CACHE_EVICT are written for HiRadixCache too (device tier), with the host
+# tier's occupancy added; the spans below are its transfers between tiers. Bytes = tokens x the host
+# pool's bytes per token (every layer, K and V).
+HICACHE_BACKUP = "sglang.hicache.backup"  # device -> host copy queued (write_backup)
+HICACHE_BACKUP_STORAGE = "sglang.hicache.backup_storage"  # host -> storage copy queued
+HICACHE_LOAD_BACK = "sglang.hicache.load_back"  # host -> device copy queued for one request (init_load_back)
+HICACHE_LOAD_ISSUE = "sglang.hicache.load_issue"  # queued load-backs handed to the load stream (start_loading)
+HICACHE_LOAD_DONE = "sglang.hicache.load_done"  # a load-back the scheduler saw complete, with its GPU time
+HICACHE_EVICT_HOST = "sglang.hicache.evict_host"  # host slots freed (nodes leave the tree)
+HICACHE_PREFETCH = "sglang.hicache.prefetch"  # storage -> host prefetch started for a request
+HICACHE_STORAGE_HIT = "sglang.hicache.storage_hit"  # tokens a request's prefetch brought from storage
+HICACHE_TOKENS = "sglang.hicache.tokens"
+HICACHE_BYTES = "sglang.hicache.bytes"
+HICACHE_REQUESTED_TOKENS = "sglang.hicache.requested_tokens"
+HICACHE_WRITE_BACK = "sglang.hicache.write_back"  # backup: made by an eviction (write-back policy)
+HICACHE_NODE_IDS = "sglang.hicache.node_ids"  # radix nodes a transfer serves (links load_back to load_done)
+HICACHE_PRODUCER = "sglang.hicache.producer_index"  # load_issue: the layer-done counter the forward waits on
+HICACHE_GPU_NS = "sglang.hicache.gpu_duration_ns"  # load_done: CUDA events around the copy, where timed
+HICACHE_HOST_MATCHED = "sglang.hicache.host_matched_tokens"  # match: prefix tokens found on host only
+HICACHE_HOST_TOTAL = "sglang.hicache.host_total_tokens"  # host tier occupancy after the operation
+HICACHE_HOST_USED = "sglang.hicache.host_used_tokens"
+HICACHE_EVICTED_AGES_NS = "sglang.hicache.evicted_ages_ns"  # per node removed: time since its last access
+HICACHE_EVICTED_NODE_TOKENS = "sglang.hicache.evicted_node_tokens"  # per node removed: its tokens
+# prefill span of a request served by HiRadixCache: SGLang's own split of its cached tokens
+CACHED_DEVICE = "sglang.request.cached_tokens_device"
+CACHED_HOST = "sglang.request.cached_tokens_host"
+CACHED_STORAGE = "sglang.request.cached_tokens_storage"
+
+# ---- speculative decoding (--speculative-algorithm) ----
+SPEC_DRAFT = "sglang.spec.draft"  # a decode step's draft phase (child of its scheduler forward)
+SPEC_VERIFY = "sglang.spec.verify"  # the target model's verify forward (child of its scheduler forward)
+SPEC_ACCEPT = "sglang.spec.accept"  # a step's acceptance, once its result is processed
+SPEC_ALGORITHM = "sglang.spec.algorithm"  # the worker class (NGRAMWorker, EAGLEWorkerV2, ...)
+SPEC_DRAFT_TOKENS = "sglang.spec.draft_tokens"  # tokens verified per request per step, bonus included
+SPEC_CORRECT_DRAFTS = "sglang.spec.correct_drafts"  # accept: per request (BATCH_RIDS order), bonus excluded
+SPEC_VERIFY_CT = "sglang.request.spec_verify_ct"  # decode span: SGLang's count of verify steps
+SPEC_REQ_CORRECT = "sglang.request.spec_correct_drafts"  # decode span: SGLang's count of accepted drafts
+
 # ---- health attributes ----
 HOOK_NAME = "sglang_tracing.hook"
 ERROR_TYPE = "error.type"

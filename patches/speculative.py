@@ -1,0 +1,153 @@
+"""Speculative-decoding instrumentation (``--speculative-algorithm``): each decode step's draft phase
+(NGRAM's corpus lookup, EAGLE/STANDALONE's draft model) and the target model's verify forward as spans
+under the scheduler forward that ran them, with their GPU time from CUDA events on a GPU; and, once the
+step's result is processed, how many drafts each request had accepted (``on_result``, called by the
+scheduler patch). Raw counts only: accepted length per step, tokens per forward and draft overhead are
+the analyzer's.
+
+The verify forward is the target worker's ``forward_batch_generation(..., is_verify=True)``, which every
+algorithm calls; other calls of it pass straight through after one keyword lookup.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.runtime.ids import new_span_id
+from sglang_tracing.patches import _hooks
+from sglang_tracing.patches.forward_gpu_times import GpuEvents
+from sglang_tracing.patches.state import SchedulerState
+
+DRAFTS = (  # the draft phase of each algorithm's decode step
+    "sglang.srt.speculative.ngram_worker.NGRAMWorker._prepare_for_speculative_decoding",
+    "sglang.srt.speculative.eagle_worker_v2.EagleDraftWorker.draft",
+    "sglang.srt.speculative.multi_layer_eagle_worker_v2.MultiLayerEagleDraftWorker.draft",
+)
+_TARGET = "sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation"
+MAX_PENDING = 1024  # spans whose GPU events never complete must not pile up
+
+
+class _Phase(NamedTuple):
+    parent: int  # the scheduler forward that ran it
+    span_id: int
+    events: GpuEvents | None
+
+
+class PendingPhase(NamedTuple):
+    name: str
+    start_ns: int
+    end_ns: int
+    attrs: dict
+    phase: _Phase
+
+
+def _begin(st: SchedulerState) -> _Phase | None:
+    parent = st.current_forward
+    if not parent or not st.config.batch_spans:  # warm-up or CUDA-graph capture, or request level
+        return None
+    events = None
+    if st.cuda is not None:
+        events = GpuEvents(st.cuda.Event(enable_timing=True), st.cuda.Event(enable_timing=True))
+        events.start.record()
+    return _Phase(parent, new_span_id(), events)
+
+
+def _end(st: SchedulerState, rec, name: str, phase: _Phase, start: int, end: int, attrs: dict) -> None:
+    if phase.events is None:
+        rec.emit(name, start, end, attrs, span_id=phase.span_id, parent=phase.parent)
+        return
+    phase.events.end.record()
+    if len(st.spec_pending) >= MAX_PENDING:
+        st.spec_pending.clear()
+    st.spec_pending.append(PendingPhase(name, start, end, attrs, phase))
+
+
+def flush(st: SchedulerState, rec) -> None:
+    """Emit draft/verify spans whose end event has completed; never blocks on the GPU."""
+    pending = st.spec_pending
+    while pending:
+        item = pending[0]
+        events = item.phase.events
+        if not events.end.query():
+            return
+        pending.pop(0)
+        item.attrs[sc.GPU_DURATION_NS] = int(events.start.elapsed_time(events.end) * 1e6)
+        anchor = st.gpu_times.anchor
+        if anchor is not None:
+            item.attrs[sc.GPU_START_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(events.start) * 1e6)
+            item.attrs[sc.GPU_END_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(events.end) * 1e6)
+        rec.emit(item.name, item.start_ns, item.end_ns, item.attrs, span_id=item.phase.span_id,
+                 parent=item.phase.parent)
+
+
+def _draft_tokens(worker, batch) -> int:
+    for source in (getattr(batch, "spec_info", None), worker):
+        n = getattr(source, "draft_token_num", None) or getattr(source, "speculative_num_draft_tokens", None)
+        if isinstance(n, int):
+            return n
+    return 0
+
+
+def _before_draft(st: SchedulerState, rec, worker, batch, *a, **k) -> _Phase | None:
+    if not batch.forward_mode.is_decode():  # NGRAM's prefill passes through without drafting
+        return None
+    return _begin(st)
+
+
+def _after_draft(st: SchedulerState, rec, phase, start, end, result, worker, batch, *a, **k):
+    if phase is None:
+        return
+    _end(st, rec, sc.SPEC_DRAFT, phase, start, end, {
+        sc.SPEC_ALGORITHM: type(worker).__name__, sc.BATCH_SIZE: len(batch.reqs),
+        sc.SPEC_DRAFT_TOKENS: _draft_tokens(worker, batch)})
+
+
+def _before_verify(st: SchedulerState, rec, worker, batch=None, *a, **k) -> _Phase | None:
+    if not k.get("is_verify") or batch is None:
+        return None
+    return _begin(st)
+
+
+def _after_verify(st: SchedulerState, rec, phase, start, end, result, worker, batch=None, *a, **k):
+    if phase is None:
+        return
+    algorithm = getattr(getattr(batch, "spec_algorithm", None), "name", "")
+    _end(st, rec, sc.SPEC_VERIFY, phase, start, end, {
+        sc.SPEC_ALGORITHM: algorithm, sc.BATCH_SIZE: len(batch.reqs),
+        sc.SPEC_DRAFT_TOKENS: _draft_tokens(worker, batch)})
+
+
+def _cleanup(st: SchedulerState, rec, phase) -> None:
+    """The original raised: its events are dropped, nothing is emitted."""
+
+
+def on_result(st: SchedulerState, rec, batch, result, forward_span_id: int, start: int, end: int) -> None:
+    """A processed decode step of a speculative batch: each request's accepted drafts (bonus excluded)."""
+    flush(st, rec)
+    correct = getattr(result, "num_correct_drafts_per_req_cpu", None)
+    if not correct or not st.config.batch_spans:
+        return
+    rec.emit(sc.SPEC_ACCEPT, start, end, {
+        sc.BATCH_RIDS: [req.rid for req in batch.reqs], sc.SPEC_CORRECT_DRAFTS: list(correct),
+        sc.SPEC_DRAFT_TOKENS: getattr(result, "speculative_num_draft_tokens", None) or 0,
+        sc.FORWARD_SPAN_ID: f"{forward_span_id:016x}"})
+
+
+def request_attrs(req) -> dict:
+    """SGLang's own per-request counts, for the request's decode span (empty without speculation)."""
+    verify_ct = getattr(req, "spec_verify_ct", 0)
+    if not isinstance(verify_ct, int) or verify_ct <= 0:
+        return {}
+    return {sc.SPEC_VERIFY_CT: verify_ct, sc.SPEC_REQ_CORRECT: int(getattr(req, "spec_num_correct_drafts", 0))}
+
+
+def hooks(st: SchedulerState) -> dict:
+    fault = st.config.inject_fault
+    out = {target: _hooks.around("spec_draft", _after_draft, _before_draft, _cleanup, fault, state=st)
+           for target in DRAFTS}
+    out[_TARGET] = _hooks.around("spec_verify", _after_verify, _before_verify, _cleanup, fault, state=st)
+    return out
+
+
+def instrument(st: SchedulerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)
