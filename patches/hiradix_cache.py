@@ -6,7 +6,11 @@ prefetches. Every span carries both tiers' occupancy after the operation.
 
 Raw facts only: which request a transfer served and whether its prefill waited are the analyzer's to work out
 (load_back -> load_done share node ids; load_issue is timed inside the scheduling pass that feeds a forward).
-SGLang imports ``hiradix_cache`` only when the feature is on, so these hooks apply then and never otherwise.
+Two class shapes: ``HiRadixCache`` (0.5.17, a Python tree of TreeNodes) and ``UnifiedRadixCache`` (0.5.23,
+a Rust tree core addressed by node ids, whose lookups, inserts and evictions ``radix_cache`` already hooks);
+the same handlers read both (a node or its id; an ack's ``num_tokens`` or ``num_tokens_by_pool``). Node
+ages at eviction come from ``_record_remove_event``, which only 0.5.17's Python tree calls. SGLang imports
+``hiradix_cache`` only when the feature is on, so its hooks apply then and never otherwise.
 """
 from __future__ import annotations
 
@@ -17,22 +21,34 @@ from sglang_tracing.patches import _compat, _hooks, radix_cache
 from sglang_tracing.patches.state import RemovedNode, SchedulerState
 
 _CACHE = "sglang.srt.mem_cache.hiradix_cache.HiRadixCache"
+_UNIFIED = "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache"
 MAX_REMOVED = 4096
+
+
+def _host_pool(cache):
+    host = getattr(cache, "token_to_kv_pool_host", None)
+    if host is None:
+        host = getattr(getattr(cache, "cache_controller", None), "mem_pool_host", None)
+    return host
+
+
+def _node_id(node) -> int:
+    return node if isinstance(node, int) else getattr(node, "id", -1)
 
 
 def _tiers(cache, attrs: dict) -> dict:
     """Device and host occupancy after an operation, on ``attrs``."""
     radix_cache._state(cache, attrs)
-    host = getattr(cache, "token_to_kv_pool_host", None)
-    if host is not None:
-        attrs[sc.HICACHE_HOST_TOTAL] = host.size
-        attrs[sc.HICACHE_HOST_USED] = host.size - host.available_size()
+    host = _host_pool(cache)
+    total = getattr(host, "size", None)
+    if isinstance(total, int):
+        attrs[sc.HICACHE_HOST_TOTAL] = total
+        attrs[sc.HICACHE_HOST_USED] = total - host.available_size()
     return attrs
 
 
 def _bytes(cache, tokens: int) -> int:
-    host = getattr(cache, "token_to_kv_pool_host", None)
-    return tokens * getattr(host, "size_per_token", 0) if host is not None else 0
+    return tokens * (getattr(_host_pool(cache), "size_per_token", 0) or 0)
 
 
 def _transfer(cache, tokens: int, attrs: dict) -> dict:
@@ -41,7 +57,11 @@ def _transfer(cache, tokens: int, attrs: dict) -> dict:
     return _tiers(cache, attrs)
 
 
-def _on_init(st: SchedulerState, cache) -> None:
+def _on_init(st: SchedulerState, cache, *a, **k) -> None:
+    st.hicache = True
+
+
+def _after_init_hicache(st: SchedulerState, rec, token, start, end, result, cache, *a, **k):
     st.hicache = True
 
 
@@ -99,12 +119,12 @@ def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params,
 
 
 def _before_evict_host(st: SchedulerState, rec, cache, *a, **k) -> int:
-    return cache.token_to_kv_pool_host.available_size()
+    return _host_pool(cache).available_size()
 
 
 def _on_evict_host(st: SchedulerState, rec, available_before, start, end, result, cache, num_tokens, *a, **k):
     ages, tokens = _take_removed(st, on_host=True)
-    freed = cache.token_to_kv_pool_host.available_size() - available_before if available_before is not None else 0
+    freed = _host_pool(cache).available_size() - available_before if available_before is not None else 0
     rec.emit(sc.HICACHE_EVICT_HOST, start, end, _transfer(cache, freed, {
         sc.HICACHE_REQUESTED_TOKENS: num_tokens, sc.HICACHE_EVICTED_AGES_NS: ages,
         sc.HICACHE_EVICTED_NODE_TOKENS: tokens}))
@@ -117,23 +137,42 @@ def _on_backup(st: SchedulerState, rec, token, start, end, result, cache, node, 
         sc.HICACHE_WRITE_BACK: bool(write_back), sc.HICACHE_NODE_IDS: [node.id]}))
 
 
+def _on_unified_backup(st: SchedulerState, rec, token, start, end, host_indices, cache, node_id, *a, **k):
+    """0.5.23: one node's device -> host copy (write-through, or write-back at eviction: not told apart)."""
+    if host_indices is None:
+        return
+    rec.emit(sc.HICACHE_BACKUP, start, end, _transfer(cache, len(host_indices), {sc.HICACHE_NODE_IDS: [node_id]}))
+
+
 def _on_backup_storage(st: SchedulerState, rec, token, start, end, result, cache, node, backup_len=None, *a, **k):
-    tokens = backup_len if backup_len is not None else len(node.key)
-    rec.emit(sc.HICACHE_BACKUP_STORAGE, start, end, _transfer(cache, tokens, {sc.HICACHE_NODE_IDS: [node.id]}))
+    key = getattr(node, "key", None)
+    tokens = backup_len if backup_len is not None else (len(key) if key is not None else 0)
+    rec.emit(sc.HICACHE_BACKUP_STORAGE, start, end, _transfer(cache, tokens, {sc.HICACHE_NODE_IDS: [_node_id(node)]}))
+
+
+def _loaded_tokens(result) -> int:
+    """init_load_back's result: (device indices, node) on 0.5.17, (tokens, node id) on 0.5.23."""
+    if not result:
+        return 0
+    first = result[0]
+    return first if isinstance(first, int) else (len(first) if first is not None else 0)
 
 
 def _on_load_back(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
-    loaded = len(result[0]) if result is not None and result[0] is not None else 0
+    loaded = _loaded_tokens(result)
     attrs = {sc.HICACHE_REQUESTED_TOKENS: getattr(params, "host_hit_length", 0) or 0,
-             sc.HICACHE_NODE_IDS: [params.best_match_node.id]}
+             sc.HICACHE_NODE_IDS: [_node_id(params.best_match_node)]}
     req = getattr(params, "req", None)
     if req is not None:
         attrs[sc.RID] = req.rid
     rec.emit(sc.HICACHE_LOAD_BACK, start, end, _transfer(cache, loaded, attrs))
 
 
-def _before_issue(st: SchedulerState, rec, cache, *a, **k) -> tuple[int, list[int]]:
-    queue = cache.cache_controller.load_queue
+def _before_issue(st: SchedulerState, rec, cache, *a, **k) -> tuple[int, list[int]] | None:
+    controller = getattr(cache, "cache_controller", None)  # None: 0.5.23 loads through its linker
+    if controller is None:
+        return None
+    queue = controller.load_queue
     return sum(len(op.host_indices) for op in queue), [i for op in queue for i in op.node_ids]
 
 
@@ -146,7 +185,8 @@ def _on_issue(st: SchedulerState, rec, queued, start, end, producer, cache, *a, 
 
 
 def _before_loading_check(st: SchedulerState, rec, cache, *a, **k) -> list:
-    return list(cache.cache_controller.ack_load_queue)
+    controller = getattr(cache, "cache_controller", None)
+    return list(controller.ack_load_queue) if controller is not None else []
 
 
 def _on_loading_check(st: SchedulerState, rec, pending, start, end, result, cache, *a, **k):
@@ -156,21 +196,32 @@ def _on_loading_check(st: SchedulerState, rec, pending, start, end, result, cach
     for ack in pending:
         if id(ack) in left:
             continue
-        attrs = _transfer(cache, getattr(ack, "num_tokens", 0), {sc.HICACHE_NODE_IDS: list(ack.node_ids)})
+        tokens = getattr(ack, "num_tokens", None)
+        if tokens is None:  # 0.5.23: per pool; KV first
+            tokens = max((getattr(ack, "num_tokens_by_pool", None) or {0: 0}).values())
+        attrs = _transfer(cache, tokens, {sc.HICACHE_NODE_IDS: list(ack.node_ids)})
+        if getattr(ack, "num_bytes", 0):
+            attrs[sc.HICACHE_BYTES] = ack.num_bytes
         if getattr(ack, "timing_enabled", False):  # its finish event was synchronized by loading_check
             attrs[sc.HICACHE_GPU_NS] = int(ack.start_event.elapsed_time(ack.finish_event) * 1e6)
         rec.emit(sc.HICACHE_LOAD_DONE, start, end, attrs)
 
 
-def _on_prefetch(st: SchedulerState, rec, token, start, end, result, cache, req_id, last_host_node,
+def _rid(request) -> str:
+    """A request id, or 0.5.23's CacheRequestHandle for one."""
+    return request if isinstance(request, str) else str(getattr(request, "rid", request))
+
+
+def _on_prefetch(st: SchedulerState, rec, token, start, end, result, cache, request, last_host_node,
                  new_input_tokens, *a, **k):
-    if req_id not in getattr(cache, "ongoing_prefetch", {}):  # below threshold or rate limited: nothing asked
+    if request not in getattr(cache, "ongoing_prefetch", {}):  # below threshold or rate limited: nothing asked
         return
-    rec.emit(sc.HICACHE_PREFETCH, start, end, _transfer(cache, len(new_input_tokens), {sc.RID: req_id}))
+    rec.emit(sc.HICACHE_PREFETCH, start, end, _transfer(cache, len(new_input_tokens), {sc.RID: _rid(request)}))
 
 
-def _on_storage_hit(st: SchedulerState, rec, token, start, end, loaded, cache, req_id, *a, **k):
-    rec.emit(sc.HICACHE_STORAGE_HIT, start, end, _transfer(cache, loaded or 0, {sc.RID: req_id}))
+def _on_storage_hit(st: SchedulerState, rec, token, start, end, loaded, cache, request, *a, **k):
+    if loaded:
+        rec.emit(sc.HICACHE_STORAGE_HIT, start, end, _transfer(cache, loaded, {sc.RID: _rid(request)}))
 
 
 def hooks(st: SchedulerState) -> dict:
@@ -179,20 +230,26 @@ def hooks(st: SchedulerState) -> dict:
     def around(name, after, before=None):
         return _hooks.around(f"hicache_{name}", after, before, inject_fault=fault, state=st)
 
+    shared = {  # same name, both shapes
+        "evict_host": around("evict_host", _on_evict_host, _before_evict_host),
+        "write_backup_storage": around("write_backup_storage", _on_backup_storage),
+        "init_load_back": around("init_load_back", _on_load_back),
+        "ready_to_load_host_cache": around("load_issue", _on_issue, _before_issue),
+        "loading_check": around("loading_check", _on_loading_check, _before_loading_check),
+        "prefetch_from_storage": around("prefetch", _on_prefetch),
+        "pop_prefetch_loaded_tokens": around("storage_hit", _on_storage_hit),
+    }
     return {
+        **{f"{_CACHE}.{name}": hook for name, hook in shared.items()},
+        **{f"{_UNIFIED}.{name}": hook for name, hook in shared.items()},
+        f"{_UNIFIED}.init_hicache": around("init_hicache", _after_init_hicache),
+        f"{_UNIFIED}._execute_kv_backup": around("write_backup", _on_unified_backup),
         f"{_CACHE}.__init__": _hooks.after_setup("hicache_init", _on_init, fault, state=st),
         f"{_CACHE}.match_prefix": around("match_prefix", _on_match),
         f"{_CACHE}.insert": around("insert", _on_insert),
         f"{_CACHE}.evict": around("evict", _on_evict),
         f"{_CACHE}._record_remove_event": around("record_remove", _on_remove),
-        f"{_CACHE}.evict_host": around("evict_host", _on_evict_host, _before_evict_host),
         f"{_CACHE}.write_backup": around("write_backup", _on_backup),
-        f"{_CACHE}.write_backup_storage": around("write_backup_storage", _on_backup_storage),
-        f"{_CACHE}.init_load_back": around("init_load_back", _on_load_back),
-        f"{_CACHE}.ready_to_load_host_cache": around("load_issue", _on_issue, _before_issue),
-        f"{_CACHE}.loading_check": around("loading_check", _on_loading_check, _before_loading_check),
-        f"{_CACHE}.prefetch_from_storage": around("prefetch", _on_prefetch),
-        f"{_CACHE}.pop_prefetch_loaded_tokens": around("storage_hit", _on_storage_hit),
     }
 
 

@@ -40,6 +40,9 @@ def _on_match(st: SchedulerState, rec, token, start, end, result, cache, params,
     if not st.config.batch_spans:
         return
     attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: _compat.matched_len(result)}
+    host = getattr(result, "host_hit_length", 0)
+    if host:  # UnifiedRadixCache with its host tier (0.5.23)
+        attrs[sc.HICACHE_HOST_MATCHED] = host
     req = getattr(params, "req", None)
     if req is not None:
         attrs[sc.RID] = req.rid
