@@ -102,8 +102,20 @@ def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None
 
     model = load(trace_dir, nsys, kineto)
     gpu = request_gpu_time(model.spans, forward_gpu_time(model.spans, model.kernels))
-    frame = export_table(request_table(model.spans, model.manifest, model.servers), gpu)
+    table = request_table(model.spans, model.manifest, model.servers)
+    frame = feature_columns(export_table(table, gpu), model.spans, table)
     return write_table(frame, Path(out_dir or os.path.join(trace_dir, "reports")), "requests")
+
+
+def feature_columns(frame, spans, table):
+    """The hierarchical-cache and speculative-decoding columns, where the trace used the feature."""
+    from sglang_tracing.analyzer.analyses import hicache, speculative
+
+    if hicache.used(spans):
+        frame = frame.join(hicache.request_tiers(spans, table), on="rid", how="left")
+    if speculative.used(spans):
+        frame = frame.join(speculative.request_columns(spans, table), on="rid", how="left")
+    return frame
 
 
 def load_input(path: str) -> TraceModel:

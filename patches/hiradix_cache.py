@@ -204,6 +204,10 @@ def _on_loading_check(st: SchedulerState, rec, pending, start, end, result, cach
             attrs[sc.HICACHE_BYTES] = ack.num_bytes
         if getattr(ack, "timing_enabled", False):  # its finish event was synchronized by loading_check
             attrs[sc.HICACHE_GPU_NS] = int(ack.start_event.elapsed_time(ack.finish_event) * 1e6)
+            anchor = st.gpu_times.anchor  # the forwards' clock: did the prefill start before the copy ended?
+            if anchor is not None:
+                attrs[sc.GPU_START_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(ack.start_event) * 1e6)
+                attrs[sc.GPU_END_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(ack.finish_event) * 1e6)
         rec.emit(sc.HICACHE_LOAD_DONE, start, end, attrs)
 
 

@@ -189,8 +189,10 @@ def test_a_prefix_backed_up_evicted_and_loaded_back_through_real_hiradix_code(mo
         (40, [node_id], 0)
     assert cache.ready_to_load_host_cache() == -1 and len(rec.named(sc.HICACHE_LOAD_ISSUE)) == 1  # nothing queued
 
+    st.gpu_times.anchor = GpuAnchor(_Event(0.5), 7_000_000)
     cache.loading_check(finish_count=1)
     done = rec.one(sc.HICACHE_LOAD_DONE)
+    assert (done.attrs[sc.GPU_START_NS], done.attrs[sc.GPU_END_NS]) == (7_500_000, 10_000_000)
     assert (done.attrs[sc.HICACHE_TOKENS], done.attrs[sc.HICACHE_GPU_NS], done.attrs[sc.HICACHE_NODE_IDS]) == \
         (40, 2_500_000, [node_id])
     cache.loading_check(finish_count=0)

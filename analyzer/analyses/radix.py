@@ -165,7 +165,11 @@ def _savings(lookups: pl.DataFrame) -> Savings | None:
 
 # ---- wording: the analysis as a report ----
 def build_report(model: TraceModel) -> Report:
-    return describe(compute(model))
+    from sglang_tracing.analyzer.analyses import hicache
+
+    report = describe(compute(model))
+    hicache.add_to_report(report, model)
+    return report
 
 
 def describe(radix: Radix) -> Report:

@@ -268,7 +268,12 @@ def itl_plot(tokens: pl.DataFrame, rid: str) -> Plot | None:
 
 # ---- wording: the story as a report ----
 def build_report(model: TraceModel, which: str = "slowest", model_config_override: str | None = None) -> Report:
-    return describe(compute(model, which, model_config_override))
+    from sglang_tracing.analyzer.analyses import speculative
+
+    story = compute(model, which, model_config_override)
+    report = describe(story)
+    speculative.add_to_report(report, model.spans, story.requests)
+    return report
 
 
 def describe(story: Story) -> Report:

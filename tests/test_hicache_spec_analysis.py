@@ -1,0 +1,231 @@
+"""The hierarchical-cache and speculative-decoding analyses against figures recomputed from the raw spans.
+
+A child process writes a small trace through the real recorder and exporter (the span names and
+attributes the patches write: ``test_hicache_spec_hooks`` checks the patches write them); the analyzer
+loads it like any trace dir, and each figure is recomputed here with nothing but ``raw_spans`` (gzip and
+json). Scenario: request A computes a 64-token prompt; B hits 48 of its tokens on the device; C finds them
+on host and a load-back brings them (its forward starts on the GPU 1 ms before the copy ends); two decode
+steps of speculative decoding for two requests, one step delivering several tokens at once."""
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import textwrap
+
+import polars as pl
+
+from sglang_tracing.analyzer import api
+from sglang_tracing.analyzer.analyses import hicache, speculative
+from sglang_tracing.analyzer.analyses.requests import request_table
+from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.app.serving import wait_for_exporters
+
+import raw_spans
+
+SCENARIO = textwrap.dedent("""
+    import sys
+    from sglang_tracing import semconv as sc
+    from sglang_tracing.config import TraceConfig
+    from sglang_tracing.patches.scheduler import block_digests
+    from sglang_tracing.runtime import manifest, recorder
+    from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
+    from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT as ROOT
+
+    import os
+    os.makedirs(sys.argv[1], exist_ok=True)
+    config = TraceConfig(trace_dir=sys.argv[1])
+    manifest.write(config)
+    rec = recorder.start(config, "scheduler")
+    import time
+    from sglang_tracing.runtime.exporter import active_marker
+    while not os.path.exists(active_marker(rec.span_file)):  # the exporter is up
+        time.sleep(0.01)
+    MS = 1_000_000
+    prefix = list(range(100, 148))
+    prompts = {"A": prefix + list(range(900, 916)), "B": prefix + list(range(700, 716)),
+               "C": prefix + list(range(500, 516))}
+    tiers = {"A": (0, 0, 0), "B": (48, 0, 0), "C": (0, 48, 0)}
+    host_tiers = {sc.HICACHE_HOST_TOTAL: 1000, sc.HICACHE_HOST_USED: 48, sc.CACHE_TOTAL: 200, sc.CACHE_USED: 64}
+    t = {"A": 10 * MS, "B": 40 * MS, "C": 90 * MS}
+    for i, (rid, t0) in enumerate(t.items()):
+        key, fwd = request_trace_key(rid), 0x100 + i
+        dev, host, storage = tiers[rid]
+        rec.emit(sc.REQUEST, t0, t0 + 20 * MS, {sc.RID: rid, sc.PROMPT_TOKENS: 64, sc.CACHED_TOKENS: dev + host + storage,
+                 sc.OUTPUT_TOKENS: 3}, span_id=request_root_span_id(rid), trace_key=key)
+        rec.emit(sc.REQUEST_PREFIX_MATCH, t0 + 1 * MS, t0 + 1 * MS + 1000, {sc.RID: rid, sc.MATCHED_TOKENS: dev,
+                 sc.PREFIX_DIGESTS: block_digests(prompts[rid])}, parent=ROOT, trace_key=key)
+        rec.emit(sc.FORWARD, t0 + 2 * MS, t0 + 3 * MS, {sc.FORWARD_MODE: "extend", sc.GPU_START_NS: t0 + 4 * MS,
+                 sc.GPU_END_NS: t0 + 8 * MS}, span_id=fwd)
+        rec.emit(sc.REQUEST_PREFILL, t0 + 2 * MS, t0 + 9 * MS, {sc.RID: rid, sc.PROMPT_TOKENS: 64,
+                 sc.CACHED_TOKENS: dev + host + storage, sc.CACHED_DEVICE: dev, sc.CACHED_HOST: host,
+                 sc.CACHED_STORAGE: storage, sc.FORWARD_SPAN_ID: f"{fwd:016x}"}, parent=ROOT, trace_key=key)
+        rec.emit(sc.REQUEST_DECODE, t0 + 9 * MS, t0 + 15 * MS, {sc.RID: rid, sc.OUTPUT_TOKENS: 3,
+                 sc.TOKEN_TIMES: [t0 + 9 * MS, t0 + 12 * MS, t0 + 15 * MS]}, parent=ROOT, trace_key=key)
+    # C: 48 tokens back from host, node 7; its forward starts on the GPU at 94 ms, the copy ends at 95 ms
+    rec.emit(sc.HICACHE_LOAD_BACK, 91 * MS, 91 * MS + 500, {sc.RID: "C", sc.HICACHE_TOKENS: 48,
+             sc.HICACHE_REQUESTED_TOKENS: 48, sc.HICACHE_BYTES: 48 * 4096, sc.HICACHE_NODE_IDS: [7], **host_tiers})
+    rec.emit(sc.HICACHE_LOAD_ISSUE, 91 * MS + 600, 91 * MS + 700, {sc.HICACHE_TOKENS: 48, sc.HICACHE_BYTES: 48 * 4096,
+             sc.HICACHE_NODE_IDS: [7], sc.HICACHE_PRODUCER: 0, **host_tiers})
+    rec.emit(sc.HICACHE_LOAD_DONE, 99 * MS, 99 * MS + 100, {sc.HICACHE_TOKENS: 48, sc.HICACHE_BYTES: 48 * 4096,
+             sc.HICACHE_GPU_NS: 2 * MS, sc.GPU_START_NS: 93 * MS, sc.GPU_END_NS: 95 * MS, sc.HICACHE_NODE_IDS: [7],
+             **host_tiers})
+    rec.emit(sc.HICACHE_BACKUP, 31 * MS, 31 * MS + 200, {sc.HICACHE_TOKENS: 48, sc.HICACHE_BYTES: 48 * 4096,
+             sc.HICACHE_WRITE_BACK: False, sc.HICACHE_NODE_IDS: [7], **host_tiers})
+    rec.emit(sc.CACHE_EVICT, 60 * MS, 60 * MS + 300, {sc.CACHE_REQUESTED_TOKENS: 64, sc.CACHE_FREED_TOKENS: 64,
+             sc.HICACHE_BYTES: 64 * 4096, sc.HICACHE_EVICTED_AGES_NS: [5 * MS, 9 * MS, 30 * MS],
+             sc.HICACHE_EVICTED_NODE_TOKENS: [48, 8, 8], **host_tiers})
+    rec.emit(sc.HICACHE_EVICT_HOST, 70 * MS, 70 * MS + 100, {sc.HICACHE_TOKENS: 8, sc.HICACHE_REQUESTED_TOKENS: 8,
+             sc.HICACHE_BYTES: 8 * 4096, sc.HICACHE_EVICTED_AGES_NS: [40 * MS], sc.HICACHE_EVICTED_NODE_TOKENS: [8],
+             **host_tiers})
+    # speculation: requests S and T, two verified steps; S gets 4 then 1 tokens, T 2 then 3
+    for rid, t0, times in (("S", 200 * MS, [203, 210, 210, 210, 210, 220]), ("T", 200 * MS, [203, 210, 210, 220, 220, 220])):
+        key = request_trace_key(rid)
+        rec.emit(sc.REQUEST, t0, t0 + 30 * MS, {sc.RID: rid, sc.PROMPT_TOKENS: 32, sc.CACHED_TOKENS: 0,
+                 sc.OUTPUT_TOKENS: 6}, span_id=request_root_span_id(rid), trace_key=key)
+        rec.emit(sc.REQUEST_DECODE, times[0] * MS, times[-1] * MS, {sc.RID: rid, sc.OUTPUT_TOKENS: 6,
+                 sc.TOKEN_TIMES: [x * MS for x in times], sc.SPEC_VERIFY_CT: 2,
+                 sc.SPEC_REQ_CORRECT: 3 if rid == "S" else 3}, parent=ROOT, trace_key=key)
+    for step, (fwd, t0, correct) in enumerate(((0x200, 205 * MS, [3, 1]), (0x201, 215 * MS, [0, 2]))):
+        rec.emit(sc.FORWARD, t0, t0 + 4 * MS, {sc.FORWARD_MODE: "decode"}, span_id=fwd)
+        rec.emit(sc.SPEC_DRAFT, t0, t0 + MS // 2, {sc.SPEC_ALGORITHM: "NGRAMWorker", sc.BATCH_SIZE: 2,
+                 sc.SPEC_DRAFT_TOKENS: 4, sc.GPU_DURATION_NS: 100_000 * (step + 1)}, parent=fwd)
+        rec.emit(sc.SPEC_VERIFY, t0 + MS, t0 + 3 * MS, {sc.SPEC_ALGORITHM: "NGRAM", sc.BATCH_SIZE: 2,
+                 sc.SPEC_DRAFT_TOKENS: 4, sc.GPU_DURATION_NS: 1_500_000}, parent=fwd)
+        rec.emit(sc.SPEC_ACCEPT, t0 + 4 * MS, t0 + 5 * MS, {sc.BATCH_RIDS: ["S", "T"], sc.SPEC_CORRECT_DRAFTS: correct,
+                 sc.SPEC_DRAFT_TOKENS: 4, sc.FORWARD_SPAN_ID: f"{fwd:016x}"})
+    rec.close()
+""")
+
+
+def _trace(tmp_path):
+    trace_dir = tmp_path / "trace"
+    subprocess.run([sys.executable, "-c", SCENARIO, str(trace_dir)], check=True, timeout=120)
+    assert wait_for_exporters(str(trace_dir), timeout=30)
+    return trace_dir
+
+
+def test_tiers_load_backs_and_thrash_match_the_raw_spans(tmp_path):
+    trace_dir = _trace(tmp_path)
+    raw = raw_spans.spans(trace_dir)
+    model = load_trace_dir(str(trace_dir), use_cache=False)
+    requests = request_table(model.spans, model.manifest)
+    hc = hicache.compute(model.spans, requests)
+    assert hc.used
+    got = {r["rid"]: r for r in hc.requests.iter_rows(named=True)}
+
+    roots = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request")}
+    for p in raw_spans.named(raw, "sglang.request.prefill"):
+        a, rid = p["attrs"], p["attrs"]["sglang.rid"]
+        root = roots[rid]["attrs"]
+        assert (got[rid]["device_matched_tokens"], got[rid]["host_matched_tokens"], got[rid]["storage_matched_tokens"],
+                got[rid]["computed_tokens"]) == (a["sglang.request.cached_tokens_device"],
+                                                 a["sglang.request.cached_tokens_host"],
+                                                 a["sglang.request.cached_tokens_storage"],
+                                                 root["sglang.request.prompt_tokens"] - root["sglang.request.cached_tokens"])
+    (load,) = raw_spans.named(raw, "sglang.hicache.load_back")
+    (done,) = [d for d in raw_spans.named(raw, "sglang.hicache.load_done")
+               if set(d["attrs"]["sglang.hicache.node_ids"]) & set(load["attrs"]["sglang.hicache.node_ids"])]
+    prefill_c = next(p for p in raw_spans.named(raw, "sglang.request.prefill") if p["attrs"]["sglang.rid"] == "C")
+    fwd = next(f for f in raw_spans.named(raw, "sglang.scheduler.forward")
+               if f["span_id"] == prefill_c["attrs"]["sglang.forward.span_id"])
+    wait = done["attrs"]["sglang.forward.gpu_end_ns"] - fwd["attrs"]["sglang.forward.gpu_start_ns"]
+    c = got["C"]
+    assert (c["load_back_tokens"], c["load_back_bytes"], c["load_back_gpu_ns"]) == (
+        load["attrs"]["sglang.hicache.tokens"], load["attrs"]["sglang.hicache.bytes"],
+        done["attrs"]["sglang.hicache.gpu_duration_ns"])
+    assert c["load_back_waited"] is (wait > 0) and c["load_back_wait_ns"] == max(wait, 0) == 1_000_000
+    assert got["A"]["load_back_tokens"] is None and got["B"]["load_back_waited"] is None
+
+    device_ages = [a for s in raw_spans.named(raw, "sglang.cache.evict")
+                   for a in s["attrs"]["sglang.hicache.evicted_ages_ns"]]
+    host_ages = [a for s in raw_spans.named(raw, "sglang.hicache.evict_host")
+                 for a in s["attrs"]["sglang.hicache.evicted_ages_ns"]]
+    hit_ages = _hit_ages(raw)
+    device, host = hc.thrash
+    assert (device.median_evicted_age_ns, host.median_evicted_age_ns) == (statistics.median(device_ages),
+                                                                          statistics.median(host_ages))
+    assert device.median_hit_age_ns == statistics.median(hit_ages.values())
+    assert device.thrashing is (statistics.median(device_ages) < statistics.median(hit_ages.values()))
+    assert host.thrashing is (statistics.median(host_ages) < statistics.median(hit_ages.values()))
+
+    totals = {r["op"]: r for r in hc.totals.iter_rows(named=True)}
+    for name, op in hicache.OPS.items():
+        rows = raw_spans.named(raw, name)
+        if rows:
+            assert totals[op]["count"] == len(rows)
+            assert totals[op]["bytes"] == sum(s["attrs"].get("sglang.hicache.bytes", 0) for s in rows)
+
+
+def _hit_ages(raw) -> dict[str, int]:
+    """Age of each hit: its prefix lookup minus the latest finish (or, unfinished, prefill start) of an
+    earlier request sharing the blocks it matched."""
+    match = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request.prefix_match")}
+    prefill = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request.prefill")}
+    roots = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request")}
+    ages = {}
+    for rid, p in prefill.items():
+        a = p["attrs"]
+        matched = a["sglang.request.cached_tokens_device"] + a["sglang.request.cached_tokens_host"]
+        if matched < 16:
+            continue
+        k, start = matched // 16 - 1, match[rid]["start"]
+        digest = match[rid]["attrs"]["sglang.prefix.block_digests"][k]
+        touched = [roots[o]["end"] if roots[o]["end"] < start else prefill[o]["start"] for o in match
+                   if o != rid and len(match[o]["attrs"]["sglang.prefix.block_digests"]) > k
+                   and match[o]["attrs"]["sglang.prefix.block_digests"][k] == digest and prefill[o]["start"] < start]
+        ages[rid] = start - max(touched)
+    return ages
+
+
+def test_speculative_steps_and_request_columns_match_the_raw_spans(tmp_path):
+    trace_dir = _trace(tmp_path)
+    raw = raw_spans.spans(trace_dir)
+    model = load_trace_dir(str(trace_dir), use_cache=False)
+    requests = request_table(model.spans, model.manifest)
+    spec = speculative.compute(model.spans, requests)
+    accepts = raw_spans.named(raw, "sglang.spec.accept")
+    proposed = sum(len(a["attrs"]["sglang.spec.correct_drafts"]) * (a["attrs"]["sglang.spec.draft_tokens"] - 1)
+                   for a in accepts)
+    accepted = sum(sum(a["attrs"]["sglang.spec.correct_drafts"]) for a in accepts)
+    assert spec.used and spec.algorithm == "NGRAMWorker" and spec.steps.height == len(accepts)
+    assert (spec.total("proposed"), spec.total("accepted")) == (proposed, accepted) == (12, 6)
+    assert spec.acceptance_rate == accepted / proposed
+    assert spec.total("draft_gpu_ns") == sum(s["attrs"]["sglang.forward.gpu_duration_ns"]
+                                             for s in raw_spans.named(raw, "sglang.spec.draft"))
+    assert spec.total("verify_ns") == sum(s["end"] - s["start"] for s in raw_spans.named(raw, "sglang.spec.verify"))
+    per_rid: dict[str, list[int]] = {}
+    for a in sorted(accepts, key=lambda s: s["start"]):
+        for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"]):
+            per_rid.setdefault(rid, []).append(c + 1)
+    got = {r["rid"]: r for r in spec.requests.iter_rows(named=True)}
+    for d in raw_spans.named(raw, "sglang.request.decode"):
+        rid, times = d["attrs"]["sglang.rid"], d["attrs"]["sglang.request.token_times_ns"]
+        if rid not in per_rid:  # the hierarchical-cache requests: no speculation
+            assert got[rid]["accepted_per_step"] is None and got[rid]["spec_steps"] is None
+            continue
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert got[rid]["accepted_per_step"] == per_rid[rid]
+        assert got[rid]["spec_steps"] == d["attrs"]["sglang.request.spec_verify_ct"]
+        assert got[rid]["zero_gaps"] == sum(g == 0 for g in gaps)
+        assert got[rid]["step_itl_mean_ns"] == statistics.mean([g for g in gaps if g > 0])
+        assert got[rid]["tokens_per_forward"] == (len(times) - 1) / d["attrs"]["sglang.request.spec_verify_ct"]
+    dist = dict(spec.accept_distribution().iter_rows())
+    assert dist == {n: sum(x == n for xs in per_rid.values() for x in xs) for n in {x for xs in per_rid.values() for x in xs}}
+
+
+def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_columns(tmp_path):
+    trace_dir = _trace(tmp_path)
+    out = tmp_path / "reports"
+    api.analyze(str(trace_dir), reports="story,radix", out_dir=str(out), formats="text")
+    model = load_trace_dir(str(trace_dir), use_cache=False)
+    from sglang_tracing.analyzer.analyses import radix, story
+
+    titles = [s.title for s in radix.build_report(model).sections] + [s.title for s in story.build_report(model).sections]
+    assert "Cache tiers (hierarchical cache)" in titles and "Speculative decoding" in titles
+    paths = api.requests(str(trace_dir), str(out))
+    table = pl.read_parquet(next(p for p in paths if p.endswith(".parquet")))
+    assert set(hicache.REQUEST_COLUMNS) | set(speculative.REQUEST_COLUMNS) <= set(table.columns)
+    empty = pl.DataFrame({"name": ["sglang.scheduler.forward"], "start_ns": [0], "end_ns": [1]})
+    assert not hicache.compute(empty, requests=pl.DataFrame()).used
+    assert not speculative.compute(empty, pl.DataFrame()).used
