@@ -229,3 +229,30 @@ def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_colum
     empty = pl.DataFrame({"name": ["sglang.scheduler.forward"], "start_ns": [0], "end_ns": [1]})
     assert not hicache.compute(empty, requests=pl.DataFrame()).used
     assert not speculative.compute(empty, pl.DataFrame()).used
+
+
+def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(tmp_path):
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+
+    from test_reports import check_perfetto
+
+    trace_dir = _trace(tmp_path)
+    raw = raw_spans.spans(trace_dir)
+    out = tmp_path / "t.pftrace"
+    api.to_perfetto(str(trace_dir), str(out))
+    check_perfetto(str(out))
+    trace = Trace()
+    trace.ParseFromString(out.read_bytes())
+    names = {p.track_descriptor.uuid: p.track_descriptor.name for p in trace.packet if p.HasField("track_descriptor")}
+    per_track: dict[str, list[str]] = {}
+    for p in trace.packet:
+        if p.HasField("track_event") and p.track_event.type == TrackEvent.TYPE_SLICE_BEGIN:
+            per_track.setdefault(names[p.track_event.track_uuid], []).append(p.track_event.name)
+    tier_names = [s["name"] for s in raw if s["name"].startswith("sglang.hicache.")]
+    spec_names = [s["name"] for s in raw if s["name"].startswith("sglang.spec.")]
+    assert sorted(per_track["HiCache tier transfers"]) == sorted(tier_names)
+    assert sorted(per_track["speculative draft / verify"]) == sorted(spec_names)
+    gpu_windows = [s for s in raw if s["name"] in ("sglang.hicache.load_done", "sglang.spec.draft", "sglang.spec.verify")
+                   and "sglang.forward.gpu_start_ns" in s["attrs"]]
+    assert len(per_track.get("GPU copies and draft / verify (CUDA events)", [])) == len(gpu_windows)
+    assert "HiCache host tier used" in names.values()

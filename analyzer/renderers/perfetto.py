@@ -23,6 +23,7 @@ from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.model import TraceModel
+from sglang_tracing.analyzer.renderers import perfetto_features
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 from sglang_tracing.runtime.ids import REQUEST_TRACE_KEY_PREFIX
 
@@ -135,7 +136,8 @@ def _span_frame(model: TraceModel) -> pl.DataFrame:
     scan = model.scan_spans()
     have = scan.collect_schema()
     wanted = ["name", "start_ns", "end_ns", "span_id", "role", "pid", "tp_rank", "server", sc.RID,
-              sc.FORWARD_SPAN_ID, sc.GPU_START_NS, sc.GPU_END_NS, sc.CACHE_USED, sc.CACHE_EVICTABLE, *_ARG_COLUMNS]
+              sc.FORWARD_SPAN_ID, sc.GPU_START_NS, sc.GPU_END_NS, sc.CACHE_USED, sc.CACHE_EVICTABLE, *_ARG_COLUMNS,
+              *perfetto_features.COLUMNS]
     return scan.select(list(dict.fromkeys(c for c in wanted if c in have))).collect().sort("start_ns", maintain_order=True)
 
 
@@ -168,6 +170,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
         uuids["thread:" + key] = w.track(uuid_of(f"thread:{key}"), f"{label} spans", parent=proc, pid=pid, tid=pid)
         tracks_written += 1
     track_key = pl.when("_req").then(REQUEST_TRACE_KEY_PREFIX + col(sc.RID)).otherwise("thread:" + pl.col("_proc"))
+    track_key = perfetto_features.route(w, spans, uuids, uuid_of, track_key)
     fwd_col = col(sc.FORWARD_SPAN_ID)
     flow_of = (pl.when(pl.col("name") == sc.FORWARD).then(pl.col("span_id"))
                .when(pl.col("name") != sc.REQUEST_PREFILL_CHUNK).then(fwd_col))
@@ -193,10 +196,16 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
                 pl.col("span_id"))
             slices = pl.concat([slices, gpu_slices], how="diagonal")
             n_slices += gpu_slices.height
+    feature_gpu = perfetto_features.gpu_slices(w, spans, uuids, uuid_of)
+    if feature_gpu.height:
+        slices = pl.concat([slices, feature_gpu], how="diagonal")
+        n_slices += feature_gpu.height
     _write_slices(w, slices)
     n_kernels = _write_kernels(w, model.kernels)
     n_nvtx = _write_nvtx(w, model.nvtx)
     n_counters = _write_counters(w, model.counters) + _write_cache_occupancy(w, spans, several)
+    host = perfetto_features.host_occupancy(w, spans, uuid_of)
+    n_counters += _counter_events(w, host) if host.height else 0
     return {"slices": n_slices, "kernels": n_kernels, "nvtx": n_nvtx, "counter_samples": n_counters,
             "flows": len(flow_ids), "tracks": tracks_written}
 
