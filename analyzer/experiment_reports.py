@@ -19,7 +19,14 @@ def _tp_scaling():
     return tp_experiment.load, tp_scaling.build_report
 
 
-REPORTS = {"backends": _backends, "tp_scaling": _tp_scaling}  # name -> (loader, analysis), imported on use
+def _spec():
+    from sglang_tracing.analyzer.analyses import spec_experiment
+    from sglang_tracing.analyzer.loaders import experiments
+
+    return experiments.backends, spec_experiment.build_report
+
+
+REPORTS = {"backends": _backends, "tp_scaling": _tp_scaling, "spec": _spec}  # name -> (loader, analysis), imported on use
 
 
 def build(name: str, folder: str | Path):

@@ -256,3 +256,24 @@ def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(tmp_p
                    and "sglang.forward.gpu_start_ns" in s["attrs"]]
     assert len(per_track.get("GPU copies and draft / verify (CUDA events)", [])) == len(gpu_windows)
     assert "HiCache host tier used" in names.values()
+
+
+def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating_one(tmp_path):
+    import json
+
+    from sglang_tracing.analyzer import experiment_reports
+
+    trace_dir = _trace(tmp_path)
+    out = tmp_path / "exp"
+    cells = {"no_spec": (100.0, 20e6, 5e6, None), "spec": (150.0, 22e6, 4e6, str(trace_dir))}
+    for cell, (tput, ttft, itl, tdir) in cells.items():
+        (out / cell).mkdir(parents=True)
+        reqs = [{"rid": f"{cell}{i}", "ttft_ns": ttft + i, "mean_itl_ns": itl, "e2e_ns": 1e8, "completion_tokens": 8}
+                for i in range(3)]
+        (out / cell / "result.json").write_text(json.dumps({"requests": reqs, "output_tok_per_s": tput,
+                                                            "trace_dir": tdir, "start_ns": 1}))
+    report = experiment_reports.build("spec", out)
+    figures = {f.label: f.value for s in report.sections for f in s.figures}
+    assert figures["spec: output throughput"] == f"150.0 tok/s (x{150 / 100:.3f} of no_spec)"
+    assert figures["spec: TTFT"] == f"{(22e6 + 1) / 1e6:.2f} ms (x{(22e6 + 1) / (20e6 + 1):.3f} of no_spec)"
+    assert figures["drafts accepted / proposed"].startswith("6 / 12")

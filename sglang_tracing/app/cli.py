@@ -80,7 +80,7 @@ def _experiment(args, rest) -> int:
 
     exp = Experiment(args.name, args)
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
-           "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
+           "tp": runners.tp, "spec": runners.spec, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
     from sglang_tracing.app.serving import ServerError
 
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated), with --out")
     p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
-    p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
+    p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp", "spec"])
     from sglang_tracing.app.experiments.common import add_common_options
 
     add_common_options(p)
@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tool-path", help="nsys / ncu experiments: the profiler binary")
     p.add_argument("--tp-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     p.add_argument("--gpus", help="tp experiment: CUDA_VISIBLE_DEVICES per TP size, ';'-separated (0;0,1;0,1,2,3)")
+    p.add_argument("--host-tier", action="store_true", help="radix experiment: add the hierarchical-cache scenario "
+                   "(a small device pool, prefixes evicted to host and loaded back; needs a GPU)")
+    p.add_argument("--hicache-size", type=int, default=20, help="radix --host-tier: host tier size in GB")
+    p.add_argument("--spec-args", default="--speculative-algorithm NGRAM",
+                   help="spec experiment: SGLang's speculative-decoding arguments for the 'spec' cell")
     p.set_defaults(func=_experiment)
     p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
     p.add_argument("--trace-dir", help="a new or empty dir (default: traces/demo/<timestamp>)")

@@ -93,21 +93,65 @@ def radix_prompts(scenario: str, n: int, prompt_len: int, vocab: int) -> list[st
     return firsts + firsts[: n - len(firsts)]
 
 
+HOST_TIER_GROUPS = 8  # shared prefixes in the host-tier scenario: more than the small device pool holds
+
+
+def host_tier_prompts(n: int, prompt_len: int, vocab: int) -> list[str]:
+    """Shared prefixes (3/4 of the prompt) asked for twice in a row, group after group, then again: the
+    second ask hits the device; by the next round the pool has evicted the prefix to host, so it comes
+    back by a load-back (the first round computes them all)."""
+    prefix_len = prompt_len * 3 // 4
+    prefixes = [prompt_of_length(prefix_len, seed=40_000 + g, vocab_size=vocab) for g in range(HOST_TIER_GROUPS)]
+    return [prefixes[(i // 2) % HOST_TIER_GROUPS] + " "
+            + prompt_of_length(prompt_len - prefix_len, seed=50_000 + i, vocab_size=vocab) for i in range(n)]
+
+
 def radix(exp: Experiment) -> None:
     a = exp.args
     # room for about two requests: revisiting a prompt finds it evicted by the ones in between
     pressure_tokens = max(a.prompt_len * 2 + a.output_len * 4 + 64, 1024)
-    for scenario in progress(RADIX_SCENARIOS, "radix scenarios"):
+    scenarios = RADIX_SCENARIOS + (("host_tier",) if getattr(a, "host_tier", False) else ())
+    for scenario in progress(scenarios, "radix scenarios"):
         if exp.done(scenario) is not None:
             continue
         extra = ["--max-total-tokens", str(pressure_tokens)] if scenario == "cache_pressure" else []
         prompts = radix_prompts(scenario, a.num_requests, a.prompt_len, exp.vocab)
+        if scenario == "host_tier":  # the device pool holds about 2 requests; the host tier keeps the rest
+            extra = ["--enable-hierarchical-cache", "--hicache-size", str(a.hicache_size),
+                     "--max-total-tokens", str(pressure_tokens)]
+            prompts = host_tier_prompts(max(a.num_requests, 4 * HOST_TIER_GROUPS), a.prompt_len, exp.vocab)
         with target(exp, scenario, extra) as (client, trace_dir):
             # sequential: each request can find what the previous ones left in the cache
             result = drive(client, prompts, a.output_len, 1)
         result.update(trace_dir=trace_dir, scenario=scenario, max_total_tokens=pressure_tokens if extra else None)
         exp.record(scenario, result)
         _analyze(exp, trace_dir, "radix,story")
+
+
+# ---- speculative decoding: the same workload with and without ----
+def spec_prompts(n: int, prompt_len: int) -> list[str]:
+    """Prompts that repeat a short word pattern (4 to 11 words): an n-gram draft predicts them from the
+    prompt itself. With dummy weights the target's own output decides acceptance: mechanism, not quality."""
+    out = []
+    for i in range(n):
+        period = 4 + i % 8
+        words = [f"w{103 + 37 * i + j}" for j in range(period)]
+        out.append(" ".join(words[k % period] for k in range(prompt_len)))
+    return out
+
+
+def spec(exp: Experiment) -> None:
+    a = exp.args
+    prompts = spec_prompts(a.num_requests, a.prompt_len)
+    for cell, extra in (("no_spec", []), ("spec", a.spec_args.split())):
+        if exp.done(cell) is None:
+            with target(exp, cell, extra) as (client, trace_dir):
+                drive(client, prompts[:2], a.output_len, 1)  # warm-up (CUDA graphs, the n-gram corpus)
+                result = drive(client, prompts, a.output_len, a.concurrency)
+            result.update(trace_dir=trace_dir, speculative=" ".join(extra) or "off")
+            exp.record(cell, result)
+        _analyze(exp, exp.done(cell)["trace_dir"], "story")
+    _experiment_report(exp, "spec")
 
 
 # ---- 03 FlashInfer vs Triton ----
