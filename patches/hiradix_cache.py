@@ -110,6 +110,7 @@ def _take_removed(st: SchedulerState, on_host: bool) -> tuple[list[int], list[in
 
 def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
     ages, tokens = _take_removed(st, on_host=False)
+    st.removed.clear()  # host copies dropped with their device nodes (write-back under host pressure)
     freed = getattr(result, "num_tokens_evicted", 0) if result is not None else 0
     attrs = {sc.CACHE_REQUESTED_TOKENS: params.num_tokens, sc.CACHE_FREED_TOKENS: freed,
              sc.CACHE_TRIGGER: st.kv_alloc_phase or radix_cache._caller_outside_cache(),

@@ -24,7 +24,7 @@ DRAFTS = (  # the draft phase of each algorithm's decode step
     "sglang.srt.speculative.multi_layer_eagle_worker_v2.MultiLayerEagleDraftWorker.draft",
 )
 _TARGET = "sglang.srt.managers.tp_worker.TpModelWorker.forward_batch_generation"
-MAX_PENDING = 1024  # spans whose GPU events never complete must not pile up
+MAX_PENDING = 1024  # draft/verify spans waiting for their GPU events, at most
 
 
 class _Phase(NamedTuple):
@@ -57,8 +57,9 @@ def _end(st: SchedulerState, rec, name: str, phase: _Phase, start: int, end: int
         rec.emit(name, start, end, attrs, span_id=phase.span_id, parent=phase.parent)
         return
     phase.events.end.record()
-    if len(st.spec_pending) >= MAX_PENDING:
-        st.spec_pending.clear()
+    if len(st.spec_pending) >= MAX_PENDING:  # events that never complete: the oldest goes out without GPU time
+        old = st.spec_pending.pop(0)
+        rec.emit(old.name, old.start_ns, old.end_ns, old.attrs, span_id=old.phase.span_id, parent=old.phase.parent)
     st.spec_pending.append(PendingPhase(name, start, end, attrs, phase))
 
 
