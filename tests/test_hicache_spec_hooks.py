@@ -348,3 +348,23 @@ def test_speculative_targets_resolve_on_the_installed_sglang():
     from sglang.srt.managers.tp_worker import TpModelWorker
 
     assert "is_verify" in inspect.signature(TpModelWorker.forward_batch_generation).parameters
+
+
+def test_a_failing_hicache_hook_is_counted_and_sglangs_result_passes_through(monkeypatch):
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams, InsertParams
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    st, rec = SchedulerState(TraceConfig("/nonexistent", inject_fault="hicache_evict")), SpanLog()
+    monkeypatch.setattr(recorder, "_recorder", rec)
+    cache, allocator = _hicache(device_tokens=64, host_tokens=100)
+    _hook_instance(cache, st)
+    cache.insert(InsertParams(key=RadixKey(list(range(40))), value=allocator.alloc(40)))
+    _finish_backups(cache)
+    result = cache.evict(EvictParams(num_tokens=40))
+    assert result.num_tokens_evicted == 40 and allocator.available_size() == 64  # SGLang's eviction happened
+    assert rec.failures == [("hicache_evict", "InjectedFault")] and rec.named(sc.CACHE_EVICT) == []
+    before = len(rec.spans)
+    monkeypatch.setattr(recorder, "_recorder", None)  # not recording: the hooks only call through
+    cache.insert(InsertParams(key=RadixKey(list(range(50, 60))), value=allocator.alloc(10)))
+    _finish_backups(cache)
+    assert cache.evict(EvictParams(num_tokens=10)).num_tokens_evicted == 10 and len(rec.spans) == before
