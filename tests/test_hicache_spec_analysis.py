@@ -106,7 +106,12 @@ def _trace(tmp_path):
 
 
 def test_tiers_load_backs_and_thrash_match_the_raw_spans(tmp_path):
-    trace_dir = _trace(tmp_path)
+    hc = check_hicache_figures(_trace(tmp_path))
+    assert hc.requests.filter(pl.col("rid") == "C")["load_back_wait_ns"][0] == 1_000_000
+
+
+def check_hicache_figures(trace_dir) -> hicache.HiCache:
+    """Every hierarchical-cache figure of the analyzer against its recomputation from the raw spans."""
     raw = raw_spans.spans(trace_dir)
     model = load_trace_dir(str(trace_dir), use_cache=False)
     requests = request_table(model.spans, model.manifest)
@@ -123,31 +128,37 @@ def test_tiers_load_backs_and_thrash_match_the_raw_spans(tmp_path):
                                                  a["sglang.request.cached_tokens_host"],
                                                  a["sglang.request.cached_tokens_storage"],
                                                  root["sglang.request.prompt_tokens"] - root["sglang.request.cached_tokens"])
-    (load,) = raw_spans.named(raw, "sglang.hicache.load_back")
-    (done,) = [d for d in raw_spans.named(raw, "sglang.hicache.load_done")
-               if set(d["attrs"]["sglang.hicache.node_ids"]) & set(load["attrs"]["sglang.hicache.node_ids"])]
-    prefill_c = next(p for p in raw_spans.named(raw, "sglang.request.prefill") if p["attrs"]["sglang.rid"] == "C")
-    fwd = next(f for f in raw_spans.named(raw, "sglang.scheduler.forward")
-               if f["span_id"] == prefill_c["attrs"]["sglang.forward.span_id"])
-    wait = done["attrs"]["sglang.forward.gpu_end_ns"] - fwd["attrs"]["sglang.forward.gpu_start_ns"]
-    c = got["C"]
-    assert (c["load_back_tokens"], c["load_back_bytes"], c["load_back_gpu_ns"]) == (
-        load["attrs"]["sglang.hicache.tokens"], load["attrs"]["sglang.hicache.bytes"],
-        done["attrs"]["sglang.hicache.gpu_duration_ns"])
-    assert c["load_back_waited"] is (wait > 0) and c["load_back_wait_ns"] == max(wait, 0) == 1_000_000
-    assert got["A"]["load_back_tokens"] is None and got["B"]["load_back_waited"] is None
+    prefills = {p["attrs"]["sglang.rid"]: p for p in raw_spans.named(raw, "sglang.request.prefill")}
+    forwards = {f["span_id"]: f for f in raw_spans.named(raw, "sglang.scheduler.forward")}
+    dones = sorted(raw_spans.named(raw, "sglang.hicache.load_done"), key=lambda d: d["start"])
+    loaded = [s for s in raw_spans.named(raw, "sglang.hicache.load_back") if s["attrs"]["sglang.hicache.tokens"] > 0]
+    for load in loaded:
+        rid = load["attrs"]["sglang.rid"]
+        done = next(d for d in dones if d["start"] >= load["start"]
+                    and set(d["attrs"]["sglang.hicache.node_ids"]) & set(load["attrs"]["sglang.hicache.node_ids"]))
+        row = got[rid]
+        assert (row["load_back_tokens"], row["load_back_bytes"], row["load_back_gpu_ns"]) == (
+            load["attrs"]["sglang.hicache.tokens"], load["attrs"]["sglang.hicache.bytes"],
+            done["attrs"].get("sglang.hicache.gpu_duration_ns"))
+        fwd = forwards.get(prefills[rid]["attrs"]["sglang.forward.span_id"]) if rid in prefills else None
+        if fwd is None or "sglang.forward.gpu_end_ns" not in done["attrs"] \
+                or "sglang.forward.gpu_start_ns" not in fwd["attrs"]:
+            assert row["load_back_waited"] is None
+            continue
+        wait = done["attrs"]["sglang.forward.gpu_end_ns"] - fwd["attrs"]["sglang.forward.gpu_start_ns"]
+        assert row["load_back_waited"] is (wait > 0) and row["load_back_wait_ns"] == max(wait, 0)
+    for rid in set(got) - {s["attrs"]["sglang.rid"] for s in loaded}:
+        assert got[rid]["load_back_tokens"] is None and got[rid]["load_back_waited"] is None
 
     device_ages = [a for s in raw_spans.named(raw, "sglang.cache.evict")
-                   for a in s["attrs"]["sglang.hicache.evicted_ages_ns"]]
+                   for a in s["attrs"].get("sglang.hicache.evicted_ages_ns", [])]
     host_ages = [a for s in raw_spans.named(raw, "sglang.hicache.evict_host")
-                 for a in s["attrs"]["sglang.hicache.evicted_ages_ns"]]
-    hit_ages = _hit_ages(raw)
+                 for a in s["attrs"].get("sglang.hicache.evicted_ages_ns", [])]
+    hit_median = _median(list(_hit_ages(raw).values()))
     device, host = hc.thrash
-    assert (device.median_evicted_age_ns, host.median_evicted_age_ns) == (statistics.median(device_ages),
-                                                                          statistics.median(host_ages))
-    assert device.median_hit_age_ns == statistics.median(hit_ages.values())
-    assert device.thrashing is (statistics.median(device_ages) < statistics.median(hit_ages.values()))
-    assert host.thrashing is (statistics.median(host_ages) < statistics.median(hit_ages.values()))
+    for tier, ages in ((device, device_ages), (host, host_ages)):
+        assert (tier.median_evicted_age_ns, tier.median_hit_age_ns) == (_median(ages), hit_median)
+        assert tier.thrashing is (None if not ages or hit_median is None else _median(ages) < hit_median)
 
     totals = {r["op"]: r for r in hc.totals.iter_rows(named=True)}
     for name, op in hicache.OPS.items():
@@ -155,6 +166,11 @@ def test_tiers_load_backs_and_thrash_match_the_raw_spans(tmp_path):
         if rows:
             assert totals[op]["count"] == len(rows)
             assert totals[op]["bytes"] == sum(s["attrs"].get("sglang.hicache.bytes", 0) for s in rows)
+    return hc
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
 
 
 def _hit_ages(raw) -> dict[str, int]:
@@ -162,24 +178,31 @@ def _hit_ages(raw) -> dict[str, int]:
     earlier request sharing the blocks it matched."""
     match = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request.prefix_match")}
     prefill = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request.prefill")}
-    roots = {s["attrs"]["sglang.rid"]: s for s in raw_spans.named(raw, "sglang.request")}
+    ends = {s["attrs"]["sglang.rid"]: s["end"] for s in raw_spans.named(raw, "sglang.request")}
+    digests = {rid: m["attrs"].get("sglang.prefix.block_digests") or [] for rid, m in match.items()}
     ages = {}
     for rid, p in prefill.items():
         a = p["attrs"]
-        matched = a["sglang.request.cached_tokens_device"] + a["sglang.request.cached_tokens_host"]
-        if matched < 16:
+        matched = a.get("sglang.request.cached_tokens_device", 0) + a.get("sglang.request.cached_tokens_host", 0)
+        k = matched // 16 - 1
+        if matched < 16 or rid not in match or len(digests[rid]) <= k:
             continue
-        k, start = matched // 16 - 1, match[rid]["start"]
-        digest = match[rid]["attrs"]["sglang.prefix.block_digests"][k]
-        touched = [roots[o]["end"] if roots[o]["end"] < start else prefill[o]["start"] for o in match
-                   if o != rid and len(match[o]["attrs"]["sglang.prefix.block_digests"]) > k
-                   and match[o]["attrs"]["sglang.prefix.block_digests"][k] == digest and prefill[o]["start"] < start]
-        ages[rid] = start - max(touched)
+        start = match[rid]["start"]
+        touched = [ends[o] if ends.get(o, start) < start else prefill[o]["start"] for o in match
+                   if o != rid and o in prefill and len(digests[o]) > k and digests[o][k] == digests[rid][k]
+                   and prefill[o]["start"] < start]
+        if touched:
+            ages[rid] = start - max(touched)
     return ages
 
 
 def test_speculative_steps_and_request_columns_match_the_raw_spans(tmp_path):
-    trace_dir = _trace(tmp_path)
+    spec = check_spec_figures(_trace(tmp_path))
+    assert (spec.total("proposed"), spec.total("accepted"), spec.algorithm) == (12, 6, "NGRAMWorker")
+
+
+def check_spec_figures(trace_dir) -> speculative.Speculation:
+    """Every speculative-decoding figure of the analyzer against its recomputation from the raw spans."""
     raw = raw_spans.spans(trace_dir)
     model = load_trace_dir(str(trace_dir), use_cache=False)
     requests = request_table(model.spans, model.manifest)
@@ -188,17 +211,20 @@ def test_speculative_steps_and_request_columns_match_the_raw_spans(tmp_path):
     proposed = sum(len(a["attrs"]["sglang.spec.correct_drafts"]) * (a["attrs"]["sglang.spec.draft_tokens"] - 1)
                    for a in accepts)
     accepted = sum(sum(a["attrs"]["sglang.spec.correct_drafts"]) for a in accepts)
-    assert spec.used and spec.algorithm == "NGRAMWorker" and spec.steps.height == len(accepts)
-    assert (spec.total("proposed"), spec.total("accepted")) == (proposed, accepted) == (12, 6)
-    assert spec.acceptance_rate == accepted / proposed
-    assert spec.total("draft_gpu_ns") == sum(s["attrs"]["sglang.forward.gpu_duration_ns"]
-                                             for s in raw_spans.named(raw, "sglang.spec.draft"))
+    assert spec.used and spec.steps.height == len(accepts)
+    assert (spec.total("proposed"), spec.total("accepted")) == (proposed, accepted)
+    assert spec.acceptance_rate == (accepted / proposed if proposed else None)
+    for phase in ("draft", "verify"):
+        assert spec.total(f"{phase}_gpu_ns") == sum(s["attrs"].get("sglang.forward.gpu_duration_ns", 0)
+                                                    for s in raw_spans.named(raw, f"sglang.spec.{phase}"))
     assert spec.total("verify_ns") == sum(s["end"] - s["start"] for s in raw_spans.named(raw, "sglang.spec.verify"))
     per_rid: dict[str, list[int]] = {}
     for a in sorted(accepts, key=lambda s: s["start"]):
         for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"]):
             per_rid.setdefault(rid, []).append(c + 1)
     got = {r["rid"]: r for r in spec.requests.iter_rows(named=True)}
+    outputs = {s["attrs"]["sglang.rid"]: s["attrs"].get("sglang.request.output_tokens")
+               for s in raw_spans.named(raw, "sglang.request")}
     for d in raw_spans.named(raw, "sglang.request.decode"):
         rid, times = d["attrs"]["sglang.rid"], d["attrs"]["sglang.request.token_times_ns"]
         if rid not in per_rid:  # the hierarchical-cache requests: no speculation
@@ -208,10 +234,12 @@ def test_speculative_steps_and_request_columns_match_the_raw_spans(tmp_path):
         assert got[rid]["accepted_per_step"] == per_rid[rid]
         assert got[rid]["spec_steps"] == d["attrs"]["sglang.request.spec_verify_ct"]
         assert got[rid]["zero_gaps"] == sum(g == 0 for g in gaps)
-        assert got[rid]["step_itl_mean_ns"] == statistics.mean([g for g in gaps if g > 0])
-        assert got[rid]["tokens_per_forward"] == (len(times) - 1) / d["attrs"]["sglang.request.spec_verify_ct"]
+        steps = [g for g in gaps if g > 0]
+        assert got[rid]["step_itl_mean_ns"] == (statistics.mean(steps) if steps else None)
+        assert got[rid]["tokens_per_forward"] == (outputs[rid] - 1) / d["attrs"]["sglang.request.spec_verify_ct"]
     dist = dict(spec.accept_distribution().iter_rows())
     assert dist == {n: sum(x == n for xs in per_rid.values() for x in xs) for n in {x for xs in per_rid.values() for x in xs}}
+    return spec
 
 
 def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_columns(tmp_path):
