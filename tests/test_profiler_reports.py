@@ -426,12 +426,13 @@ def test_diff_scaled_run_reports_slower_by_how_much():
     b = api.load_input(NSYS_2024)
     b.kernels = b.kernels.with_columns(
         pl.when(pl.col("name") == victim).then(pl.col("dur_ns") * 3 // 2).otherwise(pl.col("dur_ns")).alias("dur_ns"))
-    report = diff.build_report(a, b)
-    kernels = next(s for s in report.sections if s.title == "Kernels")
-    rows = kernels.table.filter(pl.col("status") != "same")
+    result = diff.compute(a, b)
+    kernels = next(t for t in result.tables if t.title == "Kernels")
+    rows = kernels.rows.filter(pl.col("status") != "same")
     assert rows["name"].to_list() == [victim] and rows["status"].to_list() == ["slower"]
-    assert rows["delta_pct"][0] == pytest.approx(50, abs=0.1)
-    assert any(f.label == "largest regression" and f.source == victim for f in kernels.figures)
+    assert rows["per_call_pct"][0] == pytest.approx(50, abs=0.1) and rows["calls"].to_list() == ["same"]
+    section = next(s for s in diff.describe(result).sections if s.title == "Kernels")
+    assert any(f.label == "largest per-call regression" and f.source == victim for f in section.figures)
 
 
 def test_diff_two_traced_runs_compares_spans():
