@@ -20,7 +20,8 @@ import pytest
 
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import diff, summaries, timeline
-from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints, warp_stalls
+from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints
+from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import ncu, nsys
 from sglang_tracing.analyzer.renderers import text

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints, warp_stalls
+from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints
+from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.report import Report, Section
 
 GROUPS = {
