@@ -10,7 +10,6 @@ unknown rather than short.
 """
 from __future__ import annotations
 
-
 import polars as pl
 
 _TIME = {"ns": 1, "nsecond": 1, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6, "s": 1e9, "second": 1e9}
