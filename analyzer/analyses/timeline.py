@@ -265,11 +265,12 @@ def _stats_tables(report: Report, timeline: Timeline) -> None:
     if not timeline.profiled:
         report.section("nsys stats tables").add("tables", None, "no profiler file given (--nsys or --kineto)")
         return
+    stats_only = any(source == "nsys stats CSV" for _, source in timeline.tables.values())
     for name, (title, missing) in TABLES.items():
         table, source = timeline.tables[name]
         sec = report.section(title)
         if table.is_empty():
-            sec.add("rows", None, missing)
+            sec.add("rows", None, f"not given: no {name} among the nsys stats CSVs" if stats_only else missing)
             continue
         sec.add("rows", f"{min(TOP, table.height)} of {table.height} shown" if table.height > TOP else str(table.height),
                 f"from {source}; Time (%) is the share of this table's total, not of wall time")
