@@ -113,15 +113,17 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
         raise UsageError("--out is needed when several trace dirs are analyzed together")
     if not dirs and out_dir is None and (nsys or kineto or ncu):
         raise UsageError("--out is needed when no trace dir is given")
-    if dirs and not Path(dirs[0]).is_dir():
-        raise TraceError(dirs[0], "no such trace dir")
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise TraceError(d, "not a directory" if Path(d).exists() else "no such trace dir")
     out = output_dir(out_dir or os.path.join(dirs[0], "reports"), given=out_dir is not None) if dirs or out_dir else None
     model = load(dirs, nsys, kineto, ncu)
     if not dirs:
         names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
     written = []
-    for report in build_reports(model, names, request, model_config):
-        written += write_report(out, report, fmts)
+    reports = build_reports(model, names, request, model_config)
+    for report in reports:
+        written += write_report(out, report, fmts, others=tuple(r.name for r in reports))
     return written
 
 

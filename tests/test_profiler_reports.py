@@ -25,6 +25,7 @@ from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import ncu, nsys
 from sglang_tracing.analyzer.renderers import text
+from sglang_tracing.analyzer.renderers.base import ROW_LIMIT
 
 from test_readers import KERN_SUM, KINETO, NCU_NEW, NCU_OLD, NCU_TEXT, NSYS_2022, NSYS_2024, NSYS_REP, plain_sqlite
 
@@ -349,7 +350,7 @@ def test_timeline_on_foreign_files(args, tmp_path):
         assert sglang_only not in out, sglang_only
     # full kernel names: every kernel of the table is printed whole, in text and Markdown
     model = api.load(None, **{args[0][2:]: args[1]})
-    names = summaries.kernel_summary(model.kernels)["Name"].head(timeline.TOP).to_list()
+    names = summaries.kernel_summary(model.kernels)["Name"].head(ROW_LIMIT).to_list()
     md = (tmp_path / "timeline.md").read_text()
     assert all(n in out for n in names) and all(n.replace("|", "\\|") in md for n in names)
 
@@ -387,7 +388,7 @@ def test_cli_reads_nsys_stats_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     out = (tmp_path / "timeline.txt").read_text()
     rows = list(csv.DictReader(open(KERN_SUM)))
-    assert "from nsys stats CSV" in out and f"25 of {len(rows)} shown" in out
+    assert "from nsys stats CSV" in out and f"showing {ROW_LIMIT} of {len(rows)} rows" in out
     assert rows[0]["Name"] in out and f"{int(rows[0]['Total Time (ns)']):,}" in out
     assert "nsys stats CSVs hold totals only" in out
 
