@@ -211,7 +211,8 @@ def describe(r: DiffResult) -> Report:
         sec.add("GPU", ", ".join(r.gpus[0]) if same else " vs ".join(", ".join(g) or "unknown" for g in r.gpus),
                 "" if same else "different GPUs: compare with care")
     sec.add("workload", "the same" if r.workload.same else "different: " + "; ".join(r.workload.reasons),
-            "names and calls of every table, the user's requests" + ("" if r.workload.same else
+            ("the user's requests and output tokens" if r.requests.height else "names and calls of every table")
+            + ("" if r.workload.same else
                                                                     ": totals compare different work, "
                                                                     "per-call times still compare"))
     for label, x, y in r.totals:
