@@ -178,12 +178,14 @@ def to_perfetto(trace_dir: str | list[str] | None, output: str, nsys: str | None
                 kineto: str | None = None) -> dict:
     from sglang_tracing.analyzer.renderers import perfetto
 
+    if os.path.isdir(output):
+        raise UsageError(f"{output}: is a folder; -o takes the .pftrace file to write")
     model = load(trace_dir, nsys, kineto)
     tmp = output + ".tmp"
     try:
         with open(tmp, "wb") as f:
             counts = perfetto.render(model, f)
+        os.replace(tmp, output)
     except OSError as exc:
-        raise TraceError(output, f"cannot write ({exc.strerror})") from None
-    os.replace(tmp, output)
+        raise TraceError(output, f"cannot write ({exc.strerror}); pass another -o") from None
     return counts

@@ -128,3 +128,7 @@ def test_cut_last_span_line_is_in_the_reports_sources(tmp_path):
     for report in reports:
         cut = [f for sec in report.sections for f in sec.figures if f.value == str(plain)]
         assert len(cut) == 1, report.name
+
+
+def test_perfetto_output_naming_a_folder_is_one_line(tmp_path, capsys):
+    assert str(tmp_path) in _one_line_exit_2(capsys, ["perfetto", str(TRITON), "-o", str(tmp_path)])
