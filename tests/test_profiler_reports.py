@@ -442,8 +442,10 @@ def test_diff_two_traced_runs_compares_spans():
     b = EXAMPLES / "h200-backends" / "server-triton" / "trace"
     done = cli("diff", str(a), str(b))
     assert done.returncode == 0, done.stderr
-    assert "SGLang spans" in done.stdout and "sglang.scheduler.forward [decode]" in done.stdout
-    assert "Kernels" in done.stdout  # the Kineto traces recorded next to the spans
+    result = diff.compute(api.load_input(str(a)), api.load_input(str(b)))
+    tables = {t.title: t.rows for t in result.tables}
+    assert "sglang.scheduler.forward [decode]" in tables[diff.SPANS]["name"].to_list()
+    assert tables["Kernels"].height  # the Kineto traces recorded next to the spans
     bad = cli("diff", str(a), "/nonexistent")
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
 
