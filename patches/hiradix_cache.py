@@ -17,7 +17,8 @@ from __future__ import annotations
 import time
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.patches import _compat, _hooks, radix_cache
+from sglang_tracing.patches import _compat, _targets, radix_cache
+from sglang_tracing.patches._wrappers import Call, after_setup, around
 from sglang_tracing.patches.state import RemovedNode, SchedulerState
 
 _CACHE = "sglang.srt.mem_cache.hiradix_cache.HiRadixCache"
@@ -57,15 +58,16 @@ def _transfer(cache, tokens: int, attrs: dict) -> dict:
     return _tiers(cache, attrs)
 
 
-def _on_init(st: SchedulerState, cache, *a, **k) -> None:
+def _on_init(st: SchedulerState, call: Call, /, cache, *a, **k) -> None:
     st.hicache = True
 
 
-def _after_init_hicache(st: SchedulerState, rec, token, start, end, result, cache, *a, **k):
+def _after_init_hicache(st: SchedulerState, call: Call, /, cache, *a, **k):
     st.hicache = True
 
 
-def _on_match(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+def _on_match(st: SchedulerState, call: Call, /, cache, params, *a, **k):
+    rec, start, end, result = call.rec, call.start_ns, call.end_ns, call.result
     st.cache_lookup_ns += end - start
     if not st.config.batch_spans:
         return
@@ -77,7 +79,8 @@ def _on_match(st: SchedulerState, rec, token, start, end, result, cache, params,
     rec.emit(sc.CACHE_MATCH, start, end, _tiers(cache, attrs))
 
 
-def _on_insert(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+def _on_insert(st: SchedulerState, call: Call, /, cache, params, *a, **k):
+    rec, start, end, result = call.rec, call.start_ns, call.end_ns, call.result
     if not st.config.batch_spans:
         return
     key_len = len(params.key) if params.key is not None else 0
@@ -86,7 +89,7 @@ def _on_insert(st: SchedulerState, rec, token, start, end, result, cache, params
     rec.emit(sc.CACHE_INSERT, start, end, _tiers(cache, attrs))
 
 
-def _on_remove(st: SchedulerState, rec, token, start, end, result, cache, node, medium=None, *a, **k):
+def _on_remove(st: SchedulerState, call: Call, /, cache, node, medium=None, *a, **k):
     """A node leaves a tier: its age (since its last access) waits for the eviction that removed it."""
     if len(st.removed) >= MAX_REMOVED:  # removals no eviction span collected
         del st.removed[:MAX_REMOVED // 2]
@@ -108,7 +111,8 @@ def _take_removed(st: SchedulerState, on_host: bool) -> tuple[list[int], list[in
     return ages, tokens
 
 
-def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+def _on_evict(st: SchedulerState, call: Call, /, cache, params, *a, **k):
+    rec, start, end, result = call.rec, call.start_ns, call.end_ns, call.result
     ages, tokens = _take_removed(st, on_host=False)
     st.removed.clear()  # host copies dropped with their device nodes (write-back under host pressure)
     freed = getattr(result, "num_tokens_evicted", 0) if result is not None else 0
@@ -119,11 +123,12 @@ def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params,
     rec.emit(sc.CACHE_EVICT, start, end, _tiers(cache, attrs))
 
 
-def _before_evict_host(st: SchedulerState, rec, cache, *a, **k) -> int:
+def _before_evict_host(st: SchedulerState, call: Call, /, cache, *a, **k) -> int:
     return _host_pool(cache).available_size()
 
 
-def _on_evict_host(st: SchedulerState, rec, available_before, start, end, result, cache, num_tokens, *a, **k):
+def _on_evict_host(st: SchedulerState, call: Call, /, cache, num_tokens, *a, **k):
+    rec, available_before, start, end = call.rec, call.token, call.start_ns, call.end_ns
     ages, tokens = _take_removed(st, on_host=True)
     freed = _host_pool(cache).available_size() - available_before if available_before is not None else 0
     rec.emit(sc.HICACHE_EVICT_HOST, start, end, _transfer(cache, freed, {
@@ -131,21 +136,24 @@ def _on_evict_host(st: SchedulerState, rec, available_before, start, end, result
         sc.HICACHE_EVICTED_NODE_TOKENS: tokens}))
 
 
-def _on_backup(st: SchedulerState, rec, token, start, end, result, cache, node, write_back=False, *a, **k):
+def _on_backup(st: SchedulerState, call: Call, /, cache, node, write_back=False, *a, **k):
+    rec, start, end, result = call.rec, call.start_ns, call.end_ns, call.result
     if not result:  # not backed up (parent not on host yet, or host full)
         return
     rec.emit(sc.HICACHE_BACKUP, start, end, _transfer(cache, result, {
         sc.HICACHE_WRITE_BACK: bool(write_back), sc.HICACHE_NODE_IDS: [node.id]}))
 
 
-def _on_unified_backup(st: SchedulerState, rec, token, start, end, host_indices, cache, node_id, *a, **k):
+def _on_unified_backup(st: SchedulerState, call: Call, /, cache, node_id, *a, **k):
     """0.5.23: one node's device -> host copy (write-through, or write-back at eviction: not told apart)."""
+    rec, start, end, host_indices = call.rec, call.start_ns, call.end_ns, call.result
     if host_indices is None:
         return
     rec.emit(sc.HICACHE_BACKUP, start, end, _transfer(cache, len(host_indices), {sc.HICACHE_NODE_IDS: [node_id]}))
 
 
-def _on_backup_storage(st: SchedulerState, rec, token, start, end, result, cache, node, backup_len=None, *a, **k):
+def _on_backup_storage(st: SchedulerState, call: Call, /, cache, node, backup_len=None, *a, **k):
+    rec, start, end = call.rec, call.start_ns, call.end_ns
     key = getattr(node, "key", None)
     tokens = backup_len if backup_len is not None else (len(key) if key is not None else 0)
     rec.emit(sc.HICACHE_BACKUP_STORAGE, start, end, _transfer(cache, tokens, {sc.HICACHE_NODE_IDS: [_node_id(node)]}))
@@ -159,7 +167,8 @@ def _loaded_tokens(result) -> int:
     return first if isinstance(first, int) else (len(first) if first is not None else 0)
 
 
-def _on_load_back(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+def _on_load_back(st: SchedulerState, call: Call, /, cache, params, *a, **k):
+    rec, start, end, result = call.rec, call.start_ns, call.end_ns, call.result
     loaded = _loaded_tokens(result)
     attrs = {sc.HICACHE_REQUESTED_TOKENS: getattr(params, "host_hit_length", 0) or 0,
              sc.HICACHE_NODE_IDS: [_node_id(params.best_match_node)]}
@@ -169,7 +178,7 @@ def _on_load_back(st: SchedulerState, rec, token, start, end, result, cache, par
     rec.emit(sc.HICACHE_LOAD_BACK, start, end, _transfer(cache, loaded, attrs))
 
 
-def _before_issue(st: SchedulerState, rec, cache, *a, **k) -> tuple[int, list[int]] | None:
+def _before_issue(st: SchedulerState, call: Call, /, cache, *a, **k) -> tuple[int, list[int]] | None:
     controller = getattr(cache, "cache_controller", None)  # None: 0.5.23 loads through its linker
     if controller is None:
         return None
@@ -177,7 +186,8 @@ def _before_issue(st: SchedulerState, rec, cache, *a, **k) -> tuple[int, list[in
     return sum(len(op.host_indices) for op in queue), [i for op in queue for i in op.node_ids]
 
 
-def _on_issue(st: SchedulerState, rec, queued, start, end, producer, cache, *a, **k):
+def _on_issue(st: SchedulerState, call: Call, /, cache, *a, **k):
+    rec, queued, start, end, producer = call.rec, call.token, call.start_ns, call.end_ns, call.result
     if producer is None or producer < 0 or not queued:
         return
     tokens, node_ids = queued
@@ -185,12 +195,13 @@ def _on_issue(st: SchedulerState, rec, queued, start, end, producer, cache, *a, 
         sc.HICACHE_PRODUCER: producer, sc.HICACHE_NODE_IDS: node_ids}))
 
 
-def _before_loading_check(st: SchedulerState, rec, cache, *a, **k) -> list:
+def _before_loading_check(st: SchedulerState, call: Call, /, cache, *a, **k) -> list:
     controller = getattr(cache, "cache_controller", None)
     return list(controller.ack_load_queue) if controller is not None else []
 
 
-def _on_loading_check(st: SchedulerState, rec, pending, start, end, result, cache, *a, **k):
+def _on_loading_check(st: SchedulerState, call: Call, /, cache, *a, **k):
+    rec, pending, start, end = call.rec, call.token, call.start_ns, call.end_ns
     if not pending:
         return
     left = {id(ack) for ack in cache.cache_controller.ack_load_queue}
@@ -217,46 +228,47 @@ def _rid(request) -> str:
     return request if isinstance(request, str) else str(getattr(request, "rid", request))
 
 
-def _on_prefetch(st: SchedulerState, rec, token, start, end, result, cache, request, last_host_node,
-                 new_input_tokens, *a, **k):
+def _on_prefetch(st: SchedulerState, call: Call, /, cache, request, last_host_node, new_input_tokens, *a, **k):
+    rec, start, end = call.rec, call.start_ns, call.end_ns
     if request not in getattr(cache, "ongoing_prefetch", {}):  # below threshold or rate limited: nothing asked
         return
     rec.emit(sc.HICACHE_PREFETCH, start, end, _transfer(cache, len(new_input_tokens), {sc.RID: _rid(request)}))
 
 
-def _on_storage_hit(st: SchedulerState, rec, token, start, end, loaded, cache, request, *a, **k):
+def _on_storage_hit(st: SchedulerState, call: Call, /, cache, request, *a, **k):
+    rec, start, end, loaded = call.rec, call.start_ns, call.end_ns, call.result
     if loaded:
         rec.emit(sc.HICACHE_STORAGE_HIT, start, end, _transfer(cache, loaded, {sc.RID: _rid(request)}))
 
 
 def hooks(st: SchedulerState) -> dict:
-    fault = st.config.inject_fault
+    common = {"state": st, "inject_fault": st.config.inject_fault}
 
-    def around(name, after, before=None):
-        return _hooks.around(f"hicache_{name}", after, before, inject_fault=fault, state=st)
+    def timed(name, after, before=None):
+        return around(f"hicache_{name}", after=after, before=before, **common)
 
     shared = {  # same name, both shapes
-        "evict_host": around("evict_host", _on_evict_host, _before_evict_host),
-        "write_backup_storage": around("write_backup_storage", _on_backup_storage),
-        "init_load_back": around("init_load_back", _on_load_back),
-        "ready_to_load_host_cache": around("load_issue", _on_issue, _before_issue),
-        "loading_check": around("loading_check", _on_loading_check, _before_loading_check),
-        "prefetch_from_storage": around("prefetch", _on_prefetch),
-        "pop_prefetch_loaded_tokens": around("storage_hit", _on_storage_hit),
+        "evict_host": timed("evict_host", _on_evict_host, _before_evict_host),
+        "write_backup_storage": timed("write_backup_storage", _on_backup_storage),
+        "init_load_back": timed("init_load_back", _on_load_back),
+        "ready_to_load_host_cache": timed("load_issue", _on_issue, _before_issue),
+        "loading_check": timed("loading_check", _on_loading_check, _before_loading_check),
+        "prefetch_from_storage": timed("prefetch", _on_prefetch),
+        "pop_prefetch_loaded_tokens": timed("storage_hit", _on_storage_hit),
     }
     return {
         **{f"{_CACHE}.{name}": hook for name, hook in shared.items()},
         **{f"{_UNIFIED}.{name}": hook for name, hook in shared.items()},
-        f"{_UNIFIED}.init_hicache": around("init_hicache", _after_init_hicache),
-        f"{_UNIFIED}._execute_kv_backup": around("write_backup", _on_unified_backup),
-        f"{_CACHE}.__init__": _hooks.after_setup("hicache_init", _on_init, fault, state=st),
-        f"{_CACHE}.match_prefix": around("match_prefix", _on_match),
-        f"{_CACHE}.insert": around("insert", _on_insert),
-        f"{_CACHE}.evict": around("evict", _on_evict),
-        f"{_CACHE}._record_remove_event": around("record_remove", _on_remove),
-        f"{_CACHE}.write_backup": around("write_backup", _on_backup),
+        f"{_UNIFIED}.init_hicache": timed("init_hicache", _after_init_hicache),
+        f"{_UNIFIED}._execute_kv_backup": timed("write_backup", _on_unified_backup),
+        f"{_CACHE}.__init__": after_setup("hicache_init", on_init=_on_init, **common),
+        f"{_CACHE}.match_prefix": timed("match_prefix", _on_match),
+        f"{_CACHE}.insert": timed("insert", _on_insert),
+        f"{_CACHE}.evict": timed("evict", _on_evict),
+        f"{_CACHE}._record_remove_event": timed("record_remove", _on_remove),
+        f"{_CACHE}.write_backup": timed("write_backup", _on_backup),
     }
 
 
 def instrument(st: SchedulerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

@@ -14,7 +14,8 @@ from typing import NamedTuple
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.runtime.ids import new_span_id
-from sglang_tracing.patches import _hooks
+from sglang_tracing.patches import _targets
+from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.forward_gpu_times import GpuEvents
 from sglang_tracing.patches.state import SchedulerState
 
@@ -89,13 +90,14 @@ def _draft_tokens(worker, batch) -> int:
     return 0
 
 
-def _before_draft(st: SchedulerState, rec, worker, batch, *a, **k) -> _Phase | None:
+def _before_draft(st: SchedulerState, call: Call, /, worker, batch, *a, **k) -> _Phase | None:
     if not batch.forward_mode.is_decode():  # NGRAM's prefill passes through without drafting
         return None
     return _begin(st)
 
 
-def _after_draft(st: SchedulerState, rec, phase, start, end, result, worker, batch, *a, **k):
+def _after_draft(st: SchedulerState, call: Call, /, worker, batch, *a, **k):
+    rec, phase, start, end = call.rec, call.token, call.start_ns, call.end_ns
     if phase is None:
         return
     _end(st, rec, sc.SPEC_DRAFT, phase, start, end, {
@@ -103,13 +105,14 @@ def _after_draft(st: SchedulerState, rec, phase, start, end, result, worker, bat
         sc.SPEC_DRAFT_TOKENS: _draft_tokens(worker, batch)})
 
 
-def _before_verify(st: SchedulerState, rec, worker, batch=None, *a, **k) -> _Phase | None:
+def _before_verify(st: SchedulerState, call: Call, /, worker, batch=None, *a, **k) -> _Phase | None:
     if not k.get("is_verify") or batch is None:
         return None
     return _begin(st)
 
 
-def _after_verify(st: SchedulerState, rec, phase, start, end, result, worker, batch=None, *a, **k):
+def _after_verify(st: SchedulerState, call: Call, /, worker, batch=None, *a, **k):
+    rec, phase, start, end = call.rec, call.token, call.start_ns, call.end_ns
     if phase is None:
         return
     algorithm = getattr(getattr(batch, "spec_algorithm", None), "name", "")
@@ -118,7 +121,7 @@ def _after_verify(st: SchedulerState, rec, phase, start, end, result, worker, ba
         sc.SPEC_DRAFT_TOKENS: _draft_tokens(worker, batch)})
 
 
-def _cleanup(st: SchedulerState, rec, phase) -> None:
+def _cleanup(st: SchedulerState, call: Call, /, *a, **k) -> None:
     """The original raised: its events are dropped, nothing is emitted."""
 
 
@@ -143,12 +146,11 @@ def request_attrs(req) -> dict:
 
 
 def hooks(st: SchedulerState) -> dict:
-    fault = st.config.inject_fault
-    out = {target: _hooks.around("spec_draft", _after_draft, _before_draft, _cleanup, fault, state=st)
-           for target in DRAFTS}
-    out[_TARGET] = _hooks.around("spec_verify", _after_verify, _before_verify, _cleanup, fault, state=st)
+    common = {"state": st, "inject_fault": st.config.inject_fault, "cleanup": _cleanup}
+    out = {target: around("spec_draft", before=_before_draft, after=_after_draft, **common) for target in DRAFTS}
+    out[_TARGET] = around("spec_verify", before=_before_verify, after=_after_verify, **common)
     return out
 
 
 def instrument(st: SchedulerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

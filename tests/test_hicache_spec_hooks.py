@@ -18,12 +18,13 @@ import pytest
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
-from sglang_tracing.patches import _hooks, hiradix_cache, scheduler, speculative
+from sglang_tracing.patches import _targets, hiradix_cache, scheduler, speculative
 from sglang_tracing.patches.forward_gpu_times import GpuAnchor
 from sglang_tracing.patches.state import SchedulerState
 from sglang_tracing.runtime import recorder
 
-from test_patch_bookkeeping import Batch, Req, Result, SpanLog, _Event
+from span_log import SpanLog
+from test_patch_bookkeeping import Batch, Req, _Event
 
 BYTES_PER_TOKEN = 4096
 
@@ -343,7 +344,7 @@ def test_decode_span_carries_sglangs_own_counts_with_speculation():
 
 def test_speculative_targets_resolve_on_the_installed_sglang():
     """The draft and verify targets exist where this SGLang has the algorithm, without importing it."""
-    present = [t for t in (*speculative.DRAFTS, speculative._TARGET) if _hooks.locate(t)[0] != _hooks.MISSING]
+    present = [t for t in (*speculative.DRAFTS, speculative._TARGET) if _targets.locate(t)[0] != _targets.MISSING]
     assert speculative._TARGET in present and speculative.DRAFTS[0] in present
     from sglang.srt.managers.tp_worker import TpModelWorker
 
