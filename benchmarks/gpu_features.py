@@ -1,5 +1,6 @@
 """The H200 run for the hierarchical cache and speculative decoding, unattended, in about 9 minutes.
 
+    pip install --no-deps --no-build-isolation -e .   # the plugin's entry point: traced servers need it
     python3 benchmarks/gpu_features.py --model /tmp/llama2 --out /tmp/features
     # -> /tmp/features/results.json, progress.log, gpu-features.tar.gz (traces + server logs), and a
     #    copy of the three under $OUT when that is set (the device tool's output folder)
@@ -36,6 +37,7 @@ import tarfile
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import kv_pool  # noqa: E402  (the sibling benchmark's pool read-back)
@@ -143,6 +145,10 @@ def phase(args, name: str, servers_spec: dict, prompts_of, output_len: int, conc
         for n, (traced, _) in servers_spec.items():
             if traced:
                 wait_for_exporters(os.path.join(work, n), timeout=30)
+                spans = sorted(Path(work, n).glob("spans-*.jsonl*"))
+                entry.setdefault("span_bytes", {})[n] = sum(f.stat().st_size for f in spans)
+                if not spans:
+                    log(args, f"{name}: {n} recorded NO spans (is the plugin active?)")
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(result, f, indent=1)
 
@@ -184,6 +190,10 @@ def main() -> int:
     ap.add_argument("--spec-concurrency", type=int, default=8)
     ap.add_argument("--phases", default="hicache,spec")
     args = ap.parse_args()
+    if not _plugin_registered():
+        ap.exit(2, "gpu_features.py: error: sglang-tracing's SGLang plugin is not registered in this Python "
+                   "(install the project: pip install --no-deps --no-build-isolation -e .); traced servers "
+                   "would record nothing\n")
     os.makedirs(os.path.join(args.out, "work"), exist_ok=True)
     if not os.path.exists(os.path.join(args.model, "config.json")):
         build_model_dir("llama-2-7b", args.model)
@@ -213,6 +223,12 @@ def main() -> int:
     log(args, f"all done in {result['wall_s']} s")
     pack(args)
     return 0
+
+
+def _plugin_registered() -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.value.startswith("sglang_tracing.") for ep in entry_points(group="sglang.srt.plugins"))
 
 
 def _gpu_name() -> str:
