@@ -3,8 +3,6 @@
 drafting cost (``speculative.compute`` on its server trace)."""
 from __future__ import annotations
 
-import polars as pl
-
 from sglang_tracing.analyzer.analyses import speculative
 from sglang_tracing.analyzer.analyses.requests import request_table
 from sglang_tracing.analyzer.loaders.experiments import BackendsInputs
