@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import polars as pl
+import pytest
 
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import hicache, speculative
@@ -98,15 +99,17 @@ SCENARIO = textwrap.dedent("""
 """)
 
 
-def _trace(tmp_path):
-    trace_dir = tmp_path / "trace"
+@pytest.fixture(scope="module")
+def scenario_trace(tmp_path_factory):
+    """The scenario's trace dir, written once for the module's tests."""
+    trace_dir = tmp_path_factory.mktemp("hicache-spec") / "trace"
     subprocess.run([sys.executable, "-c", SCENARIO, str(trace_dir)], check=True, timeout=120)
     assert wait_for_exporters(str(trace_dir), timeout=30)
     return trace_dir
 
 
-def test_tiers_load_backs_and_thrash_match_the_raw_spans(tmp_path):
-    hc = check_hicache_figures(_trace(tmp_path))
+def test_tiers_load_backs_and_thrash_match_the_raw_spans(scenario_trace):
+    hc = check_hicache_figures(scenario_trace)
     assert hc.requests.filter(pl.col("rid") == "C")["load_back_wait_ns"][0] == 1_000_000
 
 
@@ -196,8 +199,8 @@ def _hit_ages(raw) -> dict[str, int]:
     return ages
 
 
-def test_speculative_steps_and_request_columns_match_the_raw_spans(tmp_path):
-    spec = check_spec_figures(_trace(tmp_path))
+def test_speculative_steps_and_request_columns_match_the_raw_spans(scenario_trace):
+    spec = check_spec_figures(scenario_trace)
     assert (spec.total("proposed"), spec.total("accepted"), spec.algorithm) == (12, 6, "NGRAMWorker")
 
 
@@ -242,8 +245,8 @@ def check_spec_figures(trace_dir) -> speculative.Speculation:
     return spec
 
 
-def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_columns(tmp_path):
-    trace_dir = _trace(tmp_path)
+def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_columns(scenario_trace, tmp_path):
+    trace_dir = scenario_trace
     out = tmp_path / "reports"
     api.analyze(str(trace_dir), reports="story,radix", out_dir=str(out), formats="text")
     model = load_trace_dir(str(trace_dir), use_cache=False)
@@ -259,12 +262,12 @@ def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_colum
     assert not speculative.compute(empty, pl.DataFrame()).used
 
 
-def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(tmp_path):
+def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(scenario_trace, tmp_path):
     from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
     from test_reports import check_perfetto
 
-    trace_dir = _trace(tmp_path)
+    trace_dir = scenario_trace
     raw = raw_spans.spans(trace_dir)
     out = tmp_path / "t.pftrace"
     api.to_perfetto(str(trace_dir), str(out))
@@ -286,12 +289,12 @@ def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(tmp_p
     assert "HiCache host tier used" in names.values()
 
 
-def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating_one(tmp_path):
+def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating_one(scenario_trace, tmp_path):
     import json
 
     from sglang_tracing.analyzer import experiment_reports
 
-    trace_dir = _trace(tmp_path)
+    trace_dir = scenario_trace
     out = tmp_path / "exp"
     cells = {"no_spec": (100.0, 20e6, 5e6, None), "spec": (150.0, 22e6, 4e6, str(trace_dir))}
     for cell, (tput, ttft, itl, tdir) in cells.items():
