@@ -256,13 +256,16 @@ def hooks(st: SchedulerState) -> dict:
         "prefetch_from_storage": timed("prefetch", _on_prefetch),
         "pop_prefetch_loaded_tokens": timed("storage_hit", _on_storage_hit),
     }
+    setup = {f"{_UNIFIED}.init_hicache": timed("init_hicache", _after_init_hicache),
+             f"{_CACHE}.__init__": after_setup("hicache_init", on_init=_on_init, **common),
+             f"{_CACHE}.match_prefix": timed("match_prefix", _on_match)}
+    if not st.config.batch_spans:  # request level: SGLang's tier split on the prefill span, no tier spans
+        return setup
     return {
+        **setup,
         **{f"{_CACHE}.{name}": hook for name, hook in shared.items()},
         **{f"{_UNIFIED}.{name}": hook for name, hook in shared.items()},
-        f"{_UNIFIED}.init_hicache": timed("init_hicache", _after_init_hicache),
         f"{_UNIFIED}._execute_kv_backup": timed("write_backup", _on_unified_backup),
-        f"{_CACHE}.__init__": after_setup("hicache_init", on_init=_on_init, **common),
-        f"{_CACHE}.match_prefix": timed("match_prefix", _on_match),
         f"{_CACHE}.insert": timed("insert", _on_insert),
         f"{_CACHE}.evict": timed("evict", _on_evict),
         f"{_CACHE}._record_remove_event": timed("record_remove", _on_remove),

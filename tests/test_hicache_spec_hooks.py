@@ -369,3 +369,10 @@ def test_a_failing_hicache_hook_is_counted_and_sglangs_result_passes_through(mon
     cache.insert(InsertParams(key=RadixKey(list(range(50, 60))), value=allocator.alloc(10)))
     _finish_backups(cache)
     assert cache.evict(EvictParams(num_tokens=10)).num_tokens_evicted == 10 and len(rec.spans) == before
+
+
+def test_request_level_hooks_only_what_the_prefill_span_needs():
+    st = SchedulerState(TraceConfig("/nonexistent", level="request"))
+    names = {t.rsplit(".", 1)[1] for t in hiradix_cache.hooks(st)}
+    assert names == {"init_hicache", "__init__", "match_prefix"}
+    assert {t.rsplit(".", 1)[1] for t in hiradix_cache.hooks(_state())} >= {"init_load_back", "loading_check"}
