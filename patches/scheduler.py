@@ -68,6 +68,7 @@ def _on_round_input(st: SchedulerState, rec, token, start, end, result, req, *a,
 
 
 def _before_schedule(st: SchedulerState, rec, scheduler, *a, **k):
+    st.detail.poll(rec)
     st.cache_lookup_ns = 0
     st.kv_alloc_ns = 0
     sid = new_span_id()
@@ -174,6 +175,7 @@ def _after_process(st: SchedulerState, rec, sid, start, end, result_none, schedu
             finished.append(req)
     if st.config.batch_spans:
         st.gpu_times.flush(rec)
+        st.detail.timer.flush(rec)
         rec.emit(sc.PROCESS_RESULT, start, end, {
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=sid)
