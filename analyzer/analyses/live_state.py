@@ -39,15 +39,20 @@ def percentile(values: list[float], q: float) -> float | None:
 
 class _InFlight:
     __slots__ = ("rid", "seen_ns", "prompt", "cached", "extended", "chunks", "chunk_max", "token_ns",
-                 "scheduled_ns", "share", "n_out")
+                 "first_token_ns", "scheduled_ns", "share", "n_out")
 
     def __init__(self, rid: str, seen_ns: int):
         self.rid, self.seen_ns = rid, seen_ns
         self.prompt = self.cached = None
         self.extended = self.chunks = self.chunk_max = self.n_out = 0
         self.token_ns: list[int] = []  # last two token times
+        self.first_token_ns = 0
         self.scheduled_ns = 0
         self.share = None
+
+    def add_token(self, t_ns: int) -> None:
+        self.first_token_ns = self.first_token_ns or t_ns
+        self.token_ns = (self.token_ns + [t_ns])[-2:]
 
     def prefill_done(self) -> bool:
         if self.prompt is None:
@@ -148,7 +153,7 @@ class LiveState:
             req.n_out += 1
             out_tokens += 1
             if token_ns is not None:
-                req.token_ns = (req.token_ns + [token_ns])[-2:]
+                req.add_token(token_ns)
         if token_ns is None:
             self.forwards[sid] = rids
         gpu = (attrs.get(sc.GPU_START_NS), attrs.get(sc.GPU_END_NS))
@@ -167,7 +172,7 @@ class LiveState:
         for rid in rids:
             req = self.in_flight.get(rid)
             if req is not None and req.n_out and req.prefill_done():
-                req.token_ns = (req.token_ns + [end])[-2:]
+                req.add_token(end)
 
     def _cache(self, name: str, end: int, attrs: dict) -> None:
         if sc.CACHE_EVICTABLE in attrs and (self.cache_state is None or end >= self.cache_state[0]):
@@ -239,7 +244,7 @@ class LiveState:
         else:
             phase, chunk, chunks = "decode", None, None
         queued_until = req.scheduled_ns or now
-        first = req.token_ns[0] if req.n_out == 1 and req.token_ns else None
+        first = req.first_token_ns
         return RequestRow(
             rid=req.rid, phase=phase, chunk=chunk, chunks=chunks, prompt_tokens=req.prompt,
             cached_tokens=req.cached, output_tokens=req.n_out, arrived_ns=req.seen_ns,

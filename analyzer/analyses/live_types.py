@@ -20,7 +20,7 @@ class RequestRow:
     output_tokens: int
     arrived_ns: int  # tokenized (the live view's arrival: the root span comes only at the end)
     queue_ms: float  # arrival -> first forward (still growing while queued)
-    ttft_ms: float | None  # arrival -> first token computed (shown while it is the request's only token)
+    ttft_ms: float | None  # arrival -> first token computed (its result processed)
     itl_ms: float | None  # gap between its last two tokens
     batch_share: float | None  # its tokens in the last forward that ran it over that forward's tokens
 

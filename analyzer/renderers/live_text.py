@@ -21,8 +21,8 @@ SORTS = {
     "output": (lambda r: r.output_tokens, True),
     "prompt": (lambda r: r.prompt_tokens or 0, True),
 }
-COLUMNS = (("RID", 14), ("PHASE", 13), ("PROMPT", 7), ("CACHED", 7), ("OUT", 5), ("QUEUE ms", 9),
-           ("TTFT ms", 8), ("ITL ms", 7), ("SHARE", 6))
+COLUMNS = (("RID", 12), ("PHASE", 12), ("PROMPT", 6), ("CACHED", 6), ("OUT", 5), ("QUEUE ms", 8),
+           ("TTFT ms", 8), ("ITL ms", 7), ("SHARE", 5))  # 77 columns with the spaces between
 
 
 def select_rows(rows: list[RequestRow], sort: str = "arrival", rid_prefix: str = "",
@@ -42,7 +42,8 @@ def _pct(v) -> str:
 
 
 def row_cells(r: RequestRow) -> tuple[str, ...]:
-    rid = r.rid if len(r.rid) <= 14 else r.rid[:13] + "…"
+    width = COLUMNS[0][1]
+    rid = r.rid if len(r.rid) <= width else r.rid[:width - 1] + "…"
     return (rid, r.phase_text, _num(r.prompt_tokens, "{}", "?"), _num(r.cached_tokens, "{}", "?"),
             str(r.output_tokens), _num(r.queue_ms), _num(r.ttft_ms), _num(r.itl_ms), _pct(r.batch_share))
 
