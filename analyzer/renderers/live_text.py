@@ -72,9 +72,10 @@ def panel_lines(s: Snapshot) -> list[str]:
         mem = f"{g.mem_used / 2**30:.1f}/{g.mem_total / 2**30:.0f} GiB" if g.mem_used and g.mem_total else "?"
         gpu = (f"gpu    SM {_num(g.sm_util, '{:.0f}')}%  tensor {_num(g.tensor_util, '{:.0f}')}%  DRAM "
                f"{_num(g.dram_util, '{:.0f}')}%  {_num(g.power_w, '{:.0f}')} W  mem {mem}")
-    window = (f"last {w.window_s:.0f} s: {w.finished} finished  TTFT p50 {_num(w.ttft_p50_ms)} p99 "
-              f"{_num(w.ttft_p99_ms)} ms  ITL p50 {_num(w.itl_p50_ms, '{:.2f}')} p99 {_num(w.itl_p99_ms, '{:.2f}')} ms")
-    return [*batch, *cache, gpu, window]
+    window = [f"last {w.window_s:.0f} s: {w.finished} finished  TTFT p50 {_num(w.ttft_p50_ms)} p99 "
+              f"{_num(w.ttft_p99_ms)} ms",
+              f"       ITL p50 {_num(w.itl_p50_ms, '{:.2f}')} p99 {_num(w.itl_p99_ms, '{:.2f}')} ms"]
+    return [*batch, *cache, gpu, *window]
 
 
 def header_line(s: Snapshot) -> str:
