@@ -2,9 +2,9 @@
 
 Each named submodule's ``forward`` is wrapped (an instance attribute, removed by ``Installed.remove``):
 the range opens before the original forward and closes after it, with attributes built once per
-name. Wrapping instead of torch module hooks keeps ``Module.__call__`` on its hook-free fast path:
-hooks cost ~2.3 us a module call on CPU against ~0.2 us for a wrapper (``benchmarks/layer_cost.py``),
-some 300 module calls a forward for a 32-layer Llama.
+name. Wrapping instead of torch module hooks keeps ``Module.__call__`` on its hook-free fast path: on
+the CPU of ``benchmarks/layer_cost.py``, hooks cost 3.1 us a range and a wrapper 0.2 us, so 259 ranges
+(a 32-layer Llama) took 802 us off each eager forward's host time with hooks and 51 us wrapped.
 
 With CUDA graphs on, wrappers run only while a graph is captured; a replay is one launch, so per-op
 ranges appear only for eager forwards. SGLang 0.5.17 replays graphs for decode and, by default, for
