@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses import layer_detail
 from sglang_tracing.analyzer.analyses.live_types import PHASES
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.model import load_trace_dir
@@ -135,6 +136,14 @@ def test_detail_records_layer_spans_only_inside_its_window(live_server, tiny_mod
     assert sorted(parents[sc.LAYER_INDEX].value_counts()["count"].to_list()) == [forwards] * layers
     inside = model_fwd.filter((pl.col("start_ns") >= w0) & (pl.col("end_ns") <= w1))
     assert inside.height == forwards  # the window is exactly the forwards that were detailed
+    # the reports: per-layer times over those forwards; the requests in flight then out of the statistics
+    detail = layer_detail.compute(spans)
+    assert detail.forwards_with_layers == forwards
+    assert detail.per_layer.group_by("layer").agg(pl.col("forwards").sum())["forwards"].to_list() == [forwards] * layers
+    table = request_table(spans)
+    during = table.filter((pl.col("received_ns") < w1) & (pl.col("finished_ns") > w0))["rid"].sort().to_list()
+    flagged = table.filter(pl.col("profiler_control").is_not_null())["rid"].sort().to_list()
+    assert during and flagged == during
 
 
 def _pane(session: str) -> str:
