@@ -24,6 +24,8 @@ from sglang_tracing.config import TOP_RECENT_S, TOP_WINDOW_S
 _NAME, _SPAN_ID, _START, _END, _ROLE, _RANK, _ATTRS = 3, 1, 4, 5, 6, 8, 9
 PREFILL_MODES = ("extend", "mixed", "prefill")
 FINISHED_KEPT = 100_000  # finished requests remembered for the window at most
+PENDING_KEPT = 10_000  # forwards waiting for their result span and results waiting for their forward, at most
+STALE_NS = 300_000_000_000  # a request in flight without a record this long while others keep coming: gone
 PIECES_WAIT_NS = 2_000_000_000  # a finished request's spans come from 3 processes, each flushing on its own
 
 
@@ -39,10 +41,11 @@ def percentile(values: list[float], q: float) -> float | None:
 
 class _InFlight:
     __slots__ = ("rid", "seen_ns", "prompt", "cached", "extended", "chunks", "chunk_max", "token_ns",
-                 "first_token_ns", "scheduled_ns", "share", "n_out")
+                 "first_token_ns", "scheduled_ns", "share", "n_out", "touched_ns")
 
     def __init__(self, rid: str, seen_ns: int):
         self.rid, self.seen_ns = rid, seen_ns
+        self.touched_ns = seen_ns  # its newest record
         self.prompt = self.cached = None
         self.extended = self.chunks = self.chunk_max = self.n_out = 0
         self.token_ns: list[int] = []  # last two token times
@@ -88,6 +91,7 @@ class LiveState:
         self.details: list[dict] = []  # closed detail windows
         self.newest_ns = 0
         self.skipped_bytes = 0
+        self.stale = 0  # requests dropped from the table after STALE_NS without a record
 
     # ---- ingest ----
     def feed(self, appended) -> None:
@@ -127,6 +131,7 @@ class LiveState:
         req = self.in_flight.get(rid)
         if req is None:
             req = self.in_flight[rid] = _InFlight(rid, seen_ns)
+        req.touched_ns = max(req.touched_ns, seen_ns)
         return req
 
     def _forward(self, sid: str, start: int, end: int, attrs: dict) -> None:
@@ -155,6 +160,8 @@ class LiveState:
             if token_ns is not None:
                 req.add_token(token_ns)
         if token_ns is None:
+            if len(self.forwards) >= PENDING_KEPT:
+                self.forwards.clear()
             self.forwards[sid] = rids
         gpu = (attrs.get(sc.GPU_START_NS), attrs.get(sc.GPU_END_NS))
         self.recent_forwards.append((end, out_tokens, prompt_tokens, gpu, attrs.get(sc.GPU_DURATION_NS)))
@@ -167,6 +174,8 @@ class LiveState:
             return
         rids = self.forwards.pop(forward_sid, None)
         if rids is None:
+            if len(self.results) >= PENDING_KEPT:
+                self.results.clear()
             self.results[forward_sid] = end  # its forward span comes later (GPU time read once complete)
             return
         for rid in rids:
@@ -221,6 +230,9 @@ class LiveState:
     def snapshot(self, now_ns: int, trace_dir: str = "") -> Snapshot:
         for rid in list(self.pieces):
             self._try_finish(rid, now_ns)
+        for rid in [r.rid for r in self.in_flight.values() if self.newest_ns - r.touched_ns > STALE_NS]:
+            del self.in_flight[rid]  # e.g. a server killed mid-request, before this one wrote into the same dir
+            self.stale += 1
         recent_from = now_ns - self.recent_ns
         for dq in (self.recent_forwards, self.lookups, self.evictions):
             while dq and dq[0][0] < recent_from:
@@ -232,7 +244,7 @@ class LiveState:
             requests=sorted((self._row(r, now_ns) for r in self.in_flight.values()), key=lambda r: r.arrived_ns),
             batch=self._batch(), cache=self._cache_panel(), gpu=self._gpu(now_ns), window=self._window(),
             detail=DetailPanel(windows=len(self.details), last=self.details[-1] if self.details else None),
-            skipped_bytes=self.skipped_bytes)
+            skipped_bytes=self.skipped_bytes, stale_requests=self.stale)
 
     def _row(self, req: _InFlight, now: int) -> RequestRow:
         if not req.chunks:

@@ -103,6 +103,7 @@ class Snapshot:
     window: WindowPanel
     detail: DetailPanel
     skipped_bytes: int  # span-file bytes left unread on attach (older than the tail read)
+    stale_requests: int = 0  # requests dropped from the table: no record for 5 minutes while others came
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

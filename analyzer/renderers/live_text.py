@@ -97,6 +97,8 @@ def render_text(s: Snapshot, sort: str = "arrival", rid_prefix: str = "", phase:
     notes = []
     if s.skipped_bytes:
         notes.append(f"note: attached late: the first {s.skipped_bytes / 2**20:.0f} MiB of span files left unread")
+    if s.stale_requests:
+        notes.append(f"note: {s.stale_requests} request(s) dropped: no record for 5 minutes (server restarted?)")
     rows = select_rows(s.requests, sort, rid_prefix, phase)
     return "\n".join([header_line(s), *panel_lines(s), *notes, *table_lines(rows)]) + "\n"
 
