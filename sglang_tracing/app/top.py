@@ -8,6 +8,7 @@ a textual App shows it, redrawn twice a second (textual is the ``live`` extra; o
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -63,15 +64,22 @@ class LiveSource:
 
 def print_snapshots(source: LiveSource, as_json: bool, follow_s: float | None, sort: str, rid_prefix: str,
                     phase: str | None) -> int:
-    while True:
-        snap = source.snapshot()
-        if as_json:
-            print(live_text.render_json(snap), flush=True)
-        else:
-            print(live_text.render_text(snap, sort, rid_prefix, phase), flush=True)
-        if follow_s is None:
-            return 0
-        time.sleep(follow_s)
+    """One snapshot, or one every ``follow_s`` until interrupted or the reader goes away (``| head``)."""
+    try:
+        while True:
+            snap = source.snapshot()
+            if as_json:
+                print(live_text.render_json(snap), flush=True)
+            else:
+                print(live_text.render_text(snap, sort, rid_prefix, phase), flush=True)
+            if follow_s is None:
+                return 0
+            time.sleep(follow_s)
+    except KeyboardInterrupt:
+        return 0 if follow_s is not None else 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 def run(args) -> int:
