@@ -306,7 +306,8 @@ def main() -> int:
             servers[name].wait_ready(timeout=900)
         print(f"{len(names)} servers ready after {time.time() - t0:.0f} s", flush=True)
         result["pools"] = {n: kv_pool(s) for n, s in servers.items()}
-        tops.update({n: attach(os.path.join(work, n), os.path.join(work, f"top-{n}.jsonl")) for n in names if n in ATTACHED})
+        tops.update({n: attach(os.path.join(work, n), os.path.join(work, f"top-{n}.jsonl"))
+                     for n in names if n in ATTACHED})
         if len(set(result["pools"].values())) != 1:
             print(f"WARNING: unequal KV pools {result['pools']}: the batch a server reaches differs", flush=True)
         with ThreadPoolExecutor(len(names)) as pool:  # warm every server with the shapes it will see

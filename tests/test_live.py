@@ -200,8 +200,8 @@ def test_top_in_a_terminal_under_load(live_server, repo_root):
         assert len(outs) == 32
         time.sleep(1.5)  # the exporters' next flush, then the view's next redraw
         table = user_requests(request_table(load_trace_dir(trace_dir, use_cache=False).spans))
-        final = _wait_pane(session, lambda t: (m := _WINDOW.search(t)) is not None and int(m.group(2)) == table.height,
-                           timeout=30)
+        final = _wait_pane(session, lambda t: (m := _WINDOW.search(t)) is not None
+                           and int(m.group(2)) == table.height, timeout=30)
     finally:
         load.wait()
         subprocess.run(["tmux", "send-keys", "-t", session, "q"])

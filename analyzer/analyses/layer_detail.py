@@ -36,7 +36,8 @@ def compute(spans: pl.LazyFrame | pl.DataFrame) -> LayerDetail | None:
             pl.col(sc.DETAIL_FORWARDS).alias("forwards"), pl.col(sc.DETAIL_SERVED).alias("forwards_served"),
             phases.alias("graph_phases")).sort("start_ns").collect()
     per_layer = pl.DataFrame(schema={"forward_mode": pl.String, "layer": pl.Int64, "forwards": pl.UInt32,
-                                     "cpu_ms_median": pl.Float64, "cpu_ms_max": pl.Float64, "gpu_ms_median": pl.Float64})
+                                     "cpu_ms_median": pl.Float64, "cpu_ms_max": pl.Float64,
+                                     "gpu_ms_median": pl.Float64})
     forwards = 0
     if sc.LAYER_INDEX in schema:
         gpu = pl.col(sc.GPU_DURATION_NS) if sc.GPU_DURATION_NS in schema else pl.lit(None, pl.Int64)
@@ -48,8 +49,9 @@ def compute(spans: pl.LazyFrame | pl.DataFrame) -> LayerDetail | None:
         joined = layers.join(modes, on="parent_id", how="left").collect()
         forwards = joined["parent_id"].n_unique()
         per_layer = joined.group_by("forward_mode", "layer").agg(
-            pl.col("parent_id").n_unique().alias("forwards"), (pl.col("cpu_ns").median() / 1e6).alias("cpu_ms_median"),
-            (pl.col("cpu_ns").max() / 1e6).alias("cpu_ms_max"), (pl.col("gpu_ns").median() / 1e6).alias("gpu_ms_median"),
+            pl.col("parent_id").n_unique().alias("forwards"),
+            (pl.col("cpu_ns").median() / 1e6).alias("cpu_ms_median"), (pl.col("cpu_ns").max() / 1e6).alias("cpu_ms_max"),
+            (pl.col("gpu_ns").median() / 1e6).alias("gpu_ms_median"),
         ).sort("forward_mode", "layer")
     return LayerDetail(windows, per_layer, forwards)
 
