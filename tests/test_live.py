@@ -95,7 +95,8 @@ def test_once_and_json_show_requests_in_flight(live_server):
     chunked = [t for t in seen["prefill"] if re.fullmatch(r"prefill [1-3]/4", t)]
     assert chunked, seen["prefill"]  # 200 - 0 cached tokens in chunks of 64: 4 chunks
     assert snap["cache"]["total"] == _kv_pool(server)
-    assert not snap["gpu"]["available"] and "cpu" in snap["gpu"]["reason"]
+    note = json.loads(next(Path(trace_dir).glob("gpu-scheduler*.json")).read_text())  # the scheduler's own word
+    assert not note["sampling"] and not snap["gpu"]["available"] and note["reason"] in snap["gpu"]["reason"]
     assert text.returncode == 0 and len(text.stdout.splitlines()) >= 8, text.stderr
     assert max(len(line) for line in text.stdout.splitlines()) <= 80
 

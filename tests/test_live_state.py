@@ -74,3 +74,14 @@ def test_other_ranks_are_left_out_and_stale_requests_leave():
          span(sc.SCHEDULE, STALE_NS / MS + 10, STALE_NS / MS + 11, {}))  # others' records keep coming
     snap = state.snapshot(STALE_NS + 20 * MS)
     assert snap.requests == [] and snap.stale_requests == 1
+
+
+def test_gpu_panel_shows_the_newest_sample():
+    state = LiveState()
+    note = {"process": "scheduler-tp0-pid1", "sampling": True, "reason": "NVML and GPM available"}
+    rows = [{"t_ns": t * MS, "gpu": 0, sc.GPM_SM_UTIL: sm, sc.GPM_TENSOR_UTIL: 40.0, sc.GPM_DRAM_BW_UTIL: 70.0,
+             sc.NVML_POWER: 512.5, sc.NVML_MEM_USED: 2**30, sc.NVML_MEM_TOTAL: 2**31}
+            for t, sm in ((100, 10.0), (200, 90.0))]
+    state.feed(Appended(nvml=rows[::-1], gpu_notes={"scheduler-tp0-pid1": note}))
+    gpu = state.snapshot(250 * MS).gpu
+    assert gpu.available and (gpu.sm_util, gpu.power_w, gpu.mem_used, gpu.sample_age_s) == (90.0, 512.5, 2**30, 0.05)

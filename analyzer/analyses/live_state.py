@@ -294,9 +294,11 @@ class LiveState:
     def _gpu(self, now: int) -> GpuPanel:
         sampled = [n for n in self.gpu_notes.values() if n.get("sampling")]
         row = self.nvml
-        if not sampled or row is None:
+        if not sampled:
             reasons = sorted({str(n.get("reason")) for n in self.gpu_notes.values()})
-            return GpuPanel(available=False, reason="; ".join(reasons) or "no GPU note in the trace dir yet")
+            return GpuPanel(available=False, reason="no GPU: " + ("; ".join(reasons) or "no gpu-*.json note yet"))
+        if row is None:
+            return GpuPanel(available=False, reason="sampled, but no NVML sample read yet (nvml-*.jsonl)")
         get = row.get
         return GpuPanel(available=True, reason=str(sampled[0].get("reason", "")), gpu=get("gpu"),
                         sm_util=get(sc.GPM_SM_UTIL), tensor_util=get(sc.GPM_TENSOR_UTIL),

@@ -63,7 +63,7 @@ class CachePanel:
 @dataclasses.dataclass(frozen=True)
 class GpuPanel:
     available: bool
-    reason: str  # why there is no GPU sample, or what the sampler could read
+    reason: str  # why there is no GPU sample ("no GPU: ..."), or what the sampler could read
     gpu: int | None = None
     sm_util: float | None = None  # GPM, percent
     tensor_util: float | None = None

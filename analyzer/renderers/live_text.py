@@ -67,7 +67,7 @@ def panel_lines(s: Snapshot) -> list[str]:
                  f"       hit {_pct(c.hit_rate)} of {c.lookups} lookups ({c.over_s:.0f} s)  evictions "
                  f"{c.evictions} ({c.evicted_tokens} tok), {c.evictions_total} since attach"]
     if not g.available:
-        gpu = f"gpu    no GPU: {g.reason}"
+        gpu = f"gpu    {g.reason}"
     else:
         mem = f"{g.mem_used / 2**30:.1f}/{g.mem_total / 2**30:.0f} GiB" if g.mem_used and g.mem_total else "?"
         gpu = (f"gpu    SM {_num(g.sm_util, '{:.0f}')}%  tensor {_num(g.tensor_util, '{:.0f}')}%  DRAM "

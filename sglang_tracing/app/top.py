@@ -45,6 +45,10 @@ def resolve_trace_dir(target: str) -> str:
         return trace_dir
     if not is_trace_dir(target):
         raise UsageError(f"{target} is not a trace dir (no spans-*.jsonl or manifest.json) nor an http(s) URL")
+    if not any(Path(target).glob("spans-*.jsonl")) and any(Path(target).glob("spans-*.jsonl.gz")):
+        print(f"sglang-trace: note: {target} holds compressed span files only (a finished trace); top follows "
+              "the live spans-*.jsonl files, so it shows no spans here (sglang-trace analyze reads them)",
+              file=sys.stderr)
     return target
 
 
