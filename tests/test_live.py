@@ -162,7 +162,8 @@ def _wait_pane(session: str, ok, timeout: float = 60) -> str:
 
 
 _ROW = re.compile(r"^\S*\s*(\S+…?)\s+(queued|prefill \d+/[\d?]+|decode)\s", re.M)
-_WINDOW = re.compile(r"last (\d+) s: (\d+) finished\s+TTFT p50 ([\d.]+) p99 ([\d.]+) ms\n\s+ITL p50 ([\d.]+) p99 ([\d.]+)")
+_WINDOW = re.compile(r"last (\d+) s: (\d+) finished\s+TTFT p50 ([\d.]+) p99 ([\d.]+) ms\n"
+                     r"\s+ITL p50 ([\d.]+) p99 ([\d.]+)")
 
 
 def _rows(text: str) -> list[tuple[str, str]]:

@@ -54,7 +54,8 @@ def test_a_request_through_chunked_prefill_and_decode():
 
 def test_finished_requests_fill_the_window_internal_ones_do_not():
     state = LiveState(window_s=60)
-    for rid, first_byte, times in (("a", 30, [20, 25, 35]), ("b", 50, [40, 60]), (sc.READINESS_RID_PREFIX + "x", 5, [4])):
+    probe = sc.READINESS_RID_PREFIX + "x"
+    for rid, first_byte, times in (("a", 30, [20, 25, 35]), ("b", 50, [40, 60]), (probe, 5, [4])):
         feed(state,
              span(sc.REQUEST, 0, 100, {sc.RID: rid, sc.STREAM: True, sc.OUTPUT_TOKENS: len(times)}, role="tokenizer"),
              span(sc.REQUEST_HTTP, 0, 101, {sc.RID: rid, sc.STREAM: True, sc.FIRST_BYTE_NS: first_byte * MS},
