@@ -91,6 +91,8 @@ def run(args) -> int:
         raise UsageError(f"--sort takes one of {', '.join(live_text.SORTS)}, not {args.sort!r}")
     if args.phase is not None and args.phase not in PHASES:
         raise UsageError(f"--phase takes one of {', '.join(PHASES)}, not {args.phase!r}")
+    if args.window <= 0:
+        raise UsageError(f"--window takes a positive number of seconds, not {args.window}")
     if args.follow is not None and args.follow <= 0:
         raise UsageError(f"--follow takes a positive number of seconds, not {args.follow}")
     source = LiveSource(resolve_trace_dir(args.target), window_s=args.window)
