@@ -15,6 +15,8 @@ from __future__ import annotations
 import collections
 import math
 
+import numpy as np
+
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.live_types import (
     BatchPanel, CachePanel, DetailPanel, GpuPanel, RequestRow, Snapshot, WindowPanel,
@@ -29,14 +31,9 @@ STALE_NS = 300_000_000_000  # a request in flight without a record this long whi
 PIECES_WAIT_NS = 2_000_000_000  # a finished request's spans come from 3 processes, each flushing on its own
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default), None for no values."""
-    if not values:
-        return None
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+def percentile(values, q: float) -> float | None:
+    """numpy's percentile (linear between closest ranks), None for no values."""
+    return float(np.percentile(values, q)) if len(values) else None
 
 
 class _InFlight:
@@ -66,7 +63,7 @@ class _InFlight:
 class _Finished:
     __slots__ = ("finished_ns", "ttft_ns", "itls")
 
-    def __init__(self, finished_ns: int, ttft_ns: int | None, itls: list[int]):
+    def __init__(self, finished_ns: int, ttft_ns: int | None, itls: np.ndarray):
         self.finished_ns, self.ttft_ns, self.itls = finished_ns, ttft_ns, itls
 
 
@@ -224,7 +221,7 @@ class LiveState:
         if internal:
             return
         times = list(decode[2].get(sc.TOKEN_TIMES) or []) if decode else []
-        self.finished.append(_Finished(root[1], _ttft(root, http, times), [b - a for a, b in zip(times, times[1:])]))
+        self.finished.append(_Finished(root[1], _ttft(root, http, times), np.diff(np.asarray(times, dtype=np.int64))))
 
     # ---- snapshot ----
     def snapshot(self, now_ns: int, trace_dir: str = "") -> Snapshot:
@@ -308,7 +305,8 @@ class LiveState:
 
     def _window(self) -> WindowPanel:
         ttfts = [f.ttft_ns / 1e6 for f in self.finished if f.ttft_ns is not None]
-        itls = [g / 1e6 for f in self.finished for g in f.itls]
+        gaps = [f.itls for f in self.finished if len(f.itls)]
+        itls = np.concatenate(gaps) / 1e6 if gaps else []  # every gap of each request: sorted at once
         return WindowPanel(window_s=self.window_ns / 1e9, finished=len(self.finished),
                            ttft_p50_ms=percentile(ttfts, 50), ttft_p99_ms=percentile(ttfts, 99),
                            itl_p50_ms=percentile(itls, 50), itl_p99_ms=percentile(itls, 99))
