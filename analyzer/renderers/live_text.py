@@ -75,7 +75,12 @@ def panel_lines(s: Snapshot) -> list[str]:
     window = [f"last {w.window_s:.0f} s: {w.finished} finished  TTFT p50 {_num(w.ttft_p50_ms)} p99 "
               f"{_num(w.ttft_p99_ms)} ms",
               f"       ITL p50 {_num(w.itl_p50_ms, '{:.2f}')} p99 {_num(w.itl_p99_ms, '{:.2f}')} ms"]
-    return [*batch, *cache, gpu, *window]
+    detail = []
+    if s.detail.last:
+        last = s.detail.last
+        detail = [f"detail {s.detail.windows} window(s); the last: {last['level']} level over {last['forwards']} "
+                  f"forwards, ended {(s.t_ns - last['end_ns']) / 1e9:.0f} s ago"]
+    return [*batch, *cache, gpu, *window, *detail]
 
 
 def header_line(s: Snapshot) -> str:
