@@ -97,3 +97,18 @@ def test_a_request_left_by_an_earlier_server_is_ignored(tmp_path):
     control = _control(tmp_path, model)
     control.poll(log)
     assert control.window is None
+
+
+def test_detail_on_a_trace_dir_writes_the_request_and_names_the_graph_phases(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    args = {"device": "cuda", "disable_cuda_graph": False}
+    (tmp_path / "manifest.json").write_text(json.dumps({"server_args": args}))
+    done = subprocess.run([sys.executable, "-m", "sglang_tracing", "detail", str(tmp_path), "--forwards", "7",
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["graph_phases"] == ["decode"]  # graphs on, and an SGLang without prefill graphs
+    assert detail_control.read_request(detail_control.control_path(str(tmp_path)))["id"] == answer["id"]
