@@ -161,7 +161,7 @@ def _wait_pane(session: str, ok, timeout: float = 60) -> str:
     raise AssertionError(f"the view never showed what was waited for; last screen:\n{_pane(session)}")
 
 
-_ROW = re.compile(r"^\S*\s*(\S+…?)\s+(queued|prefill \d+/[\d?]+|decode)\s", re.M)
+_ROW = re.compile(r"^\s*([0-9a-f]{6,}…?)\s+(queued|prefill \d+/[\d?]+|decode)\s", re.M)  # rids: uuid hex
 _WINDOW = re.compile(r"last (\d+) s: (\d+) finished\s+TTFT p50 ([\d.]+) p99 ([\d.]+) ms\n"
                      r"\s+ITL p50 ([\d.]+) p99 ([\d.]+)")
 
