@@ -102,6 +102,18 @@ def _demo(args, rest) -> int:
     return demo.run(args.trace_dir, requests=args.requests)
 
 
+def _top(args, rest) -> int:
+    from sglang_tracing.app import top
+
+    return top.run(args)
+
+
+def _detail(args, rest) -> int:
+    from sglang_tracing.app import detail
+
+    return detail.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sglang_tracing.config import DEFAULT_CAPTURE_STEPS
     from sglang_tracing.launch_server import add_tracing_options
@@ -171,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec-args", default="--speculative-algorithm NGRAM",
                    help="spec experiment: SGLang's speculative-decoding arguments for the 'spec' cell")
     p.set_defaults(func=_experiment)
+    from sglang_tracing.app import detail, top
+
+    p = sub.add_parser("top", help="live view of a running traced server: requests in flight, batch, cache, "
+                                   "GPU, sliding-window TTFT/ITL (--once / --json for scripts)")
+    top.add_arguments(p)
+    p.set_defaults(func=_top)
+    p = sub.add_parser("detail", help="layer-level detail for the next N forwards of a running traced server")
+    detail.add_arguments(p)
+    p.set_defaults(func=_detail)
     p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
     p.add_argument("--trace-dir", help="a new or empty dir (default: traces/demo/<timestamp>)")
     p.add_argument("--requests", type=int, default=12)
