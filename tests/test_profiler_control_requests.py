@@ -17,7 +17,7 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
-from sglang_tracing.analyzer.analyses import profiler_control, radix, servers, story
+from sglang_tracing.analyzer.analyses import profiler_control, radix, servers, story, story_report
 from sglang_tracing.analyzer.analyses.requests import request_table
 from sglang_tracing.analyzer.model import load_trace_dir, load_trace_dirs
 
@@ -150,7 +150,7 @@ def test_story_selects_and_counts_only_untouched_user_requests(trace_dir):
     for which, rid in (("slowest", by_e2e[-1]), ("p50", by_e2e[(len(by_e2e) - 1) // 2]),
                        ("first", min(kept, key=lambda r: raw.roots[r]["start"]))):
         assert story.select_request(requests, which)["rid"] == rid, which
-    report = story.build_report(model, "slowest")
+    report = story_report.build_report(model, "slowest")
     assert by_e2e[-1] in report.sections[0].title
     summary = next(s for s in report.sections if s.title == "Summary")
     figures = {f.label: f for f in summary.figures}
@@ -167,7 +167,7 @@ def test_story_selects_and_counts_only_untouched_user_requests(trace_dir):
 def test_story_of_a_touched_request_asked_for_by_rid_says_so():
     raw = Raw(NSYS)
     rid = next(iter(raw.touched()))
-    report = story.build_report(load_trace_dir(NSYS), rid[:12])
+    report = story_report.build_report(load_trace_dir(NSYS), rid[:12])
     head = {f.label: f for f in report.sections[0].figures}
     line = head["our profiler control in flight"]
     assert line.value == sc.CAPTURE_START
@@ -178,7 +178,7 @@ def test_per_server_percentiles_leave_out_touched_requests():
     """h200-backends, both servers merged: the e2e / TTFT percentiles are over the untouched user requests,
     the counts over all of them, and a left_out column says how many were left out."""
     model = load_trace_dirs([FLASHINFER, TRITON])  # labelled server-flashinfer, server-triton
-    reports = [story.build_report(model, "slowest")]
+    reports = [story_report.build_report(model, "slowest")]
     servers.add_breakdowns(reports, model)
     section = next(s for s in reports[0].sections if s.title == "Per server")
     rows = {r["server"]: r for r in section.table.iter_rows(named=True)}

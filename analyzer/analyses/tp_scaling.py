@@ -9,7 +9,7 @@ import re
 import polars as pl
 
 from sglang_tracing.analyzer.analyses import collectives
-from sglang_tracing.analyzer.analyses.story import dtype_bytes
+from sglang_tracing.models.facts import dtype_bytes
 from sglang_tracing.analyzer.loaders.tp_experiment import TpCell, TpInputs
 from sglang_tracing.analyzer.report import Plot, Report, Section
 
