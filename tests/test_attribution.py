@@ -21,6 +21,7 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
+from sglang_tracing.analyzer.analyses.requests import for_statistics
 from sglang_tracing.analyzer.model import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
@@ -198,9 +199,10 @@ def test_story_layer_time_is_the_selected_requests_own():
     assert sorted(round(by_rid[r], 3) for r in clients) == [0.344, 0.346]  # two 512-token prefills
 
     model = api.load(str(LAYER / "trace"), nsys=str(LAYER / "trace" / "nsys.sqlite.gz"))
-    report = story_report.build_report(model, "slowest")
-    head = report.sections[0].title
-    rid = next(r for r in clients if r in head)
+    computed = story.compute(model, "slowest")
+    rid = computed.request["rid"]
+    assert rid in clients
+    report = story_report.describe(computed)
     prefill = next(s for s in report.sections if s.title == "Prefill")
     figure = next(f for f in prefill.figures if f.label == "GPU time per layer")
     assert figure.value.startswith(f"median {by_rid[rid]:.3f} ms over 32 layers")
@@ -219,15 +221,12 @@ def test_internal_requests_are_listed_apart_not_counted():
     roots = raw_spans.named(raw_spans.spans(OVERHEAD), sc.REQUEST)
     assert users == 141 and len(roots) == users + 1
     warmup = min((r for r in roots if r["attrs"][sc.PROMPT_TOKENS] < 16), key=lambda r: r["start"])
-    report = story_report.build_report(load_trace_dir(OVERHEAD), "slowest")
-    summary = next(s for s in report.sections if s.title == "Summary")
-    figures = {f.label: f.value for f in summary.figures}
-    assert figures["user requests in trace (complete / seen)"] == f"{users} / {users}"
-    assert figures["internal requests"] == "1"
-    listed = {c.title: c.table for c in summary.children}
-    assert warmup["attrs"][sc.RID] not in listed["user requests in the statistics"]["rid"].to_list()
-    assert listed["internal requests (not in any statistic)"]["rid"].to_list() == [warmup["attrs"][sc.RID]]
-    assert warmup["attrs"][sc.RID] not in report.sections[0].title  # the slowest is a user's request
+    computed = story.compute(load_trace_dir(OVERHEAD), "slowest")
+    assert (computed.users.height, computed.users.filter(pl.col("complete")).height) == (users, users)
+    assert computed.internal["rid"].to_list() == [warmup["attrs"][sc.RID]]
+    assert warmup["attrs"][sc.RID] not in for_statistics(computed.requests)["rid"].to_list()
+    assert computed.run.requests == users
+    assert computed.request["rid"] != warmup["attrs"][sc.RID]  # the slowest is a user's request
 
 
 def test_radix_sequence_holds_the_clients_requests_with_sglangs_cached_tokens():

@@ -105,9 +105,9 @@ class Experiment:
         trace_dir = self.fresh_folder(cell) / "trace"
         trace_dir.mkdir(parents=True)
         t0 = time.monotonic()
-        self.say(f"starting a traced server for {trace_dir.parent.name} (log: {trace_dir.parent / 'server.log'})")
         s = Server(self.model_path(), trace_dir=str(trace_dir), extra_args=self.server_args(extra),
                    env=env, tracing_args=self.tracing_args(tracing_args), log_path=str(trace_dir.parent / "server.log"))
+        self.say(f"started a traced server for {trace_dir.parent.name} (log: {trace_dir.parent / 'server.log'})")
         self.servers.append(s)
         try:
             s.wait_ready(timeout=self.args.ready_timeout)
