@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 
 pytestmark = pytest.mark.server
@@ -89,3 +90,60 @@ def test_backends_grid_on_cpu(tmp_path):
         assert all(r["cached_tokens"] == 0 for r in res["requests"])  # distinct prompts per cell
     report = (out / "backends.txt").read_text()
     assert "prefill (TTFT)" in report and "decode (ITL)" in report and "not measured" in report
+
+
+def test_baseline_rerun_after_interrupt_never_mixes_runs(tmp_path):
+    """Ctrl-C mid-run, then a smaller rerun into the same --out: the interrupted cell is recorded again in
+    a clean trace dir. Off a terminal the run prints progress lines; it ends with its reports, its trace
+    dirs and a five-line summary; the short profiled pass runs on CPU too; the folder is analyzable."""
+    import signal
+
+    from sglang_tracing.analyzer.analyses.requests import for_statistics, request_table
+    from sglang_tracing.analyzer.analyses.run_summary import lines, summarize
+    from sglang_tracing.analyzer.model import load_trace_dir
+
+    out = tmp_path / "base"
+    cmd = [sys.executable, "-m", "sglang_tracing", "experiment", "baseline", "--cpu", "--prompt-len", "64",
+           "--out", str(out)]
+    first = subprocess.Popen(cmd + ["--num-requests", "300", "--output-len", "8", "--no-profiled-pass"],
+                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        progress = []
+        for line in first.stderr:  # stderr is a pipe, not a TTY: plain progress lines as requests complete
+            if "measured pass: " in line and "/300 requests answered" in line:
+                progress.append(line)
+                break
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=180)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert progress and first.returncode == 130
+    assert not (out / "baseline" / "result.json").exists() and list((out / "baseline" / "trace").glob("spans-*"))
+
+    again = subprocess.run(cmd + ["--num-requests", "6", "--output-len", "8"], capture_output=True, text=True,
+                           timeout=1200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    trace = out / "baseline" / "trace"
+    files = sorted(p.name.split("-pid")[0] for p in trace.glob("spans-*"))
+    assert files == ["spans-detokenizer", "spans-scheduler-tp0", "spans-tokenizer"]  # one server's processes
+    result = json.loads((out / "baseline" / "result.json").read_text())
+    model = load_trace_dir(trace)
+    users = for_statistics(request_table(model.spans, model.manifest, model.servers))
+    assert sorted(users["rid"]) == sorted(r["rid"] for r in result["requests"]) and users.height == 6
+    printed = again.stdout.strip().splitlines()
+    assert printed[-5:] == ["  " + line for line in lines(summarize([result]))]
+    assert f"  {trace}" in printed and (out / "baseline.txt").exists()
+    profiled = json.loads((out / "profiled" / "result.json").read_text())
+    assert len(profiled["requests"]) == 4 and list((out / "profiled" / "trace").glob("kineto-*"))
+    from sglang_tracing.analyzer import api
+    from sglang_tracing.analyzer.analyses import story
+
+    found = story.compute(model, "slowest", profiled=api.load(str(out / "profiled" / "trace")))
+    assert found.profiled_dir == str(out / "profiled" / "trace")
+    assert found.profiled.forwards.filter(pl.col("mode") == "extend").height >= 1  # its prefill, from that pass
+    analyzed = subprocess.run([sys.executable, "-m", "sglang_tracing", "analyze", str(out), "--report", "story",
+                               "--format", "text", "--out", str(tmp_path / "reports")],
+                              capture_output=True, text=True, timeout=300)
+    assert analyzed.returncode == 0, analyzed.stderr
+    assert (tmp_path / "reports" / "requests.csv").exists()

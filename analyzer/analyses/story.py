@@ -230,9 +230,11 @@ def _profiled_prefill(profiled: TraceModel) -> Phase | None:
     """The prefill of the profiled pass's first complete request, with its op and layer times."""
     spans = profiled.scan_spans()
     requests, _ = _requests(profiled, spans)
-    req = select_request(requests, "first")
-    if req is None:
+    # every request of the pass ran under the Kineto window (our profiler control): take the first user's
+    done = user_requests(requests).filter(pl.col("complete")).sort("received_ns")
+    if done.is_empty():
         return None
+    req = done.row(0, named=True)
     forwards = _forwards_of_request(spans, req["rid"]).filter(is_prefill())
     return _phase(profiled, spans, profiled.counters, forwards, req, "prefill", with_ops=True)
 

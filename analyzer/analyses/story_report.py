@@ -75,6 +75,11 @@ def _profiled(section: Section, story: Story) -> None:
     if phase is None:
         section.add("profiled request", None, "no complete request in the profiled pass")
         return
+    if phase.kernels.is_empty() and phase.ops is None:
+        section.add("per-layer / per-op GPU time", None, "no GPU kernel in the profiled pass's Kineto trace "
+                    "(a CPU run records CPU ops only)" if not story.gpus else
+                    "none of the profiled kernels ran in this request's prefill forwards")
+        return
     _layer_and_op_time(section, phase)
     _kernel_breakdown(section, phase, phase.kernels.height)
     _shares(section, phase)

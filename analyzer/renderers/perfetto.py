@@ -29,7 +29,8 @@ from sglang_tracing.runtime.ids import REQUEST_TRACE_KEY_PREFIX
 SEQ = 0x5617
 BATCH = 250_000  # events encoded at once: bounds the encoder's memory
 _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
-                  sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE}
+                  sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE,
+                  sc.REQUEST_HTTP}
 _ARG_COLUMNS = (sc.FORWARD_MODE, sc.BATCH_SIZE, sc.BATCH_TOKENS, sc.GPU_DURATION_NS, sc.SCHED_NEW_SEQS,
                 sc.SCHED_QUEUED, sc.SCHED_RUNNING, sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS,
                 sc.CACHE_FREED_TOKENS, sc.PROMPT_TOKENS, sc.CACHED_TOKENS, sc.OUTPUT_TOKENS, sc.RID)
@@ -156,7 +157,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     tracks_written = 0
     # request tracks, in order of first appearance
     for rid in spans.filter("_req")[sc.RID].unique(maintain_order=True).to_list():
-        uuids[REQUEST_TRACE_KEY_PREFIX + rid] = w.track(uuid_of(REQUEST_TRACE_KEY_PREFIX + rid), f"request {rid[:12]}", parent=requests_group)
+        uuids[REQUEST_TRACE_KEY_PREFIX + rid] = w.track(uuid_of(REQUEST_TRACE_KEY_PREFIX + rid), f"request {rid}", parent=requests_group)
         tracks_written += 1
     threads = spans.filter(~pl.col("_req")).group_by("_proc", maintain_order=True).agg(
         pl.col("pid").first(), pl.col("role").first(), col("tp_rank").first().alias("tp_rank"),
@@ -257,11 +258,13 @@ def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
         for row, t, s0, e0 in zip(redo.tolist(), track[redo].tolist(), start[redo].tolist(), end[redo].tolist()):
             by_track.setdefault(t, []).append((s0, e0, row))
         lane = track.copy()
+        names = slices["name"]
         for t, spans in by_track.items():
             for i, members in enumerate(assign_lanes(spans)):
                 if i:
-                    uuid = w.track(uuid_of(f"{t}:lane{i}"), f"lane {i}", parent=t)
-                    lane[[r for _, _, r in members]] = uuid
+                    rows = [r for _, _, r in members]
+                    uuid = w.track(uuid_of(f"{t}:lane{i}"), _lane_name(names.gather(rows), i), parent=t)
+                    lane[rows] = uuid
         keep = nests[span]
         sub_span, sub_begin, _ = _event_order(lane[redo], start[redo], end[redo])
         span, begin = np.r_[span[keep], redo[sub_span]], np.r_[begin[keep], sub_begin]
@@ -272,6 +275,13 @@ def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
     events = events.join(payload, on="row", how="left", maintain_order="left").with_columns(
         pl.when("begin").then(pl.col("name")).alias("_kind"))
     w.events(events, ["_kind"], _slice_events)
+
+
+def _lane_name(names: pl.Series, i: int) -> str:
+    """A track for spans that overlap their track's others, named for what it holds (a request's
+    ``detokenize`` overlaps its ``decode``): the spans' last name parts, or ``overlap i`` for a mix."""
+    short = sorted({n.rsplit(".", 1)[-1] for n in names.drop_nulls().to_list()})
+    return ", ".join(short) if 0 < len(short) <= 3 else f"overlap {i}"
 
 
 def _slice_events(rows: pl.DataFrame) -> pc.Rows:
