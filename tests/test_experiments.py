@@ -32,11 +32,42 @@ def test_radix_scenarios_and_resume(tmp_path):
     radix_txt = (out / "cache_pressure" / "reports" / "radix.txt").read_text()
     assert "eviction events: 0" not in radix_txt and "alloc_for_extend" in radix_txt
     assert "full hits: 5" in (out / "exact_repeat" / "reports" / "radix.txt").read_text()
+    _check_radix_figures(out)
     # a rerun resumes: every cell is done, so no server starts and nothing is rewritten
     stamp = os.path.getmtime(out / "cold_start" / "result.json")
     again = run_experiment("radix", "--num-requests", "6", "--prompt-len", "512", "--output-len", "4",
                            "--out", str(out))
     assert again.returncode == 0 and os.path.getmtime(out / "cold_start" / "result.json") == stamp
+
+
+def _check_radix_figures(out):
+    """Typed radix figures against the raw prefill spans: a hit's speedup is the same prompt's cold prefill
+    over its own; evictions name the request whose admission needed room; the scenarios side by side."""
+    import raw_spans
+    from sglang_tracing import semconv as sc
+    from sglang_tracing.analyzer.analyses import radix, radix_scenarios
+    from sglang_tracing.analyzer.loaders.radix_experiment import load
+    from sglang_tracing.analyzer.model import load_trace_dir
+
+    trace = out / "exact_repeat" / "trace"
+    prefill = {s["attrs"][sc.RID]: s["end"] - s["start"] for s in raw_spans.named(raw_spans.spans(trace),
+                                                                                 sc.REQUEST_PREFILL)}
+    found = radix.compute(load_trace_dir(trace)).lookups
+    first = found.row(0, named=True)
+    assert first["lookup"] == "miss"
+    for hit in found.filter(pl.col("lookup") == "full").iter_rows(named=True):
+        assert hit["inserted_by"] == first["rid"] and hit["cold_from"] == radix.COLD_SAME_PROMPT
+        assert hit["speedup"] == pytest.approx(prefill[first["rid"]] / prefill[hit["rid"]], rel=1e-6)
+        assert hit["batched_with"] == 0  # sent one at a time
+    pressure = radix.compute(load_trace_dir(out / "cache_pressure" / "trace"))
+    rids = set(pressure.lookups["rid"])
+    assert pressure.evictions.height and set(pressure.evictions["caused_by"].drop_nulls()) <= rids
+    assert (pressure.evictions["pool_used_after"] <= pressure.evictions["pool_total"]).all()
+    rows = {r.scenario: r for r in radix_scenarios.compute(load(out)).rows}
+    assert list(rows) == ["cold_start", "shared_system_prompt", "exact_repeat", "cache_pressure"]
+    assert rows["cold_start"].matched_pct == 0 and rows["cold_start"].speedup == pytest.approx(1.0)
+    assert rows["exact_repeat"].matched_pct == pytest.approx(100 * 5 * 511 / (6 * 512))
+    assert (out / "radix_scenarios.txt").exists()
 
 
 def test_tp_scaling_on_cpu(tmp_path):
