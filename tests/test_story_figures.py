@@ -94,3 +94,27 @@ def test_hardware_rows_read_as_the_plan(triton):
     assert rows["prefill: SM active"] == f"{means[sc.GPM_SM_UTIL]:.0f}%"
     assert rows["prefill: HBM bandwidth"] == f"{means[sc.GPM_DRAM_BW_UTIL]:.0f}%"
     assert rows["prefill: GPU memory used"] == f"{means[sc.NVML_MEM_USED] / 1e9:.1f} GB"
+
+
+def test_every_stamp_once_on_one_clock_in_the_order_it_happened():
+    """h200-ttft-agreement (HTTP stamps): each milestone is its raw stamp less the request's arrival, and
+    the list reads in time order even where the first byte leaves before the scheduler's token stamp."""
+    import raw_spans
+
+    trace = EXAMPLES / "h200-ttft-agreement"
+    spans = raw_spans.spans(trace)
+    roots = {s["attrs"][sc.RID]: s for s in raw_spans.named(spans, sc.REQUEST)}
+    first_byte = {s["attrs"][sc.RID]: s["attrs"][sc.FIRST_BYTE_NS] for s in raw_spans.named(spans, sc.REQUEST_HTTP)
+                  if s["attrs"].get(sc.FIRST_BYTE_NS)}
+    requests = story.compute(load_trace_dir(trace), "slowest").requests.filter(pl.col("complete"))
+    checked = 0
+    for req in requests.iter_rows(named=True):
+        if req["rid"] not in first_byte:
+            continue
+        found = story_figures.milestones(req)
+        offsets = {m.label: m.offset_ns for m in found}
+        assert offsets["first byte sent (TTFT)"] == first_byte[req["rid"]] - roots[req["rid"]]["start"]
+        assert offsets["complete"] == roots[req["rid"]]["end"] - roots[req["rid"]]["start"]
+        assert [m.offset_ns for m in found] == sorted(m.offset_ns for m in found)
+        checked += 1
+    assert checked >= 10
