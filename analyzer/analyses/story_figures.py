@@ -23,6 +23,7 @@ class RunFigures:
     itl_ns: dict[int, float | None]  # percentile -> ITL, over every gap of every request
     output_tokens: int
     span_ns: int | None  # first request received -> last one finished
+    ttft_ends_at: str = ""  # what the TTFTs end at (requests.ttft_source), each kind once
 
     @property
     def output_tok_per_s(self) -> float | None:
@@ -37,9 +38,10 @@ def run_figures(requests: pl.DataFrame) -> RunFigures:
         return {p: (series.quantile(p / 100, "linear") if series.len() else None) for p in PERCENTILES}
 
     span = (done["finished_ns"].max() - done["received_ns"].min()) if done.height else None
+    ends = done["ttft_source"].drop_nulls().unique(maintain_order=True).to_list() if "ttft_source" in done.columns else []
     return RunFigures(done.height, q(done["ttft_ns"].drop_nulls()), q(itls.to_series() if itls.width else
                                                                         pl.Series([], dtype=pl.Int64)),
-                      int(done["output_tokens"].fill_null(0).sum()), span)
+                      int(done["output_tokens"].fill_null(0).sum()), span, "; ".join(ends))
 
 
 @dataclasses.dataclass

@@ -48,7 +48,8 @@ def _run(run: Section, story: Story) -> None:
     for what, values in (("TTFT", r.ttft_ns), ("ITL", r.itl_ns)):
         run.add(f"{what} p50 / p90 / p99", " / ".join(ms(v) or "n/a" for v in values.values())
                 if any(v is not None for v in values.values()) else None,
-                "received -> first byte sent" if what == "TTFT" else "every gap between output tokens")
+                f"received -> {r.ttft_ends_at or 'first output'}" if what == "TTFT"
+                else "every gap between output tokens")
     rate = r.output_tok_per_s
     run.add("throughput", f"{rate:.1f} output tokens/s" if rate else None,
             f"{r.output_tokens} output tokens, first request received -> last finished")
