@@ -68,9 +68,10 @@ def _analyze(exp: Experiment, trace_dir: str | None, reports: str, **sources) ->
 
 
 # ---- 01 baseline ----
-PROFILED_REQUESTS = 4  # the profiled pass: a few requests, enough forwards for the Kineto window
-PROFILED_STEPS = "2:6"  # forwards the Kineto trace records: after the readiness probe's
-EAGER_ARGS = ["--disable-cuda-graph"]  # layer ranges and per-op kernels need eager forwards
+PROFILED_REQUESTS = 4  # the profiled pass: a few requests, enough forwards to close the Kineto window
+PROFILED_STEPS = "0:8"  # the readiness probe's forward, then the pass's prefill and first decode steps
+# layer ranges and per-op kernels need eager forwards; no SGLang warm-up, so the window starts where we know
+EAGER_ARGS = ["--disable-cuda-graph", "--skip-server-warmup"]
 
 
 def baseline(exp: Experiment) -> list[str]:
