@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.loaders.files import resolve
 from sglang_tracing.models.builder import ARCHITECTURES, build_model_dir
 from sglang_tracing.app.serving import CPU_SERVING_ARGS, DUMMY_WEIGHTS, Server, wait_for_exporters
@@ -71,6 +72,22 @@ class Experiment:
                 self.say(f"{what}: {n}/{total} requests answered")
 
         return on_done
+
+    def wait_recorded(self, trace_dir: str, rids: list[str], timeout: float = 20) -> None:
+        """Before a server is stopped: wait until the scheduler has handed every answered request's record
+        to its exporter (it flushes every 250 ms, but a long Kineto export can hold it up); say which
+        requests are still missing when ``timeout`` runs out."""
+        missing = set(rids)
+        deadline = time.monotonic() + timeout
+        while missing and time.monotonic() < deadline:
+            for f in Path(trace_dir).glob("spans-scheduler-*.jsonl"):
+                with open(f, errors="replace") as lines:
+                    missing -= {rid for line in lines if sc.REQUEST_DECODE in line for rid in list(missing) if rid in line}
+            if missing:
+                time.sleep(0.25)
+        if missing:
+            self.say(f"{len(missing)} of {len(rids)} requests have no scheduler record in {trace_dir} after "
+                     f"{timeout:.0f} s; stopping the server anyway (the reports count them as cut off)")
 
     # ---- model and server ----
     def model_path(self) -> str:

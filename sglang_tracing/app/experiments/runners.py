@@ -82,6 +82,8 @@ def baseline(exp: Experiment) -> list[str]:
         prompts = [prompt_of_length(a.prompt_len, seed=i, vocab_size=exp.vocab) for i in range(a.num_requests)]
         with target(exp, "baseline") as (client, trace_dir):
             result = drive(client, prompts, a.output_len, a.concurrency, exp, "measured pass")
+            if trace_dir:
+                exp.wait_recorded(trace_dir, [r["rid"] for r in result["requests"]])
         result["trace_dir"] = trace_dir
         exp.record("baseline", result)
     profiled = None
@@ -101,6 +103,7 @@ def _profiled_pass(exp: Experiment) -> dict:
     with exp.server("profiled", EAGER_ARGS, tracing_args=["--trace-level", "layer", "--profile-steps",
                                                           PROFILED_STEPS]) as (client, trace_dir):
         result = drive(client, prompts, min(a.output_len, 16), PROFILED_REQUESTS, exp, "profiled pass")
+        exp.wait_recorded(trace_dir, [r["rid"] for r in result["requests"]])
     result.update(trace_dir=trace_dir, profiled_steps=PROFILED_STEPS)
     return result
 
