@@ -6,6 +6,7 @@ import dataclasses
 import polars as pl
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.config import UsageError
 from sglang_tracing.analyzer.analyses.attribution import (forward_members, forwards_inside, forwards_of, is_prefill,
                                                           kernels_of_forwards)
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
@@ -155,6 +156,9 @@ def compute(model: TraceModel, which: str = "slowest", model_config_override: st
     story = Story(which, requests, select_request(requests, which), len(model.servers), weights_of(model.manifest))
     story.run = run_figures(requests)
     req = story.request
+    if req is None and which not in ("first", "slowest", "p50"):
+        raise UsageError(f"--request {which}: no complete request's rid starts with {which!r} "
+                         f"({requests.height} requests seen); give a rid prefix, first, slowest or p50")
     if req is None:
         return story
     story.milestones = milestones(req)
