@@ -171,8 +171,9 @@ def backends(exp: Experiment) -> list[str]:
                               warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"])
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
     for backend in by_backend:  # each server's own story (absent with --url)
-        if (exp.out / f"server-{backend}" / "trace").is_dir():
-            _analyze(exp, str(exp.out / f"server-{backend}" / "trace"), "story,radix,timeline")
+        for trace in sorted(exp.out.glob(f"server-{backend}*/trace")):
+            if trace.parent.name == f"server-{backend}" or trace.parent.name.startswith(f"server-{backend}-"):
+                _analyze(exp, str(trace), "story,radix,timeline")  # -2...: a server of a resumed run
     return _experiment_report(exp, "backends")
 
 
