@@ -279,8 +279,9 @@ def _layer_and_op_time(section: Section, phase: Phase, profiled_dir: str | None 
     op with the most time marked as the hotspot."""
     if phase.ops is None:
         section.add("per-layer / per-op GPU time", None, "see the profiled pass below" if profiled_dir else
-                    "needs --trace-level layer ranges of eager forwards and a kernel profile (nsys or Kineto; "
-                    "`experiment baseline` records both in its profiled pass)")
+                    "needs --trace-level layer ranges of eager forwards and an nsys capture (kernels joined to "
+                    "the ranges they were launched in); `experiment baseline`'s profiled pass adds the kernel "
+                    "breakdown (Kineto)")
         return
     ops = phase.ops.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("<- hotspot"))
                                  .otherwise(pl.lit("")).alias("hotspot"))  # by_op sorts longest first
