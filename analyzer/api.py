@@ -147,7 +147,7 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
     if not dirs:
         names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
     written = []
-    reports = build_reports(model, names, request, model_config, load(profiled) if profiled else None)
+    reports = build_reports(model, names, request, model_config, load_input(profiled) if profiled else None)
     for report in reports:
         written += write_report(out, report, fmts, others=tuple(r.name for r in reports))
     if "story" in names and len(dirs) == 1:

@@ -84,6 +84,11 @@ def test_the_profiled_pass_gives_layer_and_kernel_figures(triton):
     ops = next(c for c in section.children if c.title.startswith("GPU time by op")).table
     assert ops["hotspot"].to_list()[0] != "" and set(ops["hotspot"].to_list()[1:]) == {""}
     assert ops["total_ns"][0] == ops["total_ns"].max()
+    by_op = dict(zip(found.profiled.ops["op"], found.profiled.ops["total_ns"]))
+    total = sum(by_op.values())
+    assert found.profiled.shares.attention_pct == pytest.approx(100 * by_op["attention"] / total)
+    gemm = sum(by_op.get(op, 0) for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"))
+    assert found.profiled.shares.gemm_pct == pytest.approx(100 * gemm / total)
 
 
 def test_hardware_rows_read_as_the_plan(triton):

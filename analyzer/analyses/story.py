@@ -15,7 +15,7 @@ from sglang_tracing.analyzer.analyses.requests import (for_statistics, profiler_
                                                        token_latencies, user_requests)
 from sglang_tracing.analyzer.analyses.story_figures import (KernelShares, Milestone, ModelShape, RunFigures,
                                                             itl_at_marks, kernel_shares, milestones, model_shape,
-                                                            run_figures, trend_verdict)
+                                                            op_shares, run_figures, trend_verdict)
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Plot
 from sglang_tracing.models.facts import model_config, weight_bytes
@@ -216,6 +216,7 @@ def _phase(model: TraceModel, spans: pl.LazyFrame, counters: pl.DataFrame, forwa
         projected = project_nvtx(kernels, model.cpu_ops, model.nvtx)
         if projected.height and projected["op"].null_count() < projected.height:
             result.ops, result.layers = by_op(projected), by_layer(projected)
+            result.shares = op_shares(result.ops)  # the op ranges say what each kernel computed
     return result
 
 

@@ -91,14 +91,14 @@ def trend_verdict(trend: dict | None) -> str | None:
 
 
 KERNEL_CLASSES = {  # kernel or CPU-op name -> class, first match wins
-    "attention": re.compile(r"attn|attention|flash|fmha|sdpa|paged|decode_kernel|extend_kernel", re.I),
+    "attention": re.compile(r"attn|attention|flash|fmha|sdpa|paged|decode_kernel|extend_kernel|^_fwd_kernel", re.I),
     "GEMM": re.compile(r"gemm|matmul|cutlass|xmma|nvjet|cublas|aten::(mm|addmm|bmm|linear)\b|\bmm\b", re.I),
 }
 
 
 @dataclasses.dataclass
 class KernelShares:
-    total_ns: int
+    total_ns: int  # GPU time the shares are of
     attention_pct: float
     gemm_pct: float
 
@@ -116,6 +116,20 @@ def kernel_shares(kernels: pl.DataFrame) -> KernelShares | None:
                 break
     return KernelShares(total, 100 * by["attention"] / total if total else 0.0,
                         100 * by["GEMM"] / total if total else 0.0)
+
+
+GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")  # of semconv.NVTX_OPS
+
+
+def op_shares(ops: pl.DataFrame) -> KernelShares | None:
+    """Attention and GEMM shares of GPU time by op range (kernels.by_op: op, total_ns): the ranges say
+    what each kernel computed, whatever its name."""
+    if ops.is_empty():
+        return None
+    total = int(ops["total_ns"].sum())
+    of = lambda names: int(ops.filter(pl.col("op").is_in(names))["total_ns"].sum())  # noqa: E731
+    return KernelShares(total, 100 * of(["attention"]) / total if total else 0.0,
+                        100 * of(list(GEMM_OPS)) / total if total else 0.0)
 
 
 @dataclasses.dataclass

@@ -71,8 +71,8 @@ def _milestones(section: Section, story: Story) -> None:
 def _profiled(section: Section, story: Story) -> None:
     """Per-layer, per-op and kernel figures from the profiled pass (its own server, eager forwards)."""
     phase = story.profiled
-    section.add("source", story.profiled_dir, "the experiment's profiled pass: --trace-level layer, eager "
-                "forwards, a Kineto trace of a few forwards; not the measured requests, the same prompt length")
+    section.add("source", story.profiled_dir, "a profiled pass (experiment baseline's, or --profiled): layer "
+                "ranges on eager forwards with a kernel profile; its first request, not the measured ones")
     if phase is None:
         section.add("profiled request", None, "no complete request in the profiled pass")
         return
@@ -90,8 +90,9 @@ def _shares(section: Section, phase: Phase) -> None:
     s = phase.shares
     if s is None:
         return
-    section.add("attention share of kernel time", f"{s.attention_pct:.1f}%", "kernel names: attention / flash")
-    section.add("GEMM share of kernel time", f"{s.gemm_pct:.1f}%", "kernel names: gemm / matmul / cutlass")
+    how = "op ranges" if phase.ops is not None else "kernel names"
+    section.add("attention share of kernel time", f"{s.attention_pct:.1f}%", f"by {how}")
+    section.add("GEMM share of kernel time", f"{s.gemm_pct:.1f}%", f"by {how} (projections)")
 
 
 def _head(head: Section, story: Story) -> None:

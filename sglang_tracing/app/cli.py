@@ -41,7 +41,7 @@ def _analyze(args, rest) -> int:
 
     paths = api.analyze(args.trace_dir, reports=args.report, request=args.request, out_dir=args.out,
                         formats=args.format, nsys=args.nsys, kineto=args.kineto,
-                        model_config=args.model_config, ncu=args.ncu)
+                        model_config=args.model_config, ncu=args.ncu, profiled=args.profiled)
     for p in paths:
         print(p)
     return 0
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="text, md, html, csv (comma-separated); csv: every table whole, one file each")
             p.add_argument("--model-config", help="served model's config.json, or a shipped architecture "
                                                   "(llama-2-7b), when the manifest has none")
+            p.add_argument("--profiled", help="story: a profiled pass's trace dir (layer ranges with its nsys "
+                                              "export or Kineto trace) whose per-layer and kernel figures it adds")
             p.set_defaults(func=_analyze)
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")
