@@ -250,9 +250,9 @@ def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_colum
     out = tmp_path / "reports"
     api.analyze(str(trace_dir), reports="story,radix", out_dir=str(out), formats="text")
     model = load_trace_dir(str(trace_dir), use_cache=False)
-    from sglang_tracing.analyzer.analyses import radix, story
+    from sglang_tracing.analyzer.analyses import radix, story_report
 
-    titles = [s.title for s in radix.build_report(model).sections] + [s.title for s in story.build_report(model).sections]
+    titles = [s.title for s in radix.build_report(model).sections] + [s.title for s in story_report.build_report(model).sections]
     assert "Cache tiers (hierarchical cache)" in titles and "Speculative decoding" in titles
     paths = api.requests(str(trace_dir), str(out))
     table = pl.read_parquet(next(p for p in paths if p.endswith(".parquet")))
@@ -286,7 +286,7 @@ def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(scena
     gpu_windows = [s for s in raw if s["name"] in ("sglang.hicache.load_done", "sglang.spec.draft", "sglang.spec.verify")
                    and "sglang.forward.gpu_start_ns" in s["attrs"]]
     assert len(per_track.get("GPU copies and draft / verify (CUDA events)", [])) == len(gpu_windows)
-    assert "HiCache host tier used" in names.values()
+    assert "KV cache host_used_tokens" in names.values()
 
 
 def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating_one(scenario_trace, tmp_path):

@@ -1,8 +1,9 @@
 """Perfetto tracks of the hierarchical cache and speculative decoding, for ``perfetto.render``: under each
 scheduler process, one track for the cache's transfers between tiers (backups, load-backs, evictions,
 prefetches), one for the draft / verify / accept phases of speculative decoding, their GPU windows (the
-load-back copies and the draft / verify CUDA events) on a GPU track of their own, and the host tier's
-occupancy as a counter. Nothing is written for a trace that used neither feature."""
+load-back copies and the draft / verify CUDA events) on a GPU track of their own (the host tier's occupancy
+is a counter beside the KV cache's: ``perfetto_counters``). Nothing is written for a trace that used neither
+feature."""
 from __future__ import annotations
 
 import polars as pl
@@ -43,18 +44,3 @@ def gpu_slices(w, spans: pl.DataFrame, uuids: dict[str, int], uuid_of) -> pl.Dat
         ("feature-gpu:" + pl.col("_proc")).replace_strict(uuids, return_dtype=pl.UInt64).alias("track"),
         pl.col(sc.GPU_START_NS).alias("start_ns"), pl.max_horizontal(sc.GPU_START_NS, sc.GPU_END_NS).alias("end_ns"),
         (pl.col("name").str.split(".").list.last() + " (GPU)").alias("name"), pl.col("span_id"))
-
-
-def host_occupancy(w, spans: pl.DataFrame, uuid_of) -> pl.DataFrame:
-    """Host-tier tokens used after each cache operation, per scheduler process: track, t_ns, value."""
-    if sc.HICACHE_HOST_USED not in spans.columns:
-        return pl.DataFrame()
-    ops = spans.filter(pl.col(sc.HICACHE_HOST_USED).is_not_null()).sort("end_ns", maintain_order=True)
-    frames = []
-    for key in ops["_proc"].unique(maintain_order=True).to_list():
-        track = w.track(uuid_of(f"host-tier:{key}"), "HiCache host tier used", parent=uuid_of(f"proc:{key}"),
-                        counter_unit="tokens")
-        frames.append(ops.filter(pl.col("_proc") == key).select(
-            pl.lit(track, pl.UInt64).alias("track"), pl.col("end_ns").alias("t_ns"),
-            pl.col(sc.HICACHE_HOST_USED).alias("value")))
-    return pl.concat(frames) if frames else pl.DataFrame()
