@@ -170,10 +170,7 @@ def _after_process(st: SchedulerState, call: Call, /, scheduler, batch, result, 
         trace = req.__dict__.get("_sgt")
         if trace is None or trace.done:
             continue
-        n = len(req.output_ids)
-        if n > trace.n_out:
-            trace.tokens.extend([end] * (n - trace.n_out))
-            trace.n_out = n
+        trace.stamp_outputs(len(req.output_ids), end)  # tokens output_streamer did not see being sent
         if req.finished():
             trace.done = True
             finished.append(req)

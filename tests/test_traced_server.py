@@ -367,6 +367,27 @@ def test_streamed_ttft_lies_inside_the_clients(traced_run):
         assert resp["client"]["sent_ns"] <= row["received_ns"] and row["first_byte_ns"] <= resp["client"]["done_ns"]
 
 
+def test_latency_stamps_order_on_one_clock(traced_run):
+    """Read from the raw spans of every streamed user request: received <= first token computed (handed
+    to the detokenizer) <= first response byte <= finished, and the TTFT and the
+    decode the client sees add up to end-to-end exactly (both measured from the one arrival stamp)."""
+    trace_dir, mixed, _, solo, _ = traced_run
+    raw = raw_spans.spans(trace_dir)
+    by_rid = {name: {s["attrs"][sc.RID]: s for s in raw_spans.named(raw, name)}
+              for name in (sc.REQUEST, sc.REQUEST_HTTP, sc.REQUEST_DECODE)}
+    for resp in [*mixed, solo]:
+        rid = _rid(resp)
+        root, http, decode = (by_rid[name][rid] for name in (sc.REQUEST, sc.REQUEST_HTTP, sc.REQUEST_DECODE))
+        tokens = decode["attrs"][sc.TOKEN_TIMES]
+        first_byte = http["attrs"][sc.FIRST_BYTE_NS]
+        assert len(tokens) == resp["meta_info"]["completion_tokens"]
+        assert http["start"] == root["start"]  # one arrival stamp for the request and its HTTP layer
+        assert root["start"] <= tokens[0] <= first_byte <= root["end"] <= http["end"], rid
+        assert tokens[-1] <= root["end"]
+        ttft, decode_seen, e2e = first_byte - root["start"], root["end"] - first_byte, root["end"] - root["start"]
+        assert ttft > 0 and decode_seen > 0 and ttft + decode_seen == e2e
+
+
 def test_story_latencies_match_client(traced_run):
     """The story's TTFT and mean ITL for a request agree with the client's, within 5%."""
     from sglang_tracing.analyzer.analyses import story

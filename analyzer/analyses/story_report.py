@@ -140,9 +140,8 @@ def _prefill(prefill: Section, story: Story) -> None:
         start = f"received ({ARRIVAL_WORDS.get(by, by)})" if by else (
             "received (HTTP layer)" if req.get("first_byte_ns") else "received")
         prefill.add("TTFT", ms(req["ttft_ns"]), f"{start} -> {req['ttft_source']}")
-    prefill.add("time to first token processed", ms(req["ttft_compute_ns"]),
-                "received -> the scheduler finished processing the first token's forward (it streams the token "
-                "out while doing so: TTFT can end before this)")
+    prefill.add("time to first token computed", ms(req["ttft_compute_ns"]),
+                "received -> the scheduler hands the first token to the detokenizer (TTFT ends after this)")
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
                 f"forward GPU time ({story.gpu_source}) split by tokens in each batch"
                 + _longer_than_wall(req.get("prefill_gpu_ns"), req["prefill_ns"]))
@@ -154,7 +153,7 @@ def _prefill(prefill: Section, story: Story) -> None:
 
 def _decode(decode: Section, story: Story) -> None:
     req, trend = story.request, story.trend
-    decode.add("total", ms(req["decode_ns"]), "first token -> last token processed by the scheduler")
+    decode.add("total", ms(req["decode_ns"]), "first token -> last token handed to the detokenizer by the scheduler")
     if req.get("ttft_ns") is not None and req.get("e2e_ns") is not None:
         decode.add("as the client receives it", ms(req["e2e_ns"] - req["ttft_ns"]),
                    "TTFT's end -> complete: TTFT + this = end-to-end")
