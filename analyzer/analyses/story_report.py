@@ -76,6 +76,7 @@ def _profiled(section: Section, story: Story) -> None:
     if phase is None:
         section.add("profiled request", None, "no complete request in the profiled pass")
         return
+    _host_time(section, phase)
     if phase.kernels.is_empty() and phase.ops is None:
         section.add("per-layer / per-op GPU time", None, "no GPU kernel in the profiled pass's Kineto trace "
                     "(a CPU run records CPU ops only)" if not story.gpus else
@@ -84,6 +85,17 @@ def _profiled(section: Section, story: Story) -> None:
     _layer_and_op_time(section, phase)
     _kernel_breakdown(section, phase, phase.kernels.height)
     _shares(section, phase)
+
+
+def _host_time(section: Section, phase: Phase) -> None:
+    """Host (CPU wall) time per layer and op from the profiled pass's Kineto user annotations."""
+    if phase.host_layers is None or phase.host_layers.is_empty():
+        section.add("per-layer host time", None, "no layer ranges among the Kineto user annotations of this "
+                    "request's prefill forwards (the Kineto window covered other forwards)")
+        return
+    section.add("per-layer host time", describe_layers(phase.host_layers),
+                f"Kineto user annotations of the layer ranges, of {_batch_note(phase.forwards)}")
+    section.child("host time by op (Kineto user annotations)").table = phase.host_ops
 
 
 def _shares(section: Section, phase: Phase) -> None:
