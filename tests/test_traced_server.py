@@ -244,10 +244,10 @@ def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def layer_profiled(tiny_model, tmp_path_factory):
-    """Three requests at --trace-level layer with a Kineto window over served forwards 0..1 (the first
-    request's prefill is in it)."""
+    """Three requests at --trace-level layer with a Kineto window over served forwards 0..3: the
+    readiness probe's, then the first request's prefill."""
     tmp = tmp_path_factory.mktemp("layer")
-    _, spans = _serve_briefly(tiny_model, tmp, 3, tracing_args=["--trace-level", "layer", "--profile-steps", "0:2"])
+    _, spans = _serve_briefly(tiny_model, tmp, 3, tracing_args=["--trace-level", "layer", "--profile-steps", "0:4"])
     return tmp / "trace", spans
 
 
@@ -260,13 +260,13 @@ def test_layer_level_installs_ranges_on_every_llama_module(tiny_model, layer_pro
 
 
 def test_profile_steps_time_their_profiler_control_inside_the_forwards(layer_profiled):
-    """--profile-steps 0:2: the torch profiler opens in served forward 0 and Kineto writes its trace in
-    forward 1, each a span of its own parented by (and inside) that scheduler forward."""
+    """--profile-steps 0:4: the torch profiler opens in served forward 0 and Kineto writes its trace in
+    forward 3, each a span of its own parented by (and inside) that scheduler forward."""
     trace_dir, spans = layer_profiled
     fwd = spans.filter(pl.col("name") == sc.FORWARD).sort("start_ns")
     control = spans.filter(pl.col("name") == sc.PROFILER_CONTROL).sort("start_ns")
     assert control[sc.PROFILER_ACTION].to_list() == [sc.TORCH_PROFILER_START, sc.KINETO_EXPORT]
-    assert control["parent_id"].to_list() == fwd["span_id"][0:2].to_list()
+    assert control["parent_id"].to_list() == [fwd["span_id"][0], fwd["span_id"][3]]
     inside = control.join(fwd.select("span_id", pl.col("start_ns").alias("f0"), pl.col("end_ns").alias("f1")),
                           left_on="parent_id", right_on="span_id")
     assert inside.filter((pl.col("start_ns") >= pl.col("f0")) & (pl.col("end_ns") <= pl.col("f1"))).height == 2
@@ -316,7 +316,7 @@ def test_profiled_pass_per_layer_time_from_kineto_annotations(tiny_model, layer_
                 tid == e["tid"] and t0 <= e["ts"] and e["ts"] + e["dur"] <= t1 for tid, t0, t1 in windows):
             expected[e["name"]] = expected.get(e["name"], 0.0) + e["dur"] * 1000
     assert len(windows) == len(model_fwd) >= 1 and len(expected) == layers
-    found = story.compute(load_input(str(trace_dir)), "first", profiled=load_input(str(trace_dir))).profiled
+    found = story.compute(load_input(str(trace_dir)), first, profiled=load_input(str(trace_dir))).profiled
     got = dict(zip(found.host_layers["layer"].to_list(), found.host_layers["total_ns"].to_list()))
     assert got.keys() == expected.keys()
     for name, ns in expected.items():

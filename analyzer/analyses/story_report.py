@@ -88,14 +88,16 @@ def _profiled(section: Section, story: Story) -> None:
 
 
 def _host_time(section: Section, phase: Phase) -> None:
-    """Host (CPU wall) time per layer and op from the profiled pass's Kineto user annotations."""
+    """Host (CPU wall) time per layer and op from the profiled pass's layer ranges as its profile recorded
+    them (Kineto user annotations, or NVTX ranges in an nsys export)."""
     if phase.host_layers is None or phase.host_layers.is_empty():
-        section.add("per-layer host time", None, "no layer ranges among the Kineto user annotations of this "
-                    "request's prefill forwards (the Kineto window covered other forwards)")
+        section.add("per-layer host time", None, "no layer ranges inside this request's prefill forwards in the "
+                    "profile (its window covered other forwards)")
         return
     section.add("per-layer host time", describe_layers(phase.host_layers),
-                f"Kineto user annotations of the layer ranges, of {_batch_note(phase.forwards)}")
-    section.child("host time by op (Kineto user annotations)").table = phase.host_ops
+                f"layer ranges as the profile recorded them (Kineto user annotations / NVTX), of "
+                f"{_batch_note(phase.forwards)}")
+    section.child("host time by op (layer ranges in the profile)").table = phase.host_ops
 
 
 def _shares(section: Section, phase: Phase) -> None:
