@@ -246,8 +246,8 @@ def _profiled_prefill(profiled: TraceModel) -> Phase | None:
     forwards = _forwards_of_request(spans, req["rid"]).filter(is_prefill())
     phase = _phase(profiled, spans, profiled.counters, forwards, req, "prefill", with_ops=True)
     if not profiled.nvtx.is_empty():
-        ids = (spans.filter((pl.col("name") == sc.MODEL_FORWARD) & pl.col("parent_id").is_in(forwards["span_id"].to_list()))
-               .select("span_id").collect()["span_id"].to_list())
+        mine = pl.col("parent_id").is_in(forwards["span_id"].to_list())
+        ids = spans.filter((pl.col("name") == sc.MODEL_FORWARD) & mine).select("span_id").collect()["span_id"].to_list()
         phase.host_layers, phase.host_ops = layer_host_time(profiled.nvtx, ids), op_host_time(profiled.nvtx, ids)
     return phase
 
