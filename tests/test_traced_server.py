@@ -294,7 +294,7 @@ def test_profiled_pass_per_layer_time_from_kineto_annotations(tiny_model, layer_
     """The layer ranges are Kineto user annotations while the torch profiler records; the story's
     per-layer host time of the profiled pass's first request equals the sums read from the Kineto JSON
     here: layer ranges inside the "sglang.model.forward <span id>" annotations of that request's prefill."""
-    from sglang_tracing.analyzer.analyses import story
+    from sglang_tracing.analyzer.analyses import story, story_report
     from sglang_tracing.analyzer.api import load_input
 
     trace_dir, _ = layer_profiled
@@ -316,11 +316,15 @@ def test_profiled_pass_per_layer_time_from_kineto_annotations(tiny_model, layer_
                 tid == e["tid"] and t0 <= e["ts"] and e["ts"] + e["dur"] <= t1 for tid, t0, t1 in windows):
             expected[e["name"]] = expected.get(e["name"], 0.0) + e["dur"] * 1000
     assert len(windows) == len(model_fwd) >= 1 and len(expected) == layers
-    found = story.compute(load_input(str(trace_dir)), first, profiled=load_input(str(trace_dir))).profiled
+    told = story.compute(load_input(str(trace_dir)), first, profiled=load_input(str(trace_dir)))
+    found = told.profiled
     got = dict(zip(found.host_layers["layer"].to_list(), found.host_layers["total_ns"].to_list()))
     assert got.keys() == expected.keys()
     for name, ns in expected.items():
         assert abs(got[name] - ns) <= 2 * len(windows), (name, got[name], ns)  # ns rounding of each range
+    section = next(s for s in story_report.describe(told).sections if s.title == "Prefill, from the profiled pass")
+    by_op = next(c for c in section.children if c.title.startswith("host time by op")).table
+    assert set(by_op["op"].to_list()) <= set(sc.NVTX_OPS) and by_op["total_ns"].min() > 0
 
 
 def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):
