@@ -49,7 +49,7 @@ def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str
 
 
 def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None):
-    from sglang_tracing.analyzer.analyses import attention, radix, servers, story, timeline
+    from sglang_tracing.analyzer.analyses import attention, radix, recording, servers, story, timeline
 
     builders = {"story": lambda: story.build_report(model, request, model_config),
                 "radix": lambda: radix.build_report(model),
@@ -58,6 +58,7 @@ def build_reports(model: TraceModel, names: list[str], request: str = "slowest",
     reports = [builders[n]() for n in names]
     if servers.merged(model):
         servers.add_breakdowns(reports, model)
+    recording.add_to_reports(reports, model)
     return reports
 
 

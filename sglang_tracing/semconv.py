@@ -196,6 +196,7 @@ EXPORTER_RESTARTS = "sglang_tracing.exporter_restarts"
 QUEUED_MAX = "sglang_tracing.queued_max"  # stats: most records held at once since the last stats span
 QUEUED = "sglang_tracing.queued"  # stats: records held now
 BATCH_HELD = "sglang_tracing.batch_held"  # stats: batch records held until their requests are decided
+BATCH_LEFT_OUT = "sglang_tracing.batch_left_out"  # stats: batch records left out by BATCH_KEEP so far
 # the exporter stopped writing (disk full, trace dir gone): last line of a span file part
 WRITING_STOPPED = "sglang_tracing.writing_stopped"
 STOP_REASON = "sglang_tracing.stop_reason"

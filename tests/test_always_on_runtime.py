@@ -42,13 +42,22 @@ def _written(trace_dir) -> list[int]:
 
 
 def _exporter_of(span_file: str) -> psutil.Process:
-    for p in psutil.process_iter():
-        try:
-            if span_file in p.cmdline():
-                return p
-        except psutil.Error:
-            pass
+    """The exporter process writing ``span_file`` once it is up (the forked one, not its short-lived parent)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter():
+            try:
+                if span_file in p.cmdline() and p.ppid() != os.getpid() and os.path.exists(span_file):
+                    return p
+            except psutil.Error:
+                pass
+        time.sleep(0.05)
     raise AssertionError("no exporter process for " + span_file)
+
+
+def _kill(p: psutil.Process) -> None:
+    p.send_signal(signal.SIGKILL)
+    psutil.wait_procs([p], timeout=10)
 
 
 def test_parts_rotate_retention_deletes_oldest_and_says_so(tmp_path):
@@ -143,9 +152,7 @@ def test_trace_dir_removed_stops_writing_and_the_process_goes_on(tmp_path, capfd
 def test_killed_exporter_is_replaced_and_the_loss_recorded(tmp_path):
     rec = Recorder(TraceConfig(trace_dir=str(tmp_path)), "scheduler")
     _emit(rec, 0, 500)
-    time.sleep(0.5)
-    _exporter_of(rec.span_file).send_signal(signal.SIGKILL)
-    time.sleep(0.2)
+    _kill(_exporter_of(rec.span_file))
     _emit(rec, 500, 500)
     rec.close()
     assert wait_for_exporters(str(tmp_path), 30)
@@ -164,8 +171,7 @@ def test_without_an_exporter_records_are_dropped_and_counted_not_queued(tmp_path
     monkeypatch.setattr(recorder_mod, "MAX_RESTARTS", 0)
     rec = Recorder(TraceConfig(trace_dir=str(tmp_path)), "scheduler")
     _emit(rec, 0, 10)
-    _exporter_of(rec.span_file).send_signal(signal.SIGKILL)
-    time.sleep(0.3)
+    _kill(_exporter_of(rec.span_file))
     _emit(rec, 10, 10)  # the flush that finds the pipe broken
     for i in range(50_000):
         rec.emit("test.span", i, i + 1, {"i": i})

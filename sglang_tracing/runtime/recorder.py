@@ -57,6 +57,7 @@ class Recorder:
         self.restarts = 0
         self._queued_max = 0
         self._next_stats = time.monotonic() + STATS_INTERVAL_S
+        self._sent_at_stats = 0
         self.keep = RequestKeep(config)
         self.batch_keep = BatchKeep(config.batch_keep)
         self._send_lock = threading.RLock()  # the writer thread and a SIGTERM flush share the pipe
@@ -169,6 +170,7 @@ class Recorder:
             self._die_when_returned(hook, signum)
             return
         try:
+            self._next_stats = 0
             self.flush()
         finally:
             signal.signal(signum, signal.SIG_DFL)
@@ -211,15 +213,18 @@ class Recorder:
     def flush(self) -> None:
         self._queued_max = max(self._queued_max, len(self._queue))
         health = (sum(self.hook_errors.values()), self.dropped)
-        if health != self._reported_health or time.monotonic() >= self._next_stats:
+        periodic = time.monotonic() >= self._next_stats and self.sent != self._sent_at_stats  # idle: none
+        if health != self._reported_health or periodic or not self._next_stats:
             self._reported_health = health
             self._next_stats = time.monotonic() + STATS_INTERVAL_S
             now = time.time_ns()
             attrs = {sc.HOOK_ERRORS: health[0], sc.DROPPED_SPANS: health[1], sc.QUEUED: len(self._queue),
                      sc.QUEUED_MAX: self._queued_max, sc.RECORDS_SENT: self.sent,
-                     sc.RECORDS_UNSENT: self.unsent, sc.BATCH_HELD: self.batch_keep.held}
+                     sc.RECORDS_UNSENT: self.unsent, sc.BATCH_HELD: self.batch_keep.held,
+                     sc.BATCH_KEEP: self.config.batch_keep, sc.BATCH_LEFT_OUT: self.batch_keep.dropped}
             attrs.update({f"{sc.HOOK_ERRORS}.{k}": v for k, v in self.hook_errors.items()})
             self._queued_max = 0
+            self._sent_at_stats = self.sent
             self._append((sc.RECORDER_STATS, now, now, new_span_id(), 0, "", attrs, ()))
         batch = []
         pop = self._queue.popleft
@@ -282,6 +287,7 @@ class Recorder:
     def close(self) -> None:
         if self._closed:
             return
+        self._next_stats = 0  # the last stats span: final counts
         self.flush()
         self._closed = True
         self._wake.set()
