@@ -32,6 +32,15 @@ def _emit(rec: Recorder, first: int, n: int, flush_every: int = 100) -> None:
     rec.flush()
 
 
+def _close(rec: Recorder) -> None:
+    """Close the recorder and wait for its exporter to write everything (once it is up: it may still start)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(rec.span_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rec.close()
+    assert wait_for_exporters(rec.config.trace_dir, 30)
+
+
 def _manifest(trace_dir) -> None:
     with open(os.path.join(trace_dir, "manifest.json"), "w") as f:
         json.dump({"format": "sglang-tracing", "format_version": 1}, f)
@@ -67,8 +76,7 @@ def test_parts_rotate_retention_deletes_oldest_and_says_so(tmp_path):
 
     rec = Recorder(TraceConfig(trace_dir=str(tmp_path), span_file_max_mb=0.05, span_files_keep=3), "scheduler")
     _emit(rec, 0, 2000)
-    rec.close()
-    assert wait_for_exporters(str(tmp_path), 30)
+    _close(rec)
     parts = parts_of(rec.span_file)
     assert len(parts) == 3 and parts[-1][0] >= 5  # rotated several times, three left
     assert all(os.path.getsize(p) <= 0.05 * (1 << 20) for _, p in parts[:-1])
@@ -113,8 +121,7 @@ def test_full_disk_stops_cleanly_and_says_where(small_tmpfs):
     start = time.monotonic()
     _emit(rec, 0, 3000)
     emit_s = time.monotonic() - start
-    rec.close()
-    assert wait_for_exporters(str(small_tmpfs), 30)
+    _close(rec)
     lines = open(rec.span_file, "rb").read().split(b"\n")
     assert lines[-1] == b""  # ends with a whole line
     docs = [json.loads(line) for line in lines[:-1]]
@@ -154,8 +161,7 @@ def test_killed_exporter_is_replaced_and_the_loss_recorded(tmp_path):
     _emit(rec, 0, 500)
     _kill(_exporter_of(rec.span_file))
     _emit(rec, 500, 500)
-    rec.close()
-    assert wait_for_exporters(str(tmp_path), 30)
+    _close(rec)
     assert rec.restarts == 1
     raw = raw_spans.spans(str(tmp_path))
     (note,) = raw_spans.named(raw, sc.EXPORTER_LOST)
@@ -253,3 +259,23 @@ def test_trace_dir_made_read_only_keeps_writing_the_open_part(tmp_path, capfd):
         assert err.count("grows past its cap") == 1, err
     finally:
         subprocess.run(["umount", "-l", str(trace_dir)])
+
+
+def test_an_abort_without_a_token_has_no_ttft_one_with_tokens_keeps_it(tmp_path):
+    """Two streamed requests aborted by SGLang (their clients hung up): one before any token, one after 2.
+    Both stay in the table; only the one that got a token has a TTFT (its first output, 5 ms in)."""
+    from sglang_tracing.analyzer.analyses.requests import request_table
+    from sglang_tracing.analyzer.model import load_trace_dir
+    from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
+
+    rec = Recorder(TraceConfig(trace_dir=str(tmp_path)), "tokenizer")
+    for rid, tokens in (("none", 0), ("two", 2)):
+        attrs = {sc.RID: rid, sc.PROMPT_TOKENS: 8, sc.CACHED_TOKENS: 0, sc.OUTPUT_TOKENS: tokens,
+                 sc.FINISH_REASON: "abort", sc.FIRST_OUTPUT_NS: T0 + 5_000_000, sc.STREAM: True}
+        rec.emit(sc.REQUEST, T0, T0 + 9_000_000, attrs, span_id=request_root_span_id(rid),
+                 trace_key=request_trace_key(rid))
+    _close(rec)
+    _manifest(tmp_path)
+    rows = {r["rid"]: r for r in request_table(load_trace_dir(tmp_path).spans).iter_rows(named=True)}
+    assert rows["none"]["ttft_ns"] is None and rows["none"]["finish_reason"] == "abort"
+    assert rows["two"]["ttft_ns"] == 5_000_000
