@@ -203,3 +203,4 @@ STOP_REASON = "sglang_tracing.stop_reason"
 # a new part of a rotated span file: the parts retention deleted before it
 PARTS_DELETED = "sglang_tracing.parts_deleted"
 PART_INDEX = "sglang_tracing.part_index"
+NVML_SAMPLING_STOPPED = "sampling_stopped"  # last line of an nvml-*.jsonl whose sampler gave up: why

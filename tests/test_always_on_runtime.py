@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import psutil
@@ -279,3 +280,57 @@ def test_an_abort_without_a_token_has_no_ttft_one_with_tokens_keeps_it(tmp_path)
     rows = {r["rid"]: r for r in request_table(load_trace_dir(tmp_path).spans).iter_rows(named=True)}
     assert rows["none"]["ttft_ns"] is None and rows["none"]["finish_reason"] == "abort"
     assert rows["two"]["ttft_ns"] == 5_000_000
+
+
+class _LostGpu:
+    """Stands in for pynvml (not SGLang's): a GPU that answers 3 samples, then is lost to NVML."""
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self):
+        self.calls = 0
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlGpmQueryDeviceSupport(self, h):
+        raise self.NVMLError("GPM not supported")
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self.calls += 1
+        if self.calls > 3:
+            raise self.NVMLError("GPU is lost")
+        return type("U", (), {"gpu": 50, "memory": 20})()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": 1, "total": 2})()
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 300_000
+
+    def nvmlDeviceGetClockInfo(self, h, which):
+        return 1980
+
+
+def test_nvml_lost_sampler_stops_says_why_and_the_counters_still_load(tmp_path, monkeypatch, caplog):
+    from sglang_tracing.analyzer.model import read_counters
+    from sglang_tracing.runtime import gpu_sampler
+
+    fake = _LostGpu()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    out = tmp_path / "nvml-scheduler-tp0-pid1.jsonl"
+    sampler = gpu_sampler.Sampler(0, 1, str(out))  # 1 ms: the test need not wait
+    sampler._thread.join(10)
+    assert not sampler._thread.is_alive()  # gave up: no thread left polling a lost GPU
+    sampler.stop()
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 4 and "GPU is lost" in lines[-1][sc.NVML_SAMPLING_STOPPED]
+    assert fake.calls == 3 + gpu_sampler.MAX_FAILURES
+    assert sum("stopped" in r.message for r in caplog.records) == 1
+    counters = read_counters(tmp_path)
+    assert counters.filter(counters["metric"] == sc.NVML_POWER)["value"].to_list() == [300.0] * 3
