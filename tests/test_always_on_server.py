@@ -154,7 +154,8 @@ def test_hung_up_client_recorded_with_its_tokens_and_kept(faulted):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    mount = tmp_path / "small"
+    """A 300 kB tmpfs where start_server puts the trace (the server's log stays outside it)."""
+    mount = tmp_path / "trace"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)]).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
@@ -165,13 +166,14 @@ def small_tmpfs(tmp_path):
 def test_full_trace_disk_serving_unaffected_trace_says_where_it_stops(tiny_model, tmp_path, small_tmpfs):
     server = None
     try:
-        server, trace_dir = start_server(tiny_model, small_tmpfs)
-        outs = server.generate_all([prompt_of_length(200, seed=i) for i in range(60)], 16, concurrency=4)
+        server, trace_dir = start_server(tiny_model, tmp_path)
+        assert trace_dir == str(small_tmpfs)
+        outs = server.generate_all([prompt_of_length(64, seed=i) for i in range(40)], 16, concurrency=8)
     finally:
         if server is not None:
             server.stop()
     assert wait_for_exporters(trace_dir, timeout=30)
-    assert len(outs) == 60 and all(o["meta_info"]["completion_tokens"] == 16 for o in outs)
+    assert len(outs) == 40 and all(o["meta_info"]["completion_tokens"] == 16 for o in outs)
     raw = raw_spans.spans(trace_dir)
     stops = raw_spans.named(raw, sc.WRITING_STOPPED)
     assert stops and all(s["attrs"][sc.STOP_REASON].startswith("ENOSPC") for s in stops)
@@ -186,6 +188,7 @@ def test_stopped_right_after_the_last_response_twice(tiny_model, tmp_path):
     """Two servers stopped the moment their last response arrives; the second's scheduler takes 0.3 s to
     emit each finished request's decode span, so the stop lands inside our hook: it waits for the hook."""
     for i, env in enumerate((None, {"SGLANG_TRACE_TEST_SLOW_EMIT": f"{sc.REQUEST_DECODE}:0.3"})):
+        (tmp_path / f"run{i}").mkdir()
         server, trace_dir = start_server(tiny_model, tmp_path / f"run{i}", env=env)
         try:
             outs = server.generate_all([prompt_of_length(64, seed=10 * i + k) for k in range(4)], 16,
