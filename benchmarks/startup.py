@@ -3,9 +3,9 @@
     python3 benchmarks/startup.py --model /tmp/llama2 --repeats 2 --out benchmarks/results/startup-h200.json
     python3 benchmarks/startup.py --cpu --repeats 1 --out /tmp/startup-cpu.json     # smoke test
 
-Arms: untraced, traced (default level), traced at layer level. Warm: one untimed start of each arm first
-(OS page cache, Triton/FlashInfer/inductor caches filled), then ``--repeats`` timed starts of each arm in
-rotating order. Cold: before each timed start, the page cache is dropped (``/proc/sys/vm/drop_caches``,
+Arms: untraced, traced (default level), traced at layer level. Warm: one untimed untraced start first
+(OS page cache, Triton/FlashInfer/inductor caches filled: tracing changes no kernel), then ``--repeats``
+timed starts of each arm in rotating order. Cold: before each timed start, the page cache is dropped (``/proc/sys/vm/drop_caches``,
 root only; the result says whether it was) and the JIT caches point at a new empty folder. The clock runs
 from the launch command to the end of the first /generate round trip (one output token).
 """
@@ -78,8 +78,8 @@ def main() -> int:
     else:
         model, sglang_args = args.model, shlex.split(args.extra)
     result: dict = {"args": vars(args), "host": os.uname().nodename, "runs": []}
-    for name, tracing in ARMS.items():  # warm every cache once, untimed
-        start_once(model, sglang_args, tracing, work, f"{name}-prime", None)
+    if "warm" in modes:  # fill every cache once, untimed
+        start_once(model, sglang_args, None, work, "prime", None)
     for mode in modes:
         for r in range(args.repeats):
             names = list(ARMS)[r % len(ARMS):] + list(ARMS)[:r % len(ARMS)]
