@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime.ids import new_span_id
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, encode_message
 from sglang_tracing.runtime.tail_keep import BatchKeep, RequestKeep
+from sglang_tracing.runtime.sink import SpanSink
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +137,12 @@ class Recorder:
             return
         self._queue.append(record)
 
-    def request_ended(self, rid: str, detail: str) -> None:
-        """A request's keep decision (``semconv.DETAIL_*``): settles the batch records held for it."""
+    def request_ended(self, rid: str, failed: bool, ttft_ns: int | None, max_itl_ns: int | None,
+                      e2e_ns: int) -> str:
+        detail = self.keep.decide(rid, failed, ttft_ns, max_itl_ns, e2e_ns)
         for record in self.batch_keep.decided(rid, detail != sc.DETAIL_SUMMARY):
             self._append(record)
+        return detail
 
     # ---- our own failures ----
     def hook_failed(self, hook: str, exc: BaseException) -> None:
@@ -308,7 +312,7 @@ def _outermost_hook_frame(frame):
     return found
 
 
-_recorder: Recorder | None = None  # this process's, once started; each hook's fast path reads it directly
+_recorder: SpanSink | None = None  # this process's, once started (read through ``active``)
 _lock = threading.Lock()
 
 
@@ -319,3 +323,20 @@ def start(config: TraceConfig, role: str, tp_rank: int | None = None) -> Recorde
         if _recorder is None:
             _recorder = Recorder(config, role, tp_rank)
         return _recorder
+
+
+def active() -> SpanSink | None:
+    """This process's recorder, or None while none has started (hooks then call straight through)."""
+    return _recorder
+
+
+@contextlib.contextmanager
+def use(sink: SpanSink | None):
+    """Make ``sink`` this process's recorder for a block, then put back the one before (tests: a span
+    log, or None for tracing off)."""
+    global _recorder
+    previous, _recorder = _recorder, sink
+    try:
+        yield sink
+    finally:
+        _recorder = previous
