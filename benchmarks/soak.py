@@ -6,11 +6,12 @@ streamed, non-streamed and aborted requests, for a duration you choose; memory s
 
 Both servers run at once on the one GPU with equal KV pools (``--max-total-tokens``) and take turns:
 ``--phase`` seconds of load on one, then the other (order alternating), until each had ``--duration``
-seconds. Every phase keeps ``--concurrency`` requests in flight: 6 in 10 streamed, 3 non-streamed,
+seconds. Every turn keeps ``--concurrency`` requests in flight: 6 in 10 streamed, 3 non-streamed,
 1 aborted (the client hangs up after its second chunk). Every second: the RSS of each server's process
 tree and of the traced server's exporter processes. Afterwards, from the trace (json only): every
 request the client sent is in it (summary or full detail), and the recorder's queue over time from its
-stats spans. Writes ``soak.json`` and, with matplotlib, ``soak-memory.png`` and ``soak-throughput.png``.
+stats spans. Writes ``soak.json`` and, with matplotlib, ``soak-memory.png`` and ``soak-throughput.png`` into
+``--out``; the trace and the server logs go to ``--keep`` (a temp dir by default: a soak's trace is large).
 """
 from __future__ import annotations
 
@@ -194,11 +195,21 @@ def main() -> int:
     ap.add_argument("--mem-fraction", type=float, default=0.42)
     ap.add_argument("--extra", default="--attention-backend triton", help="more SGLang args for both")
     ap.add_argument("--tracing", default=" ".join(TAIL_KEEP), help="the traced server's tracing args")
-    ap.add_argument("--out", required=True, help="folder for soak.json, plots, trace and logs")
+    ap.add_argument("--out", required=True, help="folder for soak.json and the plots")
+    ap.add_argument("--keep", help="folder for the trace and the server logs (default: a new temp dir)")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="draw the plots from --out's soak.json (a GPU host without matplotlib ran it)")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.plot_only:
+        try:
+            done = json.loads((out / "soak.json").read_text())
+        except (OSError, ValueError) as exc:
+            ap.exit(2, f"soak.py: error: cannot read {out / 'soak.json'}: {exc}\n")
+        print(plot(out, done["memory"], done["phases"], done["recorder_stats"]))
+        return 0
     if not (args.cpu or args.model):
         ap.exit(2, "soak.py: error: --model DIR or --cpu\n")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.cpu:
         from sglang_tracing.models.builder import build_model_dir
@@ -209,11 +220,13 @@ def main() -> int:
         model = args.model
         base = ["--load-format", "dummy", "--mem-fraction-static", str(args.mem_fraction), "--log-level", "warning",
                 "--max-total-tokens", str(args.max_total_tokens), *shlex.split(args.extra)]
-    trace_dir = str(out / "trace")
+    keep = Path(args.keep or tempfile.mkdtemp(prefix="soak-"))
+    keep.mkdir(parents=True, exist_ok=True)
+    trace_dir = str(keep / "trace")
     servers = {
-        "untraced": Server(model, extra_args=base, log_path=str(out / "untraced.log")),
+        "untraced": Server(model, extra_args=base, log_path=str(keep / "untraced.log")),
         "traced": Server(model, trace_dir=trace_dir, extra_args=base, tracing_args=shlex.split(args.tracing),
-                         log_path=str(out / "traced.log")),
+                         log_path=str(keep / "traced.log")),
     }
     sampler = MemorySampler(servers, trace_dir)
     sent: dict[str, str] = {}
@@ -250,7 +263,7 @@ def main() -> int:
     totals = {n: sum(p["tokens"] for p in phases if p["server"] == n) / max(1e-9, sum(p["s"] for p in phases
                                                                                        if p["server"] == n))
               for n in servers}
-    result = {"args": vars(args), "throughput_tok_s": {n: round(v, 1) for n, v in totals.items()},
+    result = {"args": vars(args), "trace_dir": trace_dir, "throughput_tok_s": {n: round(v, 1) for n, v in totals.items()},
               "traced_over_untraced": round(totals["traced"] / totals["untraced"], 4) if totals["untraced"] else None,
               "phases": phases, "memory": sampler.rows, **trace_facts(trace_dir, sent)}
     result["plots"] = plot(out, sampler.rows, phases, result["recorder_stats"])
