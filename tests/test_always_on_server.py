@@ -1,8 +1,8 @@
 """Always on, with real traced SGLang servers on CPU: faults in our own parts never touch serving, and
 nothing recorded is lost without being said.
 
-One server (tail-based keep on, batch spans of kept requests) takes a client that hangs up mid-stream and
-its scheduler's exporter SIGKILLed mid-load; one writes into a 300 kB tmpfs until it is full; two are
+One server (tail-based keep on, batch spans of kept requests) takes clients that hang up mid-stream, its
+scheduler's exporter SIGKILLed mid-load, then its trace dir removed; one writes into a 300 kB tmpfs until it is full; two are
 stopped right after their last response (one with a hook slowed so the stop lands inside it).
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import shutil
 import subprocess
 import threading
 import time
@@ -65,7 +66,8 @@ def _hang_up_mid_stream(port: int, prompt: str, after_chunks: int, max_new_token
 @pytest.fixture(scope="module")
 def faulted(tiny_model, tmp_path_factory):
     """Tail-based keep (1 in 3, plus slow and failed) with batch spans of kept requests. Two clients hang up
-    mid-stream; then 4 clients send 40 requests while the scheduler's exporter is SIGKILLed after 10."""
+    mid-stream; then 4 clients send 40 requests while the scheduler's exporter is SIGKILLed after 10; then
+    the trace dir is removed and 4 more requests sent."""
     tmp = tmp_path_factory.mktemp("faulted")
     server, trace_dir = start_server(tiny_model, tmp, tracing_args=[
         "--keep-one-in", "3", "--keep-e2e-ms", "60000", "--batch-keep", "kept"])
@@ -95,13 +97,20 @@ def faulted(tiny_model, tmp_path_factory):
         for t in threads:
             t.join(300)
         time.sleep(1)  # hung-up requests' aborts reach the tokenizer
+        # then the trace dir is removed under the running server (what it held, copied first, is what the
+        # tests read): serving goes on, each exporter says once that it stopped
+        kept = str(tmp / "trace-before-removal")
+        shutil.copytree(trace_dir, kept, ignore=shutil.ignore_patterns("*.active", ".*.reserve"))
+        shutil.rmtree(trace_dir)
+        time.sleep(1.5)  # an exporter checks its file's place once a second
+        after_removal = server.generate_all([prompt_of_length(24, seed=900 + i) for i in range(4)], 8, concurrency=4)
     finally:
         stop_and_drain(server, trace_dir)
-    return trace_dir, hung, answers, errors, killed.is_set(), Path(server.log_path).read_text()
+    return (kept, hung, answers, errors, killed.is_set(), Path(server.log_path).read_text(), after_removal)
 
 
 def test_killed_exporter_serving_goes_on_and_the_loss_is_said_once(faulted):
-    trace_dir, _, answers, errors, killed, log = faulted
+    trace_dir, _, answers, errors, killed, log, _ = faulted
     assert killed and errors == [] and len(answers) == 40
     raw = raw_spans.spans(trace_dir)
     notes = raw_spans.named(raw, sc.EXPORTER_LOST)
@@ -116,7 +125,7 @@ def test_killed_exporter_serving_goes_on_and_the_loss_is_said_once(faulted):
 def test_every_request_keeps_a_summary_and_some_their_detail(faulted):
     """Tail-based keep: every answered request is in the table with its figures (TTFT, mean ITL, tokens);
     token times only for kept ones; the table says which."""
-    trace_dir, _, answers, _, _, _ = faulted
+    trace_dir, _, answers, _, _, _, _ = faulted
     table = request_table(load_trace_dir(trace_dir).spans)
     rows = {r["rid"]: r for r in table.iter_rows(named=True)}
     (note,) = raw_spans.named(raw_spans.spans(trace_dir), sc.EXPORTER_LOST)
@@ -142,7 +151,7 @@ def test_every_request_keeps_a_summary_and_some_their_detail(faulted):
 def test_hung_up_client_recorded_with_its_tokens_and_kept(faulted):
     """SGLang aborts a request whose client hung up: recorded with its finish reason and the tokens it
     got, kept whole (failed), and in TTFT statistics since it got tokens."""
-    trace_dir, hung, _, _, _, _ = faulted
+    trace_dir, hung, _, _, _, _, _ = faulted
     table = request_table(load_trace_dir(trace_dir).spans)
     rows = {r["rid"]: r for r in table.iter_rows(named=True)}
     for h in hung:
@@ -150,6 +159,13 @@ def test_hung_up_client_recorded_with_its_tokens_and_kept(faulted):
         assert row["finish_reason"] == "abort" and row["detail"] == sc.DETAIL_FAILED
         assert 3 <= row["output_tokens"] < 400 and row["ttft_ns"] > 0
     assert {h["rid"] for h in hung} <= set(for_statistics(table)["rid"])
+
+
+def test_trace_dir_removed_serving_goes_on_and_each_exporter_says_so_once(faulted):
+    *_, log, after_removal = faulted
+    assert [o["meta_info"]["completion_tokens"] for o in after_removal] == [8] * 4
+    stopped = [line for line in log.splitlines() if "stopped: trace dir removed" in line]
+    assert stopped and len(stopped) == len({line.split(" stopped")[0] for line in stopped}) <= 3
 
 
 @pytest.fixture
