@@ -184,19 +184,19 @@ def validate_always_on(fields: dict) -> dict:
     """Raise UsageError, one line, for an always-on value out of range; return ``fields``."""
     for name in ("span_file_max_mb", "span_files_keep", "keep_ttft_ms", "keep_itl_ms", "keep_e2e_ms"):
         if fields.get(name, 0) < 0:
-            raise UsageError(f"{name.replace('_', '-')} must be >= 0, not {fields[name]}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, not {fields[name]}")
     if fields.get("keep_one_in", 1) < 1:
-        raise UsageError(f"keep-one-in must be >= 1 (1: every request), not {fields['keep_one_in']}")
+        raise UsageError(f"--keep-one-in must be >= 1 (1: every request), not {fields['keep_one_in']}")
     if not 0 <= fields.get("keep_percentile", 0) < 100:
-        raise UsageError(f"keep-percentile must be in [0, 100), not {fields['keep_percentile']}")
+        raise UsageError(f"--keep-percentile must be in [0, 100), not {fields['keep_percentile']}")
     if fields.get("keep_window", DEFAULT_KEEP_WINDOW) < 10:
-        raise UsageError(f"keep-window must be >= 10 requests, not {fields['keep_window']}")
+        raise UsageError(f"--keep-window must be >= 10 requests, not {fields['keep_window']}")
     if fields.get("span_files_keep", 0) == 1:
-        raise UsageError("span-files-keep must be 0 (all) or >= 2: the part being written is never deleted")
+        raise UsageError("--span-files-keep must be 0 (all) or >= 2: the part being written is never deleted")
     if fields.get("span_files_keep") and not fields.get("span_file_max_mb"):
-        raise UsageError("span-files-keep needs span-file-max-mb (parts are cut at that size)")
+        raise UsageError("--span-files-keep needs --span-file-max-mb (parts are cut at that size)")
     if fields.get("max_queued", DEFAULT_MAX_QUEUED) < 1000:
-        raise UsageError(f"max-queued must be >= 1000 records, not {fields['max_queued']}")
+        raise UsageError(f"--max-queued must be >= 1000 records, not {fields['max_queued']}")
     return fields
 
 
@@ -204,4 +204,4 @@ def validate_batch_keep(text: str) -> str:
     """``all``, ``kept`` or a whole number N >= 1 (1 in N forwards)."""
     if text in (BATCH_KEEP_ALL, BATCH_KEEP_KEPT) or (text.isdigit() and int(text) >= 1):
         return text
-    raise UsageError(f"batch-keep must be all, kept or a whole number N >= 1, not {text!r}")
+    raise UsageError(f"--batch-keep must be all, kept or a whole number N >= 1, not {text!r}")
