@@ -154,7 +154,7 @@ def plot(out: Path, memory: list[dict], phases: list[dict], stats: list[dict]) -
     except ImportError:
         print("matplotlib not installed: no plots (soak.json has every figure)")
         return []
-    t0 = memory[0]["t"] if memory else 0
+    t0 = min([r["t"] for r in memory] + [s["t"] for s in stats] or [0])
     fig, (a, b) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     for key in ("untraced_rss", "traced_rss", "exporters_rss"):
         a.plot([r["t"] - t0 for r in memory], [r[key] / 2**30 for r in memory], label=key.replace("_rss", ""))

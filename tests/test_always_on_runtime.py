@@ -18,6 +18,7 @@ from sglang_tracing.config import TraceConfig, UsageError, always_on_from_env
 from sglang_tracing.runtime import recorder as recorder_mod
 from sglang_tracing.runtime.recorder import Recorder
 from sglang_tracing.runtime.span_files import parts_of
+from sglang_tracing.runtime import tail_keep
 from sglang_tracing.runtime.tail_keep import BatchKeep, RequestKeep
 
 import raw_spans
@@ -222,6 +223,17 @@ def test_batch_records_kept_only_where_they_ran_a_kept_request():
     assert keep.decided("c", True) == [_forward(13, ["c"])]
     other = ("sglang.request", 0, 1, 9, 0, "", {}, ())
     assert keep.offer(other) == [other]  # request spans are never held
+    detok = (sc.DETOKENIZE_BATCH, 0, 1, 10, 0, "", {sc.BATCH_SIZE: 1}, ())
+    assert keep.offer(detok) == [detok] and keep.held == 0  # its process never learns the decisions
+
+
+def test_records_no_forward_follows_are_not_held_without_bound():
+    """A process with cache spans but no forward (none will settle them): held up to a bound, then written."""
+    keep = BatchKeep("kept")
+    out = []
+    for i in range(tail_keep.MAX_HELD // 10 + 1):
+        out += keep.offer((sc.CACHE_MATCH, 0, 1, i + 1, 0, "", {}, ()))
+    assert len(out) == tail_keep.MAX_HELD // 10 + 1 and keep.held == 0
 
 
 def test_batch_one_in_n_keeps_a_forward_with_its_result():

@@ -93,7 +93,8 @@ class BatchKeep:
     by its iteration; cache and detokenizer batches by their own span id.
     kept: a forward is held until every request it ran has ended, then written if any kept its detail;
     its model forward and result processing follow it; other batch records (schedule passes, cache
-    operations) follow the next forward recorded after them.
+    operations) follow the next forward recorded after them. Detokenizer batches (a process that never
+    learns the decisions) are all written.
     """
 
     def __init__(self, mode: str):
@@ -148,6 +149,9 @@ class BatchKeep:
                 return self._settle(record[3], True)
         elif name in (sc.MODEL_FORWARD, sc.PROCESS_RESULT) and self._key(record) in self._groups:
             self._groups[self._key(record)][2].append(record)
+        elif name == sc.DETOKENIZE_BATCH:  # the detokenizer never learns which requests were kept
+            self.held -= 1
+            return [record]
         else:
             self._waiting.append(record)
         return self._over_cap()
@@ -178,4 +182,8 @@ class BatchKeep:
         out: list[tuple] = []
         while self.held > MAX_HELD and self._groups:
             out.extend(self._settle(next(iter(self._groups)), True))
+        if len(self._waiting) > MAX_HELD // 10:  # no forward follows them in this process
+            out.extend(self._waiting)
+            self.held -= len(self._waiting)
+            self._waiting = []
         return out
