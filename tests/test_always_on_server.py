@@ -3,7 +3,7 @@ nothing recorded is lost without being said.
 
 One server (tail-based keep on, batch spans of kept requests) takes clients that hang up mid-stream, its
 scheduler's exporter SIGKILLed mid-load, then its trace dir removed; one writes into a 300 kB tmpfs until it is full; two are
-stopped right after their last response (one with a hook slowed so the stop lands inside it).
+stopped right after their last response with one of our hooks slowed, so the stop lands inside it.
 """
 from __future__ import annotations
 
@@ -200,12 +200,15 @@ def test_full_trace_disk_serving_unaffected_trace_says_where_it_stops(tiny_model
     assert 0 < table.height and table["complete"].sum() > 0
 
 
-def test_stopped_right_after_the_last_response_twice(tiny_model, tmp_path):
-    """Two servers stopped the moment their last response arrives; the second's scheduler takes 0.3 s to
-    emit each finished request's decode span, so the stop lands inside our hook: it waits for the hook."""
-    for i, env in enumerate((None, {"SGLANG_TRACE_TEST_SLOW_EMIT": f"{sc.REQUEST_DECODE}:0.3"})):
+def test_stopped_right_after_the_last_response_while_our_hooks_record(tiny_model, tmp_path):
+    """Servers stopped the moment their last response arrives, with the stop landing inside our hook: the
+    first's scheduler takes 0.3 s to emit each finished request's decode span, the second's detokenizer
+    as long for each detokenize span (both processes die of SIGTERM). Each waits for its hook, then flushes:
+    every request whole (a control run without the wait lost requests of the first)."""
+    for i, slowed in enumerate((sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE)):
         (tmp_path / f"run{i}").mkdir()
-        server, trace_dir = start_server(tiny_model, tmp_path / f"run{i}", env=env)
+        server, trace_dir = start_server(tiny_model, tmp_path / f"run{i}",
+                                         env={"SGLANG_TRACE_TEST_SLOW_EMIT": f"{slowed}:0.3"})
         try:
             outs = server.generate_all([prompt_of_length(64, seed=10 * i + k) for k in range(4)], 16,
                                        concurrency=4, stream=True)
@@ -214,4 +217,5 @@ def test_stopped_right_after_the_last_response_twice(tiny_model, tmp_path):
         rows = {r["rid"]: r for r in request_table(load_trace_dir(trace_dir).spans).iter_rows(named=True)}
         for out in outs:
             row = rows[out["meta_info"]["id"]]
-            assert row["complete"] and len(row["token_times_ns"]) == 16, (i, row["rid"])
+            assert row["complete"] and len(row["token_times_ns"]) == 16, (slowed, row["rid"])
+            assert row["detokenize_ns"] is not None, (slowed, row["rid"])
