@@ -132,8 +132,8 @@ def trace_facts(trace_dir: str, sent: dict) -> dict:
                             a = {x["key"]: next(iter(x["value"].values())) for x in s.get("attributes", [])}
                             if s["name"] == sc.REQUEST:
                                 roots.add(a.get(sc.RID))
-                            elif s["name"] == sc.REQUEST_DECODE and sc.DETAIL in a:
-                                details[a[sc.DETAIL]] = details.get(a[sc.DETAIL], 0) + 1
+                            elif s["name"] == sc.REQUEST_DECODE and sc.KEEP_REASON in a:
+                                details[a[sc.KEEP_REASON]] = details.get(a[sc.KEEP_REASON], 0) + 1
                             elif s["name"] == sc.RECORDER_STATS:
                                 stats.append({"t": int(s["startTimeUnixNano"]) / 1e9, "file": path.name,
                                               "queued_max": int(a.get(sc.QUEUED_MAX, 0)),
@@ -142,7 +142,7 @@ def trace_facts(trace_dir: str, sent: dict) -> dict:
     answered = {rid for rid, kind in sent.items() if not kind.startswith("error")}
     return {"requests_sent": len(sent), "requests_answered_or_aborted": len(answered),
             "in_trace": len(answered & roots), "missing_from_trace": sorted(answered - roots)[:20],
-            "detail": details, "recorder_stats": stats}
+            "kept": details, "recorder_stats": stats}
 
 
 def plot(out: Path, memory: list[dict], phases: list[dict], stats: list[dict]) -> list[str]:
@@ -269,7 +269,7 @@ def main() -> int:
     result["plots"] = plot(out, sampler.rows, phases, result["recorder_stats"])
     (out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("throughput_tok_s", "traced_over_untraced", "requests_sent",
-                                              "requests_answered_or_aborted", "in_trace", "detail")}, indent=1))
+                                              "requests_answered_or_aborted", "in_trace", "kept")}, indent=1))
     return 0
 
 

@@ -190,7 +190,7 @@ def _after_process(st: SchedulerState, call: Call, /, scheduler, batch, result, 
 
 
 def _keep_decision(rec, req, trace: RequestTrace, end: int) -> str:
-    """Whether this request keeps its full detail (tail-based keep, decided at its end): semconv.DETAIL_*."""
+    """Whether this request keeps its full detail (tail-based keep, decided at its end): semconv.KEPT_*."""
     tokens = trace.tokens
     reason = _finish_reason(req)
     max_itl = max(b - a for a, b in zip(tokens, tokens[1:])) if len(tokens) > 1 else None
@@ -198,11 +198,11 @@ def _keep_decision(rec, req, trace: RequestTrace, end: int) -> str:
                              max_itl, (tokens[-1] if tokens else end) - trace.arrival)
 
 
-def _emit_request(rec, req, trace: RequestTrace, detail: str = sc.DETAIL_ALL) -> None:
+def _emit_request(rec, req, trace: RequestTrace, detail: str = sc.KEPT_ALL) -> None:
     key = request_trace_key(req.rid)
     root = PARENT_IS_REQUEST_ROOT
     rid_attr = {sc.RID: req.rid}
-    full = detail != sc.DETAIL_SUMMARY
+    full = detail != sc.KEPT_SUMMARY
     if trace.scheduled:
         rec.emit(sc.REQUEST_QUEUED, trace.arrival, trace.scheduled, rid_attr, parent=root, trace_key=key)
     if trace.match:
@@ -218,7 +218,7 @@ def _emit_request(rec, req, trace: RequestTrace, detail: str = sc.DETAIL_ALL) ->
             sc.RID: req.rid, sc.PROMPT_TOKENS: len(req.origin_input_ids),
             sc.CACHED_TOKENS: req.cached_tokens, sc.CHUNK_TOKENS: sum(c.tokens for c in chunks),
             sc.FORWARD_SPAN_ID: f"{chunks[-1].forward_span_id:016x}", sc.CHUNK_COUNT: len(chunks),
-            sc.DETAIL: detail},
+            sc.KEEP_REASON: detail},
             span_id=prefill_id, parent=root, trace_key=key)
         if len(chunks) > 1 and full:
             for i, chunk in enumerate(chunks):
@@ -227,7 +227,7 @@ def _emit_request(rec, req, trace: RequestTrace, detail: str = sc.DETAIL_ALL) ->
                     sc.FORWARD_SPAN_ID: f"{chunk.forward_span_id:016x}"}, parent=prefill_id, trace_key=key)
     if trace.tokens:
         decode = {sc.RID: req.rid, sc.OUTPUT_TOKENS: len(trace.tokens), sc.FINISH_REASON: _finish_reason(req),
-                  sc.DETAIL: detail}
+                  sc.KEEP_REASON: detail}
         if full:
             decode[sc.TOKEN_TIMES] = trace.tokens
         else:

@@ -174,14 +174,14 @@ NVTX_OPS = ("embedding", "rms_norm", "qkv_proj", "attention", "o_proj", "gate_up
 
 # ---- always on: what a bounded, tail-sampled trace says about itself (docs/always-on.md) ----
 # decode span: why this request kept its full detail (token times, chunk spans, prefix digests), or
-# DETAIL_SUMMARY when it kept its summary only (its ITL figures below stand for the token times)
-DETAIL = "sglang_tracing.detail"
-DETAIL_ALL = "all"  # tail-based keep off: every request keeps everything
-DETAIL_FAILED = "failed"  # aborted or errored
-DETAIL_SLOW = "slow"  # over a threshold the user set
-DETAIL_SLOW_PERCENTILE = "slow (percentile)"  # over the recent window's percentile
-DETAIL_SAMPLED = "sampled"  # 1 in N
-DETAIL_SUMMARY = "summary"
+# KEPT_SUMMARY when it kept its summary only (its ITL figures below stand for the token times)
+KEEP_REASON = "sglang_tracing.keep_reason"
+KEPT_ALL = "all"  # tail-based keep off: every request keeps everything
+KEPT_FAILED = "failed"  # aborted or errored
+KEPT_SLOW = "slow"  # over a threshold the user set
+KEPT_SLOW_PERCENTILE = "slow (percentile)"  # over the recent window's percentile
+KEPT_SAMPLED = "sampled"  # 1 in N
+KEPT_SUMMARY = "summary"
 ITL_MAX_NS = "sglang.request.itl_max_ns"  # decode span of a summary-only request
 ITL_P50_NS = "sglang.request.itl_p50_ns"
 ITL_P99_NS = "sglang.request.itl_p99_ns"

@@ -193,9 +193,9 @@ def test_percentile_window_keeps_the_slow_tail():
     keep = RequestKeep(TraceConfig(trace_dir="unused", keep_percentile=90, keep_window=100, keep_one_in=10**9))
     decided = [keep.decide(f"r{i}", False, None, None, (i % 100 + 1) * 1_000_000) for i in range(300)]
     late = decided[100:]
-    slow = [i for i, d in enumerate(late, start=100) if d == sc.DETAIL_SLOW_PERCENTILE]
+    slow = [i for i, d in enumerate(late, start=100) if d == sc.KEPT_SLOW_PERCENTILE]
     assert all((i % 100 + 1) > 90 for i in slow) and len(slow) == 2 * 9  # 92..100 of each later round...
-    assert keep.decide("x", True, None, None, 1) == sc.DETAIL_FAILED
+    assert keep.decide("x", True, None, None, 1) == sc.KEPT_FAILED
 
 
 def test_one_in_n_agrees_across_processes_by_rid():
@@ -203,7 +203,7 @@ def test_one_in_n_agrees_across_processes_by_rid():
     rids = [f"rid-{i}" for i in range(2000)]
     da = [a.decide(r, False, 1, 1, 1) for r in rids]
     assert da == [b.decide(r, False, 1, 1, 1) for r in rids]
-    assert 350 < da.count(sc.DETAIL_SAMPLED) < 650
+    assert 350 < da.count(sc.KEPT_SAMPLED) < 650
 
 
 def _forward(sid: int, rids: list[str]) -> tuple:

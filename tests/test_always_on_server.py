@@ -132,18 +132,18 @@ def test_every_request_keeps_a_summary_and_some_their_detail(faulted):
     # requests whose scheduler spans went down with the killed exporter (the note says so): none after it
     lost = [a for a in answers if rows[a["meta_info"]["id"]]["decode_ns"] is None]
     assert len(lost) <= 8 and all(rows[a["meta_info"]["id"]]["received_ns"] < note["start"] for a in lost)
-    details = [rows[a["meta_info"]["id"]]["detail"] for a in answers if a not in lost]
-    assert set(details) <= {sc.DETAIL_SAMPLED, sc.DETAIL_SUMMARY}
-    assert details.count(sc.DETAIL_SUMMARY) > 10 and details.count(sc.DETAIL_SAMPLED) > 3
+    details = [rows[a["meta_info"]["id"]]["kept"] for a in answers if a not in lost]
+    assert set(details) <= {sc.KEPT_SAMPLED, sc.KEPT_SUMMARY}
+    assert details.count(sc.KEPT_SUMMARY) > 10 and details.count(sc.KEPT_SAMPLED) > 3
     for a in answers:
         if a in lost:
             continue
         row = rows[a["meta_info"]["id"]]
         assert row["output_tokens"] == a["meta_info"]["completion_tokens"] == 8 and row["mean_itl_ns"] > 0
-        assert (row["token_times_ns"] is None) == (row["detail"] == sc.DETAIL_SUMMARY)
+        assert (row["token_times_ns"] is None) == (row["kept"] == sc.KEPT_SUMMARY)
     # batch spans of kept requests only: a forward that ran only summary requests is not written
     raw = raw_spans.spans(trace_dir)
-    kept = {rid for rid, r in rows.items() if r["detail"] != sc.DETAIL_SUMMARY}
+    kept = {rid for rid, r in rows.items() if r["kept"] != sc.KEPT_SUMMARY}
     forwards = raw_spans.named(raw, sc.FORWARD)
     assert forwards and all(set(f["attrs"][sc.BATCH_RIDS]) & kept for f in forwards)
 
@@ -156,7 +156,7 @@ def test_hung_up_client_recorded_with_its_tokens_and_kept(faulted):
     rows = {r["rid"]: r for r in table.iter_rows(named=True)}
     for h in hung:
         row = rows[h["rid"]]
-        assert row["finish_reason"] == "abort" and row["detail"] == sc.DETAIL_FAILED
+        assert row["finish_reason"] == "abort" and row["kept"] == sc.KEPT_FAILED
         assert 3 <= row["output_tokens"] < 400 and row["ttft_ns"] > 0
     assert {h["rid"] for h in hung} <= set(for_statistics(table)["rid"])
 

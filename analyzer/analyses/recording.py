@@ -18,7 +18,7 @@ _OWN = (sc.RECORDER_STATS, sc.EXPORTER_LOST, sc.WRITING_STOPPED, sc.PARTS_DELETE
 @dataclasses.dataclass
 class Recording:
     requests: int  # user requests in the trace
-    detail: dict[str, int]  # semconv.DETAIL_* -> requests (null detail counted as DETAIL_ALL)
+    kept: dict[str, int]  # semconv.KEPT_* -> requests (null detail counted as KEPT_ALL)
     batch_keep: dict[str, str]  # process -> its batch keep mode, where not "all"
     batch_left_out: int  # batch records left out by those modes
     dropped: int  # records dropped by recorders (queue full or no exporter)
@@ -29,7 +29,7 @@ class Recording:
 
     @property
     def summary_only(self) -> int:
-        return self.detail.get(sc.DETAIL_SUMMARY, 0)
+        return self.kept.get(sc.KEPT_SUMMARY, 0)
 
     @property
     def sampled(self) -> bool:
@@ -54,14 +54,14 @@ def compute(model: TraceModel, requests: pl.DataFrame) -> Recording:
     stats = own.filter(pl.col("name") == sc.RECORDER_STATS).sort("start_ns").group_by("process").last()
     stats = stats.select("process", attr(sc.BATCH_KEEP, pl.String), attr(sc.BATCH_LEFT_OUT),
                          attr(sc.DROPPED_SPANS), attr(sc.RECORDS_UNSENT))
-    detail = (requests["detail"].fill_null(sc.DETAIL_ALL).value_counts().iter_rows()
-              if "detail" in requests.columns else [(sc.DETAIL_ALL, requests.height)])
+    kept = (requests["kept"].fill_null(sc.KEPT_ALL).value_counts().iter_rows()
+              if "kept" in requests.columns else [(sc.KEPT_ALL, requests.height)])
     lost = own.filter(pl.col("name") == sc.EXPORTER_LOST).sort("start_ns")
     stopped = own.filter(pl.col("name") == sc.WRITING_STOPPED).sort("start_ns")
     deleted = own.filter(pl.col("name") == sc.PARTS_DELETED)
     return Recording(
         requests=requests.height,
-        detail={k: int(v) for k, v in detail},
+        kept={k: int(v) for k, v in kept},
         batch_keep={p: m for p, m in stats.select("process", sc.BATCH_KEEP).iter_rows() if m and m != "all"},
         batch_left_out=int(stats[sc.BATCH_LEFT_OUT].sum() or 0),
         dropped=int(stats[sc.DROPPED_SPANS].sum() or 0),
@@ -92,7 +92,7 @@ def describe(rec: Recording) -> Section:
     sec = Section("What was recorded")
     if rec.summary_only:
         kept = rec.requests - rec.summary_only
-        why = ", ".join(f"{n} {d}" for d, n in sorted(rec.detail.items()) if d != sc.DETAIL_SUMMARY)
+        why = ", ".join(f"{n} {d}" for d, n in sorted(rec.kept.items()) if d != sc.KEPT_SUMMARY)
         sec.add("requests with full detail", f"{kept} of {rec.requests}", why or "none")
         sec.add("requests with a summary only", str(rec.summary_only),
                 "tail-based keep: counts, TTFT, end-to-end and mean-ITL percentiles cover every request; "

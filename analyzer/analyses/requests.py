@@ -53,7 +53,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     before the HTTP stamp or not recorded), ttft_ns (user-visible: received -> first byte sent for a streamed request; null
     when not streamed), ttft_source (what ttft_ns ends at), ttft_compute_ns (received -> first token
     computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens; null for a
-    summary-only request, whose itl_p50_ns, itl_p99_ns, itl_max_ns and detail come from its decode span),
+    summary-only request, whose itl_p50_ns, itl_p99_ns, itl_max_ns and kept come from its decode span),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded), profiler_control (our
     profiler-control actions that ran while the request was in flight; null: none) and
     profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
@@ -84,7 +84,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     # a summary-only request (tail-based keep) has no token times: its decode span's figures stand in
     decode = _phase(req_spans, sc.REQUEST_DECODE, "decode", {
         sc.OUTPUT_TOKENS: "decode_tokens", sc.ITL_P50_NS: "itl_p50_ns", sc.ITL_P99_NS: "itl_p99_ns",
-        sc.ITL_MAX_NS: "itl_max_ns"}, {sc.DETAIL: "decode_detail"})
+        sc.ITL_MAX_NS: "itl_max_ns"}, {sc.KEEP_REASON: "decode_kept"})
     if sc.TOKEN_TIMES in schema:
         decode = decode.join(req_spans.filter(pl.col("name") == sc.REQUEST_DECODE).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.TOKEN_TIMES).alias("token_times_ns")).unique("rid"),
@@ -97,7 +97,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         req_spans.filter(pl.col("name") == sc.REQUEST_PREFIX_MATCH).select(
             pl.col(sc.RID).alias("rid"), _opt(spans, sc.PREFIX_DIGESTS, pl.List(pl.Int64)).alias("prefix_digests"))
         .unique("rid", keep="first"),
-        _phase(req_spans, sc.REQUEST_PREFILL, "prefill", strings={sc.DETAIL: "prefill_detail"}),
+        _phase(req_spans, sc.REQUEST_PREFILL, "prefill", strings={sc.KEEP_REASON: "prefill_kept"}),
         decode,
         _phase(req_spans, sc.REQUEST_DETOKENIZE, "detokenize", {sc.DETOKENIZE_SHARE_NS: "detokenize_share_ns"}),
         _phase(req_spans, sc.REQUEST_HTTP, "http", {sc.FIRST_BYTE_NS: "first_byte_ns"}, {sc.RECEIVED_BY: "received_by"}),
@@ -118,9 +118,9 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         .when(pl.col("token_times_ns").is_null() & (pl.col("decode_tokens") > 1))
         .then((pl.col("decode_end_ns") - pl.col("decode_start_ns")) / (pl.col("decode_tokens") - 1))
         .otherwise(None).alias("mean_itl_ns"),
-        # why it kept its full detail (semconv.DETAIL_*), "summary" when it kept figures only; null: recorded
+        # why it kept its full detail (semconv.KEPT_*), "summary" when it kept figures only; null: recorded
         # before tail-based keep existed (everything kept)
-        pl.coalesce("decode_detail", "prefill_detail").alias("detail"),
+        pl.coalesce("decode_kept", "prefill_kept").alias("kept"),
         pl.col("token_times_ns").list.diff().list.slice(1).alias("itl_ns"),
         pl.coalesce("recorded_internal", _internal_by_rid()).alias("internal"),
     ).with_columns(
@@ -139,7 +139,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_compute_ns"),
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
-    ).drop("recorded_internal", "decode_detail", "prefill_detail").collect()
+    ).drop("recorded_internal", "decode_kept", "prefill_kept").collect()
     if manifest is not None and sc.STREAM not in schema:
         # one warm-up per server when several trace dirs are merged
         table = pl.concat([infer_legacy_warmup(part, manifest) for part in table.partition_by(server)]
@@ -212,14 +212,14 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     ttft_ms (user-visible; null when not streamed), ttft_source, first_token_computed_ms, itl_ms
     (list: every inter-token gap; null for a summary-only request), mean_itl_ms, e2e_ms, itl_p50_ms / itl_p99_ms /
     itl_max_ms (a summary-only request's gaps, as recorded), prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete,
-    detail (tail-based keep: why the request kept its full detail, "summary" if it kept figures only, null when
+    kept (tail-based keep: why the request kept its full detail, "summary" if it kept figures only, null when
     recorded without it), profiler_control (our profiler control that ran while it was in flight: its latencies include that time),
     profiler_control_inferred.
     """
     to_ms = lambda c: (pl.col(c) / 1e6).round(6).alias(c.removesuffix("_ns") + "_ms")  # noqa: E731 (ns exact)
     table = requests.join(gpu, on="rid", how="left") if gpu.height else requests.with_columns(
         *[pl.lit(None, pl.Float64).alias(c) for c in ("prefill_gpu_ns", "decode_gpu_ns", "gpu_ns")])
-    for col in ("finish_reason", "detail", *profiler_control.REQUEST_SCHEMA):
+    for col in ("finish_reason", "kept", *profiler_control.REQUEST_SCHEMA):
         if col not in table.columns:
             table = table.with_columns(pl.lit(None, pl.String).alias(col))
     return table.select(
@@ -229,6 +229,6 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
         to_ms("ttft_compute_ns").alias("first_token_computed_ms"),
         pl.col("itl_ns").list.eval((pl.element() / 1e6).round(6)).alias("itl_ms"), to_ms("mean_itl_ns"), to_ms("e2e_ns"),
         to_ms("itl_p50_ns"), to_ms("itl_p99_ns"), to_ms("itl_max_ns"),
-        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete", "detail", "profiler_control",
+        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete", "kept", "profiler_control",
         "profiler_control_inferred",
     ).sort("received_ns", nulls_last=True)

@@ -140,7 +140,7 @@ class Recorder:
     def request_ended(self, rid: str, failed: bool, ttft_ns: int | None, max_itl_ns: int | None,
                       e2e_ns: int) -> str:
         detail = self.keep.decide(rid, failed, ttft_ns, max_itl_ns, e2e_ns)
-        for record in self.batch_keep.decided(rid, detail != sc.DETAIL_SUMMARY):
+        for record in self.batch_keep.decided(rid, detail != sc.KEPT_SUMMARY):
             self._append(record)
         return detail
 

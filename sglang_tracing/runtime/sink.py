@@ -18,5 +18,5 @@ class SpanSink(Protocol):
 
     def request_ended(self, rid: str, failed: bool, ttft_ns: int | None, max_itl_ns: int | None,
                       e2e_ns: int) -> str:
-        """A request finished: whether it keeps its full detail (tail-based keep), as a semconv DETAIL_*
+        """A request finished: whether it keeps its full detail (tail-based keep), as a semconv KEPT_*
         value; batch records held for it are settled."""

@@ -58,27 +58,27 @@ class RequestKeep:
         self.kept = collections.Counter()  # detail value -> requests
 
     def decide(self, rid: str, failed: bool, ttft_ns: int | None, max_itl_ns: int | None, e2e_ns: int) -> str:
-        """One of the semconv DETAIL_* values: why this request keeps its full detail, or DETAIL_SUMMARY."""
+        """One of the semconv KEPT_* values: why this request keeps its full detail, or KEPT_SUMMARY."""
         detail = self._decide(rid, failed, (ttft_ns, max_itl_ns, e2e_ns))
         self.kept[detail] += 1
         return detail
 
     def _decide(self, rid: str, failed: bool, figures: tuple) -> str:
         if not self.enabled:
-            return sc.DETAIL_ALL
+            return sc.KEPT_ALL
         slow = any(limit and value is not None and value > limit for value, limit in zip(figures, self._limits))
         if self._windows is not None:  # every request joins the windows, whatever else decides
             pct = self.config.keep_percentile
             over = [value is not None and w.above(value, pct) for w, value in zip(self._windows, figures)]
             if not slow and not failed and any(over):
-                return sc.DETAIL_SLOW_PERCENTILE
+                return sc.KEPT_SLOW_PERCENTILE
         if failed:
-            return sc.DETAIL_FAILED
+            return sc.KEPT_FAILED
         if slow:
-            return sc.DETAIL_SLOW
+            return sc.KEPT_SLOW
         if self.config.keep_one_in > 1 and one_in(rid, self.config.keep_one_in):
-            return sc.DETAIL_SAMPLED
-        return sc.DETAIL_SUMMARY
+            return sc.KEPT_SAMPLED
+        return sc.KEPT_SUMMARY
 
 
 BATCH_RECORDS = frozenset({sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT, sc.MODEL_FORWARD, sc.CACHE_MATCH,
