@@ -205,3 +205,17 @@ def validate_batch_keep(text: str) -> str:
     if text in (BATCH_KEEP_ALL, BATCH_KEEP_KEPT) or (text.isdigit() and int(text) >= 1):
         return text
     raise UsageError(f"--batch-keep must be all, kept or a whole number N >= 1, not {text!r}")
+
+
+# ---- detail on demand: how `sglang-trace detail` reaches a running server's scheduler processes ----
+# The request is a small JSON file in the trace dir, replaced atomically; every scheduler rank stats it
+# at most every DETAIL_POLL_S between scheduling passes (one os.stat, no thread, no socket).
+DETAIL_CONTROL_FILE = "detail-request.json"
+DETAIL_POLL_S = 0.1
+MAX_DETAIL_FORWARDS = 100_000
+
+# ---- live view (sglang-trace top) ----
+TOP_REFRESH_S = 0.5  # the view redraws at least twice a second
+TOP_WINDOW_S = 60.0  # sliding window of the p50/p99 TTFT and ITL and the finished count
+TOP_RECENT_S = 10.0  # cache hit rate, evictions, tokens/s and GPU idle over the last this many seconds
+TOP_TAIL_BYTES = 64 << 20  # on attach, read at most this much of each span file's end

@@ -3,9 +3,12 @@ form (figures in ``ncu_metrics``), warp stalls, ncu's own hints ranked by its es
 prefill vs decode where the kernel names say which is which."""
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints, warp_stalls
+from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints
+from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.report import Report, Section
 
 GROUPS = {
@@ -14,7 +17,7 @@ GROUPS = {
     "Occupancy": ["theoretical_occupancy_pct", "achieved_occupancy_pct", "occupancy_limiter", "waves_per_sm"],
     "Compute": ["sm_throughput_pct", "tensor_pct", "fp32_pct", "flop_tensor", "flop_non_tensor"],
     "Roofline": ["arith_intensity_flop_per_byte", "ridge_flop_per_byte", "roofline_side", "achieved_flop_per_s",
-                 "pct_of_roof"],
+                 "pct_of_roof", "tensor_flop_per_byte", "tensor_flop_per_s"],
     "Memory": ["dram_bandwidth_Bps", "dram_throughput_pct", "memory_throughput_pct", "l2_hit_pct", "l1_hit_pct",
                "shared_bank_conflicts", "global_load_efficiency_pct", "global_store_efficiency_pct"],
     "Warp state and scheduler": ["warp_cycles_per_issued", "active_threads_per_warp", "active_warps_per_scheduler",
@@ -28,20 +31,32 @@ def _format(field: str, v) -> str:
     if isinstance(v, float):
         if field == "dram_bandwidth_Bps":
             return f"{v / 1e9:.1f} GB/s"
-        if field == "achieved_flop_per_s":
+        if field in ("achieved_flop_per_s", "tensor_flop_per_s"):
             return f"{v / 1e12:.2f} TFLOP/s"
         return f"{int(v):,}" if v.is_integer() else f"{v:,.2f}"
     return str(v)
 
 
 def _missing_why(field: str, row: dict) -> str:
+    if field in ("tensor_flop_per_byte", "tensor_flop_per_s"):
+        return f"unknown: {row.get('flop_tensor_unknown_why') or 'no DRAM bytes or duration'}"
     if field in ("flop_tensor", "flop_non_tensor") and row.get(f"{field}_unknown_why"):
         return f"unknown: {row[f'{field}_unknown_why']}"
-    if field in _FLOP_FIELDS and row.get("flop_unknown_why"):
+    if field in _FLOP_FIELDS and row.get("flop") is None and row.get("flop_unknown_why"):
         return f"unknown: {row['flop_unknown_why']}"
+    if field in ("roofline_side", "pct_of_roof", "ridge_flop_per_byte"):
+        return "needs ncu's peaks (sm__ops_path_tensor_src_fp16.sum.peak_sustained, dram__bytes.sum.peak_sustained)"
     if field == "occupancy_limiter" and (row.get("theoretical_occupancy_pct") or 0) >= 100:
         return "none: theoretical occupancy is 100%"
     return "not collected"
+
+
+def _source(field: str, row: dict) -> str:
+    """Where a figure the report prints comes from, when not straight from one ncu metric."""
+    if field in ("tensor_flop_per_byte", "tensor_flop_per_s"):
+        return "tensor FLOPs only" + ("" if row.get("flop_non_tensor") is not None else
+                                      f" ({row.get('flop_non_tensor_unknown_why')})")
+    return row.get(f"{field}_source") or ""
 
 
 def _kernel_section(report: Report, row: dict) -> None:
@@ -55,7 +70,7 @@ def _kernel_section(report: Report, row: dict) -> None:
         child = sec.child(title)
         for f in fields:
             v = row.get(f)
-            child.add(f, None if v is None else _format(f, v), "" if v is not None else _missing_why(f, row))
+            child.add(f, None if v is None else _format(f, v), _missing_why(f, row) if v is None else _source(f, row))
 
 
 def _stalls(report: Report, stalls: pl.DataFrame) -> None:
@@ -97,20 +112,36 @@ def _phases(report: Report, metrics: pl.DataFrame) -> None:
         sec.add("kernels of unknown phase", str(metrics.height - known.height), "left out of the comparison")
 
 
-def build_report(model) -> Report:
-    report = Report("attention", "Attention deep-dive (experiment 5)")
+@dataclasses.dataclass
+class Attention:
+    """Every figure of the attention deep-dive; ``metrics`` is None when the trace has no ncu data."""
+    metrics: pl.DataFrame | None  # one row per profiled kernel (ncu_metrics.kernel_metrics)
+    hints: pl.DataFrame  # ncu's rule results, largest estimated speedup first (ranked_hints)
+    stalls: pl.DataFrame  # warp stall reasons per kernel (warp_stalls)
+
+
+def compute(model) -> Attention:
     if model.ncu is None or model.ncu.is_empty():
+        return Attention(None, pl.DataFrame(), pl.DataFrame())
+    return Attention(kernel_metrics(model.ncu), ranked_hints(model.ncu_rules), warp_stalls(model.ncu, model.ncu_rules))
+
+
+def build_report(model) -> Report:
+    return describe(compute(model))
+
+
+def describe(result: Attention) -> Report:
+    report = Report("attention", "Attention deep-dive (experiment 5)")
+    if result.metrics is None:
         report.section("No Nsight Compute data").add("kernels", None, "pass --ncu with a details/raw CSV, "
                                                       "console text or .ncu-rep")
         return report
-    metrics = kernel_metrics(model.ncu)
-    hints = ranked_hints(model.ncu_rules)
-    if not hints.is_empty():
-        _hints(report, hints)
-    for row in metrics.iter_rows(named=True):
+    if not result.hints.is_empty():
+        _hints(report, result.hints)
+    for row in result.metrics.iter_rows(named=True):
         _kernel_section(report, row)
-    _stalls(report, warp_stalls(model.ncu, model.ncu_rules))
-    if hints.is_empty():
-        _hints(report, hints)
-    _phases(report, metrics)
+    _stalls(report, result.stalls)
+    if result.hints.is_empty():
+        _hints(report, result.hints)
+    _phases(report, result.metrics)
     return report
