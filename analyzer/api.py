@@ -91,7 +91,21 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
     written = []
     for report in build_reports(model, names, request, model_config):
         written += write_report(out, report, fmts)
+    if len(dirs) > 1:
+        written += _pd_outputs(model, out, fmts)
     return written
+
+
+def _pd_outputs(model: TraceModel, out: Path, fmts: list[str]) -> list[str]:
+    """A prefill and a decode server's dirs: their joined story too (nothing when the dirs are not PD)."""
+    from sglang_tracing.analyzer.analyses import pd, pd_report
+    from sglang_tracing.analyzer.renderers.files import write_report
+    from sglang_tracing.analyzer.renderers.tables import write_table
+
+    story = pd.compute(model.spans, model.servers)
+    if story is None:
+        return []
+    return write_report(out, pd_report.build_report(story), fmts) + write_table(story.requests, out, "pd-requests")
 
 
 def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None, kineto: str | None = None) -> list[str]:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.runtime import nvtx_ranges, recorder
-from sglang_tracing.runtime.ids import new_span_id, request_trace_key
+from sglang_tracing.runtime import nvtx_ranges, recorder, trace_context
+from sglang_tracing.runtime.ids import new_span_id
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 from sglang_tracing.patches import _compat, _hooks
 from sglang_tracing.patches.state import Launched, PrefillChunk, PrefillPiece, PrefixMatch, RequestTrace, SchedulerState
@@ -19,6 +19,7 @@ from sglang_tracing.patches.state import Launched, PrefillChunk, PrefillPiece, P
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
 MAX_LAUNCHED = 1024  # results never processed (aborted batches) must not pile up
+ROOT = PARENT_IS_REQUEST_ROOT
 
 
 def _trace_of(st: SchedulerState, req) -> RequestTrace:
@@ -50,6 +51,8 @@ def _on_init(st: SchedulerState, scheduler) -> None:
     st.is_leader = tp_rank in (0, None)
     policy = getattr(getattr(scheduler, "policy", None), "policy", "")
     st.policy = getattr(policy, "value", None) or str(policy)
+    backend = getattr(getattr(scheduler, "server_args", None), "disaggregation_transfer_backend", "")
+    st.pd_backend = str(getattr(backend, "value", backend) or "")
     rec = recorder.start(st.config, "scheduler", tp_rank)
     nvtx_ranges.enable()
     from sglang_tracing.patches import gpu_state
@@ -59,6 +62,12 @@ def _on_init(st: SchedulerState, scheduler) -> None:
 
 def _on_request(st: SchedulerState, rec, token, start, end, result, scheduler, recv_req, *a, **k):
     st.arrivals[recv_req.rid] = start
+    origin = trace_context.origin_of(getattr(recv_req, "external_trace_header", None),
+                                     getattr(recv_req, "bootstrap_host", None),
+                                     getattr(recv_req, "bootstrap_port", None),
+                                     getattr(recv_req, "bootstrap_room", None))
+    if origin.trace_id is not None:
+        st.trace_ids[recv_req.rid] = origin.trace_id
 
 
 def _on_round_input(st: SchedulerState, rec, token, start, end, result, req, *a, **k):
@@ -179,12 +188,18 @@ def _after_process(st: SchedulerState, rec, sid, start, end, result_none, schedu
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=sid)
     if st.is_leader and finished:
         for req in finished:
-            _emit_request(rec, req, req._sgt)
+            if req._sgt.pd is not None:  # a decode server's request: its PD spans too
+                from sglang_tracing.patches import disaggregation
+
+                disaggregation.emit_decode_side(st, rec, req, req._sgt)
+            else:
+                emit_request(rec, req, req._sgt, st.trace_key(req.rid))
+                st.trace_ids.pop(req.rid, None)
         rec.flush_soon()
 
 
-def _emit_request(rec, req, trace: RequestTrace) -> None:
-    key = request_trace_key(req.rid)
+def emit_request(rec, req, trace: RequestTrace, key: str) -> None:
+    """A request's scheduler spans, in the trace of ``key``."""
     root = PARENT_IS_REQUEST_ROOT
     rid_attr = {sc.RID: req.rid}
     if trace.scheduled:

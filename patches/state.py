@@ -16,6 +16,8 @@ from typing import NamedTuple
 from sglang_tracing.config import TraceConfig
 from sglang_tracing.patches.forward_gpu_times import ForwardGpuTimes
 from sglang_tracing.patches.profile_steps import ForwardWindows
+from sglang_tracing.runtime.ids import request_trace_key
+from sglang_tracing.runtime.trace_context import TraceOrigin
 
 
 # ---- tokenizer manager process ----
@@ -31,8 +33,13 @@ class TokenizerState:
     config: TraceConfig
     received: dict[str, Arrival] = dataclasses.field(default_factory=dict)
     first_output: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> first output delivered
+    origins: dict[str, TraceOrigin] = dataclasses.field(default_factory=dict)  # rid -> the trace it joins
     # the HTTP server (same process): a socket that keeps the kernel stamping received packets
     timestamp_holder: socket.socket | None = None
+
+    def trace_key(self, rid: str) -> str:
+        origin = self.origins.get(rid)
+        return request_trace_key(rid, origin.trace_id if origin else None)
 
 
 # ---- scheduler process ----
@@ -67,7 +74,7 @@ class RequestTrace:
     """A request's scheduler-side lifecycle; rides on SGLang's Req object (attribute ``_sgt``), so the
     per-iteration work is one attribute read and a length check per running request."""
 
-    __slots__ = ("arrival", "scheduled", "match", "chunks", "tokens", "n_out", "done")
+    __slots__ = ("arrival", "scheduled", "match", "chunks", "tokens", "n_out", "done", "pd")
 
     def __init__(self, arrival: int):
         self.arrival = arrival
@@ -77,6 +84,7 @@ class RequestTrace:
         self.tokens: list[int] = []  # wall time of each output token
         self.n_out = 0
         self.done = False
+        self.pd = None  # a PD request's marks (``disaggregation.PdMarks``)
 
 
 @dataclasses.dataclass(slots=True)
@@ -97,6 +105,11 @@ class SchedulerState:
     layer_ranges: int = 0  # module ranges installed at --trace-level layer
     gpu_times: ForwardGpuTimes = dataclasses.field(default_factory=ForwardGpuTimes)
     windows: ForwardWindows = dataclasses.field(default_factory=ForwardWindows)
+    trace_ids: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> its given trace id, until emitted
+    pd_backend: str = ""  # SGLang's --disaggregation-transfer-backend
+
+    def trace_key(self, rid: str) -> str:
+        return request_trace_key(rid, self.trace_ids.get(rid))
 
 
 # ---- detokenizer process ----

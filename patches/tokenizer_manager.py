@@ -6,8 +6,9 @@ from __future__ import annotations
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.runtime import manifest, recorder
-from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
+from sglang_tracing.runtime import manifest, recorder, trace_context
+from sglang_tracing.runtime.ids import request_root_span_id
+from sglang_tracing.runtime.ids import request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 from sglang_tracing.patches import _hooks, http_server
 from sglang_tracing.patches.state import Arrival, TokenizerState
@@ -42,21 +43,39 @@ def _is_sglang_warmup(tm, obj) -> bool:
             or all(isinstance(i, list) and tuple(i) == sc.SGLANG_WARMUP_INPUT_IDS for i in id_lists))
 
 
+def _per_rid(value, n: int) -> list:
+    return list(value) + [None] * (n - len(value)) if isinstance(value, list) else [value] * n
+
+
 def _on_init_req_state(st: TokenizerState, rec, token, start, end, result, tm, obj, request=None, *a, **k):
     t = http_server.received_ns(request) or start
     rids, texts = _rids_and_texts(obj)
     stream = bool(getattr(obj, "stream", False))
     warmup = sc.INTERNAL_WARMUP if _is_sglang_warmup(tm, obj) else None
-    for rid, text in zip(rids, texts):
+    headers = getattr(request, "headers", None) or getattr(obj, "external_trace_header", None)
+    rooms = _per_rid(getattr(obj, "bootstrap_room", None), len(rids))
+    host, port = getattr(obj, "bootstrap_host", None), getattr(obj, "bootstrap_port", None)
+    for i, (rid, text) in enumerate(zip(rids, texts)):
         if rid is not None:
             st.received[rid] = Arrival(t, text if st.config.record_prompts and isinstance(text, str) else None,
                                        stream, sc.internal_by_rid(rid) or warmup)
-    http_server.note_request(request, [rid for rid in rids if rid is not None], stream)
+            origin = trace_context.origin_of(headers, _per_rid(host, len(rids))[i],
+                                             _per_rid(port, len(rids))[i], rooms[i])
+            if origin.trace_id is not None:
+                st.origins[rid] = origin
+    http_server.note_request(request, [(rid, st.trace_key(rid)) for rid in rids if rid is not None], stream)
 
 
 def _on_tokenize(st: TokenizerState, rec, token, start, end, result, tm, obj, *a, **k):
     rec.emit(sc.REQUEST_TOKENIZE, start, end, {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(result.input_ids)},
-             parent=PARENT_IS_REQUEST_ROOT, trace_key=request_trace_key(obj.rid))
+             parent=PARENT_IS_REQUEST_ROOT, trace_key=st.trace_key(obj.rid))
+    origin = st.origins.get(obj.rid)
+    if origin is not None and origin.origin == sc.TRACE_ORIGIN_CALLER and getattr(result, "external_trace_header",
+                                                                                  False) is None:
+        # the scheduler process learns the caller's trace through SGLang's own trace-context field
+        # (read by SGLang only when its own tracing is on, which sets the field itself)
+        result.external_trace_header = {sc.TRACEPARENT: trace_context.traceparent_of(origin.trace_id,
+                                                                                     origin.parent_span_id)}
 
 
 def _before_output(st: TokenizerState, rec, tm, recv_obj, *a, **k):
@@ -91,13 +110,15 @@ def _on_output(st: TokenizerState, rec, finishing, start, end, result, tm, recv_
             attrs[sc.STREAM] = arrival.stream
         if arrival.internal:
             attrs[sc.INTERNAL] = arrival.internal
+        origin = st.origins.pop(rid, trace_context.RID_ORIGIN)
+        attrs[sc.TRACE_ORIGIN] = origin.origin
         if arrival.prompt is not None:
             attrs[sc.PROMPT_TEXT] = arrival.prompt
             state = finishing[rid]
             if state is not None and hasattr(state, "get_text"):
                 attrs[sc.OUTPUT_TEXT] = state.get_text()
         rec.emit(sc.REQUEST, arrival.received_ns, end, attrs, span_id=request_root_span_id(rid),
-                 trace_key=request_trace_key(rid),
+                 parent=origin.parent_span_id, trace_key=request_trace_key(rid, origin.trace_id),
                  events=((sc.EVENT_RECEIVED, arrival.received_ns, {}), (sc.EVENT_FINISHED, end, {})))
     rec.flush_soon()
 

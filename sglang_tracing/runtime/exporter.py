@@ -20,7 +20,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from sglang_tracing import __version__, semconv as sc
-from sglang_tracing.runtime.ids import request_root_span_id, rid_of_trace_key, trace_id_for
+from sglang_tracing.runtime.ids import request_root_span_id, rid_of_trace_key, trace_id_for, trace_id_of_key
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, PARENT_IS_REQUEST_ROOT, read_message
 
 logger = logging.getLogger("sglang_tracing.exporter")
@@ -66,7 +66,7 @@ class SpanBuilder:
         if tid is None:
             if len(self._trace_ids) > 100_000:
                 self._trace_ids.clear()
-            tid = self._trace_ids[key] = trace_id_for(key)
+            tid = self._trace_ids[key] = trace_id_of_key(key)
         return tid
 
     def build(self, record) -> ReadableSpan:

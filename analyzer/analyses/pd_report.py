@@ -1,0 +1,62 @@
+"""The PD report: describes a computed ``pd.PdStory`` (where TTFT goes across prefill and decode)."""
+from __future__ import annotations
+
+import polars as pl
+
+from sglang_tracing.analyzer.analyses.pd import STAGE_NAMES, PdStory
+from sglang_tracing.analyzer.report import Report
+
+
+def _ms(value) -> str | None:
+    return None if value is None else f"{value / 1e6:+.3f} ms"
+
+
+def build_report(story: PdStory) -> Report:
+    report = Report("pd", "Prefill-decode disaggregation: where each request's TTFT went")
+    reqs = story.requests
+    head = report.section("Servers and join")
+    head.add("prefill server(s)", ", ".join(story.prefill_servers))
+    head.add("decode server(s)", ", ".join(story.decode_servers))
+    head.add("requests joined", str(reqs.height), "prefill and decode halves matched by bootstrap room and address")
+    for side, n in story.unjoined.items():
+        if n:
+            head.add(f"{side} requests without their other half", str(n), "left out of the waterfall")
+    off = story.offset
+    clock = report.section("Clock offset (decode clock minus prefill clock)")
+    if off.offset_ns is None:
+        clock.add("offset", None, "no request recorded both the handshake and the KV transfer on both sides")
+    else:
+        if off.same_host:
+            verdict = {True: "0 lies within the causal bounds: verified", False: "0 lies OUTSIDE the causal bounds",
+                       None: "no bounds to verify it"}[off.zero_within]
+            clock.add("offset used", _ms(off.offset_ns), f"one host, one clock; {verdict}")
+        else:
+            clock.add("estimate", _ms(off.offset_ns), "two hosts: the middle of the causal bounds")
+        clock.add("causal bounds", f"[{_ms(off.lower_ns)}, {_ms(off.upper_ns)}]",
+                  "lower: decode sent KV indices before prefill's handshake ended; "
+                  "upper: prefill began sending before decode saw the KV complete")
+        if not off.consistent:
+            clock.add("warning", "bounds cross",
+                      "a request broke causality by the recorded stamps: the estimate is their middle all the same")
+    ttft = reqs["ttft_ms"]
+    wf = report.section("TTFT waterfall (decode clock, stages add up to TTFT)")
+    wf.add("requests", str(reqs.height))
+    if reqs.height:
+        wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "earliest HTTP arrival -> decode's first response bytes")
+    wf.table = story.percentiles
+    load = report.section("Dominant stage by load (requests in flight at arrival)")
+    load.table = story.by_load
+    kv = report.section("KV transfer")
+    sent = reqs.filter(pl.col("kv_gb_s").is_not_null())
+    if sent.height:
+        kv.add("bytes per request (median)", f"{sent['kv_bytes'].median():.0f} B", "as SGLang's sender counted")
+        kv.add("bandwidth p50", f"{sent['kv_gb_s'].quantile(0.5):.3f} GB/s",
+               "bytes / (first chunk handed to the backend -> transfer polled done); the link's capacity is "
+               "not recorded, so compare with it by hand")
+        kv.add("send duration p50", f"{sent['kv_send_ms'].quantile(0.5):.3f} ms")
+    else:
+        kv.add("bandwidth", None, "no KV send with bytes recorded")
+    table = report.section("Requests (both servers' figures, ms)")
+    table.table = reqs.select("room", "prefill_rid", "decode_rid", "in_flight", "prompt_tokens", "output_tokens",
+                              *STAGE_NAMES, "ttft_ms", "kv_bytes", "kv_gb_s", "decode_ms")
+    return report

@@ -1,0 +1,239 @@
+"""Prefill-decode disaggregation: where a PD request waits on each server.
+
+Prefill server: bootstrap queue (handshake with the decode server), prefill queue, forward (the
+scheduler patch), KV send (first chunk handed to the transfer backend until the transfer polls done,
+with the bytes SGLang's sender counted) and the metadata (first token) written for the decode side.
+Decode server: pre-allocation queue (KV allocated, metadata sent to prefill), KV receive (polled
+until complete) and the first decode batch, which outputs prefill's token; later tokens are the
+scheduler patch's decode span.
+
+Each hook only stamps a mark on the request (``PdMarks``, riding on the scheduler patch's
+``RequestTrace``); the spans are written when the request ends on this server. The targets live in
+SGLang's ``disaggregation`` modules, which its scheduler imports in every mode; in a unified server
+they are never called.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.patches import _hooks, scheduler
+from sglang_tracing.patches.state import SchedulerState
+
+_PREFILL = "sglang.srt.disaggregation.prefill"
+_DECODE = "sglang.srt.disaggregation.decode"
+_BOOTSTRAP_QUEUE = f"{_PREFILL}.PrefillBootstrapQueue"
+_PREFILL_MIXIN = f"{_PREFILL}.SchedulerDisaggregationPrefillMixin"
+_PREALLOC_QUEUE = f"{_DECODE}.DecodePreallocQueue"
+_TRANSFER_QUEUE = f"{_DECODE}.DecodeTransferQueue"
+_METADATA = "sglang.srt.disaggregation.utils.MetadataBuffers"
+_PREBUILT = "sglang.srt.managers.scheduler_components.batch_result_processor.SchedulerBatchResultProcessor"
+
+
+class PdMarks:
+    """Wall-clock marks (ns, 0 = not reached) of one request on one PD server."""
+
+    __slots__ = ("queued", "queue_len", "left_queue", "bootstrap_done", "kv_send_start", "kv_chunks",
+                 "kv_tokens", "metadata", "kv_done", "kv_bytes", "sglang_latency_s", "preallocated",
+                 "kv_received", "first_out")
+
+    def __init__(self, queued: int, queue_len: int):
+        self.queued = queued  # entered the bootstrap queue (prefill) or pre-allocation queue (decode)
+        self.queue_len = queue_len
+        self.left_queue = 0  # prefill: popped from the bootstrap queue into the waiting queue
+        self.bootstrap_done = 0  # prefill: the decode side's metadata arrived, the sender is ready
+        self.kv_send_start = 0
+        self.kv_chunks = 0
+        self.kv_tokens = 0
+        self.metadata: tuple[int, int] | None = None
+        self.kv_done = 0
+        self.kv_bytes = -1
+        self.sglang_latency_s = -1.0
+        self.preallocated = 0  # decode: start of the pass that allocated its KV and sent the indices to prefill
+        self.kv_received = 0
+        self.first_out = 0  # decode: prefill's token handed to the output streamer
+
+
+def _marks(st: SchedulerState, req) -> PdMarks | None:
+    return scheduler._trace_of(st, req).pd
+
+
+def _room_attrs(req, mode: str) -> dict:
+    return {sc.RID: req.rid, sc.PD_MODE: mode, sc.PD_ROOM: _room(req),
+            sc.PD_BOOTSTRAP_ADDR: f"{req.bootstrap_host}:{getattr(req, 'bootstrap_port', '')}"}
+
+
+def _room(req) -> int:
+    room = getattr(req, "bootstrap_room", None)
+    return int(room) if room is not None else -1
+
+
+# ---- prefill server ----
+def _on_bootstrap_add(st: SchedulerState, rec, token, start, end, result, queue, req, *a, **k):
+    if req in queue.queue:  # refused requests (too long) never enter it
+        scheduler._trace_of(st, req).pd = PdMarks(start, len(queue.queue) - 1)
+
+
+def _on_pop_bootstrapped(st: SchedulerState, rec, token, start, end, result, queue, *a, **k):
+    popped = result[0] if isinstance(result, tuple) else result
+    for req in popped or ():
+        marks = _marks(st, req)
+        if marks is not None and not marks.left_queue:
+            marks.left_queue = end
+
+
+def _on_finalize_bootstrap(st: SchedulerState, rec, token, start, end, result, queue, req, *a, **k):
+    marks = _marks(st, req)
+    if result and marks is not None and not marks.bootstrap_done:
+        marks.bootstrap_done = end
+
+
+def _on_send_kv_chunk(st: SchedulerState, rec, token, start, end, result, sched, req, last_chunk=False,
+                      end_idx=None, *a, **k):
+    marks = _marks(st, req)
+    if marks is None:
+        return
+    if not marks.kv_send_start:
+        marks.kv_send_start = start
+    marks.kv_chunks += 1
+    marks.kv_tokens = int(getattr(req, "start_send_idx", 0) or 0)
+
+
+def _on_set_buf(st: SchedulerState, rec, token, start, end, result, buffers, req, *a, **k):
+    marks = _marks(st, req)
+    if marks is not None:
+        marks.metadata = (start, end)
+
+
+def _on_inflight(st: SchedulerState, rec, token, start, end, done, sched, *a, **k):
+    """Requests whose KV transfer finished (or failed): their spans on this server, written now."""
+    for req in done or ():
+        trace = scheduler._trace_of(st, req)
+        marks = trace.pd
+        if marks is None or trace.done:
+            continue
+        marks.kv_done = end
+        metric = _transfer_metric(req)
+        if metric is not None:
+            if metric.transfer_total_bytes is not None:
+                marks.kv_bytes = int(metric.transfer_total_bytes)
+            if metric.transfer_latency_s is not None:
+                marks.sglang_latency_s = float(metric.transfer_latency_s)
+        trace.done = True
+        if st.is_leader:
+            _emit_prefill(st, rec, req, trace)
+    if done:
+        rec.flush_soon()
+
+
+def _transfer_metric(req):
+    sender = getattr(req, "disagg_kv_sender", None)
+    return sender.get_transfer_metric() if sender is not None and hasattr(sender, "get_transfer_metric") else None
+
+
+def _emit_prefill(st: SchedulerState, rec, req, trace) -> None:
+    key = st.trace_key(req.rid)
+    marks = trace.pd
+    attrs = _room_attrs(req, "prefill")
+    scheduler.emit_request(rec, req, trace, key)
+    if marks.bootstrap_done or marks.left_queue:
+        rec.emit(sc.PD_BOOTSTRAP, marks.queued, marks.bootstrap_done or marks.left_queue,
+                 {**attrs, sc.PD_OUTSTANDING: marks.queue_len}, parent=scheduler.ROOT, trace_key=key)
+    first_forward = trace.chunks[0].start_ns if trace.chunks else 0
+    if marks.left_queue and first_forward:
+        rec.emit(sc.PD_PREFILL_QUEUE, marks.left_queue, first_forward, attrs, parent=scheduler.ROOT, trace_key=key)
+    if marks.kv_send_start:
+        rec.emit(sc.PD_KV_SEND, marks.kv_send_start, marks.kv_done, {
+            **attrs, sc.PD_KV_BYTES: marks.kv_bytes, sc.PD_KV_TOKENS: marks.kv_tokens,
+            sc.PD_KV_CHUNKS: marks.kv_chunks, sc.PD_SGLANG_LATENCY_S: marks.sglang_latency_s,
+            sc.PD_BACKEND: st.pd_backend}, parent=scheduler.ROOT, trace_key=key)
+    if marks.metadata:
+        rec.emit(sc.PD_METADATA_SEND, marks.metadata[0], marks.metadata[1], attrs, parent=scheduler.ROOT,
+                 trace_key=key)
+    st.trace_ids.pop(req.rid, None)
+
+
+# ---- decode server ----
+def _on_prealloc_add(st: SchedulerState, rec, token, start, end, result, queue, req, is_retracted=False,
+                     *a, **k):
+    if not is_retracted and any(dr.req is req for dr in queue.queue):
+        scheduler._trace_of(st, req).pd = PdMarks(start, len(queue.queue) - 1)
+
+
+def _on_pop_preallocated(st: SchedulerState, rec, token, start, end, result, queue, *a, **k):
+    """Stamped with the pass's start: its KV indices went to the prefill server during the pass, so
+    the prefill server's handshake cannot end before this (the analyzer's clock bound relies on it)."""
+    preallocated = result[0] if isinstance(result, tuple) else result
+    for decode_req in preallocated or ():
+        marks = _marks(st, decode_req.req)
+        if marks is not None and not marks.preallocated:
+            marks.preallocated = start
+
+
+def _on_pop_transferred(st: SchedulerState, rec, token, start, end, result, queue, *a, **k):
+    for req in result or ():
+        marks = _marks(st, req)
+        if marks is not None and not marks.kv_received:
+            marks.kv_received = end
+
+
+def _on_prebuilt(st: SchedulerState, rec, token, start, end, result, processor, batch, *a, **k):
+    """Prefill's token went out: the decode span starts here; a one-token request ends here."""
+    finished = []
+    for req in batch.reqs:
+        trace = scheduler._trace_of(st, req)
+        if trace.pd is None or trace.pd.first_out:
+            continue
+        trace.pd.first_out = end
+        n = len(req.output_ids)
+        trace.tokens = [end] * n
+        trace.n_out = n
+        if req.finished() and not trace.done:
+            trace.done = True
+            finished.append(req)
+    if st.is_leader:
+        for req in finished:
+            emit_decode_side(st, rec, req, req._sgt)
+    if finished:
+        rec.flush_soon()
+
+
+def emit_decode_side(st: SchedulerState, rec, req, trace) -> None:
+    """A decode-server request's PD spans (the scheduler patch writes its decode span)."""
+    marks = trace.pd
+    key = st.trace_key(req.rid)
+    attrs = _room_attrs(req, "decode")
+    root = scheduler.ROOT
+    if marks.preallocated:
+        rec.emit(sc.PD_PREALLOC, marks.queued, marks.preallocated, {**attrs, sc.PD_OUTSTANDING: marks.queue_len},
+                 parent=root, trace_key=key)
+    if marks.preallocated and marks.kv_received:
+        rec.emit(sc.PD_KV_RECEIVE, marks.preallocated, marks.kv_received, attrs, parent=root, trace_key=key)
+    if marks.kv_received and marks.first_out:
+        rec.emit(sc.PD_FIRST_DECODE, marks.kv_received, marks.first_out, attrs, parent=root, trace_key=key)
+    scheduler.emit_request(rec, req, trace, key)
+    st.trace_ids.pop(req.rid, None)
+
+
+def hooks(st: SchedulerState) -> dict[str, Callable]:
+    fault = st.config.inject_fault
+
+    def around(name, after):
+        return _hooks.around(name, after, inject_fault=fault, state=st)
+
+    return {
+        f"{_BOOTSTRAP_QUEUE}.add": around("pd_bootstrap_add", _on_bootstrap_add),
+        f"{_BOOTSTRAP_QUEUE}.pop_bootstrapped": around("pd_pop_bootstrapped", _on_pop_bootstrapped),
+        f"{_BOOTSTRAP_QUEUE}.finalize_bootstrap": around("pd_finalize_bootstrap", _on_finalize_bootstrap),
+        f"{_PREFILL_MIXIN}.send_kv_chunk": around("pd_send_kv_chunk", _on_send_kv_chunk),
+        f"{_PREFILL_MIXIN}.process_disagg_prefill_inflight_queue": around("pd_inflight", _on_inflight),
+        f"{_METADATA}.set_buf": around("pd_set_buf", _on_set_buf),
+        f"{_PREALLOC_QUEUE}.add": around("pd_prealloc_add", _on_prealloc_add),
+        f"{_PREALLOC_QUEUE}.pop_preallocated": around("pd_pop_preallocated", _on_pop_preallocated),
+        f"{_TRANSFER_QUEUE}.pop_transferred": around("pd_pop_transferred", _on_pop_transferred),
+        f"{_PREBUILT}.process_batch_result_prebuilt": around("pd_prebuilt", _on_prebuilt),
+    }
+
+
+def instrument(st: SchedulerState, skipped: list[str]) -> int:
+    return _hooks.register(hooks(st), skipped)

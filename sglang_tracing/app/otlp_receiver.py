@@ -1,0 +1,118 @@
+"""A small OTLP/HTTP trace receiver: what a collector would get from ``--otlp-endpoint`` (ours) or
+``--otlp-traces-endpoint`` (``sglang-router``'s), written as OTLP-JSON lines the analyzer reads.
+
+``POST /v1/traces`` with an ``ExportTraceServiceRequest`` in protobuf (or OTLP-JSON); each request is
+one line of ``spans-<label>.jsonl`` in ``out_dir``, ids in hex as the OTLP-JSON spec asks. A trace dir
+needs a manifest: ``write_manifest`` writes one naming what sent the spans.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from sglang_tracing.runtime import manifest as manifest_mod
+
+_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hex_ids(node):
+    """protobuf's JSON form writes bytes as base64; OTLP-JSON wants hex."""
+    if isinstance(node, dict):
+        return {k: (base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) else _hex_ids(v))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_hex_ids(x) for x in node]
+    return node
+
+
+def decode(body: bytes, content_type: str) -> dict:
+    if "json" in content_type:
+        return json.loads(body)
+    from google.protobuf.json_format import MessageToDict
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    return _hex_ids(MessageToDict(message))
+
+
+class OtlpReceiver:
+    """Receives spans on a free local port until ``stop``; ``requests`` holds what arrived, decoded."""
+
+    def __init__(self, out_dir: str | None = None, label: str = "otlp"):
+        self.requests: list[dict] = []
+        self.out_path = os.path.join(out_dir, f"spans-{label}.jsonl") if out_dir else None
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    decoded = decode(body, self.headers.get("Content-Type", ""))
+                except Exception as exc:  # a malformed export is refused, the receiver goes on
+                    self.send_error(400, f"not an OTLP trace export: {exc}")
+                    return
+                receiver._keep(decoded)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
+        self._thread.start()
+
+    def _keep(self, decoded: dict) -> None:
+        with self._lock:
+            self.requests.append(decoded)
+            if self.out_path:
+                with open(self.out_path, "a") as f:
+                    f.write(json.dumps(decoded, separators=(",", ":")) + "\n")
+
+    def spans(self) -> list[dict]:
+        """Every span received: its OTLP-JSON dict plus ``service`` (its resource's service.name)."""
+        out = []
+        with self._lock:
+            for req in self.requests:
+                for rs in req.get("resourceSpans", []):
+                    attrs = {a["key"]: a.get("value", {}) for a in rs.get("resource", {}).get("attributes", [])}
+                    service = attrs.get("service.name", {}).get("stringValue")
+                    for ss in rs.get("scopeSpans", []):
+                        out += [{**span, "service": service} for span in ss.get("spans", [])]
+        return out
+
+    def wait_for(self, predicate, timeout: float = 30) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate(self.spans()):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def write_manifest(out_dir: str, role: str, command: list[str] | None = None) -> str:
+    """A manifest for spans another program sent (the router's): who it was, on which host."""
+    path = os.path.join(out_dir, manifest_mod.MANIFEST)
+    data = {"format": "sglang-tracing", "format_version": manifest_mod.FORMAT_VERSION, "command": command or [],
+            "identity": {"service_name": role, "server_role": role, "host_name": socket.gethostname()},
+            "host": {"hostname": socket.gethostname()}, "server_args": {}, "received_over": "OTLP/HTTP"}
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    return path
