@@ -168,3 +168,19 @@ def to_perfetto(trace_dir: str | list[str] | None, output: str, nsys: str | None
         raise TraceError(output, f"cannot write ({exc.strerror})") from None
     os.replace(tmp, output)
     return counts
+
+
+def pd_loads(runs: dict[str, list[str]], out_dir: str, formats: str = "text,md") -> list[str]:
+    """Which stage dominates TTFT in each run (label -> its prefill and decode dirs): ``pd-loads``."""
+    from sglang_tracing.analyzer.analyses import pd, pd_report
+    from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
+
+    fmts = _parse_list(formats, tuple(FORMATS), "format")
+    stories = {}
+    for label, dirs in runs.items():
+        model = load(dirs)
+        story = pd.compute(model.spans, model.servers)
+        if story is None:
+            raise UsageError(f"{label}: {', '.join(dirs)} hold no prefill and decode halves of PD requests")
+        stories[label] = story
+    return write_report(Path(out_dir), pd_report.build_loads_report(stories), fmts)

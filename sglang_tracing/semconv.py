@@ -204,3 +204,5 @@ TRACE_ORIGIN = "sglang_tracing.trace_origin"  # root: where its trace id came fr
 TRACE_ORIGIN_CALLER = "traceparent"
 TRACE_ORIGIN_PD = "bootstrap room"
 TRACE_ORIGIN_RID = "rid"
+PD_SPANS = (PD_BOOTSTRAP, PD_PREFILL_QUEUE, PD_KV_SEND, PD_METADATA_SEND, PD_PREALLOC, PD_KV_RECEIVE, PD_FIRST_DECODE)
+PD_FLOW = (PD_KV_SEND, PD_FIRST_DECODE)  # Perfetto: one flow per request, prefill's send -> decode's first batch

@@ -99,7 +99,11 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
         if name in spans.columns:
             source = {sc.PD_KV_BYTES: sc.PD_KV_SEND, sc.PROMPT_TOKENS: sc.REQUEST, sc.OUTPUT_TOKENS: sc.REQUEST}[name]
             extra.append(pl.col(name).filter(pl.col("name") == source).max().alias(name))
+    if sc.INTERNAL in spans.columns:  # SGLang's warm-up, our readiness probe: not the workload's
+        extra.append(pl.col(sc.INTERNAL).filter(pl.col("name") == sc.REQUEST).max().alias("internal"))
     frame = mine.group_by("server", sc.RID).agg(*cols, *extra).join(rooms, on=["server", sc.RID])
+    if "internal" in frame.columns:
+        frame = frame.filter(pl.col("internal").is_null()).drop("internal")
     arrival = [c for c in (f"{sc.REQUEST_HTTP}|start", f"{sc.REQUEST}|start")]
     frame = frame.with_columns(pl.coalesce(arrival).alias("arrival"))
     if mode == "decode":

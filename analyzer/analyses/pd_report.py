@@ -60,3 +60,25 @@ def build_report(story: PdStory) -> Report:
     table.table = reqs.select("room", "prefill_rid", "decode_rid", "in_flight", "prompt_tokens", "output_tokens",
                               *STAGE_NAMES, "ttft_ms", "kv_bytes", "kv_gb_s", "decode_ms")
     return report
+
+
+def build_loads_report(stories: dict[str, PdStory]) -> Report:
+    """Which stage dominates TTFT in each run (one run per load)."""
+    report = Report("pd-loads", "Prefill-decode disaggregation: the dominant TTFT stage at each load")
+    rows = []
+    for label, story in stories.items():
+        shares = story.percentiles.filter(pl.col("stage").is_in(STAGE_NAMES)).sort("mean_share_pct", descending=True)
+        top = shares.row(0, named=True) if shares.height else {"stage": None, "mean_share_pct": None}
+        reqs = story.requests
+        rows.append({"run": label, "requests": reqs.height,
+                     "ttft_p50_ms": reqs["ttft_ms"].quantile(0.5) if reqs.height else None,
+                     "dominant_stage": top["stage"], "dominant_share_pct": top["mean_share_pct"],
+                     "kv_gb_s_p50": reqs["kv_gb_s"].quantile(0.5) if reqs.height else None})
+    section = report.section("Dominant stage (largest mean share of TTFT) by run")
+    section.table = pl.DataFrame(rows, schema={"run": pl.String, "requests": pl.Int64, "ttft_p50_ms": pl.Float64,
+                                               "dominant_stage": pl.String, "dominant_share_pct": pl.Float64,
+                                               "kv_gb_s_p50": pl.Float64})
+    for label, story in stories.items():
+        section = report.section(f"{label}: stage percentiles (ms)")
+        section.table = story.percentiles
+    return report

@@ -131,7 +131,7 @@ class Router:
                "--host", "127.0.0.1", "--port", str(self.port), "--policy", "round_robin"]
         if otlp_endpoint:
             cmd += ["--enable-trace", "--otlp-traces-endpoint", otlp_endpoint]
-        self.log_path = log_path
+        self.log_path, self.cmd = log_path, cmd
         with open(log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

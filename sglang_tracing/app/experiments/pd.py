@@ -1,0 +1,72 @@
+"""``sglang-trace experiment pd``: a prefill-decode pair (and ``sglang-router`` in PD mode where it
+is installed), the plan's workload at two loads (one request at a time, then ``--concurrency``),
+one PD report per load and a summary of which stage dominates TTFT at each."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from sglang_tracing.app.experiments.common import Experiment
+from sglang_tracing.app.otlp_receiver import OtlpReceiver, write_manifest
+from sglang_tracing.app.pd import PdPair, Router
+from sglang_tracing.app.serving import wait_for_exporters
+from sglang_tracing.models.builder import prompt_of_length
+
+
+def router_available() -> bool:
+    return importlib.util.find_spec("sglang_router") is not None
+
+
+def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
+    cell = f"load-{load}"
+    done = exp.done(cell)
+    if done is not None:
+        return done
+    folder = exp.out / cell
+    dirs = (str(folder / "prefill"), str(folder / "decode"))
+    pair = PdPair(exp.model_path(), dirs, exp.server_args(), str(folder), tracing_args=exp.tracing_args())
+    exp.servers += pair.servers
+    receiver = router = None
+    try:
+        pair.wait_ready(timeout=exp.args.ready_timeout)
+        client = pair.client
+        if router_available():
+            receiver = OtlpReceiver(str(folder / "router"), label="router")
+            router = Router(pair, str(folder / "router.log"), receiver.endpoint)
+            router.wait_ready()
+            write_manifest(str(folder / "router"), "router", router.cmd)
+            client = type(pair.client)(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
+        print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
+              + (" through sglang-router" if router else ""), file=sys.stderr)
+        outs = client.generate_all(prompts, exp.args.output_len, load)
+    finally:
+        if router is not None:
+            router.stop()
+        pair.stop()
+        for server in pair.servers:
+            exp.servers.remove(server)
+        if receiver is not None:
+            receiver.stop()
+        for d in dirs:
+            wait_for_exporters(d, timeout=60)
+    ttft = sorted((o["client"]["first_ns"] - o["client"]["sent_ns"]) / 1e6 for o in outs)
+    return exp.record(cell, {"load": load, "requests": len(outs), "client_ttft_ms": ttft,
+                             "dirs": [str(d) for d in dirs], "router": bool(router)})
+
+
+def run(exp: Experiment) -> None:
+    args = exp.args
+    prompts = [prompt_of_length(args.prompt_len, seed=i, vocab_size=exp.vocab) for i in range(args.num_requests)]
+    results = [_cell(exp, load, prompts) for load in sorted({1, max(1, args.concurrency)})]
+    from sglang_tracing.analyzer import api
+
+    written = []
+    for result in results:
+        cell = exp.out / f"load-{result['load']}"
+        dirs = [str(cell / "prefill"), str(cell / "decode")]
+        written += api.analyze(dirs, reports="timeline", out_dir=str(cell / "reports"), formats="text,md")
+    written += api.pd_loads({f"{r['load']} in flight": [str(exp.out / f"load-{r['load']}" / side)
+                                                        for side in ("prefill", "decode")] for r in results},
+                            str(exp.out))
+    (exp.out / "written.json").write_text(json.dumps(written, indent=1))

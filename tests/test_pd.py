@@ -1,0 +1,152 @@
+"""Prefill-decode disaggregation on CPU, for real: a prefill server and a decode server (Mooncake over
+TCP), one pair shared by the module, sending their spans to files and to an OTLP/HTTP receiver run
+here. The waterfall's TTFT is recomputed from the raw span files (json only) and held against the
+client's own clock; a caller's ``traceparent`` must come back from both servers in its trace."""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer import api
+from sglang_tracing.analyzer.analyses import pd
+from sglang_tracing.app.otlp_receiver import OtlpReceiver
+from sglang_tracing.app.pd import PdPair
+from sglang_tracing.app.serving import CPU_ARGS, wait_for_exporters
+from sglang_tracing.models.builder import prompt_of_length
+from sglang_tracing.runtime.ids import pd_trace_id
+from raw_spans import spans as raw_spans
+
+pytest.importorskip("mooncake.engine", reason="PD on CPU needs mooncake-transfer-engine-non-cuda")
+EXAMPLES = Path(__file__).resolve().parents[1] / "traces" / "examples"
+CALLER_TRACE, CALLER_SPAN = secrets.randbits(128) or 1, secrets.randbits(64) or 1
+N_REQUESTS = 6
+
+
+@pytest.fixture(scope="module")
+def pd_run(tiny_model, tmp_path_factory):
+    """One PD pair: a streamed workload at two in flight, one request carrying a caller's traceparent,
+    one carrying an invalid one; the servers stopped and their exporters drained before the tests read."""
+    root = tmp_path_factory.mktemp("pd")
+    dirs = (str(root / "prefill"), str(root / "decode"))
+    receiver = OtlpReceiver()
+    pair = PdPair(tiny_model, dirs, CPU_ARGS, str(root), tracing_args=["--otlp-endpoint", receiver.endpoint])
+    try:
+        pair.wait_ready()
+        prompts = [prompt_of_length(24 + 8 * i, seed=i) for i in range(N_REQUESTS)]
+        outs = pair.client.generate_all(prompts, max_new_tokens=4, concurrency=2)
+        caller = pair.client.generate(prompt_of_length(20, seed=99), 3, headers={
+            "traceparent": f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"})
+        invalid = pair.client.generate(prompt_of_length(20, seed=98), 3, headers={"traceparent": "00-zz-yy-01"})
+        caller_hex = f"{CALLER_TRACE:032x}"
+        receiver.wait_for(lambda spans: {s["service"] for s in spans if s["traceId"] == caller_hex
+                                         and s["name"] in (sc.REQUEST_PREFILL, sc.REQUEST_DECODE)}
+                          >= {"sglang-prefill", "sglang-decode"})
+    finally:
+        pair.stop()
+        receiver.stop()
+    for d in dirs:
+        assert wait_for_exporters(d), "exporter processes did not finish"
+    return {"dirs": dirs, "outs": outs, "caller": caller, "invalid": invalid, "receiver": receiver,
+            "bootstrap_port": pair.bootstrap_port}
+
+
+def _first(spans, name, rid):
+    return next((s for s in spans if s["name"] == name and s["attrs"].get(sc.RID) == rid), None)
+
+
+def _rid_of_room(spans, room):
+    return next(s["attrs"][sc.RID] for s in spans if s["attrs"].get(sc.PD_ROOM) == room)
+
+
+@pytest.mark.server
+def test_waterfall_adds_up_to_the_clients_ttft(pd_run):
+    prefill, decode = (raw_spans(d) for d in pd_run["dirs"])
+    model = api.load(list(pd_run["dirs"]))
+    story = pd.compute(model.spans, model.servers)
+    table = {row["room"]: row for row in story.requests.iter_rows(named=True)}
+    for out in pd_run["outs"] + [pd_run["caller"], pd_run["invalid"]]:
+        room = out["client"]["room"]
+        assert out["meta_info"]["completion_tokens"] >= 3  # decode's tokens came back
+        p_rid, d_rid = _rid_of_room(prefill, room), _rid_of_room(decode, room)
+        # the servers' TTFT from the raw spans: earliest HTTP arrival at either server -> decode's first bytes
+        arrival = min(_first(prefill, sc.REQUEST_HTTP, p_rid)["start"], _first(decode, sc.REQUEST_HTTP, d_rid)["start"])
+        first_byte = _first(decode, sc.REQUEST_HTTP, d_rid)["attrs"][sc.FIRST_BYTE_NS]
+        server_ttft_ms = (first_byte - arrival) / 1e6
+        client_ttft_ms = (out["client"]["first_ns"] - out["client"]["sent_ns"]) / 1e6
+        row = table[room]
+        stages = [row[name] for name in pd.STAGE_NAMES]
+        assert all(stage >= 0 for stage in stages)
+        assert sum(stages) == pytest.approx(server_ttft_ms, abs=1e-3)
+        assert sum(stages) == pytest.approx(client_ttft_ms, rel=0.02)
+        # the stages are the recorded boundaries: the prefill forward is the prefill span, where unclamped
+        prefill_span = _first(prefill, sc.REQUEST_PREFILL, p_rid)
+        assert row["prefill: forward"] <= (prefill_span["end"] - prefill_span["start"]) / 1e6 + 1e-6
+
+
+@pytest.mark.server
+def test_one_trace_per_request_across_both_servers(pd_run):
+    prefill, decode = (raw_spans(d) for d in pd_run["dirs"])
+    for out in pd_run["outs"]:
+        room = out["client"]["room"]
+        expected = f"{pd_trace_id('127.0.0.1', pd_run['bootstrap_port'], room):032x}"
+        for spans in (prefill, decode):
+            rid = _rid_of_room(spans, room)
+            mine = [s for s in spans if s["attrs"].get(sc.RID) == rid and s["name"] != sc.REQUEST_DETOKENIZE]
+            assert {s["trace_id"] for s in mine} == {expected}
+            assert {sc.REQUEST, sc.REQUEST_HTTP} <= {s["name"] for s in mine}
+    kinds = {s["name"] for s in prefill} | {s["name"] for s in decode}
+    assert {sc.PD_BOOTSTRAP, sc.PD_PREFILL_QUEUE, sc.PD_KV_SEND, sc.PD_METADATA_SEND, sc.PD_PREALLOC,
+            sc.PD_KV_RECEIVE, sc.PD_FIRST_DECODE} <= kinds
+    sends = [s for s in prefill if s["name"] == sc.PD_KV_SEND]
+    assert sends and all(s["attrs"][sc.PD_KV_BYTES] > 0 and s["end"] >= s["start"] for s in sends)
+    assert not [s for s in prefill + decode if s["name"] == sc.HOOK_ERROR]
+
+
+@pytest.mark.server
+def test_a_callers_traceparent_is_honoured_by_both_servers(pd_run):
+    received = pd_run["receiver"].spans()
+    caller_hex, span_hex = f"{CALLER_TRACE:032x}", f"{CALLER_SPAN:016x}"
+    mine = [s for s in received if s["traceId"] == caller_hex]
+    assert {(s["service"], s["name"]) for s in mine} >= {
+        ("sglang-prefill", sc.REQUEST), ("sglang-prefill", sc.REQUEST_PREFILL), ("sglang-prefill", sc.PD_KV_SEND),
+        ("sglang-decode", sc.REQUEST), ("sglang-decode", sc.REQUEST_DECODE), ("sglang-decode", sc.PD_KV_RECEIVE)}
+    roots = [s for s in mine if s["name"] == sc.REQUEST]
+    assert len(roots) == 2 and {s["parentSpanId"] for s in roots} == {span_hex}
+    # an invalid header is ignored: that request joins its PD pair's trace, and was served
+    room = pd_run["invalid"]["client"]["room"]
+    pd_hex = f"{pd_trace_id('127.0.0.1', pd_run['bootstrap_port'], room):032x}"
+    assert {s["service"] for s in received if s["traceId"] == pd_hex and s["name"] == sc.REQUEST} == {
+        "sglang-prefill", "sglang-decode"}
+
+
+@pytest.mark.server
+def test_servers_name_themselves_and_the_clock_offset_on_one_host_is_zero(pd_run, tmp_path):
+    for d, role in zip(pd_run["dirs"], ("prefill", "decode")):
+        identity = json.loads((Path(d) / "manifest.json").read_text())["identity"]
+        assert identity["server_role"] == role and identity["service_name"] == f"sglang-{role}"
+    received = pd_run["receiver"].spans()
+    assert {s["service"] for s in received} == {"sglang-prefill", "sglang-decode"}
+    model = api.load(list(pd_run["dirs"]))
+    story = pd.compute(model.spans, model.servers)
+    assert story.offset.same_host and story.offset.offset_ns == 0
+    assert story.offset.zero_within  # the causal bounds of the joined spans hold the shared clock
+    # the CLI: one line per file written, the PD report and table among them
+    done = subprocess.run([sys.executable, "-m", "sglang_tracing.app.cli", "analyze", *pd_run["dirs"],
+                           "--out", str(tmp_path), "--format", "text"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert {"pd.txt", "pd-requests.csv"} <= {Path(p).name for p in done.stdout.split()}
+
+
+def test_two_non_pd_dirs_analyze_as_before(tmp_path):
+    tp1, tp2 = EXAMPLES / "h200x2-tp" / "tp1" / "trace", EXAMPLES / "h200x2-tp" / "tp2" / "trace"
+    model = api.load([str(tp1), str(tp2)])
+    assert pd.compute(model.spans, model.servers) is None
+    written = api.analyze([str(tp1), str(tp2)], out_dir=str(tmp_path), formats="text", model_config="llama-2-7b")
+    names = {Path(p).name for p in written}
+    assert {"story.txt", "radix.txt", "timeline.txt"} <= names and not {n for n in names if n.startswith("pd")}
