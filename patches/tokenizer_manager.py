@@ -63,19 +63,14 @@ def _on_init_req_state(st: TokenizerState, rec, token, start, end, result, tm, o
                                              _per_rid(port, len(rids))[i], rooms[i])
             if origin.trace_id is not None:
                 st.origins[rid] = origin
+                trace_context.note(st.config.trace_dir, rid, origin)
     http_server.note_request(request, [(rid, st.trace_key(rid)) for rid in rids if rid is not None], stream)
 
 
 def _on_tokenize(st: TokenizerState, rec, token, start, end, result, tm, obj, *a, **k):
     rec.emit(sc.REQUEST_TOKENIZE, start, end, {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(result.input_ids)},
              parent=PARENT_IS_REQUEST_ROOT, trace_key=st.trace_key(obj.rid))
-    origin = st.origins.get(obj.rid)
-    if origin is not None and origin.origin == sc.TRACE_ORIGIN_CALLER and getattr(result, "external_trace_header",
-                                                                                  False) is None:
-        # the scheduler process learns the caller's trace through SGLang's own trace-context field
-        # (read by SGLang only when its own tracing is on, which sets the field itself)
-        result.external_trace_header = {sc.TRACEPARENT: trace_context.traceparent_of(origin.trace_id,
-                                                                                     origin.parent_span_id)}
+
 
 
 def _before_output(st: TokenizerState, rec, tm, recv_obj, *a, **k):

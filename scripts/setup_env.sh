@@ -19,7 +19,17 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   step "installing chromium (apt; the tests render the HTML report with it)"
   { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "setup_env.sh: could not install chromium" >&2
 fi
+# prefill-decode disaggregation on CPU (tests/test_pd.py): Mooncake's TCP transfer engine links libibverbs
+if ! ldconfig -p 2>/dev/null | grep -q libibverbs.so.1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "installing libibverbs1 (apt; Mooncake's transfer engine needs it for PD on CPU)"
+  { apt-get update -qq && apt-get install -y -qq libibverbs1; } >/dev/null 2>&1 || echo "setup_env.sh: could not install libibverbs1" >&2
+fi
+pd_packages() {  # Mooncake without CUDA, and the router in PD mode; added to venvs made before them too
+  "$VENV/bin/python" -c "import mooncake.engine, sglang_router" 2>/dev/null \
+    || "$VENV/bin/pip" install -q mooncake-transfer-engine-non-cuda sglang-router 2>&1 | grep -v "^WARNING: Location" || true
+}
 if [ -f "$STAMP" ]; then
+  pd_packages
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null
   echo "$VENV ready (sglang $VER)"; exit 0
 fi
@@ -40,6 +50,7 @@ quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec py
   packaging IPython nvidia-ml-py easydict distro dill compressed-tensors gguf jsonschema soundfile \
   opentelemetry-sdk opentelemetry-exporter-otlp-json-file opentelemetry-exporter-otlp-proto-http \
   nvtx polars perfetto matplotlib pytest
+pd_packages
 step "4/4 sglang-tracing (editable) and an import check"
 quiet "$PIP" install -q --no-deps --no-build-isolation -e "$ROOT"
 check=$("$VENV/bin/python" -c "import sglang.launch_server, sglang.srt.managers.scheduler, sglang_tracing.plugin" 2>&1) \

@@ -4,7 +4,9 @@ here. The waterfall's TTFT is recomputed from the raw span files (json only) and
 client's own clock; a caller's ``traceparent`` must come back from both servers in its trace."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -26,6 +28,26 @@ pytest.importorskip("mooncake.engine", reason="PD on CPU needs mooncake-transfer
 EXAMPLES = Path(__file__).resolve().parents[1] / "traces" / "examples"
 CALLER_TRACE, CALLER_SPAN = secrets.randbits(128) or 1, secrets.randbits(64) or 1
 N_REQUESTS = 6
+# a request's own spans (process spans such as cache lookups name rids too, in their process's trace)
+REQUEST_SPANS = {sc.REQUEST, sc.REQUEST_HTTP, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
+                 sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE, *sc.PD_SPANS}
+
+
+@contextlib.contextmanager
+def _client_first():
+    """The client is the measuring instrument: on a host shared by many busy processes it is woken
+    ahead of them (the servers, started before, keep their priority), so its stamps are taken when the
+    bytes move. Without the right to raise priority (not root), it runs as it is."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +61,21 @@ def pd_run(tiny_model, tmp_path_factory):
     try:
         pair.wait_ready()
         prompts = [prompt_of_length(24 + 8 * i, seed=i) for i in range(N_REQUESTS)]
-        outs = pair.client.generate_all(prompts, max_new_tokens=4, concurrency=2)
-        caller = pair.client.generate(prompt_of_length(20, seed=99), 3, headers={
-            "traceparent": f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"})
-        invalid = pair.client.generate(prompt_of_length(20, seed=98), 3, headers={"traceparent": "00-zz-yy-01"})
+        with _client_first():
+            outs = pair.client.generate_all(prompts, max_new_tokens=4, concurrency=2)
+            caller = pair.client.generate(prompt_of_length(20, seed=99), 3, headers={
+                "traceparent": f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01"})
+            invalid = pair.client.generate(prompt_of_length(20, seed=98), 3, headers={"traceparent": "00-zz-yy-01"})
+        (root / "client.json").write_text(json.dumps([*outs, caller, invalid]))  # for a failure's post-mortem
         caller_hex = f"{CALLER_TRACE:032x}"
         receiver.wait_for(lambda spans: {s["service"] for s in spans if s["traceId"] == caller_hex
                                          and s["name"] in (sc.REQUEST_PREFILL, sc.REQUEST_DECODE)}
                           >= {"sglang-prefill", "sglang-decode"})
     finally:
         pair.stop()
+        drained = all([wait_for_exporters(d) for d in dirs])  # they export to the receiver until the end
         receiver.stop()
-    for d in dirs:
-        assert wait_for_exporters(d), "exporter processes did not finish"
+    assert drained, "exporter processes did not finish"
     return {"dirs": dirs, "outs": outs, "caller": caller, "invalid": invalid, "receiver": receiver,
             "bootstrap_port": pair.bootstrap_port}
 
@@ -97,7 +121,7 @@ def test_one_trace_per_request_across_both_servers(pd_run):
         expected = f"{pd_trace_id('127.0.0.1', pd_run['bootstrap_port'], room):032x}"
         for spans in (prefill, decode):
             rid = _rid_of_room(spans, room)
-            mine = [s for s in spans if s["attrs"].get(sc.RID) == rid and s["name"] != sc.REQUEST_DETOKENIZE]
+            mine = [s for s in spans if s["attrs"].get(sc.RID) == rid and s["name"] in REQUEST_SPANS]
             assert {s["trace_id"] for s in mine} == {expected}
             assert {sc.REQUEST, sc.REQUEST_HTTP} <= {s["name"] for s in mine}
     kinds = {s["name"] for s in prefill} | {s["name"] for s in decode}
@@ -115,7 +139,8 @@ def test_a_callers_traceparent_is_honoured_by_both_servers(pd_run):
     mine = [s for s in received if s["traceId"] == caller_hex]
     assert {(s["service"], s["name"]) for s in mine} >= {
         ("sglang-prefill", sc.REQUEST), ("sglang-prefill", sc.REQUEST_PREFILL), ("sglang-prefill", sc.PD_KV_SEND),
-        ("sglang-decode", sc.REQUEST), ("sglang-decode", sc.REQUEST_DECODE), ("sglang-decode", sc.PD_KV_RECEIVE)}
+        ("sglang-decode", sc.REQUEST), ("sglang-decode", sc.REQUEST_DECODE), ("sglang-decode", sc.PD_KV_RECEIVE),
+        ("sglang-decode", sc.REQUEST_DETOKENIZE)}
     roots = [s for s in mine if s["name"] == sc.REQUEST]
     assert len(roots) == 2 and {s["parentSpanId"] for s in roots} == {span_hex}
     # an invalid header is ignored: that request joins its PD pair's trace, and was served
