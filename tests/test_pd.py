@@ -17,7 +17,7 @@ import pytest
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import pd
-from sglang_tracing.app.otlp_receiver import OtlpReceiver
+from sglang_tracing.app.otlp_receiver import ReceiverProcess
 from sglang_tracing.app.pd import PdPair
 from sglang_tracing.app.serving import CPU_ARGS, wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
@@ -56,7 +56,7 @@ def pd_run(tiny_model, tmp_path_factory):
     one carrying an invalid one; the servers stopped and their exporters drained before the tests read."""
     root = tmp_path_factory.mktemp("pd")
     dirs = (str(root / "prefill"), str(root / "decode"))
-    receiver = OtlpReceiver()
+    receiver = ReceiverProcess(str(root / "collector"))
     pair = PdPair(tiny_model, dirs, CPU_ARGS, str(root), tracing_args=["--otlp-endpoint", receiver.endpoint])
     try:
         pair.wait_ready()
@@ -175,3 +175,27 @@ def test_two_non_pd_dirs_analyze_as_before(tmp_path):
     written = api.analyze([str(tp1), str(tp2)], out_dir=str(tmp_path), formats="text", model_config="llama-2-7b")
     names = {Path(p).name for p in written}
     assert {"story.txt", "radix.txt", "timeline.txt"} <= names and not {n for n in names if n.startswith("pd")}
+
+
+@pytest.mark.server
+def test_perfetto_puts_both_servers_on_one_timeline_with_a_flow_per_request(pd_run, tmp_path):
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+
+    out = tmp_path / "pd.pftrace"
+    api.to_perfetto(list(pd_run["dirs"]), str(out))
+    trace = Trace()
+    trace.ParseFromString(out.read_bytes())
+    names = {p.track_descriptor.uuid: p.track_descriptor.name for p in trace.packet if p.HasField("track_descriptor")}
+    ends_by_flow: dict[int, dict[str, int]] = {}
+    for p in trace.packet:
+        ev = p.track_event
+        if ev.type == TrackEvent.TYPE_SLICE_BEGIN and ev.name in sc.PD_FLOW:
+            assert len(ev.flow_ids) == 1
+            ends_by_flow.setdefault(ev.flow_ids[0], {})[ev.name] = ev.track_uuid
+    prefill, decode = (raw_spans(d) for d in pd_run["dirs"])
+    rooms = {s["attrs"][sc.PD_ROOM] for s in decode if s["name"] == sc.PD_FIRST_DECODE}
+    # one flow per request served by both: from the prefill server's KV send to the decode server's first batch
+    assert len(ends_by_flow) == len(rooms) >= N_REQUESTS
+    for tracks in ends_by_flow.values():
+        assert set(tracks) == set(sc.PD_FLOW) and tracks[sc.PD_KV_SEND] != tracks[sc.PD_FIRST_DECODE]
+        assert all(names[t].startswith("request ") for t in tracks.values())

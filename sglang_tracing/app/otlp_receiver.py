@@ -7,10 +7,14 @@ needs a manifest: ``write_manifest`` writes one naming what sent the spans.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,15 +88,45 @@ class OtlpReceiver:
 
     def spans(self) -> list[dict]:
         """Every span received: its OTLP-JSON dict plus ``service`` (its resource's service.name)."""
-        out = []
         with self._lock:
-            for req in self.requests:
-                for rs in req.get("resourceSpans", []):
-                    attrs = {a["key"]: a.get("value", {}) for a in rs.get("resource", {}).get("attributes", [])}
-                    service = attrs.get("service.name", {}).get("stringValue")
-                    for ss in rs.get("scopeSpans", []):
-                        out += [{**span, "service": service} for span in ss.get("spans", [])]
-        return out
+            return spans_of(self.requests)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def spans_of(exports: list[dict]) -> list[dict]:
+    out = []
+    for req in exports:
+        for rs in req.get("resourceSpans", []):
+            attrs = {a["key"]: a.get("value", {}) for a in rs.get("resource", {}).get("attributes", [])}
+            service = attrs.get("service.name", {}).get("stringValue")
+            for ss in rs.get("scopeSpans", []):
+                out += [{**span, "service": service} for span in ss.get("spans", [])]
+    return out
+
+
+class ReceiverProcess:
+    """``OtlpReceiver`` in a process of its own (decoding exports takes the GIL, which a client timing
+    requests in this process must not wait for); what it received is read back from its file."""
+
+    def __init__(self, out_dir: str, label: str = "otlp"):
+        self.out_path = os.path.join(out_dir, f"spans-{label}.jsonl")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sglang_tracing.app.otlp_receiver", "--out-dir", out_dir,
+                                      "--label", label], stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"the OTLP receiver did not start: {line.strip()!r}")
+        self.port = int(line)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def spans(self) -> list[dict]:
+        if not os.path.exists(self.out_path):
+            return []
+        with open(self.out_path) as f:
+            return spans_of([json.loads(line) for line in f if line.endswith("\n")])
 
     def wait_for(self, predicate, timeout: float = 30) -> bool:
         deadline = time.time() + timeout
@@ -103,8 +137,26 @@ class OtlpReceiver:
         return False
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sglang_tracing.app.otlp_receiver")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--label", default="otlp")
+    args = parser.parse_args(argv)
+    receiver = OtlpReceiver(args.out_dir, args.label)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: done.set())
+    print(receiver.port, flush=True)
+    done.wait()
+    receiver.stop()
+
+
+if __name__ == "__main__":
+    main()
 
 
 def write_manifest(out_dir: str, role: str, command: list[str] | None = None) -> str:

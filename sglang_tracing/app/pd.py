@@ -66,7 +66,7 @@ class PdClient:
                     "bootstrap_room": random.getrandbits(62)}
             targets += [(self.prefill_url + "/generate", {**pair, "stream": False}),
                         (self.decode_url + "/generate", pair)]
-        outs = post_json_to(targets, 2 * max(1, concurrency), timeout, headers=headers)
+        outs = post_json_to(targets, 2 * max(1, concurrency), timeout, headers=headers, together=2)
         results = []
         for (_, body), prefill, decode in zip(targets[1::2], outs[0::2], outs[1::2]):
             decode["client"] = {"sent_ns": min(prefill["client"]["sent_ns"], decode["client"]["sent_ns"]),

@@ -108,9 +108,10 @@ def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float
 
 
 def post_json_to(targets: list[tuple[str, dict]], concurrency: int = 1, timeout: float = 120,
-                 keep_alive: bool = False, headers: dict | None = None) -> list[dict]:
-    """``post_json`` with a URL for each body (sent in this order, from the same one thread): e.g. a
-    prefill-decode pair's two halves of each request. ``headers`` go on every request."""
+                 keep_alive: bool = False, headers: dict | None = None, together: int = 1) -> list[dict]:
+    """``post_json`` with a URL for each body (sent in this order, from the same one thread), started
+    ``together`` at a time: e.g. a prefill-decode pair's two halves of each request. ``headers`` go on
+    every request."""
     todo = deque(enumerate(targets))
     results: list[dict | None] = [None] * len(targets)
     active: dict[int, _Exchange] = {}
@@ -119,15 +120,16 @@ def post_json_to(targets: list[tuple[str, dict]], concurrency: int = 1, timeout:
     with selectors.DefaultSelector() as sel:
         try:
             while todo or active:
-                while todo and len(active) < concurrency:
-                    i, (url, body) = todo.popleft()
-                    parts = urlsplit(url)
-                    address = (parts.hostname, parts.port or 80)
-                    ex = _start(i, body, address, parts.netloc, parts.path or "/", timeout, keep_alive,
-                                idle.setdefault(address, []), extra)
-                    ex.address = address
-                    active[i] = ex
-                    sel.register(ex.sock, selectors.EVENT_READ, ex)
+                while todo and len(active) + together <= max(concurrency, together):
+                    for _ in range(min(together, len(todo))):
+                        i, (url, body) = todo.popleft()
+                        parts = urlsplit(url)
+                        address = (parts.hostname, parts.port or 80)
+                        ex = _start(i, body, address, parts.netloc, parts.path or "/", timeout, keep_alive,
+                                    idle.setdefault(address, []), extra)
+                        ex.address = address
+                        active[i] = ex
+                        sel.register(ex.sock, selectors.EVENT_READ, ex)
                 wait = min(ex.deadline for ex in active.values()) - time.monotonic()
                 events = sel.select(max(wait, 0))
                 now = time.time_ns()

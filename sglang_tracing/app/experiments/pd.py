@@ -8,9 +8,9 @@ import json
 import sys
 
 from sglang_tracing.app.experiments.common import Experiment
-from sglang_tracing.app.otlp_receiver import OtlpReceiver, write_manifest
-from sglang_tracing.app.pd import PdPair, Router
-from sglang_tracing.app.serving import wait_for_exporters
+from sglang_tracing.app.otlp_receiver import ReceiverProcess, write_manifest
+from sglang_tracing.app.pd import PdClient, PdPair, Router
+from sglang_tracing.app.serving import ServerError, wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
 
 
@@ -32,11 +32,17 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
         pair.wait_ready(timeout=exp.args.ready_timeout)
         client = pair.client
         if router_available():
-            receiver = OtlpReceiver(str(folder / "router"), label="router")
+            receiver = ReceiverProcess(str(folder / "router"), label="router")
             router = Router(pair, str(folder / "router.log"), receiver.endpoint)
-            router.wait_ready()
-            write_manifest(str(folder / "router"), "router", router.cmd)
-            client = type(pair.client)(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
+            try:
+                router.wait_ready()
+                write_manifest(str(folder / "router"), "router", router.cmd)
+                client = PdClient(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
+            except ServerError as exc:  # the pair is still served directly, the way the router would
+                print(f"sglang-trace: {cell}: sglang-router did not start ({exc}); sending to the pair directly",
+                      file=sys.stderr)
+                router.stop()
+                router = None
         print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
               + (" through sglang-router" if router else ""), file=sys.stderr)
         outs = client.generate_all(prompts, exp.args.output_len, load)
