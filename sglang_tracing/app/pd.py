@@ -80,7 +80,8 @@ class PdPair:
     """A traced prefill server and decode server on this host (``trace_dirs`` None: untraced)."""
 
     def __init__(self, model_path: str, trace_dirs: tuple[str, str] | None, extra_args: list[str],
-                 log_dir: str, tracing_args: list[str] | None = None, env: dict | None = None):
+                 log_dir: str, tracing_args: list[str] | None = None, env: dict | None = None,
+                 wrap: list[str] | None = None):
         self.bootstrap_port = free_port()
         env = {**TRANSFER_ENV, **(env or {})}
         self.servers: list[Server] = []
@@ -88,7 +89,7 @@ class PdPair:
             ident = ["--server-role", mode, "--service-name", f"sglang-{mode}"]
             self.servers.append(Server(model_path, trace_dir=trace_dirs[i] if trace_dirs else None,
                                        extra_args=[*extra_args, *pd_args(mode, self.bootstrap_port)],
-                                       tracing_args=[*(tracing_args or []), *ident], env=env,
+                                       tracing_args=[*(tracing_args or []), *ident], env=env, wrap=wrap,
                                        log_path=os.path.join(log_dir, f"{mode}.log")))
         self.prefill, self.decode = self.servers
         self.client = PdClient(self.prefill.url, self.decode.url, self.bootstrap_port)
