@@ -203,3 +203,23 @@ def test_perfetto_puts_both_servers_on_one_timeline_with_a_flow_per_request(pd_r
     for tracks in ends_by_flow.values():
         assert set(tracks) == set(sc.PD_FLOW) and tracks[sc.PD_KV_SEND] != tracks[sc.PD_FIRST_DECODE]
         assert all(t in names for t in tracks.values())
+
+
+@pytest.mark.parametrize("header, expected", [
+    (f"00-{CALLER_TRACE:032x}-{CALLER_SPAN:016x}-01", (CALLER_TRACE, CALLER_SPAN)),
+    ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),  # all-zero trace id: invalid
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b71692033-01", None),  # short span id
+    ("not a traceparent", None),
+])
+def test_traceparent_parsed_by_opentelemetry_and_an_invalid_one_ignored(header, expected, tmp_path):
+    from sglang_tracing.runtime import trace_context
+
+    assert trace_context.caller_span({"traceparent": header}) == expected
+    origin = trace_context.origin_of({"traceparent": header}, "10.0.0.1", 8998, 42)
+    assert origin.trace_id == (expected[0] if expected else pd_trace_id("10.0.0.1", 8998, 42))
+    # what the tokenizer process notes, each exporter process reads back (a half-written line waits)
+    trace_context.note(str(tmp_path), "rid-a", origin)
+    with open(tmp_path / trace_context.CONTEXT_FILE, "a") as f:
+        f.write('{"rid": "rid-b", "trace_id": "ab')
+    noted = trace_context.NotedTraces(str(tmp_path))
+    assert noted.get("rid-a") == origin.trace_id and noted.get("rid-b") is None

@@ -24,6 +24,7 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
     if done is not None:
         return done
     folder = exp.out / cell
+    folder.mkdir(parents=True, exist_ok=True)
     dirs = (str(folder / "prefill"), str(folder / "decode"))
     pair = PdPair(exp.model_path(), dirs, exp.server_args(), str(folder), tracing_args=exp.tracing_args())
     exp.servers += pair.servers
