@@ -24,9 +24,9 @@ if ! ldconfig -p 2>/dev/null | grep -q libibverbs.so.1 && [ "$(id -u)" = 0 ] && 
   step "installing libibverbs1 (apt; Mooncake's transfer engine needs it for PD on CPU)"
   { apt-get update -qq && apt-get install -y -qq libibverbs1; } >/dev/null 2>&1 || echo "setup_env.sh: could not install libibverbs1" >&2
 fi
-pd_packages() {  # Mooncake without CUDA, and the router in PD mode; added to venvs made before them too
-  "$VENV/bin/python" -c "import mooncake.engine, sglang_router" 2>/dev/null \
-    || "$VENV/bin/pip" install -q mooncake-transfer-engine-non-cuda sglang-router 2>&1 | grep -v "^WARNING: Location" || true
+pd_packages() {  # Mooncake without CUDA, the router in PD mode and grpcio for its OTLP spans (venvs made before too)
+  "$VENV/bin/python" -c "import mooncake.engine, sglang_router, grpc" 2>/dev/null \
+    || "$VENV/bin/pip" install -q mooncake-transfer-engine-non-cuda sglang-router grpcio 2>&1 | grep -v "^WARNING: Location" || true
 }
 if [ -f "$STAMP" ]; then
   pd_packages

@@ -1,9 +1,11 @@
-"""A small OTLP/HTTP trace receiver: what a collector would get from ``--otlp-endpoint`` (ours) or
-``--otlp-traces-endpoint`` (``sglang-router``'s), written as OTLP-JSON lines the analyzer reads.
+"""A small OTLP trace receiver: what a collector would get from ``--otlp-endpoint`` (ours, OTLP/HTTP)
+or ``--otlp-traces-endpoint`` (``sglang-router``'s, OTLP/gRPC, when ``grpcio`` is installed), written as
+OTLP-JSON lines the analyzer reads.
 
-``POST /v1/traces`` with an ``ExportTraceServiceRequest`` in protobuf (or OTLP-JSON); each request is
-one line of ``spans-<label>.jsonl`` in ``out_dir``, ids in hex as the OTLP-JSON spec asks. A trace dir
-needs a manifest: ``write_manifest`` writes one naming what sent the spans.
+``POST /v1/traces`` with an ``ExportTraceServiceRequest`` in protobuf (or OTLP-JSON), or the gRPC
+``TraceService/Export``; each export is one line of ``spans-<label>.jsonl`` in ``out_dir``, ids in hex
+as the OTLP-JSON spec asks. A trace dir needs a manifest: ``write_manifest`` writes one naming what
+sent the spans.
 """
 from __future__ import annotations
 
@@ -78,6 +80,31 @@ class OtlpReceiver:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
         self._thread.start()
+        self._grpc = None
+        self.grpc_port = self._start_grpc()
+
+    def _start_grpc(self) -> int:
+        """The gRPC side on a port of its own; 0 when grpcio is not installed."""
+        try:
+            from concurrent import futures
+
+            import grpc
+            from google.protobuf.json_format import MessageToDict
+            from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+        except ImportError:
+            return 0
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                receiver._keep(_hex_ids(MessageToDict(request)))
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._grpc)
+        port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self._grpc.start()
+        return port
 
     def _keep(self, decoded: dict) -> None:
         with self._lock:
@@ -94,6 +121,8 @@ class OtlpReceiver:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=2).wait()
 
 
 def spans_of(exports: list[dict]) -> list[dict]:
@@ -115,12 +144,13 @@ class ReceiverProcess:
         self.out_path = os.path.join(out_dir, f"spans-{label}.jsonl")
         self.proc = subprocess.Popen([sys.executable, "-m", "sglang_tracing.app.otlp_receiver", "--out-dir", out_dir,
                                       "--label", label], stdout=subprocess.PIPE, text=True, start_new_session=True)
-        line = self.proc.stdout.readline()
-        if not line.strip().isdigit():
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or not all(p.isdigit() for p in line):
             self.proc.kill()
-            raise RuntimeError(f"the OTLP receiver did not start: {line.strip()!r}")
-        self.port = int(line)
+            raise RuntimeError(f"the OTLP receiver did not start: {' '.join(line)!r}")
+        self.port, self.grpc_port = int(line[0]), int(line[1])
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.grpc_endpoint = f"127.0.0.1:{self.grpc_port}" if self.grpc_port else None  # host:port, as gRPC has it
 
     def spans(self) -> list[dict]:
         if not os.path.exists(self.out_path):
@@ -150,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     receiver = OtlpReceiver(args.out_dir, args.label)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
-    print(receiver.port, flush=True)
+    print(receiver.port, receiver.grpc_port, flush=True)
     done.wait()
     receiver.stop()
 

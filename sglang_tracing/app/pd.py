@@ -7,7 +7,6 @@ SGLang's ``fake`` backend is refused by a prefill server).
 """
 from __future__ import annotations
 
-import http.client
 import os
 import random
 import subprocess
@@ -136,20 +135,19 @@ class Router:
         with open(log_path, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, client: PdClient, timeout: float = 180) -> None:
+        """Until one request went through it: it answers /health before it has registered its workers."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise ServerError(f"router exited with code {self.proc.returncode}; log: {self.log_path}")
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise ServerError(f"router did not answer /health within {timeout:.0f} s; log: {self.log_path}")
+                client.generate("ready", 1, stream=False, rid=f"{READINESS_RID_PREFIX}{uuid.uuid4().hex}",
+                                timeout=max(deadline - time.time(), 1))
+                return
+            except (OSError, ValueError):
+                time.sleep(1)
+        raise ServerError(f"router did not serve a request within {timeout:.0f} s; log: {self.log_path}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

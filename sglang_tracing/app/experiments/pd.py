@@ -34,16 +34,16 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
         client = pair.client
         if router_available():
             receiver = ReceiverProcess(str(folder / "router"), label="router")
-            router = Router(pair, str(folder / "router.log"), receiver.endpoint)
+            router = Router(pair, str(folder / "router.log"), receiver.grpc_endpoint)  # None: untraced router
             try:
-                router.wait_ready()
-                write_manifest(str(folder / "router"), "router", router.cmd)
                 client = PdClient(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
+                router.wait_ready(client)
+                write_manifest(str(folder / "router"), "router", router.cmd)
             except ServerError as exc:  # the pair is still served directly, the way the router would
                 print(f"sglang-trace: {cell}: sglang-router did not start ({exc}); sending to the pair directly",
                       file=sys.stderr)
                 router.stop()
-                router = None
+                router, client = None, pair.client
         print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
               + (" through sglang-router" if router else ""), file=sys.stderr)
         outs = client.generate_all(prompts, exp.args.output_len, load)
