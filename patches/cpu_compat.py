@@ -29,9 +29,9 @@ def apply() -> bool:
 
     if torch.cuda.is_available():
         return False
-    from sglang_tracing.patches import _hooks
+    from sglang_tracing.patches import _targets
 
-    _hooks.when_imported(_ROTARY, _native_rotary)
-    _hooks.register({_GROUP: _no_pynccl}, [], hook_type="before")
+    _targets.when_imported(_ROTARY, _native_rotary)
+    _targets.register({_GROUP: _no_pynccl}, [], hook_type="before")
     logger.info("sglang-tracing cpu_compat: native RotaryEmbedding, no PyNccl (no CUDA device)")
     return True

@@ -9,7 +9,8 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.runtime import recorder
 from sglang_tracing.runtime.ids import request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _hooks
+from sglang_tracing.patches import _targets
+from sglang_tracing.patches._wrappers import Call, after_setup, around
 from sglang_tracing.patches.state import DetokenizerState, DetokenizeShare
 
 _DETOK = "sglang.srt.managers.detokenizer_manager.DetokenizerManager"
@@ -35,11 +36,12 @@ def _launch_subprocesses_hook(original, *args, **kwargs):
     return original(*args, **kwargs)
 
 
-def _on_init(st: DetokenizerState, manager) -> None:
+def _on_init(st: DetokenizerState, call: Call, /, manager, *a, **k) -> None:
     recorder.start(st.config, "detokenizer")
 
 
-def _on_batch(st: DetokenizerState, rec, token, start, end, result, manager, recv_obj, *a, **k):
+def _on_batch(st: DetokenizerState, call: Call, /, manager, recv_obj, *a, **k):
+    rec, start, end = call.rec, call.start_ns, call.end_ns
     rids = recv_obj.rids
     if not rids:
         return
@@ -64,13 +66,13 @@ def _on_batch(st: DetokenizerState, rec, token, start, end, result, manager, rec
 
 
 def hooks(st: DetokenizerState) -> dict:
-    fault = st.config.inject_fault
+    common = {"state": st, "inject_fault": st.config.inject_fault}
     return {
         f"{_ENGINE}._launch_subprocesses": _launch_subprocesses_hook,
-        f"{_DETOK}.__init__": _hooks.after_setup("detokenizer_init", _on_init, fault, state=st),
-        f"{_DETOK}.handle_batch_token_id_out": _hooks.around("detokenize", _on_batch, inject_fault=fault, state=st),
+        f"{_DETOK}.__init__": after_setup("detokenizer_init", on_init=_on_init, **common),
+        f"{_DETOK}.handle_batch_token_id_out": around("detokenize", after=_on_batch, **common),
     }
 
 
 def instrument(st: DetokenizerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

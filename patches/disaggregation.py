@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.patches import _hooks, scheduler
+from sglang_tracing.patches import _targets, scheduler
+from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.state import SchedulerState
 
 _PREFILL = "sglang.srt.disaggregation.prefill"
@@ -69,50 +70,50 @@ def _room(req) -> int:
 
 
 # ---- prefill server ----
-def _on_bootstrap_add(st: SchedulerState, rec, token, start, end, result, queue, req, *a, **k):
+def _on_bootstrap_add(st: SchedulerState, call: Call, /, queue, req, *a, **k):
     if req in queue.queue:  # refused requests (too long) never enter it
-        scheduler._trace_of(st, req).pd = PdMarks(start, len(queue.queue) - 1)
+        scheduler._trace_of(st, req).pd = PdMarks(call.start_ns, len(queue.queue) - 1)
 
 
-def _on_pop_bootstrapped(st: SchedulerState, rec, token, start, end, result, queue, *a, **k):
-    popped = result[0] if isinstance(result, tuple) else result
+def _on_pop_bootstrapped(st: SchedulerState, call: Call, /, queue, *a, **k):
+    popped = call.result[0] if isinstance(call.result, tuple) else call.result
     for req in popped or ():
         marks = _marks(st, req)
         if marks is not None and not marks.left_queue:
-            marks.left_queue = end
+            marks.left_queue = call.end_ns
 
 
-def _on_finalize_bootstrap(st: SchedulerState, rec, token, start, end, result, queue, req, *a, **k):
+def _on_finalize_bootstrap(st: SchedulerState, call: Call, /, queue, req, *a, **k):
     marks = _marks(st, req)
-    if result and marks is not None and not marks.bootstrap_done:
-        marks.bootstrap_done = end
+    if call.result and marks is not None and not marks.bootstrap_done:
+        marks.bootstrap_done = call.end_ns
 
 
-def _on_send_kv_chunk(st: SchedulerState, rec, token, start, end, result, sched, req, last_chunk=False,
-                      end_idx=None, *a, **k):
+def _on_send_kv_chunk(st: SchedulerState, call: Call, /, sched, req, *a, **k):
     marks = _marks(st, req)
     if marks is None:
         return
     if not marks.kv_send_start:
-        marks.kv_send_start = start
+        marks.kv_send_start = call.start_ns
     marks.kv_chunks += 1
     marks.kv_tokens = int(getattr(req, "start_send_idx", 0) or 0)
 
 
-def _on_set_buf(st: SchedulerState, rec, token, start, end, result, buffers, req, *a, **k):
+def _on_set_buf(st: SchedulerState, call: Call, /, buffers, req, *a, **k):
     marks = _marks(st, req)
     if marks is not None:
-        marks.metadata = (start, end)
+        marks.metadata = (call.start_ns, call.end_ns)
 
 
-def _on_inflight(st: SchedulerState, rec, token, start, end, done, sched, *a, **k):
+def _on_inflight(st: SchedulerState, call: Call, /, sched, *a, **k):
     """Requests whose KV transfer finished (or failed): their spans on this server, written now."""
+    rec, done = call.rec, call.result
     for req in done or ():
         trace = scheduler._trace_of(st, req)
         marks = trace.pd
         if marks is None or trace.done:
             continue
-        marks.kv_done = end
+        marks.kv_done = call.end_ns
         metric = _transfer_metric(req)
         if metric is not None:
             if metric.transfer_total_bytes is not None:
@@ -154,31 +155,31 @@ def _emit_prefill(st: SchedulerState, rec, req, trace) -> None:
 
 
 # ---- decode server ----
-def _on_prealloc_add(st: SchedulerState, rec, token, start, end, result, queue, req, is_retracted=False,
-                     *a, **k):
+def _on_prealloc_add(st: SchedulerState, call: Call, /, queue, req, is_retracted=False, *a, **k):
     if not is_retracted and any(dr.req is req for dr in queue.queue):
-        scheduler._trace_of(st, req).pd = PdMarks(start, len(queue.queue) - 1)
+        scheduler._trace_of(st, req).pd = PdMarks(call.start_ns, len(queue.queue) - 1)
 
 
-def _on_pop_preallocated(st: SchedulerState, rec, token, start, end, result, queue, *a, **k):
+def _on_pop_preallocated(st: SchedulerState, call: Call, /, queue, *a, **k):
     """Stamped with the pass's start: its KV indices went to the prefill server during the pass, so
     the prefill server's handshake cannot end before this (the analyzer's clock bound relies on it)."""
-    preallocated = result[0] if isinstance(result, tuple) else result
+    preallocated = call.result[0] if isinstance(call.result, tuple) else call.result
     for decode_req in preallocated or ():
         marks = _marks(st, decode_req.req)
         if marks is not None and not marks.preallocated:
-            marks.preallocated = start
+            marks.preallocated = call.start_ns
 
 
-def _on_pop_transferred(st: SchedulerState, rec, token, start, end, result, queue, *a, **k):
-    for req in result or ():
+def _on_pop_transferred(st: SchedulerState, call: Call, /, queue, *a, **k):
+    for req in call.result or ():
         marks = _marks(st, req)
         if marks is not None and not marks.kv_received:
-            marks.kv_received = end
+            marks.kv_received = call.end_ns
 
 
-def _on_prebuilt(st: SchedulerState, rec, token, start, end, result, processor, batch, *a, **k):
+def _on_prebuilt(st: SchedulerState, call: Call, /, processor, batch, *a, **k):
     """Prefill's token went out: the decode span starts here; a one-token request ends here."""
+    rec, end = call.rec, call.end_ns
     finished = []
     for req in batch.reqs:
         trace = scheduler._trace_of(st, req)
@@ -216,24 +217,22 @@ def emit_decode_side(st: SchedulerState, rec, req, trace) -> None:
 
 
 def hooks(st: SchedulerState) -> dict[str, Callable]:
-    fault = st.config.inject_fault
-
-    def around(name, after):
-        return _hooks.around(name, after, inject_fault=fault, state=st)
-
+    common = {"state": st, "inject_fault": st.config.inject_fault}
     return {
-        f"{_BOOTSTRAP_QUEUE}.add": around("pd_bootstrap_add", _on_bootstrap_add),
-        f"{_BOOTSTRAP_QUEUE}.pop_bootstrapped": around("pd_pop_bootstrapped", _on_pop_bootstrapped),
-        f"{_BOOTSTRAP_QUEUE}.finalize_bootstrap": around("pd_finalize_bootstrap", _on_finalize_bootstrap),
-        f"{_PREFILL_MIXIN}.send_kv_chunk": around("pd_send_kv_chunk", _on_send_kv_chunk),
-        f"{_PREFILL_MIXIN}.process_disagg_prefill_inflight_queue": around("pd_inflight", _on_inflight),
-        f"{_METADATA}.set_buf": around("pd_set_buf", _on_set_buf),
-        f"{_PREALLOC_QUEUE}.add": around("pd_prealloc_add", _on_prealloc_add),
-        f"{_PREALLOC_QUEUE}.pop_preallocated": around("pd_pop_preallocated", _on_pop_preallocated),
-        f"{_TRANSFER_QUEUE}.pop_transferred": around("pd_pop_transferred", _on_pop_transferred),
-        f"{_PREBUILT}.process_batch_result_prebuilt": around("pd_prebuilt", _on_prebuilt),
+        f"{_BOOTSTRAP_QUEUE}.add": around("pd_bootstrap_add", after=_on_bootstrap_add, **common),
+        f"{_BOOTSTRAP_QUEUE}.pop_bootstrapped": around("pd_pop_bootstrapped", after=_on_pop_bootstrapped, **common),
+        f"{_BOOTSTRAP_QUEUE}.finalize_bootstrap": around("pd_finalize_bootstrap", after=_on_finalize_bootstrap,
+                                                         **common),
+        f"{_PREFILL_MIXIN}.send_kv_chunk": around("pd_send_kv_chunk", after=_on_send_kv_chunk, **common),
+        f"{_PREFILL_MIXIN}.process_disagg_prefill_inflight_queue": around("pd_inflight", after=_on_inflight,
+                                                                          **common),
+        f"{_METADATA}.set_buf": around("pd_set_buf", after=_on_set_buf, **common),
+        f"{_PREALLOC_QUEUE}.add": around("pd_prealloc_add", after=_on_prealloc_add, **common),
+        f"{_PREALLOC_QUEUE}.pop_preallocated": around("pd_pop_preallocated", after=_on_pop_preallocated, **common),
+        f"{_TRANSFER_QUEUE}.pop_transferred": around("pd_pop_transferred", after=_on_pop_transferred, **common),
+        f"{_PREBUILT}.process_batch_result_prebuilt": around("pd_prebuilt", after=_on_prebuilt, **common),
     }
 
 
 def instrument(st: SchedulerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

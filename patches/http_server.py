@@ -16,9 +16,10 @@ import logging
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.patches import _hooks
+from sglang_tracing.patches import _targets
+from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.state import TokenizerState
-from sglang_tracing.runtime import recorder as _rec
+from sglang_tracing.runtime import recorder
 from sglang_tracing.runtime import socket_arrival
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 
@@ -38,7 +39,7 @@ def _fd(transport) -> int | None:
     return sock.fileno() if sock is not None else None
 
 
-def _after_connection_made(rec, token, start: int, end: int, result, protocol, transport, *args) -> None:
+def _after_connection_made(st: TokenizerState, call: Call, /, protocol, transport, *args) -> None:
     """A new connection's first bytes may have waited in the kernel before the loop accepted it."""
     fd = _fd(transport)
     received = socket_arrival.first_queued_ns(fd) if fd is not None else None
@@ -46,7 +47,7 @@ def _after_connection_made(rec, token, start: int, end: int, result, protocol, t
         protocol.__dict__[_FIRST_READ] = (received, sc.RECEIVED_BY_KERNEL)
 
 
-def _before_read(rec, protocol, *args) -> object:
+def _before_read(st: TokenizerState, call: Call, /, protocol, *args) -> object:
     """The request cycle before this read; when it brings a new request's first bytes, their arrival."""
     cycle = protocol.cycle
     if protocol.__dict__.get(_FIRST_READ) is None and (cycle is None or not cycle.more_body):
@@ -64,12 +65,12 @@ def _arrival_at_read(protocol, now: int) -> tuple[int, str]:
     return now, sc.RECEIVED_BY_READ
 
 
-def _after_read(rec, cycle, start: int, end: int, result, protocol, *args) -> None:
+def _after_read(st: TokenizerState, call: Call, /, protocol, *args) -> None:
     """A read that parsed a request's head created its cycle and scope (its app task has not run):
     the scope gets the time of the request's first read."""
     new = protocol.cycle
-    if new is not None and new is not cycle:
-        new.scope[SCOPE_KEY] = protocol.__dict__.pop(_FIRST_READ, None) or (start, sc.RECEIVED_BY_READ)
+    if new is not None and new is not call.token:
+        new.scope[SCOPE_KEY] = protocol.__dict__.pop(_FIRST_READ, None) or (call.start_ns, sc.RECEIVED_BY_READ)
 
 
 class ReceivedAt:
@@ -79,7 +80,7 @@ class ReceivedAt:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope.get("type") != "http" or _rec._recorder is None:
+        if scope.get("type") != "http" or recorder.active() is None:
             return await self.app(scope, receive, send)
         scope.setdefault(SCOPE_KEY, (time_ns(), sc.RECEIVED_BY_ASGI))
         first_byte = 0
@@ -110,7 +111,7 @@ def note_request(request, rids: list[tuple[str, str]], stream: bool) -> None:
 
 
 def _response_sent(scope: dict, first_byte: int, end: int) -> None:
-    rec = _rec._recorder
+    rec = recorder.active()
     noted = scope.get(REQUESTS_KEY)
     if rec is None or not noted:
         return  # not a generation request (health, model info, ...)
@@ -144,9 +145,10 @@ def _add_middleware_hook(st: TokenizerState, original, *args, **kwargs):
 
 def instrument(st: TokenizerState, skipped: list[str]) -> int:
     """The HTTP server runs in the tokenizer manager's process: its hooks share that state."""
-    read = _hooks.around("http_read", _after_read, _before_read, inject_fault=st.config.inject_fault)
-    accept = _hooks.around("http_accept", _after_connection_made, inject_fault=st.config.inject_fault)
+    common = {"state": st, "inject_fault": st.config.inject_fault}
+    read = around("http_read", before=_before_read, after=_after_read, **common)
+    accept = around("http_accept", after=_after_connection_made, **common)
     hooks = {f"{_HTTP}._setup_and_run_http_server": functools.partial(_add_middleware_hook, st)}
     for protocol in _UVICORN_PROTOCOLS:
         hooks.update({f"{protocol}.data_received": read, f"{protocol}.connection_made": accept})
-    return _hooks.register(hooks, skipped)
+    return _targets.register(hooks, skipped)

@@ -10,7 +10,8 @@ from typing import NamedTuple
 from sglang_tracing import semconv as sc
 from sglang_tracing.runtime import nvtx_ranges
 from sglang_tracing.runtime.ids import new_span_id
-from sglang_tracing.patches import _hooks, layer_ranges
+from sglang_tracing.patches import _targets, layer_ranges
+from sglang_tracing.patches._wrappers import Call, after_setup, around
 from sglang_tracing.patches.forward_gpu_times import GpuAnchor, GpuEvents
 from sglang_tracing.patches.state import SchedulerState
 
@@ -25,7 +26,7 @@ class _Forward(NamedTuple):
     events: GpuEvents | None  # CUDA events around it, on a GPU at batch level
 
 
-def _on_load_model(st: SchedulerState, runner) -> None:
+def _on_load_model(st: SchedulerState, call: Call, /, runner, *a, **k) -> None:
     if str(getattr(runner, "device", "")).startswith("cuda"):
         import torch
 
@@ -40,12 +41,12 @@ def _on_load_model(st: SchedulerState, runner) -> None:
                            " and ".join(replayed))
 
 
-def _before_forward(st: SchedulerState, rec, runner, *a, **k) -> _Forward | None:
+def _before_forward(st: SchedulerState, call: Call, /, runner, *a, **k) -> _Forward | None:
     fwd = st.current_forward
     if not fwd:  # warm-up or CUDA-graph capture, not a served batch
         return None
     sid = new_span_id()
-    st.windows.before_forward(st.config, rec, fwd)
+    st.windows.before_forward(st.config, call.rec, fwd)
     events = None
     cuda = st.cuda
     if cuda is not None and st.config.batch_spans:  # forward spans (which carry GPU time) are batch level
@@ -60,35 +61,35 @@ def _before_forward(st: SchedulerState, rec, runner, *a, **k) -> _Forward | None
     return _Forward(fwd, sid, events)
 
 
-def _cleanup_forward(st: SchedulerState, rec, token: _Forward | None):
-    if token is not None:
+def _cleanup_forward(st: SchedulerState, call: Call, /, *a, **k):
+    if call.token is not None:
         nvtx_ranges.pop()
 
 
-def _after_forward(st: SchedulerState, rec, token: _Forward | None, start, end, result, runner, forward_batch,
-                   *a, **k):
+def _after_forward(st: SchedulerState, call: Call, /, runner, forward_batch, *a, **k):
+    token: _Forward | None = call.token
     if token is None:
         return
     nvtx_ranges.pop()
     if token.events is not None:
         token.events.end.record()
         st.gpu_times.attach(token.parent, token.events)
-    st.windows.after_forward(st.config, rec, token.parent)
+    st.windows.after_forward(st.config, call.rec, token.parent)
     if st.config.batch_spans:
         attrs = {sc.FORWARD_MODE: forward_batch.forward_mode.name.lower(), sc.BATCH_SIZE: forward_batch.batch_size}
         if st.layer_ranges:
             attrs[sc.NVTX_LAYER_RANGES] = st.layer_ranges
-        rec.emit(sc.MODEL_FORWARD, start, end, attrs, span_id=token.span_id, parent=token.parent)
+        call.rec.emit(sc.MODEL_FORWARD, call.start_ns, call.end_ns, attrs, span_id=token.span_id, parent=token.parent)
 
 
 def hooks(st: SchedulerState) -> dict:
-    fault = st.config.inject_fault
+    common = {"state": st, "inject_fault": st.config.inject_fault}
     return {
-        f"{_RUNNER}.load_model": _hooks.after_setup("load_model", _on_load_model, fault, state=st),
-        f"{_RUNNER}.forward": _hooks.around("model_forward", _after_forward, _before_forward,
-                                            _cleanup_forward, fault, state=st),
+        f"{_RUNNER}.load_model": after_setup("load_model", on_init=_on_load_model, **common),
+        f"{_RUNNER}.forward": around("model_forward", before=_before_forward, after=_after_forward,
+                                     cleanup=_cleanup_forward, **common),
     }
 
 
 def instrument(st: SchedulerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

@@ -13,7 +13,8 @@ import os
 import sys
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.patches import _compat, _hooks
+from sglang_tracing.patches import _compat, _targets
+from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.state import SchedulerState
 
 CACHE_CLASSES = (
@@ -35,24 +36,24 @@ def _state(cache, attrs: dict) -> dict:
     return attrs
 
 
-def _on_match(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
-    st.cache_lookup_ns += end - start
+def _on_match(st: SchedulerState, call: Call, /, cache, params, *a, **k):
+    st.cache_lookup_ns += call.end_ns - call.start_ns
     if not st.config.batch_spans:
         return
-    attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: _compat.matched_len(result)}
+    attrs = {sc.CACHE_KEY_TOKENS: len(params.key), sc.CACHE_MATCHED_TOKENS: _compat.matched_len(call.result)}
     req = getattr(params, "req", None)
     if req is not None:
         attrs[sc.RID] = req.rid
-    rec.emit(sc.CACHE_MATCH, start, end, _state(cache, attrs))
+    call.rec.emit(sc.CACHE_MATCH, call.start_ns, call.end_ns, _state(cache, attrs))
 
 
-def _on_insert(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+def _on_insert(st: SchedulerState, call: Call, /, cache, params, *a, **k):
     if not st.config.batch_spans:
         return
     key_len = len(params.key) if params.key is not None else 0
     attrs = {sc.CACHE_KEY_TOKENS: key_len,
-             sc.CACHE_NEW_TOKENS: max(0, key_len - getattr(result, "prefix_len", 0))}
-    rec.emit(sc.CACHE_INSERT, start, end, _state(cache, attrs))
+             sc.CACHE_NEW_TOKENS: max(0, key_len - getattr(call.result, "prefix_len", 0))}
+    call.rec.emit(sc.CACHE_INSERT, call.start_ns, call.end_ns, _state(cache, attrs))
 
 
 # code an eviction request passes through on its way here: the cache classes, our hooks, SGLang's hook wrapper
@@ -67,24 +68,25 @@ def _caller_outside_cache() -> str:
     return frame.f_code.co_name if frame is not None else ""
 
 
-def _on_evict(st: SchedulerState, rec, token, start, end, result, cache, params, *a, **k):
+def _on_evict(st: SchedulerState, call: Call, /, cache, params, *a, **k):
+    result = call.result
     attrs = {
         sc.CACHE_REQUESTED_TOKENS: params.num_tokens,
         sc.CACHE_FREED_TOKENS: getattr(result, "num_tokens_evicted", 0) if result is not None else 0,
         sc.CACHE_TRIGGER: st.kv_alloc_phase or _caller_outside_cache(),
     }
-    rec.emit(sc.CACHE_EVICT, start, end, _state(cache, attrs))
+    call.rec.emit(sc.CACHE_EVICT, call.start_ns, call.end_ns, _state(cache, attrs))
 
 
 def hooks(st: SchedulerState) -> dict:
-    fault = st.config.inject_fault
+    common = {"state": st, "inject_fault": st.config.inject_fault}
     out = {}
     for cls in CACHE_CLASSES:
-        out[f"{cls}.match_prefix"] = _hooks.around("cache_match_prefix", _on_match, inject_fault=fault, state=st)
-        out[f"{cls}.insert"] = _hooks.around("cache_insert", _on_insert, inject_fault=fault, state=st)
-        out[f"{cls}.evict"] = _hooks.around("cache_evict", _on_evict, inject_fault=fault, state=st)
+        out[f"{cls}.match_prefix"] = around("cache_match_prefix", after=_on_match, **common)
+        out[f"{cls}.insert"] = around("cache_insert", after=_on_insert, **common)
+        out[f"{cls}.evict"] = around("cache_evict", after=_on_evict, **common)
     return out
 
 
 def instrument(st: SchedulerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

@@ -1,8 +1,8 @@
 """Scheduler instrumentation: request lifecycle inside the scheduler and one span per
 scheduling decision, forward launch and result processing.
 
-Every hook here takes the process's ``SchedulerState`` first (bound when the hooks are built);
-per-request state rides on the Req object (``state.RequestTrace``).
+Every hook here has the signature of ``patches._wrappers``: the process's ``SchedulerState``, the ``Call``,
+then the original's arguments; per-request state rides on the Req object (``state.RequestTrace``).
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.runtime import nvtx_ranges, recorder, trace_context
 from sglang_tracing.runtime.ids import new_span_id
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _compat, _hooks
+from sglang_tracing.patches import _compat, _targets
+from sglang_tracing.patches._wrappers import Call, after_setup, around
 from sglang_tracing.patches.state import Launched, PrefillChunk, PrefillPiece, PrefixMatch, RequestTrace, SchedulerState
 
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
@@ -46,7 +47,7 @@ def _mode(batch) -> str:
 
 
 # ---- hooks ----
-def _on_init(st: SchedulerState, scheduler) -> None:
+def _on_init(st: SchedulerState, call: Call, /, scheduler, *a, **k) -> None:
     tp_rank = _compat.scheduler_rank(scheduler, "tp_rank")
     st.is_leader = tp_rank in (0, None)
     policy = getattr(getattr(scheduler, "policy", None), "policy", "")
@@ -60,8 +61,8 @@ def _on_init(st: SchedulerState, scheduler) -> None:
     gpu_state.start_for_scheduler(rec, scheduler)
 
 
-def _on_request(st: SchedulerState, rec, token, start, end, result, scheduler, recv_req, *a, **k):
-    st.arrivals[recv_req.rid] = start
+def _on_request(st: SchedulerState, call: Call, /, scheduler, recv_req, *a, **k):
+    st.arrivals[recv_req.rid] = call.start_ns
     origin = trace_context.origin_of(getattr(recv_req, "external_trace_header", None),
                                      getattr(recv_req, "bootstrap_host", None),
                                      getattr(recv_req, "bootstrap_port", None),
@@ -70,13 +71,13 @@ def _on_request(st: SchedulerState, rec, token, start, end, result, scheduler, r
         st.trace_ids[recv_req.rid] = origin.trace_id
 
 
-def _on_round_input(st: SchedulerState, rec, token, start, end, result, req, *a, **k):
+def _on_round_input(st: SchedulerState, call: Call, /, req, *a, **k):
     trace = _trace_of(st, req)
     if not trace.scheduled:
-        trace.match = PrefixMatch(start, end, _compat.prefix_len(req))
+        trace.match = PrefixMatch(call.start_ns, call.end_ns, _compat.prefix_len(req))
 
 
-def _before_schedule(st: SchedulerState, rec, scheduler, *a, **k):
+def _before_schedule(st: SchedulerState, call: Call, /, scheduler, *a, **k):
     st.cache_lookup_ns = 0
     st.kv_alloc_ns = 0
     sid = new_span_id()
@@ -84,8 +85,9 @@ def _before_schedule(st: SchedulerState, rec, scheduler, *a, **k):
     return sid
 
 
-def _after_schedule(st: SchedulerState, rec, sid, start, end, plan, scheduler, *a, **k):
+def _after_schedule(st: SchedulerState, call: Call, /, scheduler, *a, **k):
     nvtx_ranges.pop()
+    rec, start, plan = call.rec, call.start_ns, call.result
     batch = plan.batch_to_run
     if batch is None:
         if st.config.capture_steps:
@@ -102,7 +104,7 @@ def _after_schedule(st: SchedulerState, rec, sid, start, end, plan, scheduler, *
     if st.config.batch_spans:
         running = plan.running_batch
         st.iteration += 1
-        rec.emit(sc.SCHEDULE, start, end, {
+        rec.emit(sc.SCHEDULE, start, call.end_ns, {
             sc.SCHED_POLICY: st.policy,
             sc.FORWARD_MODE: _mode(batch),
             sc.BATCH_SIZE: len(batch.reqs),
@@ -113,27 +115,27 @@ def _after_schedule(st: SchedulerState, rec, sid, start, end, plan, scheduler, *
             sc.SCHED_CACHE_LOOKUP_NS: st.cache_lookup_ns,
             sc.SCHED_KV_ALLOC_NS: st.kv_alloc_ns,
             sc.ITERATION: st.iteration,
-        }, span_id=sid)
+        }, span_id=call.token)
 
 
-def _before_run_batch(st: SchedulerState, rec, scheduler, batch, *a, **k):
+def _before_run_batch(st: SchedulerState, call: Call, /, scheduler, batch, *a, **k):
     sid = new_span_id()
     st.current_forward = sid
     nvtx_ranges.push(sc.FORWARD, sid)
     return sid
 
 
-def _pop_range(st: SchedulerState, rec, sid):
+def _pop_range(st: SchedulerState, call: Call, /, *a, **k):
     nvtx_ranges.pop()
 
 
-def _end_run_batch(st: SchedulerState, rec, sid):
+def _end_run_batch(st: SchedulerState, call: Call, /, *a, **k):
     st.current_forward = 0
     nvtx_ranges.pop()
 
 
-def _after_run_batch(st: SchedulerState, rec, sid, start, end, result, scheduler, batch, *a, **k):
-    _end_run_batch(st, rec, sid)
+def _after_run_batch(st: SchedulerState, call: Call, /, scheduler, batch, *a, **k):
+    _end_run_batch(st, call)
     extend = batch.forward_mode.is_extend()
     reqs = batch.reqs
     prefill = lens = None
@@ -151,19 +153,21 @@ def _after_run_batch(st: SchedulerState, rec, sid, start, end, result, scheduler
         attrs[sc.BATCH_EXTEND_LENS] = lens
     if len(st.launched) > MAX_LAUNCHED:
         st.launched.clear()
-    st.launched[id(result)] = Launched(sid, start, prefill)
+    sid = call.token
+    st.launched[id(call.result)] = Launched(sid, call.start_ns, prefill)
     if st.config.batch_spans:
-        st.gpu_times.emit_forward(rec, sid, start, end, attrs)
+        st.gpu_times.emit_forward(call.rec, sid, call.start_ns, call.end_ns, attrs)
 
 
-def _before_process(st: SchedulerState, rec, scheduler, batch, result, *a, **k):
+def _before_process(st: SchedulerState, call: Call, /, scheduler, batch, result, *a, **k):
     sid = new_span_id()
     nvtx_ranges.push(sc.PROCESS_RESULT, sid)
     return sid
 
 
-def _after_process(st: SchedulerState, rec, sid, start, end, result_none, scheduler, batch, result, *a, **k):
+def _after_process(st: SchedulerState, call: Call, /, scheduler, batch, result, *a, **k):
     nvtx_ranges.pop()
+    rec, end = call.rec, call.end_ns
     launched = st.launched.pop(id(result), None)
     fwd_sid = launched.forward_span_id if launched else 0
     if launched and launched.prefill:
@@ -183,9 +187,9 @@ def _after_process(st: SchedulerState, rec, sid, start, end, result_none, schedu
             finished.append(req)
     if st.config.batch_spans:
         st.gpu_times.flush(rec)
-        rec.emit(sc.PROCESS_RESULT, start, end, {
+        rec.emit(sc.PROCESS_RESULT, call.start_ns, end, {
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
-            sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=sid)
+            sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=call.token)
     if st.is_leader and finished:
         for req in finished:
             if req._sgt.pd is not None:  # a decode server's request: its PD spans too
@@ -249,21 +253,19 @@ def _finish_reason(req) -> str:
 
 def hooks(st: SchedulerState) -> dict[str, Callable]:
     """The scheduler's hooks by target, each bound to the process's state."""
-    fault = st.config.inject_fault
+    common = {"state": st, "inject_fault": st.config.inject_fault}
     return {
-        f"{_SCHED}.__init__": _hooks.after_setup("scheduler_init", _on_init, fault, state=st),
-        f"{_SCHED}.handle_generate_request": _hooks.around("handle_generate_request", _on_request,
-                                                           inject_fault=fault, state=st),
-        f"{_REQ}.init_next_round_input": _hooks.around("init_next_round_input", _on_round_input,
-                                                       inject_fault=fault, state=st),
-        f"{_SCHED}.get_next_batch_to_run": _hooks.around(
-            "schedule", _after_schedule, _before_schedule, _pop_range, fault, state=st),
-        f"{_SCHED}.run_batch": _hooks.around(
-            "run_batch", _after_run_batch, _before_run_batch, _end_run_batch, fault, state=st),
-        f"{_SCHED}.process_batch_result": _hooks.around(
-            "process_batch_result", _after_process, _before_process, _pop_range, fault, state=st),
+        f"{_SCHED}.__init__": after_setup("scheduler_init", on_init=_on_init, **common),
+        f"{_SCHED}.handle_generate_request": around("handle_generate_request", after=_on_request, **common),
+        f"{_REQ}.init_next_round_input": around("init_next_round_input", after=_on_round_input, **common),
+        f"{_SCHED}.get_next_batch_to_run": around(
+            "schedule", before=_before_schedule, after=_after_schedule, cleanup=_pop_range, **common),
+        f"{_SCHED}.run_batch": around(
+            "run_batch", before=_before_run_batch, after=_after_run_batch, cleanup=_end_run_batch, **common),
+        f"{_SCHED}.process_batch_result": around(
+            "process_batch_result", before=_before_process, after=_after_process, cleanup=_pop_range, **common),
     }
 
 
 def instrument(st: SchedulerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

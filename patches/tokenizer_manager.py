@@ -7,16 +7,16 @@ from time import time_ns
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.runtime import manifest, recorder, trace_context
-from sglang_tracing.runtime.ids import request_root_span_id
-from sglang_tracing.runtime.ids import request_trace_key
+from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-from sglang_tracing.patches import _hooks, http_server
+from sglang_tracing.patches import _targets, http_server
+from sglang_tracing.patches._wrappers import Call, after_setup, around, around_async
 from sglang_tracing.patches.state import Arrival, TokenizerState
 
 _TM = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 
 
-def _on_init(st: TokenizerState, tm) -> None:
+def _on_init(st: TokenizerState, call: Call, /, tm, *a, **k) -> None:
     recorder.start(st.config, "tokenizer")
     manifest.write(st.config, tm.server_args)
 
@@ -47,8 +47,8 @@ def _per_rid(value, n: int) -> list:
     return list(value) + [None] * (n - len(value)) if isinstance(value, list) else [value] * n
 
 
-def _on_init_req_state(st: TokenizerState, rec, token, start, end, result, tm, obj, request=None, *a, **k):
-    t = http_server.received_ns(request) or start
+def _on_init_req_state(st: TokenizerState, call: Call, /, tm, obj, request=None, *a, **k):
+    t = http_server.received_ns(request) or call.start_ns
     rids, texts = _rids_and_texts(obj)
     stream = bool(getattr(obj, "stream", False))
     warmup = sc.INTERNAL_WARMUP if _is_sglang_warmup(tm, obj) else None
@@ -67,13 +67,13 @@ def _on_init_req_state(st: TokenizerState, rec, token, start, end, result, tm, o
     http_server.note_request(request, [(rid, st.trace_key(rid)) for rid in rids if rid is not None], stream)
 
 
-def _on_tokenize(st: TokenizerState, rec, token, start, end, result, tm, obj, *a, **k):
-    rec.emit(sc.REQUEST_TOKENIZE, start, end, {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(result.input_ids)},
-             parent=PARENT_IS_REQUEST_ROOT, trace_key=st.trace_key(obj.rid))
+def _on_tokenize(st: TokenizerState, call: Call, /, tm, obj, *a, **k):
+    call.rec.emit(sc.REQUEST_TOKENIZE, call.start_ns, call.end_ns,
+                  {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(call.result.input_ids)},
+                  parent=PARENT_IS_REQUEST_ROOT, trace_key=st.trace_key(obj.rid))
 
 
-
-def _before_output(st: TokenizerState, rec, tm, recv_obj, *a, **k):
+def _before_output(st: TokenizerState, call: Call, /, tm, recv_obj, *a, **k):
     """Note first outputs; return the states of requests finishing in this batch (the original removes them)."""
     now = time_ns()
     first_output = st.first_output
@@ -84,13 +84,14 @@ def _before_output(st: TokenizerState, rec, tm, recv_obj, *a, **k):
     return {rid: tm.rid_to_state.get(rid) for rid, r in zip(recv_obj.rids, reasons) if r is not None}
 
 
-def _on_output(st: TokenizerState, rec, finishing, start, end, result, tm, recv_obj, *a, **k):
+def _on_output(st: TokenizerState, call: Call, /, tm, recv_obj, *a, **k):
+    finishing, end = call.token, call.end_ns
     if not finishing:
         return
     for i, rid in enumerate(recv_obj.rids):
         if rid not in finishing:
             continue
-        arrival = st.received.pop(rid, None) or Arrival(start, None, None, sc.internal_by_rid(rid))
+        arrival = st.received.pop(rid, None) or Arrival(call.start_ns, None, None, sc.internal_by_rid(rid))
         first_output = st.first_output.pop(rid, end)
         reason = recv_obj.finished_reasons[i]
         attrs = {
@@ -112,10 +113,10 @@ def _on_output(st: TokenizerState, rec, finishing, start, end, result, tm, recv_
             state = finishing[rid]
             if state is not None and hasattr(state, "get_text"):
                 attrs[sc.OUTPUT_TEXT] = state.get_text()
-        rec.emit(sc.REQUEST, arrival.received_ns, end, attrs, span_id=request_root_span_id(rid),
-                 parent=origin.parent_span_id, trace_key=request_trace_key(rid, origin.trace_id),
-                 events=((sc.EVENT_RECEIVED, arrival.received_ns, {}), (sc.EVENT_FINISHED, end, {})))
-    rec.flush_soon()
+        call.rec.emit(sc.REQUEST, arrival.received_ns, end, attrs, span_id=request_root_span_id(rid),
+                      parent=origin.parent_span_id, trace_key=request_trace_key(rid, origin.trace_id),
+                      events=((sc.EVENT_RECEIVED, arrival.received_ns, {}), (sc.EVENT_FINISHED, end, {})))
+    call.rec.flush_soon()
 
 
 def _at(obj, field: str, i: int) -> int:
@@ -124,15 +125,15 @@ def _at(obj, field: str, i: int) -> int:
 
 
 def hooks(st: TokenizerState) -> dict:
-    fault = st.config.inject_fault
+    common = {"state": st, "inject_fault": st.config.inject_fault}
     return {
-        f"{_TM}.__init__": _hooks.after_setup("tokenizer_manager_init", _on_init, fault, state=st),
-        f"{_TM}._init_req_state": _hooks.around("init_req_state", _on_init_req_state, inject_fault=fault, state=st),
-        f"{_TM}._tokenize_one_request": _hooks.around_async("tokenize", _on_tokenize, inject_fault=fault, state=st),
-        f"{_TM}._handle_batch_output": _hooks.around_async("handle_batch_output", _on_output, _before_output,
-                                                           fault, state=st),
+        f"{_TM}.__init__": after_setup("tokenizer_manager_init", on_init=_on_init, **common),
+        f"{_TM}._init_req_state": around("init_req_state", after=_on_init_req_state, **common),
+        f"{_TM}._tokenize_one_request": around_async("tokenize", after=_on_tokenize, **common),
+        f"{_TM}._handle_batch_output": around_async("handle_batch_output", before=_before_output, after=_on_output,
+                                                    **common),
     }
 
 
 def instrument(st: TokenizerState, skipped: list[str]) -> int:
-    return _hooks.register(hooks(st), skipped)
+    return _targets.register(hooks(st), skipped)

@@ -2,7 +2,7 @@
 
 Without ``SGLANG_TRACE_DIR`` the tracing plugin registers nothing: SGLang runs untouched. Nor does it
 on an SGLang outside ``_instruments`` (it logs why). Otherwise activation imports no SGLang module
-SGLang has not imported itself (see ``patches._hooks.register``).
+SGLang has not imported itself (see ``patches._targets.register``).
 """
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ def activate() -> None:
         logger.error("sglang-tracing: %s; tracing is off", conflict)
         return
     _activated = True
-    from sglang_tracing.patches import _hooks, instrument_all
+    from sglang_tracing.patches import _targets, instrument_all
 
     applied = instrument_all(config, skipped_targets)
     if skipped_targets:
         logger.warning("sglang-tracing: this SGLang lacks %d hook target(s), left untraced: %s",
                        len(skipped_targets), ", ".join(skipped_targets))
     logger.info("sglang-tracing: %d hooks registered, tracing into %s; %d wait until SGLang imports "
-                "their module: %s", applied, config.trace_dir, len(_hooks.waiting), ", ".join(_hooks.waiting))
+                "their module: %s", applied, config.trace_dir, len(_targets.waiting), ", ".join(_targets.waiting))
 
 
 def dependency_conflict() -> str | None:

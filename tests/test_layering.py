@@ -96,7 +96,7 @@ def test_each_layer_imports_only_itself_and_the_layers_below():
     ("sglang_tracing.analyzer.renderers.text", "from ...app import cli"),
     ("sglang_tracing.analyzer.renderers", "from ...app.cli import main"),
     ("sglang_tracing.config", "import sglang_tracing.analyzer.api"),
-    ("sglang_tracing.runtime.recorder", "from sglang_tracing.patches import _hooks"),
+    ("sglang_tracing.runtime.recorder", "from sglang_tracing.patches import _targets"),
     ("sglang_tracing.runtime.recorder", "import polars as pl"),
     ("sglang_tracing.patches.scheduler", "from sglang_tracing import plugin"),
     ("sglang_tracing.patches.scheduler", "from sglang_tracing.analyzer.model import TraceModel"),
@@ -108,11 +108,11 @@ def test_an_upward_import_is_caught(module, source):
 
 
 @pytest.mark.parametrize("module, source", [
-    ("sglang_tracing.plugin", "from sglang_tracing.patches import _hooks, instrument_all"),
+    ("sglang_tracing.plugin", "from sglang_tracing.patches import _targets, instrument_all"),
     ("sglang_tracing.app.cli", "from sglang_tracing.analyzer import api"),
     ("sglang_tracing.__main__", "from sglang_tracing.app.cli import main"),
     ("sglang_tracing.analyzer.analyses.story", "from sglang_tracing.models.builder import ARCHITECTURES"),
-    ("sglang_tracing.patches.http_server", "from sglang_tracing.runtime import recorder as _rec"),
+    ("sglang_tracing.patches.http_server", "from sglang_tracing.runtime import recorder"),
     ("sglang_tracing.analyzer.renderers.perfetto", "from perfetto.trace_builder.proto_builder import X"),
 ])
 def test_a_downward_import_is_allowed(module, source):

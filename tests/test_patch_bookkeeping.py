@@ -5,53 +5,19 @@ No server; every expected number below is written from the fake inputs."""
 from __future__ import annotations
 
 import types
-from typing import NamedTuple
 
 import pytest
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
 from sglang_tracing.patches import detokenizer, kv_allocation, model_runner, radix_cache, scheduler
+from sglang_tracing.patches._wrappers import Call
 from sglang_tracing.patches.forward_gpu_times import GpuAnchor, GpuEvents
 from sglang_tracing.patches.state import DetokenizerState, SchedulerState
 from sglang_tracing.runtime import recorder
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
-
-
-class Span(NamedTuple):
-    name: str
-    start: int
-    end: int
-    attrs: dict
-    span_id: int
-    parent: int
-    trace_key: str
-
-
-class SpanLog:
-    """Stands in for the process recorder: keeps every emitted span."""
-
-    def __init__(self):
-        self.spans: list[Span] = []
-        self.flushes = 0
-        self.failures: list[tuple[str, str]] = []
-
-    def emit(self, name, start_ns, end_ns, attrs, span_id=0, parent=0, trace_key="", events=()):
-        self.spans.append(Span(name, start_ns, end_ns, dict(attrs), span_id, parent, trace_key))
-
-    def flush_soon(self):
-        self.flushes += 1
-
-    def hook_failed(self, hook, exc):
-        self.failures.append((hook, type(exc).__name__))
-
-    def named(self, name: str, rid: str | None = None) -> list[Span]:
-        return [s for s in self.spans if s.name == name and (rid is None or s.attrs.get(sc.RID) == rid)]
-
-    def one(self, name: str, rid: str | None = None) -> Span:
-        found = self.named(name, rid)
-        assert len(found) == 1, (name, rid, found)
-        return found[0]
+from sglang_tracing.runtime.sink import SpanSink
+from span_log import SpanLog
 
 
 # ---- stand-ins for SGLang objects (only the fields the patches read) ----
@@ -108,30 +74,31 @@ class Loop:
         self.st, self.rec, self.sched = st, rec, _scheduler()
 
     def arrive(self, req: Req, t: int) -> None:
-        scheduler._on_request(self.st, self.rec, None, t, t + 5, None, self.sched, types.SimpleNamespace(rid=req.rid))
+        scheduler._on_request(self.st, Call(self.rec, start_ns=t, end_ns=t + 5), self.sched,
+                              types.SimpleNamespace(rid=req.rid))
 
     def round_input(self, req: Req, t0: int, t1: int) -> None:
-        scheduler._on_round_input(self.st, self.rec, None, t0, t1, None, req)
+        scheduler._on_round_input(self.st, Call(self.rec, start_ns=t0, end_ns=t1), req)
 
     def schedule(self, batch: Batch | None, t0: int, t1: int, running: Batch | None = None, between=None) -> int:
-        sid = scheduler._before_schedule(self.st, self.rec, self.sched)
+        sid = scheduler._before_schedule(self.st, Call(self.rec), self.sched)
         if between is not None:
             between()
         plan = types.SimpleNamespace(batch_to_run=batch, running_batch=running)
-        scheduler._after_schedule(self.st, self.rec, sid, t0, t1, plan, self.sched)
+        scheduler._after_schedule(self.st, Call(self.rec, sid, t0, t1, plan), self.sched)
         return sid
 
     def run(self, batch: Batch, t0: int, t1: int, forward=None) -> tuple[int, Result]:
         result = Result()
-        sid = scheduler._before_run_batch(self.st, self.rec, self.sched, batch)
+        sid = scheduler._before_run_batch(self.st, Call(self.rec), self.sched, batch)
         if forward is not None:
             forward()
-        scheduler._after_run_batch(self.st, self.rec, sid, t0, t1, result, self.sched, batch)
+        scheduler._after_run_batch(self.st, Call(self.rec, sid, t0, t1, result), self.sched, batch)
         return sid, result
 
     def process(self, batch: Batch, result: Result, t0: int, t1: int) -> int:
-        sid = scheduler._before_process(self.st, self.rec, self.sched, batch, result)
-        scheduler._after_process(self.st, self.rec, sid, t0, t1, None, self.sched, batch, result)
+        sid = scheduler._before_process(self.st, Call(self.rec), self.sched, batch, result)
+        scheduler._after_process(self.st, Call(self.rec, sid, t0, t1, None), self.sched, batch, result)
         return sid
 
 
@@ -317,12 +284,12 @@ def test_cache_lookups_and_kv_allocation_sum_per_scheduling_pass():
     params = types.SimpleNamespace(key=req.origin_input_ids, req=req)
 
     def lookups_and_allocation():
-        radix_cache._on_match(st, rec, None, 100, 130, match, cache, params)
-        radix_cache._on_match(st, rec, None, 200, 250, match, cache, params)
-        kv_allocation._enter("alloc_for_extend")(st, rec)
-        radix_cache._on_evict(st, rec, None, 310, 320, types.SimpleNamespace(num_tokens_evicted=64), cache,
+        radix_cache._on_match(st, Call(rec, None, 100, 130, match), cache, params)
+        radix_cache._on_match(st, Call(rec, None, 200, 250, match), cache, params)
+        kv_allocation._enter("alloc_for_extend")(st, Call(rec))
+        radix_cache._on_evict(st, Call(rec, None, 310, 320, types.SimpleNamespace(num_tokens_evicted=64)), cache,
                               types.SimpleNamespace(num_tokens=40))
-        kv_allocation._leave(st, rec, None, 300, 340)
+        kv_allocation._leave(st, Call(rec, None, 300, 340))
 
     req.extend_input_len = 32
     batch = Batch("EXTEND", [req], [32])
@@ -349,11 +316,11 @@ def test_model_forward_is_a_child_of_the_forward_that_launched_it():
     req.extend_input_len = 4
     batch = Batch("EXTEND", [req], [4])
     forward_batch = types.SimpleNamespace(forward_mode=Mode("EXTEND"), batch_size=1)
-    assert model_runner._before_forward(st, rec, object()) is None  # outside run_batch: warm-up, not served
+    assert model_runner._before_forward(st, Call(rec), object()) is None  # outside run_batch: warm-up, not served
 
     def model_forward():
-        token = model_runner._before_forward(st, rec, object())
-        model_runner._after_forward(st, rec, token, 2_100, 2_400, None, object(), forward_batch)
+        token = model_runner._before_forward(st, Call(rec), object())
+        model_runner._after_forward(st, Call(rec, token, 2_100, 2_400), object(), forward_batch)
 
     fwd, _ = loop.run(batch, 2_000, 2_500, forward=model_forward)
     inner = rec.one(sc.MODEL_FORWARD)
@@ -426,7 +393,7 @@ def test_detokenizer_spans_share_batch_time_among_its_requests():
     def batch(rids, finished, t0, t1):
         recv = types.SimpleNamespace(rids=rids, finished_reasons=[{"type": "stop"} if r in finished else None
                                                                   for r in rids])
-        detokenizer._on_batch(st, rec, None, t0, t1, None, object(), recv)
+        detokenizer._on_batch(st, Call(rec, None, t0, t1), object(), recv)
 
     batch(["a", "b"], (), 0, 100)  # 50 each
     batch(["a", "b", "c"], ("a",), 200, 260)  # 20 each; a finishes
@@ -442,11 +409,16 @@ def test_detokenizer_spans_share_batch_time_among_its_requests():
 
 
 # ---- the registered hooks: state bound, rules kept ----
-def test_registered_hooks_bind_the_state_and_keep_the_hook_rules(monkeypatch):
+def test_registered_hooks_bind_the_state_and_keep_the_hook_rules():
     """Through the AROUND wrappers SGLang calls: results pass through, a raising original still resets
     the forward in progress, and a failure of our own is counted while the request goes on."""
-    st, rec = _state(), SpanLog()
-    monkeypatch.setattr(recorder, "_recorder", rec)
+    st, rec, before = _state(), SpanLog(), recorder.active()
+    with recorder.use(rec):
+        _drive_registered_scheduler_hooks(st, rec)
+    assert recorder.active() is before  # the test's span log is gone with the block
+
+
+def _drive_registered_scheduler_hooks(st: SchedulerState, rec: SpanLog) -> None:
     hooks = {target.rsplit(".", 1)[1]: hook for target, hook in scheduler.hooks(st).items()}
     sched, req = _scheduler(), Req("w", list(range(5)))
     hooks["handle_generate_request"](lambda s, r: "queued", sched, types.SimpleNamespace(rid="w"))
@@ -475,16 +447,22 @@ def test_registered_hooks_bind_the_state_and_keep_the_hook_rules(monkeypatch):
     assert rec.failures == [("process_batch_result", "AttributeError")]
 
 
-def test_an_eviction_outside_allocation_names_the_function_that_asked(monkeypatch):
+def test_an_eviction_outside_allocation_names_the_function_that_asked():
     """Through the registered AROUND wrapper: the trigger is the first caller outside the cache code
     and our own hook frames."""
     st, rec = _state(), SpanLog()
-    monkeypatch.setattr(recorder, "_recorder", rec)
     evict = radix_cache.hooks(st)["sglang.srt.mem_cache.radix_cache.RadixCache.evict"]
     freed = types.SimpleNamespace(num_tokens_evicted=8)
 
     def retract_decode():
         return evict(lambda cache, params: freed, _Cache(), types.SimpleNamespace(num_tokens=8))
 
-    assert retract_decode() is freed
+    with recorder.use(rec):
+        assert retract_decode() is freed
     assert rec.one(sc.CACHE_EVICT).attrs[sc.CACHE_TRIGGER] == "retract_decode"
+
+
+def test_the_span_log_and_the_recorder_are_both_span_sinks():
+    """The hooks need ``emit``, ``flush_soon`` and ``hook_failed``: the test stand-in has what the real one has."""
+    assert isinstance(SpanLog(), SpanSink) and issubclass(recorder.Recorder, SpanSink)
+    assert not isinstance(object(), SpanSink)

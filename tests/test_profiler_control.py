@@ -2,7 +2,7 @@
 its own, and every statistic over scheduler span durations leaves out the spans it ran in.
 
 The runtime side drives the model-runner and scheduler hooks with the recorder stand-in of
-test_patch_bookkeeping, a clock the test moves and stand-ins for torch's profiler entry points (what
+span_log, a clock the test moves and stand-ins for torch's profiler entry points (what
 they cost is the test's choice, so every expected time is written from it). The analyzer side checks
 the committed H200 traces against figures computed with json over the raw span files."""
 from __future__ import annotations
@@ -24,7 +24,9 @@ from sglang_tracing.analyzer.model import load_trace_dir
 from sglang_tracing.config import TraceConfig
 from sglang_tracing.patches import model_runner, profile_steps
 from sglang_tracing.patches.state import SchedulerState
-from test_patch_bookkeeping import Batch, Loop, Mode, Req, SpanLog, _state
+from sglang_tracing.patches._wrappers import Call
+from span_log import SpanLog
+from test_patch_bookkeeping import Batch, Loop, Mode, Req, _state
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 LAYER = EXAMPLES / "h200-nsys-layer" / "nsys-triton" / "trace"
@@ -97,10 +99,10 @@ def _serve(st, rec, clock: Clock, n: int) -> list[tuple[int, int, int]]:
 
         def model_forward():
             clock.now = t0 + MS
-            token = model_runner._before_forward(st, rec, object())
+            token = model_runner._before_forward(st, Call(rec), object())
             start = clock.now  # where the hook starts timing the model forward, after our own work
             clock.now += 2 * MS
-            model_runner._after_forward(st, rec, token, start, clock.now, None, object(), forward_batch)
+            model_runner._after_forward(st, Call(rec, token, start, clock.now), object(), forward_batch)
 
         sid, _ = loop.run(Batch("DECODE", [req]), t0, t0 + 999 * MS, forward=model_forward)
         out.append((sid, t0, t0 + 999 * MS))

@@ -91,31 +91,69 @@ def test_plugin_stays_inert_on_an_older_sglang(monkeypatch, tmp_path, caplog):
         assert plugin.dependency_conflict() is None, newer
 
 
-def test_hook_passes_result_and_exception_through(monkeypatch):
-    from sglang_tracing.patches import _hooks
+def test_hook_passes_result_and_exception_through():
+    from sglang_tracing.patches._wrappers import around
     from sglang_tracing.runtime import recorder
-
-    class FakeRecorder:
-        failures = []
-
-        def hook_failed(self, name, exc):
-            self.failures.append((name, type(exc).__name__))
+    from span_log import SpanLog
 
     def boom(*a, **k):
         raise ValueError("ours")
 
-    monkeypatch.setattr(recorder, "_recorder", FakeRecorder())
-    hook = _hooks.around("h", after=boom)
-    assert hook(lambda x: x * 2, 21) == 42  # our failure never reaches the caller
-    assert FakeRecorder.failures == [("h", "ValueError")]
+    rec = SpanLog()
+    hook = around("h", state=None, after=boom)
+    with recorder.use(rec):
+        assert hook(lambda x: x * 2, 21) == 42  # our failure never reaches the caller
+        assert rec.failures == [("h", "ValueError")]
 
-    def original():
-        raise KeyError("theirs")
+        def original():
+            raise KeyError("theirs")
 
-    with pytest.raises(KeyError, match="theirs"):
-        hook(original)
-    monkeypatch.setattr(recorder, "_recorder", None)  # tracing off: the fast path calls straight through
-    assert _hooks.around("h", after=boom)(lambda: "ok") == "ok"
+        with pytest.raises(KeyError, match="theirs"):
+            hook(original)
+    with recorder.use(None):  # tracing off: the fast path calls straight through, our code never runs
+        assert hook(lambda: "ok") == "ok"
+    assert rec.failures == [("h", "ValueError")]
+
+
+def test_each_hook_function_sees_one_call_and_the_originals_own_arguments():
+    """``before`` -> token; ``after`` reads the token, the original's timing and result, and the original's
+    arguments by their own names (a keyword SGLang passes lands on the parameter of that name)."""
+    from sglang_tracing.patches._wrappers import around
+    from sglang_tracing.runtime import recorder
+    from span_log import SpanLog
+
+    seen = []
+
+    def before(state, call, /, cache, key, *, limit=0):
+        return ("token", state, key, limit)
+
+    def after(state, call, /, cache, key, *, limit=0):
+        seen.append((call.token, call.result, call.start_ns <= call.end_ns, call.rec))
+
+    rec = SpanLog()
+    hook = around("lookup", state="st", before=before, after=after)
+    with recorder.use(rec):
+        assert hook(lambda cache, key, limit=0: key * 2 + limit, "cache", 20, limit=2) == 42
+    assert seen == [(("token", "st", 20, 2), 42, True, rec)] and rec.failures == []
+
+
+def test_a_faulty_hook_is_counted_and_the_set_up_hook_runs_without_a_recorder(caplog):
+    """SGLANG_TRACE_INJECT_FAULT naming a hook makes our code raise there: the call goes on, the failure is
+    counted; a set-up hook runs before any recorder exists and only logs its failure."""
+    from sglang_tracing.patches._wrappers import after_setup, around
+    from sglang_tracing.runtime import recorder
+    from span_log import SpanLog
+
+    rec, inits = SpanLog(), []
+    with recorder.use(rec):
+        assert around("h", state=None, inject_fault="h")(lambda: 7) == 7
+    assert rec.failures == [("h", "InjectedFault")]
+    on_init = after_setup("init", state="st", on_init=lambda st, call, /, obj: inits.append((st, obj, call.rec)))
+    with recorder.use(None):
+        assert on_init(lambda obj: "built", "obj") == "built"
+        assert after_setup("init", state=None, on_init=lambda *a: None, inject_fault="init")(lambda: 1) == 1
+    assert inits == [("st", "obj", None)]
+    assert [r.levelname for r in caplog.records if "init failed" in r.getMessage()] == ["WARNING"]
 
 
 def test_launcher_rejects_bad_options():
@@ -159,9 +197,9 @@ from sglang.srt.plugins import load_plugins
 from sglang.srt.plugins.hook_registry import HookRegistry
 before = set(sys.modules)
 load_plugins()
-from sglang_tracing.patches import _hooks
+from sglang_tracing.patches import _targets
 out = {"new": sorted(set(sys.modules) - before), "registered": sorted(HookRegistry._hooks),
-       "waiting": list(_hooks.waiting), "built": os.listdir(os.environ["TORCH_EXTENSIONS_DIR"])}
+       "waiting": list(_targets.waiting), "built": os.listdir(os.environ["TORCH_EXTENSIONS_DIR"])}
 importlib.import_module(later)  # SGLang goes on importing: the hooks waiting for it apply now
 owner, attr = lazy_target.rsplit(".", 1)
 out["lazy_applied"] = hasattr(getattr(pkgutil.resolve_name(owner), attr), "__wrapped__")
@@ -204,18 +242,18 @@ _LATE = """
 import inspect, json, logging, sys
 logging.basicConfig(level=logging.WARNING)
 from sglang.srt.plugins.hook_registry import HookRegistry
-from sglang_tracing.patches import _hooks
+from sglang_tracing.patches import _targets
 calls = []
 def hook(original, *args, **kwargs):
     calls.append(args[1:])
     return original(*args, **kwargs)
 skipped = []
-now = _hooks.register({"latepkg.cache.Cache.match_prefix": hook, "latepkg.cache.Cache.insert": hook,
-                       "latepkg.gone.Cache.insert": hook, "json.JSONDecoder.no_such_method": hook}, skipped)
+now = _targets.register({"latepkg.cache.Cache.match_prefix": hook, "latepkg.cache.Cache.insert": hook,
+                         "latepkg.gone.Cache.insert": hook, "json.JSONDecoder.no_such_method": hook}, skipped)
 loaded_at_register = "latepkg.cache" in sys.modules
 from latepkg.cache import Cache
 print(json.dumps({"now": now, "skipped": skipped, "loaded_at_register": loaded_at_register,
-                  "result": Cache().match_prefix(41), "calls": calls, "waiting": _hooks.waiting,
+                  "result": Cache().match_prefix(41), "calls": calls, "waiting": _targets.waiting,
                   "registered": sorted(HookRegistry._hooks), "source_readable":
                   "def match_prefix" in inspect.getsource(sys.modules["latepkg.cache"])}))
 """
@@ -240,3 +278,28 @@ def test_hook_on_a_module_imported_later_applies_then(tmp_path):
     assert out["waiting"] == [] and out["source_readable"]
     assert "latepkg.cache.Cache.insert left untraced" in done.stderr
     assert "latepkg.gone.Cache.insert left untraced" in done.stderr
+
+
+def test_reset_forgets_hooks_still_waiting_for_their_module(tmp_path, monkeypatch):
+    """Like OpenTelemetry's uninstrument: after ``reset`` a module imported later is left as it is."""
+    import importlib
+    import sys as _sys
+
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sglang_tracing.patches import _targets
+
+    pkg = tmp_path / "resetpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "cache.py").write_text("class Cache:\n    def match_prefix(self, x):\n        return x + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = "resetpkg.cache.Cache.match_prefix"
+    assert _targets.register({target: lambda original, *a, **k: original(*a, **k)}, []) == 0
+    assert target in _targets.waiting and _targets._watcher in _sys.meta_path
+    _targets.reset()
+    assert _targets.waiting == [] and _targets._watcher not in _sys.meta_path
+    module = importlib.import_module("resetpkg.cache")
+    assert not hasattr(module.Cache.match_prefix, "__wrapped__") and target not in HookRegistry._hooks
+    for name in ("resetpkg.cache", "resetpkg"):
+        monkeypatch.delitem(_sys.modules, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
 from sglang_tracing.runtime.ids import new_span_id
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, encode_message
+from sglang_tracing.runtime.sink import SpanSink
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +171,7 @@ class Recorder:
             pass
 
 
-_recorder: Recorder | None = None  # this process's, once started; each hook's fast path reads it directly
+_recorder: SpanSink | None = None  # this process's, once started (read through ``active``)
 _lock = threading.Lock()
 
 
@@ -180,3 +182,20 @@ def start(config: TraceConfig, role: str, tp_rank: int | None = None) -> Recorde
         if _recorder is None:
             _recorder = Recorder(config, role, tp_rank)
         return _recorder
+
+
+def active() -> SpanSink | None:
+    """This process's recorder, or None while none has started (hooks then call straight through)."""
+    return _recorder
+
+
+@contextlib.contextmanager
+def use(sink: SpanSink | None):
+    """Make ``sink`` this process's recorder for a block, then put back the one before (tests: a span
+    log, or None for tracing off)."""
+    global _recorder
+    previous, _recorder = _recorder, sink
+    try:
+        yield sink
+    finally:
+        _recorder = previous

@@ -1,14 +1,10 @@
-"""Wrapper factories shared by every patch module, after opentelemetry-python-contrib.
+"""Where a hook's target stands on the installed SGLang, and registering hooks with SGLang's HookRegistry
+without importing anything.
 
-Rules every hook follows:
-- first line is the fast path: no recorder in this process -> call the original, nothing else;
-- the original call's result and exceptions pass through untouched;
-- our own work runs guarded: an exception is counted in the trace, logged once, and swallowed;
-- what a hook remembers lives in its process's state object (``patches.state``), bound to the
-  hook's functions as their first argument when the hook is built (``state=``).
-
-Registering imports nothing: SGLang runs import-time work we must not trigger (a C++ build, locks),
-so a hook on a module SGLang has not imported yet is registered when SGLang imports it.
+SGLang runs import-time work we must not trigger (a C++ build, locks), so a hook on a module SGLang
+has not imported yet is registered when SGLang imports it (a post-import hook on ``sys.meta_path``).
+``reset`` forgets the hooks still waiting and takes the import watcher out (tests; like
+OpenTelemetry's ``BaseInstrumentor.uninstrument``).
 """
 from __future__ import annotations
 
@@ -19,126 +15,9 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable
-from time import time_ns
 from types import ModuleType
 
-from sglang_tracing.runtime import recorder as _rec
-
 logger = logging.getLogger(__name__)
-
-# after([state,] rec, token, start_ns, end_ns, result, *args, **kwargs);
-# before([state,] rec, *args, **kwargs) -> token; cleanup([state,] rec, token)
-After = Callable[..., None]
-Before = Callable[..., object]
-
-
-def _bind(state, *fns: Callable | None) -> tuple[Callable | None, ...]:
-    """Each function with the process's patch state as its first argument (``state`` None: unchanged)."""
-    if state is None:
-        return fns
-    return tuple(None if fn is None else functools.partial(fn, state) for fn in fns)
-
-
-class InjectedFault(RuntimeError):
-    """Raised inside our own hook code when SGLANG_TRACE_INJECT_FAULT names the hook (tests)."""
-
-
-def _guarded(rec, name: str, fn: Callable | None, *args, **kwargs):
-    """Run our own ``fn``; an exception is counted and logged once, never raised."""
-    if fn is None:
-        return None
-    try:
-        return fn(rec, *args, **kwargs)
-    except Exception as exc:
-        rec.hook_failed(name, exc)
-        return None
-
-
-def _faulty(name: str, fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def raising(*args, **kwargs):
-        raise InjectedFault(f"fault injected into hook {name}")
-
-    return raising
-
-
-def around(name: str, after: After | None = None, before: Before | None = None,
-           cleanup: Callable | None = None, inject_fault: str | None = None, state=None):
-    """An AROUND hook timing the original call; ``cleanup(rec, token)`` runs if it raises."""
-    after, before, cleanup = _bind(state, after, before, cleanup)
-    if inject_fault == name:
-        after = _faulty(name, after or (lambda *a, **k: None))
-
-    def hook(original, *args, **kwargs):
-        rec = _rec._recorder
-        if rec is None:
-            return original(*args, **kwargs)
-        token = _guarded(rec, name, before, *args, **kwargs)
-        start = time_ns()
-        try:
-            result = original(*args, **kwargs)
-        except BaseException:
-            _guarded(rec, name, cleanup, token)
-            raise
-        end = time_ns()
-        _guarded(rec, name, after, token, start, end, result, *args, **kwargs)
-        return result
-
-    hook.__name__ = f"sglang_tracing_{name}"
-    return hook
-
-
-def around_async(name: str, after: After, before: Before | None = None, inject_fault: str | None = None,
-                 state=None):
-    """``around`` for coroutine functions: the hook returns the awaited original's result."""
-    after, before = _bind(state, after, before)
-    if inject_fault == name:
-        after = _faulty(name, after)
-
-    def hook(original, *args, **kwargs):
-        rec = _rec._recorder
-        if rec is None:
-            return original(*args, **kwargs)
-
-        async def timed():
-            token = _guarded(rec, name, before, *args, **kwargs)
-            start = time_ns()
-            result = await original(*args, **kwargs)
-            end = time_ns()
-            _guarded(rec, name, after, token, start, end, result, *args, **kwargs)
-            return result
-
-        return timed()
-
-    hook.__name__ = f"sglang_tracing_{name}"
-    return hook
-
-
-def after_setup(name: str, on_init: Callable, inject_fault: str | None = None, state=None):
-    """An AROUND hook for set-up methods: ``on_init([state,] self)`` runs guarded once the original returns.
-
-    Set-up (constructors, model loading) happens before a process has a recorder, so this
-    hook has no fast path; failures are logged, and counted once a recorder exists.
-    """
-    (on_init,) = _bind(state, on_init)
-
-    def hook(original, self, *args, **kwargs):
-        result = original(self, *args, **kwargs)
-        try:
-            if inject_fault == name:
-                raise InjectedFault(f"fault injected into hook {name}")
-            on_init(self)
-        except Exception as exc:
-            rec = _rec._recorder
-            if rec is not None:
-                rec.hook_failed(name, exc)
-            else:
-                logger.warning("sglang-tracing: %s failed; this process runs untraced", name, exc_info=True)
-        return result
-
-    hook.__name__ = f"sglang_tracing_{name}"
-    return hook
-
 
 PRESENT, PENDING, MISSING = "present", "pending", "missing"
 
@@ -280,3 +159,11 @@ def _register_late(target: str, hook: Callable, kind, module: ModuleType) -> Non
     HookRegistry.register(target, hook, kind)
     HookRegistry.apply_hooks()  # idempotent: applies this target, skips the ones already applied
     logger.info("sglang-tracing: hooked %s once SGLang imported %s", target, module.__name__)
+
+
+def reset() -> None:
+    """Forget the hooks still waiting for their module and stop watching imports (tests)."""
+    waiting.clear()
+    _watcher.callbacks.clear()
+    if _watcher in sys.meta_path:
+        sys.meta_path.remove(_watcher)
