@@ -135,7 +135,7 @@ def _pd_outputs(model: TraceModel, out: Path, fmts: list[str]) -> list[str]:
     from sglang_tracing.analyzer.renderers.files import write_report
     from sglang_tracing.analyzer.renderers.tables import write_table
 
-    story = pd.compute(model.spans, model.servers)
+    story = pd.compute(model.spans, model.servers, model.events)
     if story is None:
         return []
     return write_report(out, pd_report.build_report(story), fmts) + write_table(story.requests, out, "pd-requests")
@@ -214,7 +214,7 @@ def pd_loads(runs: dict[str, list[str]], out_dir: str, formats: str = "text,md")
     stories = {}
     for label, dirs in runs.items():
         model = load(dirs)
-        story = pd.compute(model.spans, model.servers)
+        story = pd.compute(model.spans, model.servers, model.events)
         if story is None:
             raise UsageError(f"{label}: {', '.join(dirs)} hold no prefill and decode halves of PD requests")
         stories[label] = story

@@ -91,7 +91,8 @@ def exec_traced_server(config: TraceConfig, sglang_args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sglang_tracing.launch_server")
+    # no abbreviations: SGLang's own --host must not be taken for our --host-name
+    parser = argparse.ArgumentParser(prog="python -m sglang_tracing.launch_server", allow_abbrev=False)
     add_tracing_options(parser)
     args, sglang_args = parser.parse_known_args(argv)
     try:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -159,6 +160,7 @@ def test_servers_name_themselves_and_the_clock_offset_on_one_host_is_zero(pd_run
     for d, role in zip(pd_run["dirs"], ("prefill", "decode")):
         identity = json.loads((Path(d) / "manifest.json").read_text())["identity"]
         assert identity["server_role"] == role and identity["service_name"] == f"sglang-{role}"
+        assert identity["host_name"] == socket.gethostname()  # SGLang's --host is SGLang's, not our --host-name
     received = pd_run["receiver"].spans()
     assert {s["service"] for s in received} == {"sglang-prefill", "sglang-decode"}
     model = api.load(list(pd_run["dirs"]))

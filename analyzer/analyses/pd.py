@@ -23,8 +23,12 @@ import polars as pl
 
 from sglang_tracing import semconv as sc
 
+ROUTER_ROLE = "router"  # a trace dir of sglang-router's own spans (its OTLP export, received by the experiment)
+ROUTER_SEND_EVENT = "Sending concurrent requests"  # sglang-router's event once it picked the pair
 # (stage, the boundary that ends it): (side, span name, start|end|attribute)
 STAGES: tuple[tuple[str, tuple[str, str, str]], ...] = (
+    ("router: receive and pick", ("router", "pick", "")),
+    ("router: forward to the servers", ("router", "forward", "")),
     ("prefill: HTTP, tokenize, intake", ("prefill", sc.PD_BOOTSTRAP, "start")),
     ("prefill: bootstrap handshake", ("prefill", sc.PD_BOOTSTRAP, "end")),
     ("prefill: queue", ("prefill", sc.REQUEST_PREFILL, "start")),
@@ -101,6 +105,7 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
             extra.append(pl.col(name).filter(pl.col("name") == source).max().alias(name))
     if sc.INTERNAL in spans.columns:  # SGLang's warm-up, our readiness probe: not the workload's
         extra.append(pl.col(sc.INTERNAL).filter(pl.col("name") == sc.REQUEST).max().alias("internal"))
+    extra.append(pl.col("trace_id").filter(pl.col("name") == sc.REQUEST).first().alias("trace_id"))
     frame = mine.group_by("server", sc.RID).agg(*cols, *extra).join(rooms, on=["server", sc.RID])
     if "internal" in frame.columns:
         frame = frame.filter(pl.col("internal").is_null()).drop("internal")
@@ -110,6 +115,24 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
         first = [c for c in ("http_first_byte", "root_first_output") if c in frame.columns]
         frame = frame.with_columns(pl.coalesce(first).alias("first_byte") if first else pl.lit(None).alias("first_byte"))
     return frame
+
+
+def _router(spans: pl.DataFrame, servers: list[dict] | None, events: pl.DataFrame | None) -> pl.DataFrame | None:
+    """sglang-router's request spans (trace id, start, end, when it sent to the pair), or None without a
+    router dir. The router passes its trace context on, so the servers' spans carry its trace id."""
+    labels = [s["server"] for s in servers or []
+              if ((s.get("manifest") or {}).get("identity") or {}).get("server_role") == ROUTER_ROLE]
+    if not labels:
+        return None
+    roots = spans.filter(pl.col("server").is_in(labels) & pl.col("parent_id").is_null())
+    roots = roots.select("trace_id", "span_id", pl.col("start_ns").alias("r.start"), pl.col("end_ns").alias("r.end"))
+    if events is not None and events.height:
+        sent = (events.filter(pl.col("name") == ROUTER_SEND_EVENT).group_by("span_id")
+                .agg(pl.col("time_ns").min().alias("r.pick")))
+        roots = roots.join(sent, on="span_id", how="left")
+    else:
+        roots = roots.with_columns(pl.lit(None, pl.Int64).alias("r.pick"))
+    return roots.drop("span_id").unique("trace_id", keep="first")
 
 
 def _offset(joined: pl.DataFrame, same_host: bool) -> ClockOffset:
@@ -124,12 +147,16 @@ def _offset(joined: pl.DataFrame, same_host: bool) -> ClockOffset:
 def _boundaries(joined: pl.DataFrame, offset_ns: float) -> pl.DataFrame:
     """Each stage's end on the decode clock, each held between the one before and the first byte."""
     shift = int(round(offset_ns))
-    arrival = pl.min_horizontal(pl.col("d.arrival"), pl.col("p.arrival") + shift)
+    servers_arrival = pl.min_horizontal(pl.col("d.arrival"), pl.col("p.arrival") + shift)
+    arrival = pl.min_horizontal(pl.col("r.start"), servers_arrival)  # the router's, when it was traced
     end = pl.col("d.first_byte")
     out = joined.with_columns(arrival.alias("t_arrival"))
     prev = pl.col("t_arrival")
     for i, (name, (side, span, edge)) in enumerate(STAGES):
-        raw = pl.col("d.first_byte") if span == "first_byte" else pl.col(f"{side[0]}.{span}|{edge}")
+        if side == "router":
+            raw = pl.col("r.pick") if span == "pick" else servers_arrival
+        else:
+            raw = pl.col("d.first_byte") if span == "first_byte" else pl.col(f"{side[0]}.{span}|{edge}")
         if side == "prefill":
             raw = raw + shift
         bound = pl.min_horizontal(pl.max_horizontal(raw.fill_null(prev), prev), end)
@@ -147,8 +174,10 @@ def _in_flight(requests: pl.DataFrame) -> pl.Series:
     return pl.Series("in_flight", [sum(1 for s, e in zip(starts, ends) if s <= t < e) or 1 for t in starts])
 
 
-def compute(spans: pl.DataFrame, servers: list[dict] | None = None) -> PdStory | None:
-    """The PD story of a model's spans, or None when they hold no prefill and decode halves."""
+def compute(spans: pl.DataFrame, servers: list[dict] | None = None, events: pl.DataFrame | None = None
+            ) -> PdStory | None:
+    """The PD story of a model's spans (with the router's, when its dir is among ``servers``), or None
+    when they hold no prefill and decode halves."""
     if not is_pd(spans):
         return None
     prefill, decode = _side(spans, "prefill"), _side(spans, "decode")
@@ -156,6 +185,11 @@ def compute(spans: pl.DataFrame, servers: list[dict] | None = None) -> PdStory |
     joined = (decode.rename({c: f"d.{c}" for c in decode.columns if c not in key})
               .join(prefill.rename({c: f"p.{c}" for c in prefill.columns if c not in key}), on=key, how="inner"))
     joined = joined.filter(pl.col("d.first_byte").is_not_null() & pl.col("d.arrival").is_not_null())
+    router = _router(spans, servers, events)
+    if router is not None:
+        joined = joined.join(router, left_on="d.trace_id", right_on="trace_id", how="left")
+    else:
+        joined = joined.with_columns(*(pl.lit(None, pl.Int64).alias(c) for c in ("r.start", "r.end", "r.pick")))
     unjoined = {"prefill": prefill.height - joined.height, "decode": decode.height - joined.height}
     hosts = {((s.get("manifest") or {}).get("identity") or {}).get("host_name")
              or ((s.get("manifest") or {}).get("host") or {}).get("hostname") for s in servers or []}
@@ -177,16 +211,18 @@ def compute(spans: pl.DataFrame, servers: list[dict] | None = None) -> PdStory |
         else pl.lit(None).alias("prompt_tokens"),
         pl.col(f"d.{sc.OUTPUT_TOKENS}").alias("output_tokens") if f"d.{sc.OUTPUT_TOKENS}" in table.columns
         else pl.lit(None).alias("output_tokens"),
-        *STAGE_NAMES, "ttft_ms", "prealloc_ms", "kv_send_ms",
+        *STAGE_NAMES, "ttft_ms", ((pl.col("r.end") - pl.col("r.start")) / 1e6).alias("router_ms"),
+        "prealloc_ms", "kv_send_ms",
         pl.col(f"p.{sc.PD_KV_BYTES}").alias("kv_bytes"), "kv_gb_s", "decode_ms")
-    return PdStory(requests, offset, _percentiles(requests), _by_load(requests),
+    stages = STAGE_NAMES if router is not None else STAGE_NAMES[2:]
+    return PdStory(requests, offset, _percentiles(requests, stages), _by_load(requests, stages),
                    sorted(set(requests["prefill_server"].to_list())), sorted(set(requests["decode_server"].to_list())),
                    unjoined)
 
 
-def _percentiles(requests: pl.DataFrame) -> pl.DataFrame:
+def _percentiles(requests: pl.DataFrame, stages: list[str]) -> pl.DataFrame:
     rows = []
-    for name in [*STAGE_NAMES, "ttft_ms"]:
+    for name in [*stages, "ttft_ms"]:
         col = requests[name].drop_nulls()
         share = (requests[name] / requests["ttft_ms"]).mean() * 100 if requests.height else None
         rows.append({"stage": name, "p50_ms": col.quantile(0.5), "p90_ms": col.quantile(0.9),
@@ -199,7 +235,7 @@ def _load_bucket(n: int) -> str:
     return "1" if n <= 1 else "2-3" if n <= 3 else "4-7" if n <= 7 else "8+"
 
 
-def _by_load(requests: pl.DataFrame) -> pl.DataFrame:
+def _by_load(requests: pl.DataFrame, stages: list[str]) -> pl.DataFrame:
     """Which stage takes the largest mean share of TTFT, by requests in flight at arrival."""
     schema = {"in_flight": pl.String, "requests": pl.Int64, "dominant_stage": pl.String,
               "dominant_share_pct": pl.Float64, "ttft_p50_ms": pl.Float64}
@@ -208,7 +244,7 @@ def _by_load(requests: pl.DataFrame) -> pl.DataFrame:
     rows = []
     frame = requests.with_columns(pl.col("in_flight").map_elements(_load_bucket, pl.String).alias("bucket"))
     for bucket, group in sorted(frame.group_by("bucket"), key=lambda g: int(str(g[0][0]).split("-")[0].rstrip("+"))):
-        shares = {name: (group[name] / group["ttft_ms"]).mean() * 100 for name in STAGE_NAMES}
+        shares = {name: (group[name] / group["ttft_ms"]).mean() * 100 for name in stages}
         top = max(shares, key=lambda k: shares[k] or 0)
         rows.append({"in_flight": bucket[0], "requests": group.height, "dominant_stage": top,
                      "dominant_share_pct": shares[top], "ttft_p50_ms": group["ttft_ms"].quantile(0.5)})

@@ -18,6 +18,11 @@ def build_report(story: PdStory) -> Report:
     head.add("prefill server(s)", ", ".join(story.prefill_servers))
     head.add("decode server(s)", ", ".join(story.decode_servers))
     head.add("requests joined", str(reqs.height), "prefill and decode halves matched by bootstrap room and address")
+    routed = reqs.filter(pl.col("router_ms").is_not_null())
+    if routed.height:
+        head.add("through sglang-router", f"{routed.height} of {reqs.height}",
+                 "its request span joined by the trace id it passed to both servers; the waterfall starts at "
+                 "its arrival; its relay of the first bytes back to the client is not in its spans")
     for side, n in story.unjoined.items():
         if n:
             head.add(f"{side} requests without their other half", str(n), "left out of the waterfall")
@@ -42,7 +47,8 @@ def build_report(story: PdStory) -> Report:
     wf = report.section("TTFT waterfall (decode clock, stages add up to TTFT)")
     wf.add("requests", str(reqs.height))
     if reqs.height:
-        wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "earliest HTTP arrival -> decode's first response bytes")
+        wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "arrival (at sglang-router when its spans are here, "
+               "else the earliest HTTP arrival at either server) -> decode's first response bytes")
     wf.table = story.percentiles
     load = report.section("Dominant stage by load (requests in flight at arrival)")
     load.table = story.by_load
@@ -57,8 +63,9 @@ def build_report(story: PdStory) -> Report:
     else:
         kv.add("bandwidth", None, "no KV send with bytes recorded")
     table = report.section("Requests (both servers' figures, ms)")
+    stages = [n for n in STAGE_NAMES if n in story.percentiles["stage"].to_list()]
     table.table = reqs.select("room", "prefill_rid", "decode_rid", "in_flight", "prompt_tokens", "output_tokens",
-                              *STAGE_NAMES, "ttft_ms", "kv_bytes", "kv_gb_s", "decode_ms")
+                              *stages, "ttft_ms", "kv_bytes", "kv_gb_s", "decode_ms")
     return report
 
 
@@ -67,7 +74,7 @@ def build_loads_report(stories: dict[str, PdStory]) -> Report:
     report = Report("pd-loads", "Prefill-decode disaggregation: the dominant TTFT stage at each load")
     rows = []
     for label, story in stories.items():
-        shares = story.percentiles.filter(pl.col("stage").is_in(STAGE_NAMES)).sort("mean_share_pct", descending=True)
+        shares = story.percentiles.filter(pl.col("stage") != "ttft_ms").sort("mean_share_pct", descending=True)
         top = shares.row(0, named=True) if shares.height else {"stage": None, "mean_share_pct": None}
         reqs = story.requests
         rows.append({"run": label, "requests": reqs.height,
