@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> None:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: done.set())
     print(receiver.port, receiver.grpc_port, flush=True)
-    done.wait()
+    parent = os.getppid()
+    while not done.wait(1.0):
+        if os.getppid() != parent:  # whoever started it is gone: no receiver is left behind
+            break
     receiver.stop()
 
 
