@@ -7,6 +7,8 @@ SGLang's ``fake`` backend is refused by a prefill server).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import random
 import subprocess
@@ -25,6 +27,21 @@ BACKEND = "mooncake"
 def pd_args(mode: str, bootstrap_port: int) -> list[str]:
     args = ["--disaggregation-mode", mode, "--disaggregation-transfer-backend", BACKEND]
     return args + (["--disaggregation-bootstrap-port", str(bootstrap_port)] if mode == "prefill" else [])
+
+
+@contextlib.contextmanager
+def _no_gc_pauses():
+    """A collection of a big process's heap (a test runner's, an experiment's) takes tens of ms: long
+    enough to stamp a response that long after it arrived. None runs while the client times requests."""
+    gc.freeze()  # what exists now is never scanned again
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.unfreeze()
 
 
 class PdClient:
@@ -53,7 +70,8 @@ class PdClient:
                 body["rid"] = rid
             bodies.append(body)
         if self.router_url:
-            outs = post_json(self.router_url + "/generate", bodies, concurrency, timeout, headers=headers)
+            with _no_gc_pauses():
+                outs = post_json(self.router_url + "/generate", bodies, concurrency, timeout, headers=headers)
             for out in outs:
                 c = out["client"]
                 out["client"] = {"sent_ns": c["sent_ns"], "first_ns": c["chunk_ns"][0], "done_ns": c["done_ns"],
@@ -65,7 +83,8 @@ class PdClient:
                     "bootstrap_room": random.getrandbits(62)}
             targets += [(self.prefill_url + "/generate", {**pair, "stream": False}),
                         (self.decode_url + "/generate", pair)]
-        outs = post_json_to(targets, 2 * max(1, concurrency), timeout, headers=headers, together=2)
+        with _no_gc_pauses():
+            outs = post_json_to(targets, 2 * max(1, concurrency), timeout, headers=headers, together=2)
         results = []
         for (_, body), prefill, decode in zip(targets[1::2], outs[0::2], outs[1::2]):
             decode["client"] = {"sent_ns": min(prefill["client"]["sent_ns"], decode["client"]["sent_ns"]),

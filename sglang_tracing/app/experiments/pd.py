@@ -14,6 +14,9 @@ from sglang_tracing.app.serving import ServerError, wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
 
 
+ROUTER_REQUEST_SPAN = "http_request"  # sglang-router's span of each request it serves
+
+
 def router_available() -> bool:
     return importlib.util.find_spec("sglang_router") is not None
 
@@ -47,6 +50,9 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
         print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
               + (" through sglang-router" if router else ""), file=sys.stderr)
         outs = client.generate_all(prompts, exp.args.output_len, load)
+        if router is not None:  # it exports in batches: its spans of this cell's requests first
+            receiver.wait_for(lambda spans: sum(s["name"] == ROUTER_REQUEST_SPAN for s in spans) > len(prompts),
+                              timeout=30)
     finally:
         if router is not None:
             router.stop()
@@ -69,11 +75,12 @@ def run(exp: Experiment) -> None:
     from sglang_tracing.analyzer import api
 
     written = []
+    runs = {}
     for result in results:
         cell = exp.out / f"load-{result['load']}"
-        dirs = [str(cell / "prefill"), str(cell / "decode")]
+        dirs = [str(cell / side) for side in ("prefill", "decode", "router")
+                if side != "router" or list((cell / side).glob("spans-*.jsonl*"))]
         written += api.analyze(dirs, reports="timeline", out_dir=str(cell / "reports"), formats="text,md")
-    written += api.pd_loads({f"{r['load']} in flight": [str(exp.out / f"load-{r['load']}" / side)
-                                                        for side in ("prefill", "decode")] for r in results},
-                            str(exp.out))
+        runs[f"{result['load']} in flight"] = dirs
+    written += api.pd_loads(runs, str(exp.out))
     (exp.out / "written.json").write_text(json.dumps(written, indent=1))
