@@ -17,6 +17,12 @@ from sglang_tracing.models.builder import prompt_of_length
 ROUTER_REQUEST_SPAN = "http_request"  # sglang-router's span of each request it serves
 
 
+def _served(spans: list[dict]) -> list[dict]:
+    """The router's spans of requests it answered with 200."""
+    return [s for s in spans if s["name"] == ROUTER_REQUEST_SPAN and any(
+        a["key"] == "status_code" and a["value"].get("stringValue") == "200" for a in s.get("attributes", []))]
+
+
 def router_available() -> bool:
     return importlib.util.find_spec("sglang_router") is not None
 
@@ -51,8 +57,7 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
               + (" through sglang-router" if router else ""), file=sys.stderr)
         outs = client.generate_all(prompts, exp.args.output_len, load)
         if router is not None:  # it exports in batches: its spans of this cell's requests first
-            receiver.wait_for(lambda spans: sum(s["name"] == ROUTER_REQUEST_SPAN for s in spans) > len(prompts),
-                              timeout=30)
+            receiver.wait_for(lambda spans: len(_served(spans)) > len(prompts), timeout=30)  # + its readiness
     finally:
         if router is not None:
             router.stop()
