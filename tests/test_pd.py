@@ -225,3 +225,24 @@ def test_traceparent_parsed_by_opentelemetry_and_an_invalid_one_ignored(header, 
         f.write('{"rid": "rid-b", "trace_id": "ab')
     noted = trace_context.NotedTraces(str(tmp_path))
     assert noted.get("rid-a") == origin.trace_id and noted.get("rid-b") is None
+
+
+def test_the_committed_cpu_example_tells_the_same_story(tmp_path):
+    """traces/examples/cpu-pd, through sglang-router: its request spans joined by trace id, the
+    waterfall starting at the router's arrival, each request's stages adding up to its TTFT, which the
+    raw spans give too (router span start -> decode's first byte)."""
+    cell = EXAMPLES / "cpu-pd" / "load-4"
+    dirs = [str(cell / side) for side in ("prefill", "decode", "router")]
+    model = api.load(dirs)
+    story = pd.compute(model.spans, model.servers, model.events)
+    router_start = {s["trace_id"]: s["start"] for s in raw_spans(cell / "router") if s["parent_id"] is None}
+    decode = raw_spans(cell / "decode")
+    assert story.requests.height == 8 and story.offset.zero_within  # the 8 requests of the command
+    for row in story.requests.iter_rows(named=True):
+        http = _first(decode, sc.REQUEST_HTTP, row["decode_rid"])
+        root = _first(decode, sc.REQUEST, row["decode_rid"])
+        expected_ms = (http["attrs"][sc.FIRST_BYTE_NS] - router_start[root["trace_id"]]) / 1e6
+        assert sum(row[name] for name in pd.STAGE_NAMES) == pytest.approx(row["ttft_ms"], abs=1e-6)
+        assert row["ttft_ms"] == pytest.approx(expected_ms, abs=1e-3)
+    written = api.analyze(dirs, reports="timeline", out_dir=str(tmp_path), formats="text")
+    assert {"pd.txt", "pd-requests.csv"} <= {Path(p).name for p in written}
