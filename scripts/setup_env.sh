@@ -19,6 +19,10 @@ if [ "${WITH_CHROMIUM:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ "
   step "installing chromium (apt; the tests render the HTML report with it)"
   { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "setup_env.sh: could not install chromium" >&2
 fi
+if ! command -v tmux >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "installing tmux (apt; the tests drive sglang-trace top in a terminal with it)"
+  { apt-get update -qq && apt-get install -y -qq tmux; } >/dev/null 2>&1 || echo "setup_env.sh: could not install tmux" >&2
+fi
 # prefill-decode disaggregation on CPU (tests/test_pd.py): Mooncake's TCP transfer engine links libibverbs
 if ! ldconfig -p 2>/dev/null | grep -q libibverbs.so.1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   step "installing libibverbs1 (apt; Mooncake's transfer engine needs it for PD on CPU)"
@@ -31,6 +35,7 @@ pd_packages() {  # Mooncake without CUDA, the router in PD mode and grpcio for i
 if [ -f "$STAMP" ]; then
   pd_packages
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null
+  "$VENV/bin/python" -c "import textual" 2>/dev/null || "$VENV/bin/pip" install -q textual  # added after some venvs were built
   echo "$VENV ready (sglang $VER)"; exit 0
 fi
 python3 -m venv "$VENV"
@@ -49,6 +54,7 @@ quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec py
   sentencepiece tiktoken tqdm uvloop watchfiles xxhash zstandard einops prometheus-client pydantic \
   packaging IPython nvidia-ml-py easydict distro dill compressed-tensors gguf jsonschema soundfile \
   opentelemetry-sdk opentelemetry-exporter-otlp-json-file opentelemetry-exporter-otlp-proto-http \
+  nvtx polars perfetto matplotlib textual pytest
   nvtx polars perfetto matplotlib pytest
 pd_packages
 step "4/4 sglang-tracing (editable) and an import check"

@@ -22,7 +22,7 @@ MAY_IMPORT = {
     "app": {"floor", "analyzer", "app"},  # what a user runs; ``python -m sglang_tracing`` is its door
 }
 RECORDING = ("floor", "patches", "plugin")  # what SGLang's processes import
-NOT_WHILE_RECORDING = ("polars", "perfetto", "matplotlib")
+NOT_WHILE_RECORDING = ("polars", "perfetto", "matplotlib", "textual")
 
 
 def _within(name: str, package: str) -> bool:

@@ -82,3 +82,17 @@ def _add_span(sp: dict, res: dict, spans: list, events: list) -> None:
 
 
 SPAN_FIELDS = ("trace_id", "span_id", "parent_id", "name", "start_ns", "end_ns", "role", "pid", "tp_rank")
+
+
+def read_line(raw: bytes, spans: list, events: list) -> None:
+    """Append the spans and events of one complete line (one ExportTraceServiceRequest), as ``read_span_file``
+    does; raises ValueError on a line that is not one."""
+    try:
+        doc = _loads(raw)
+        for rs in doc["resourceSpans"]:
+            res = _attrs(rs.get("resource", {}).get("attributes"))
+            for ss in rs.get("scopeSpans", []):
+                for sp in ss.get("spans", []):
+                    _add_span(sp, res, spans, events)
+    except (_DecodeError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an OTLP-JSON line ({type(exc).__name__})") from None

@@ -16,6 +16,7 @@ import selectors
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import h11
@@ -99,16 +100,18 @@ def _finish(ex: _Exchange, done_ns: int) -> dict:
 
 
 def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120,
-              keep_alive: bool = False, headers: dict | None = None) -> list[dict]:
+              keep_alive: bool = False, on_done: Callable[[int], None] | None = None,
+              headers: dict | None = None) -> list[dict]:
     """POST each body to ``url`` with at most ``concurrency`` in flight; each response's JSON (the last
     streamed one when ``body["stream"]``) plus ``client``: sent_ns, chunk_ns (one per streamed chunk;
     for a whole response, when it ended), done_ns, kept_alive (sent on a connection that carried an earlier request). Raises
-    HTTPStatusError, TimeoutError or OSError."""
-    return post_json_to([(url, body) for body in bodies], concurrency, timeout, keep_alive, headers)
+    HTTPStatusError, TimeoutError or OSError. ``on_done(n)`` is called as the n-th response completes."""
+    return post_json_to([(url, body) for body in bodies], concurrency, timeout, keep_alive, headers, on_done=on_done)
 
 
 def post_json_to(targets: list[tuple[str, dict]], concurrency: int = 1, timeout: float = 120,
-                 keep_alive: bool = False, headers: dict | None = None, together: int = 1) -> list[dict]:
+                 keep_alive: bool = False, headers: dict | None = None, together: int = 1,
+                 on_done: Callable[[int], None] | None = None) -> list[dict]:
     """``post_json`` with a URL for each body (sent in this order, from the same one thread), started
     ``together`` at a time: e.g. a prefill-decode pair's two halves of each request. ``headers`` go on
     every request."""
@@ -139,6 +142,8 @@ def post_json_to(targets: list[tuple[str, dict]], concurrency: int = 1, timeout:
                         sel.unregister(ex.sock)
                         del active[ex.index]
                         results[ex.index] = _finish(ex, time.time_ns())
+                        if on_done is not None:
+                            on_done(len(targets) - len(todo) - len(active))
                         if keep_alive and ex.conn.our_state is ex.conn.their_state is h11.DONE:
                             ex.conn.start_next_cycle()
                             idle[ex.address].append((ex.sock, ex.conn))
