@@ -59,9 +59,10 @@ class PdClient:
 
     def generate_all(self, prompts: list[str], max_new_tokens: int = 8, concurrency: int = 1,
                      stream: bool = True, headers: dict | None = None, rids: list | None = None,
-                     timeout: float = 180) -> list[dict]:
+                     timeout: float = 180, headers_each: list[dict | None] | None = None) -> list[dict]:
         """SGLang's JSON of each request's decode side plus ``client``: sent_ns (its first byte sent to
-        either server), first_ns (the decode response's first chunk), done_ns, room (None via a router)."""
+        either server), first_ns (the decode response's first chunk), done_ns, room (None via a router).
+        ``headers_each``: a request's own headers (e.g. a caller's traceparent), on both its halves."""
         bodies = []
         for prompt, rid in zip(prompts, rids or [None] * len(prompts)):
             body = {"text": prompt, "stream": stream,
@@ -78,15 +79,15 @@ class PdClient:
                                  "room": None}
             return outs
         targets = []
-        for body in bodies:
+        for body, own in zip(bodies, headers_each or [None] * len(bodies)):
             pair = {**body, "bootstrap_host": self.bootstrap_host, "bootstrap_port": self.bootstrap_port,
                     "bootstrap_room": random.getrandbits(62)}
-            targets += [(self.prefill_url + "/generate", {**pair, "stream": False}),
-                        (self.decode_url + "/generate", pair)]
+            targets += [(self.prefill_url + "/generate", {**pair, "stream": False}, own),
+                        (self.decode_url + "/generate", pair, own)]
         with _no_gc_pauses():
             outs = post_json_to(targets, 2 * max(1, concurrency), timeout, headers=headers, together=2)
         results = []
-        for (_, body), prefill, decode in zip(targets[1::2], outs[0::2], outs[1::2]):
+        for (_, body, _), prefill, decode in zip(targets[1::2], outs[0::2], outs[1::2]):
             decode["client"] = {"sent_ns": min(prefill["client"]["sent_ns"], decode["client"]["sent_ns"]),
                                 "first_ns": decode["client"]["chunk_ns"][0], "done_ns": decode["client"]["done_ns"],
                                 "room": body["bootstrap_room"]}

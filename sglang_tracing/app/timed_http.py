@@ -109,12 +109,12 @@ def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float
     return post_json_to([(url, body) for body in bodies], concurrency, timeout, keep_alive, headers, on_done=on_done)
 
 
-def post_json_to(targets: list[tuple[str, dict]], concurrency: int = 1, timeout: float = 120,
+def post_json_to(targets: list[tuple], concurrency: int = 1, timeout: float = 120,
                  keep_alive: bool = False, headers: dict | None = None, together: int = 1,
                  on_done: Callable[[int], None] | None = None) -> list[dict]:
     """``post_json`` with a URL for each body (sent in this order, from the same one thread), started
     ``together`` at a time: e.g. a prefill-decode pair's two halves of each request. ``headers`` go on
-    every request."""
+    every request; a target ``(url, body, headers)`` adds its own."""
     todo = deque(enumerate(targets))
     results: list[dict | None] = [None] * len(targets)
     active: dict[int, _Exchange] = {}
@@ -125,11 +125,11 @@ def post_json_to(targets: list[tuple[str, dict]], concurrency: int = 1, timeout:
             while todo or active:
                 while todo and len(active) + together <= max(concurrency, together):
                     for _ in range(min(together, len(todo))):
-                        i, (url, body) = todo.popleft()
+                        i, (url, body, *own) = todo.popleft()
                         parts = urlsplit(url)
                         address = (parts.hostname, parts.port or 80)
                         ex = _start(i, body, address, parts.netloc, parts.path or "/", timeout, keep_alive,
-                                    idle.setdefault(address, []), extra)
+                                    idle.setdefault(address, []), extra + list((own[0] or {}).items()) if own else extra)
                         ex.address = address
                         active[i] = ex
                         sel.register(ex.sock, selectors.EVENT_READ, ex)

@@ -26,6 +26,7 @@ from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLE
 
 logger = logging.getLogger("sglang_tracing.exporter")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+EXPORTER_NICENESS = 10  # on a host with few cores, bursts of span encoding must not take a request's CPU
 
 
 class _WholeLineFile:
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     # must outlive it long enough to write what is still in the pipe.
     if os.fork() > 0:
         os._exit(0)
+    try:  # encoding and exporting wait their turn behind the server they record (and a client timing it)
+        os.nice(EXPORTER_NICENESS)
+    except OSError:
+        pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="sglang-tracing exporter: %(message)s")
