@@ -47,7 +47,7 @@ from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.config import UsageError
 from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
 from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE, SPAN_FIELDS
-from sglang_tracing.semconv import GPM_METRICS
+from sglang_tracing.semconv import GPM_METRICS, NVML_SAMPLING_STOPPED
 
 logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -191,6 +191,7 @@ def read_counters(trace_dir: Path) -> pl.DataFrame:
                     break  # cut off by a kill
                 raise TraceError(path, f"line {i}: not valid JSON") from None
             t, gpu = sample.pop("t_ns"), sample.pop("gpu")
+            sample.pop(NVML_SAMPLING_STOPPED, None)  # the sampler's last words: no figure
             for metric, value in sample.items():
                 source = "gpm" if metric in _GPM_FIELDS else "nvml"
                 rows.append((t, gpu, metric, float(value), source))

@@ -121,8 +121,9 @@ def _on_inflight(st: SchedulerState, call: Call, /, sched, *a, **k):
             if metric.transfer_latency_s is not None:
                 marks.sglang_latency_s = float(metric.transfer_latency_s)
         trace.done = True
+        detail = scheduler.keep_decision(rec, req, trace, call.end_ns)
         if st.is_leader:
-            _emit_prefill(st, rec, req, trace)
+            _emit_prefill(st, rec, req, trace, detail)
     if done:
         rec.flush_soon()
 
@@ -132,11 +133,11 @@ def _transfer_metric(req):
     return sender.get_transfer_metric() if sender is not None and hasattr(sender, "get_transfer_metric") else None
 
 
-def _emit_prefill(st: SchedulerState, rec, req, trace) -> None:
+def _emit_prefill(st: SchedulerState, rec, req, trace, detail: str) -> None:
     key = st.trace_key(req.rid)
     marks = trace.pd
     attrs = _room_attrs(req, "prefill")
-    scheduler.emit_request(rec, req, trace, key)
+    scheduler.emit_request(rec, req, trace, detail, key)
     if marks.bootstrap_done or marks.left_queue:
         rec.emit(sc.PD_BOOTSTRAP, marks.queued, marks.bootstrap_done or marks.left_queue,
                  {**attrs, sc.PD_OUTSTANDING: marks.queue_len}, parent=scheduler.ROOT, trace_key=key)
@@ -186,20 +187,19 @@ def _on_prebuilt(st: SchedulerState, call: Call, /, processor, batch, *a, **k):
         if trace.pd is None or trace.pd.first_out:
             continue
         trace.pd.first_out = end
-        n = len(req.output_ids)
-        trace.tokens = [end] * n
-        trace.n_out = n
+        trace.stamp_outputs(len(req.output_ids), end)  # prefill's token, unless the output streamer stamped it
         if req.finished() and not trace.done:
             trace.done = True
             finished.append(req)
-    if st.is_leader:
-        for req in finished:
-            emit_decode_side(st, rec, req, req._sgt)
+    for req in finished:
+        detail = scheduler.keep_decision(rec, req, req._sgt, end)
+        if st.is_leader:
+            emit_decode_side(st, rec, req, req._sgt, detail)
     if finished:
         rec.flush_soon()
 
 
-def emit_decode_side(st: SchedulerState, rec, req, trace) -> None:
+def emit_decode_side(st: SchedulerState, rec, req, trace, detail: str = sc.KEPT_ALL) -> None:
     """A decode-server request's PD spans (the scheduler patch writes its decode span)."""
     marks = trace.pd
     key = st.trace_key(req.rid)
@@ -212,7 +212,7 @@ def emit_decode_side(st: SchedulerState, rec, req, trace) -> None:
         rec.emit(sc.PD_KV_RECEIVE, marks.preallocated, marks.kv_received, attrs, parent=root, trace_key=key)
     if marks.kv_received and marks.first_out:
         rec.emit(sc.PD_FIRST_DECODE, marks.kv_received, marks.first_out, attrs, parent=root, trace_key=key)
-    scheduler.emit_request(rec, req, trace, key)
+    scheduler.emit_request(rec, req, trace, detail, key)
     st.trace_ids.pop(req.rid, None)
 
 

@@ -82,10 +82,16 @@ class RequestTrace:
         self.scheduled = 0
         self.match: PrefixMatch | None = None
         self.chunks: list[PrefillChunk] = []
-        self.tokens: list[int] = []  # wall time of each output token
+        self.tokens: list[int] = []  # wall time each output token was handed to the detokenizer
         self.n_out = 0
         self.done = False
         self.pd = None  # a PD request's marks (``disaggregation.PdMarks``)
+
+    def stamp_outputs(self, n_out: int, now: int) -> None:
+        """Stamp ``now`` on the output tokens beyond those stamped already (``n_out``: how many exist)."""
+        if n_out > self.n_out and not self.done:
+            self.tokens.extend([now] * (n_out - self.n_out))
+            self.n_out = n_out
 
 
 @dataclasses.dataclass(slots=True)
