@@ -8,8 +8,8 @@ from sglang_tracing.config import TraceConfig
 def instrument_all(config: TraceConfig, skipped: list[str]) -> int:
     """Register every patch; each process's patches share that process's state object (``patches.state``)."""
     from sglang_tracing.patches import (
-        detokenizer, hiradix_cache, http_server, kv_allocation, model_runner, output_streamer, radix_cache, scheduler,
-        speculative, tokenizer_manager,
+        detokenizer, disaggregation, hiradix_cache, http_server, kv_allocation, model_runner, output_streamer,
+        radix_cache, scheduler, speculative, tokenizer_manager,
     )
     from sglang_tracing.patches.state import DetokenizerState, SchedulerState, TokenizerState
 
@@ -17,5 +17,5 @@ def instrument_all(config: TraceConfig, skipped: list[str]) -> int:
     return (http_server.instrument(tokenizer, skipped)
             + tokenizer_manager.instrument(tokenizer, skipped)
             + sum(m.instrument(sched, skipped) for m in (scheduler, output_streamer, kv_allocation, radix_cache,
-                                                      hiradix_cache, speculative, model_runner))
+                                                      hiradix_cache, speculative, model_runner, disaggregation))
             + detokenizer.instrument(detok, skipped))
