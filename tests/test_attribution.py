@@ -21,7 +21,7 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 BACKENDS = EXAMPLES / "h200-backends"

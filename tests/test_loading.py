@@ -25,7 +25,8 @@ from sglang_tracing.analyzer.analyses.requests import request_table, user_reques
 from sglang_tracing.analyzer.loaders import span_store
 from sglang_tracing.analyzer.loaders.files import glob_inputs
 from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
-from sglang_tracing.analyzer.model import load_trace_dir, load_trace_dirs, spans_frame
+from sglang_tracing.analyzer.loaders.otlp_json import spans_frame
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 
 from test_reports import check_perfetto

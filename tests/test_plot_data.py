@@ -11,7 +11,7 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import radix, story
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYSES = ROOT / "analyzer" / "analyses"

@@ -19,7 +19,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import profiler_control, radix, servers, story
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.model import load_trace_dir, load_trace_dirs
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 LAYER = EXAMPLES / "h200-nsys-layer" / "nsys-triton" / "trace"

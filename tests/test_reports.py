@@ -15,7 +15,7 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 TRITON = EXAMPLES / "h200-llama2-7b-triton"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.experiment_cells import cells
-from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
+from sglang_tracing.analyzer.loaders.experiment_cells import cells
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
+from sglang_tracing.analyzer.model import TraceModel
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ import polars as pl
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Source, TraceModel,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source,
 )
 
 CPU_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver")
@@ -109,24 +109,20 @@ def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
     return f["kernels"], pl.concat([f["cpu_ops"], annotations]).sort("start_ns")
 
 
-def attach(model: TraceModel, path: str) -> dict:
-    """Load a Kineto trace file, or every kineto-*.json[.gz] of a folder, into ``model``."""
+def load(path: str) -> list[Loaded]:
+    """A Kineto trace file, or every kineto-*.json[.gz] of a folder: each file's frames and source."""
     p = Path(path)
     files = sorted(p.glob("kineto-*.json*")) if p.is_dir() else [p]
     if not files:
         raise TraceError(p, "no kineto-*.json files in this folder")
-    total = 0
+    out = []
     for f in files:
         trace = read(f)
         fr = all_frames(trace)
-        for attr in ("kernels", "memops", "cpu_ops", "nvtx"):
-            setattr(model, attr, pl.concat([getattr(model, attr), fr[attr]]))
-        model.devices = pl.concat([model.devices, fr["devices"]]).unique(maintain_order=True)
-        total += fr["kernels"].height
-        model.sources.append(Source(
+        out.append(Loaded(fr, Source(
             "kineto", str(f), "baseTimeNanoseconds" if trace["base_ns"] else "none (no base time in the file)",
             offset_ns=trace["base_ns"] or None,
             counts={"kernels": fr["kernels"].height, "cpu_ops": fr["cpu_ops"].height,
                     "memops": fr["memops"].height, "annotations": fr["nvtx"].height},
-            devices=trace["devices"]))
-    return {"kernels": total}
+            devices=trace["devices"])))
+    return out

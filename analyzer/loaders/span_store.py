@@ -32,7 +32,7 @@ import polars as pl
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import otlp_columns
 from sglang_tracing.analyzer.loaders.files import read_bytes
-from sglang_tracing.analyzer.loaders.otlp_columns import EVENT_SCHEMA, SPAN_BASE
+from sglang_tracing.analyzer.model import EVENT_SCHEMA, SPAN_BASE
 from sglang_tracing.config import ENV_CACHE_DIR
 
 logger = logging.getLogger(__name__)
@@ -383,8 +383,7 @@ def _warn_cut(path: str) -> None:
 
 def _reference_file(path: Path, index: int, folder: Path) -> dict:
     """One file through the reference path (exact errors, and inputs the fast decoder declines)."""
-    from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
-    from sglang_tracing.analyzer.model import spans_frame
+    from sglang_tracing.analyzer.loaders.otlp_json import read_span_file, spans_frame
 
     rows, events, cut = read_span_file(path)
     frame = spans_frame(rows).drop("dur_ns")
