@@ -18,12 +18,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import diff, summaries, timeline
 from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints, warp_stalls
 from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import ncu, nsys
-from sglang_tracing.analyzer.renderers import text
 
 from test_readers import KERN_SUM, KINETO, NCU_NEW, NCU_OLD, NCU_TEXT, NSYS_2022, NSYS_2024, NSYS_REP, plain_sqlite
 
@@ -150,11 +150,14 @@ def test_nsys_2024_without_osrt_and_nvtx_tables(tmp_path):
     db.commit()
     stripped = tmp_path / "stripped.sqlite"
     db.execute(f"vacuum into '{stripped}'")
-    report = timeline.build_report(api.load(None, nsys=str(stripped)))
-    out = text.render(report)
-    assert "OS runtime (nsys osrt_sum)" in out and "no OS runtime calls in the profile" in out
-    assert "no NVTX ranges in the profile" in out
-    assert "[CUDA memset]" in out and "[CUDA memcpy" not in out
+    result = timeline.compute(api.load(None, nsys=str(stripped)))
+    assert result.tables["osrt_sum"][0].is_empty() and result.tables["nvtx_sum"][0].is_empty()
+    memsets = db.execute("select count(*) from CUPTI_ACTIVITY_KIND_MEMSET").fetchone()[0]
+    assert result.tables["cuda_gpu_mem_time_sum"][0].select("Operation", "Count").rows() == [("[CUDA memset]", memsets)]
+    sections = {s.title: s for s in timeline.describe(result).sections}
+    for empty in ("osrt_sum", "nvtx_sum"):  # each empty table's section: nothing measured, and why
+        title, why = timeline.TABLES[empty]
+        assert sections[title].table is None and [(f.value, f.source) for f in sections[title].figures] == [(None, why)]
 
 
 # ---- Kineto against the json module ----
@@ -199,8 +202,7 @@ def test_kineto_memops_api_annotations_devices():
     nvtx = tables["nvtx_sum"][0]
     assert nvtx["Range"].to_list() == [e["name"] for e in ann]
     assert nvtx["Total Time (ns)"].to_list() == [pytest.approx(e["dur"] * 1e3, abs=1) for e in ann]
-    out = text.render(timeline.build_report(model))
-    assert doc["deviceProperties"][0]["name"] in out and "NVIDIA H100 80GB HBM3" in out
+    assert timeline.compute(model).top.names == {0: doc["deviceProperties"][0]["name"]} == {0: "NVIDIA H100 80GB HBM3"}
 
 
 # ---- ncu against the csv module and the console text ----
@@ -335,21 +337,28 @@ def test_ncu_header_only_csv_exits_2(tmp_path):
 
 
 # ---- the timeline report on other people's files ----
+def _raw_kernel_count(args: tuple[str, str], tmp_path) -> int:
+    """Kernels in the file, counted with SQL over the nsys export or json over the Kineto trace."""
+    if args[0] == "--kineto":
+        return sum(e.get("cat") == "kernel" and e.get("ph") == "X" for e in json.load(gzip.open(args[1]))["traceEvents"])
+    return plain_sqlite(args[1], tmp_path).execute("select count(*) from CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+
+
 @pytest.mark.parametrize("args", [("--nsys", NSYS_2022), ("--nsys", NSYS_2024), ("--kineto", KINETO)],
                          ids=["nsys-2022", "nsys-2024", "kineto"])
 def test_timeline_on_foreign_files(args, tmp_path):
+    """A profile without our spans: the top-down page and the stats tables, no SGLang side; the CLI writes it."""
+    model = api.load(None, **{args[0][2:]: args[1]})
+    result = timeline.compute(model)
+    assert result.sglang is None and result.span_count == 0
+    assert set(result.tables) == set(timeline.TABLES)
+    assert result.tables["cuda_gpu_kern_sum"][0]["Instances"].sum() == _raw_kernel_count(args, tmp_path)
+    assert result.top.busy.height >= 1 and result.top.look_first.height >= 1
     done = cli("analyze", *args, "--report", "timeline", "--out", str(tmp_path), "--format", "text,md")
     assert done.returncode == 0, done.stderr
-    out = (tmp_path / "timeline.txt").read_text()
-    for section in ("Top-down", "GPU busy", "What to look at first", "nsys cuda_gpu_kern_sum",
-                    "nsys cuda_gpu_mem_time_sum", "nsys cuda_api_sum", "nsys nvtx_sum"):
-        assert section in out, section
-    for sglang_only in ("evictions", "Scheduling overhead", "SGLang processes", "Scheduler CPU vs GPU"):
-        assert sglang_only not in out, sglang_only
     # full kernel names: every kernel of the table is printed whole, in text and Markdown
-    model = api.load(None, **{args[0][2:]: args[1]})
+    out, md = (tmp_path / "timeline.txt").read_text(), (tmp_path / "timeline.md").read_text()
     names = summaries.kernel_summary(model.kernels)["Name"].head(timeline.TOP).to_list()
-    md = (tmp_path / "timeline.md").read_text()
     assert all(n in out for n in names) and all(n.replace("|", "\\|") in md for n in names)
 
 
@@ -368,17 +377,26 @@ def test_timeline_gpu_busy_and_bubbles_match_independent_sweep(tmp_path):
             cur_e = max(cur_e, e)
     busy += cur_e - cur_s
     bubbles = [g for g in gaps if g > 50_000]
-    out = text.render(timeline.build_report(api.load(None, nsys=NSYS_2022)))
-    window = max(e for _, e in iv) - iv[0][0]
-    assert f"GPU busy: {busy / 1e6:.3f} ms of {window / 1e6:.3f} ms" in out
-    assert f"{len(bubbles)} bubbles > 50 us totalling {sum(bubbles) / 1e6:.3f} ms" in out
+    (device,) = timeline.compute(api.load(None, nsys=NSYS_2022)).top.busy.iter_rows(named=True)
+    assert (device["busy_ns"], device["window_ns"]) == (busy, max(e for _, e in iv) - iv[0][0])
+    assert (device["bubbles"], device["bubble_ns"]) == (len(bubbles), sum(bubbles))
 
 
-def test_timeline_keeps_sglang_sections_for_sglang_traces(h200_model):
-    out = text.render(timeline.build_report(h200_model))
-    assert "evictions: 0" in out and "Scheduling overhead per batch" in out and "Scheduler CPU vs GPU" in out
-    assert "sglang:sglang.scheduler.forward" in out  # our ranges grouped by span name, not one row per span id
-    assert "GPU: NVIDIA H200 (device 0)" in out
+def test_timeline_keeps_sglang_sections_for_sglang_traces(h200_model, tmp_path):
+    """Our own trace under nsys: the SGLang side is there, and our NVTX ranges are grouped by span name (one
+    row per name, as many instances as SQL counts ranges of that name), not one row per span id."""
+    result = timeline.compute(h200_model)
+    side = result.sglang
+    assert side is not None and side.evictions.height == 0
+    assert set(side.batch_spans) == {sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT}
+    assert side.overlap["gpu_busy_ns"] > 0 and side.overlap["cpu_busy_ns"] > 0
+    assert result.top.names == {0: "NVIDIA H200"}
+    db = plain_sqlite(str(NSYS_H200 / "nsys.sqlite.gz"), tmp_path)
+    forwards = db.execute("select count(*) from NVTX_EVENTS e left join StringIds s on s.id = e.textId "
+                          "where coalesce(e.text, s.value) like ? and e.end is not null", (f"{sc.FORWARD} %",)).fetchone()[0]
+    nvtx_sum = result.tables["nvtx_sum"][0]
+    assert nvtx_sum.filter(pl.col("Range") == f"sglang:{sc.FORWARD}")["Instances"].to_list() == [forwards]
+    assert not nvtx_sum["Range"].str.contains(r"[0-9a-f]{16}$").any()
 
 
 def test_cli_reads_nsys_stats_csv(tmp_path):
