@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dirs
 from sglang_tracing.analyzer.model import Loaded, Source, TraceModel, profiles_only
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import TraceError, UsageError
 
 REPORTS = ("story", "radix", "timeline", "attention")
 

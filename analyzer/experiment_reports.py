@@ -7,9 +7,9 @@ from pathlib import Path
 
 def _backends():
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    return experiments.backends, backends.build_report
+    return backends_experiment.load, backends.build_report
 
 
 def _tp_scaling():

@@ -63,6 +63,12 @@ def empty(schema: dict) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
+def rows_frame(rows: list[tuple], schema: dict) -> pl.DataFrame:
+    """Row tuples in one of these schemas as a frame, in time order where the schema has start_ns."""
+    frame = pl.DataFrame(rows, schema=schema, orient="row") if rows else empty(schema)
+    return frame.sort("start_ns") if "start_ns" in schema else frame
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One profiler input loaded into a model (its provenance; the recorded manifest is left as read)."""

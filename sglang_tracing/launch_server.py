@@ -10,8 +10,9 @@ import os
 import sys
 
 from sglang_tracing.config import (
-    LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, UsageError, parse_profile_steps, validate_nvml_interval,
+    LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, parse_profile_steps, validate_nvml_interval,
 )
+from sglang_tracing.errors import UsageError
 
 
 class SGLangMissing(UsageError):

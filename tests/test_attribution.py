@@ -70,9 +70,9 @@ def truth() -> dict:
 @pytest.fixture(scope="module")
 def phases():
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    inputs = experiments.backends(BACKENDS)
+    inputs = backends_experiment.load(BACKENDS)
     frame = backends.with_server_phases(inputs.cells, inputs.models)
     return {(r["backend"], r["batch_size"], r["seq_len"]): r for r in frame.iter_rows(named=True)}
 
@@ -95,9 +95,9 @@ def test_cells_without_recorded_rids_take_user_requests_arriving_in_their_window
     """Older result.json files lack rids: the server's user requests that arrived inside the cell's window
     stand in (the cell's untimed warm-up ended before it, SGLang's warm-up is internal): same figures."""
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    inputs = experiments.backends(BACKENDS)
+    inputs = backends_experiment.load(BACKENDS)
     frame = backends.with_server_phases(inputs.cells.drop("rids"), inputs.models)
     for row in frame.iter_rows(named=True):
         ref = phases[(row["backend"], row["batch_size"], row["seq_len"])]

@@ -91,9 +91,9 @@ def test_backends_grid_on_cpu(tmp_path):
     assert (out / "backends.txt").exists()
     # the analysis' per-cell figures: client medians as result.json holds them, no GPU figure on a CPU run
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    inputs = experiments.backends(out)
+    inputs = backends_experiment.load(out)
     frame = backends.with_hardware(backends.with_server_phases(inputs.cells, inputs.models), inputs.models)
     assert sorted(frame["cell"]) == cells
     for row in frame.iter_rows(named=True):

@@ -19,7 +19,8 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import DebugAnnotation, T
 from polars.testing import assert_frame_equal
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import ENV_CACHE_DIR, UsageError
+from sglang_tracing.config import ENV_CACHE_DIR
+from sglang_tracing.errors import UsageError
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.loaders import span_store

@@ -20,9 +20,9 @@ import pytest
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
-from sglang_tracing.analyzer.analyses import diff, summaries, timeline
+from sglang_tracing.analyzer.analyses import diff, stats_tables, timeline
 from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints, warp_stalls
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders import ncu, nsys
 
 from test_readers import KERN_SUM, KINETO, NCU_NEW, NCU_OLD, NCU_TEXT, NSYS_2022, NSYS_2024, NSYS_REP, plain_sqlite
@@ -86,8 +86,8 @@ def test_nsys_memops_match_sql(path, tmp_path):
     assert groups, "every file here moves memory"
     con, _ = nsys.open_export(path)
     mem = nsys.memops(con)
-    check_table(summaries.memop_time_summary(mem), "Operation", "Count", {k: stats(v) for k, v in groups.items()})
-    check_table(summaries.memop_size_summary(mem), "Operation", "Count", {k: stats(v) for k, v in sizes.items()},
+    check_table(stats_tables.memop_time_summary(mem), "Operation", "Count", {k: stats(v) for k, v in groups.items()})
+    check_table(stats_tables.memop_size_summary(mem), "Operation", "Count", {k: stats(v) for k, v in sizes.items()},
                 scale=1e-6, total="Total (MB)", unit="MB")
 
 
@@ -100,7 +100,7 @@ def test_nsys_cuda_api_matches_sql(path, tmp_path):
                                    join StringIds s on r.nameId = s.id where r.eventClass in (0, 1)"""):
         groups[re.sub(r"_v\d+$", "", name)].append(dur)
     con, _ = nsys.open_export(path)
-    table = summaries.api_summary(nsys.api_calls(con))
+    table = stats_tables.api_summary(nsys.api_calls(con))
     check_table(table, "Name", "Num Calls", {k: stats(v) for k, v in groups.items()})
 
 
@@ -124,7 +124,7 @@ def test_nsys_nvtx_sum_matches_sql(path, tmp_path):
         tag = f"{domain}:{name}" if domain else name
         groups[(tag, "PushPop" if etype in (59, 70) else "StartEnd")].append((end if end is not None else last) - start)
     con, _ = nsys.open_export(path)
-    table = summaries.nvtx_summary(nsys.nvtx(con)).with_columns(
+    table = stats_tables.nvtx_summary(nsys.nvtx(con)).with_columns(
         pl.concat_str("Range", "Style", separator="|").alias("key"))
     check_table(table, "key", "Instances", {f"{r}|{s}": stats(v) for (r, s), v in groups.items()})
 
@@ -136,7 +136,7 @@ def test_nsys_osrt_matches_sql(tmp_path):
     for name, dur in db.execute("select s.value, o.end - o.start from OSRT_API o join StringIds s on o.nameId = s.id"):
         groups[name].append(dur)
     con, _ = nsys.open_export(path)
-    check_table(summaries.osrt_summary(nsys.osrt_calls(con)), "Name", "Num Calls",
+    check_table(stats_tables.osrt_summary(nsys.osrt_calls(con)), "Name", "Num Calls",
                 {k: stats(v) for k, v in groups.items()})
 
 
@@ -172,7 +172,7 @@ def test_kineto_memops_api_annotations_devices():
         if e.get("ph") == "X":
             by_cat[e.get("cat")].append(e)
     model = api.load(None, kineto=KINETO)
-    tables = summaries.summaries(model)
+    tables = stats_tables.summaries(model)
     # gpu_memcpy / gpu_memset: count, bytes and time per kind
     mem = collections.defaultdict(lambda: [0, 0, 0.0])
     for cat in ("gpu_memcpy", "gpu_memset"):
@@ -358,7 +358,7 @@ def test_timeline_on_foreign_files(args, tmp_path):
     assert done.returncode == 0, done.stderr
     # full kernel names: every kernel of the table is printed whole, in text and Markdown
     out, md = (tmp_path / "timeline.txt").read_text(), (tmp_path / "timeline.md").read_text()
-    names = summaries.kernel_summary(model.kernels)["Name"].head(timeline.TOP).to_list()
+    names = stats_tables.kernel_summary(model.kernels)["Name"].head(timeline.TOP).to_list()
     assert all(n in out for n in names) and all(n.replace("|", "\\|") in md for n in names)
 
 
@@ -417,7 +417,7 @@ def test_diff_same_file_is_all_same():
     assert set(tables) >= {"Kernels", "NVTX ranges", "GPU memory operations", "CUDA API"}
     for table in tables.values():
         assert set(table["status"]) == {"same"} and (table["delta_ms"] == 0).all()
-    assert tables["Kernels"].height == summaries.kernel_summary(model.kernels).height == 15  # 19 launches
+    assert tables["Kernels"].height == stats_tables.kernel_summary(model.kernels).height == 15  # 19 launches
 
 
 def test_diff_two_exports_kernel_by_kernel(tmp_path):
@@ -425,8 +425,8 @@ def test_diff_two_exports_kernel_by_kernel(tmp_path):
     q = ("select s.value, sum(k.end - k.start), count(*) from CUPTI_ACTIVITY_KIND_KERNEL k "
          "join StringIds s on k.demangledName = s.id group by 1")
     ta, tb = {r[0]: r[1:] for r in a.execute(q)}, {r[0]: r[1:] for r in b.execute(q)}
-    x = summaries.kernel_summary(api.load_input(NSYS_2022).kernels)
-    y = summaries.kernel_summary(api.load_input(NSYS_2024).kernels)
+    x = stats_tables.kernel_summary(api.load_input(NSYS_2022).kernels)
+    y = stats_tables.kernel_summary(api.load_input(NSYS_2024).kernels)
     d = diff.compare(x, y, "Name", "Total Time (ns)", "Instances")
     assert set(d.filter(pl.col("status") == "missing")["name"]) == set(ta) - set(tb)
     assert set(d.filter(pl.col("status") == "new")["name"]) == set(tb) - set(ta)
@@ -440,7 +440,7 @@ def test_diff_two_exports_kernel_by_kernel(tmp_path):
 def test_diff_scaled_run_reports_slower_by_how_much():
     """B = A with one kernel's launches made 50% longer: that kernel, and only it, is slower by 50%."""
     a = api.load_input(NSYS_2024)
-    victim = summaries.kernel_summary(a.kernels)["Name"][0]
+    victim = stats_tables.kernel_summary(a.kernels)["Name"][0]
     b = api.load_input(NSYS_2024)
     b.kernels = b.kernels.with_columns(
         pl.when(pl.col("name") == victim).then(pl.col("dur_ns") * 3 // 2).otherwise(pl.col("dur_ns")).alias("dur_ns"))

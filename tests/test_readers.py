@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from sglang_tracing.analyzer.analyses import attention
-from sglang_tracing.analyzer.analyses.summaries import kernel_summary
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.analyses.stats_tables import kernel_summary
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders import kineto, ncu, nsys, nsys_stats
 
 from conftest import REALDATA

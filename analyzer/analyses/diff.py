@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing.analyzer.analyses import profiler_control, topdown
-from sglang_tracing.analyzer.analyses.summaries import summaries
+from sglang_tracing.analyzer.analyses.stats_tables import summaries
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, ms
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source, rows_frame,
 )
 
 CPU_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver")
@@ -59,11 +59,6 @@ def memop_name(name: str, category: str) -> str:
     return f"[CUDA memcpy {name}]"
 
 
-def _frame(rows: list, schema: dict) -> pl.DataFrame:
-    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
-    return df.sort("start_ns") if "start_ns" in schema else df
-
-
 def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
     """kernels, memops, cpu_ops (CPU ops and CUDA runtime/driver calls), nvtx (user annotations) and
     devices, on the wall clock when the trace carries its base time."""
@@ -95,9 +90,9 @@ def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
     devices = [(d.get("id"), d.get("name"), d.get("numSms"), d.get("totalGlobalMem"),
                 f"{d['computeMajor']}.{d['computeMinor']}" if "computeMajor" in d else None, "kineto")
                for d in trace["devices"] if isinstance(d, dict)]
-    return {"kernels": _frame(kernels, KERNEL_SCHEMA), "memops": _frame(memops, MEMOP_SCHEMA),
-            "cpu_ops": _frame(ops, CPU_OP_SCHEMA), "nvtx": _frame(ranges, NVTX_SCHEMA),
-            "devices": _frame(devices, DEVICE_SCHEMA)}
+    return {"kernels": rows_frame(kernels, KERNEL_SCHEMA), "memops": rows_frame(memops, MEMOP_SCHEMA),
+            "cpu_ops": rows_frame(ops, CPU_OP_SCHEMA), "nvtx": rows_frame(ranges, NVTX_SCHEMA),
+            "devices": rows_frame(devices, DEVICE_SCHEMA)}
 
 
 def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -17,10 +17,10 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import local_copy
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source, rows_frame,
 )
 
 META_TABLES = ("META_DATA_EXPORT", "EXPORT_META_DATA")
@@ -172,9 +172,7 @@ def api_calls(con) -> pl.DataFrame:
             else:
                 is_driver = not name.startswith("cuda")
             rows.append((start, end, name, tid, corr, "cuda_driver" if is_driver else "cuda_runtime"))
-    if not rows:
-        return pl.DataFrame(schema=CPU_OP_SCHEMA)
-    return pl.DataFrame(rows, schema=CPU_OP_SCHEMA, orient="row").sort("start_ns")
+    return rows_frame(rows, CPU_OP_SCHEMA)
 
 
 def osrt_calls(con) -> pl.DataFrame:
@@ -202,9 +200,7 @@ def memops(con) -> pl.DataFrame:
     if "CUPTI_ACTIVITY_KIND_MEMSET" in tables:
         rows += con.execute("""select start, end, end - start, '[CUDA memset]', bytes, deviceId, streamId,
                                       correlationId, 'nsys' from CUPTI_ACTIVITY_KIND_MEMSET""").fetchall()
-    if not rows:
-        return pl.DataFrame(schema=MEMOP_SCHEMA)
-    return pl.DataFrame(rows, schema=MEMOP_SCHEMA, orient="row").sort("start_ns")
+    return rows_frame(rows, MEMOP_SCHEMA)
 
 
 def devices(con) -> pl.DataFrame:

@@ -12,7 +12,7 @@ except ImportError:  # pragma: no cover
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.model import SPAN_BASE, SPAN_FIELDS, no_spans
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders import otlp_columns
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.model import EVENT_SCHEMA, SPAN_BASE

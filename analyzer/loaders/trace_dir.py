@@ -17,11 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
 from sglang_tracing.analyzer.loaders.span_store import open_store
 from sglang_tracing.analyzer.model import COUNTER_SCHEMA, TraceModel, empty
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import TraceError, UsageError
 from sglang_tracing.semconv import GPM_METRICS
 
 logger = logging.getLogger(__name__)
