@@ -58,7 +58,7 @@ def build_reports(model: TraceModel, names: list[str], request: str = "slowest",
                 "attention": lambda: attention.build_report(model)}
     reports = [builders[n]() for n in names]
     if servers.merged(model):
-        servers.add_breakdowns(reports, model)
+        servers.add_to(reports, servers.compute(model, set(names)))
     return reports
 
 

@@ -23,7 +23,7 @@ from sglang_tracing.config import ENV_CACHE_DIR
 from sglang_tracing.errors import UsageError
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
-from sglang_tracing.analyzer.loaders import span_store
+from sglang_tracing.analyzer.loaders import span_chunks, span_store
 from sglang_tracing.analyzer.loaders.files import glob_inputs
 from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
 from sglang_tracing.analyzer.loaders.otlp_json import spans_frame
@@ -99,9 +99,9 @@ def test_parallel_chunks_and_the_cache(tmp_path, monkeypatch):
     for f in d.glob("spans-*.jsonl.gz"):
         (d / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
         f.unlink()
-    monkeypatch.setattr(span_store, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(span_store, "CHUNK_BYTES", 300_000)
-    assert len(span_store._plan(sorted(d.glob("spans-*.jsonl")))) > 10
+    monkeypatch.setattr(span_chunks, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(span_chunks, "CHUNK_BYTES", 300_000)
+    assert len(span_chunks.plan(sorted(d.glob("spans-*.jsonl")))) > 10
     fresh = load_trace_dir(d, workers=2)
     assert_same_as_reference(fresh, TRITON)
     cached = load_trace_dir(d)
@@ -198,8 +198,8 @@ def test_cut_last_line_in_a_chunked_file(tmp_path, monkeypatch):
     data = gzip.decompress(f.read_bytes())
     f.unlink()
     (d / f.name[:-3]).write_bytes(data[: len(data) - 500])
-    monkeypatch.setattr(span_store, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(span_store, "CHUNK_BYTES", 1_000_000)
+    monkeypatch.setattr(span_chunks, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(span_chunks, "CHUNK_BYTES", 1_000_000)
     model = load_trace_dir(d, workers=2)
     assert model.cut_files == [str(d / f.name[:-3])]
     assert_same_as_reference(model, d)  # the reference path drops the same half line

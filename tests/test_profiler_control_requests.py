@@ -179,7 +179,7 @@ def test_per_server_percentiles_leave_out_touched_requests():
     the counts over all of them, and a left_out column says how many were left out."""
     model = load_trace_dirs([FLASHINFER, TRITON])  # labelled server-flashinfer, server-triton
     reports = [story.build_report(model, "slowest")]
-    servers.add_breakdowns(reports, model)
+    servers.add_to(reports, servers.compute(model, {"story"}))
     section = next(s for s in reports[0].sections if s.title == "Per server")
     rows = {r["server"]: r for r in section.table.iter_rows(named=True)}
     assert len(rows) == 2
