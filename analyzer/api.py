@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dirs
 from sglang_tracing.analyzer.model import Loaded, Source, TraceModel, profiles_only
+from sglang_tracing.analyzer.report import Section
 from sglang_tracing.errors import TraceError, UsageError
 
 REPORTS = ("story", "radix", "timeline", "attention")
@@ -59,7 +61,35 @@ def build_reports(model: TraceModel, names: list[str], request: str = "slowest",
     reports = [builders[n]() for n in names]
     if servers.merged(model):
         servers.add_to(reports, servers.compute(model, set(names)))
+    if model.cut_files:
+        for report in reports:
+            report.sections.insert(0, cut_lines_section(model.cut_files))
     return reports
+
+
+def cut_lines_section(cut_files: list[str]) -> Section:
+    """Span files whose last line was cut off (a writer killed mid-line): what the reports do not hold."""
+    sec = Section("Sources: span lines not read")
+    for path in cut_files:
+        sec.add("last line cut off", path, "its writer was killed mid-line; the spans of that line are not "
+                                           "in this report")
+    return sec
+
+
+def output_dir(path: str | os.PathLike, given: bool) -> Path:
+    """``path`` created and proven writable before any work; a UsageError names it and what to do.
+    ``given``: the user named it with --out (else it is the default beside the trace)."""
+    out = Path(path)
+    fix = "pass another --out" if given else "pass --out DIR somewhere you can write"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{out}: exists and is not a folder; {fix}") from None
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write there ({exc.strerror}); {fix}") from None
+    return out
 
 
 def _parse_list(text: str, allowed, what: str) -> list[str]:
@@ -82,16 +112,19 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
     dirs = _dirs(trace_dir)
     if len(dirs) > 1 and out_dir is None:
         raise UsageError("--out is needed when several trace dirs are analyzed together")
+    if not dirs and out_dir is None and (nsys or kineto or ncu):
+        raise UsageError("--out is needed when no trace dir is given")
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise TraceError(d, "not a directory" if Path(d).exists() else "no such trace dir")
+    out = output_dir(out_dir or os.path.join(dirs[0], "reports"), given=out_dir is not None) if dirs or out_dir else None
     model = load(dirs, nsys, kineto, ncu)
     if not dirs:
         names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
-        if out_dir is None:
-            raise UsageError("--out is needed when no trace dir is given")
-    out = Path(out_dir or os.path.join(dirs[0], "reports"))
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for report in build_reports(model, names, request, model_config):
-        written += write_report(out, report, fmts)
+    reports = build_reports(model, names, request, model_config)
+    for report in reports:
+        written += write_report(out, report, fmts, others=tuple(r.name for r in reports))
     return written
 
 
@@ -101,10 +134,11 @@ def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None
     from sglang_tracing.analyzer.analyses.requests import export_table, request_table
     from sglang_tracing.analyzer.renderers.tables import write_table
 
+    out = output_dir(out_dir or os.path.join(trace_dir, "reports"), given=out_dir is not None)
     model = load(trace_dir, nsys, kineto)
     gpu = request_gpu_time(model.spans, forward_gpu_time(model.spans, model.kernels))
     frame = export_table(request_table(model.spans, model.manifest, model.servers), gpu)
-    return write_table(frame, Path(out_dir or os.path.join(trace_dir, "reports")), "requests")
+    return write_table(frame, out, "requests")
 
 
 def load_input(path: str) -> TraceModel:
@@ -134,11 +168,10 @@ def diff(a: str, b: str, out_dir: str | None = None, formats: str = "text,md,htm
     from sglang_tracing.analyzer.renderers import text
     from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
 
+    fmts = _parse_list(formats, tuple(FORMATS), "format")
+    out = output_dir(out_dir, given=True) if out_dir else None
     report = diff_analysis.build_report(load_input(a), load_input(b), a, b)
-    written = []
-    if out_dir:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        written = write_report(Path(out_dir), report, _parse_list(formats, tuple(FORMATS), "format"))
+    written = write_report(out, report, fmts) if out else []
     return text.render(report), written
 
 
@@ -146,12 +179,14 @@ def to_perfetto(trace_dir: str | list[str] | None, output: str, nsys: str | None
                 kineto: str | None = None) -> dict:
     from sglang_tracing.analyzer.renderers import perfetto
 
+    if os.path.isdir(output):
+        raise UsageError(f"{output}: is a folder; -o takes the .pftrace file to write")
     model = load(trace_dir, nsys, kineto)
     tmp = output + ".tmp"
     try:
         with open(tmp, "wb") as f:
             counts = perfetto.render(model, f)
+        os.replace(tmp, output)
     except OSError as exc:
-        raise TraceError(output, f"cannot write ({exc.strerror})") from None
-    os.replace(tmp, output)
+        raise TraceError(output, f"cannot write ({exc.strerror}); pass another -o") from None
     return counts

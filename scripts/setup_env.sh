@@ -14,8 +14,8 @@ esac
 step() { echo "setup_env.sh: [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 STAMP="$VENV/.sglang-tracing-$VER"
 [ -f "$STAMP" ] || step "first run: creating $VENV with SGLang $VER on CPU torch; this usually takes about 5 minutes (later runs reuse it)"
-# Debian's Chromium renders the HTML report in the tests (headless)
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+# Debian's Chromium renders the HTML report in the tests (headless): only scripts/test.sh asks for it
+if [ "${WITH_CHROMIUM:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   step "installing chromium (apt; the tests render the HTML report with it)"
   { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "setup_env.sh: could not install chromium" >&2
 fi

@@ -162,3 +162,11 @@ def test_wait_ready_failure_is_one_line_naming_the_log(tmp_path):
     finally:
         server.stop()
     assert "\n" not in str(err.value) and str(log) in str(err.value) and log.stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["requests", str(TRITON), "--out", "{tmp}"],
+                                  ["diff", str(TRITON), str(TRITON)]], ids=["help", "requests", "diff"])
+def test_analyzer_commands_run_without_serving_dependencies(tmp_path, argv):
+    """h11 (the timed client's HTTP parser) comes with SGLang, not with the analyzer-only install."""
+    done = _blocked("h11", *[a.format(tmp=tmp_path) for a in argv])
+    assert done.returncode == 0, done.stderr[-2000:]

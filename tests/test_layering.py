@@ -147,7 +147,7 @@ def test_each_layer_imports_only_itself_and_the_layers_below():
     ("sglang_tracing.analyzer.analyses.kernels", "def f():\n    from sglang_tracing.analyzer.renderers import text"),
     ("sglang_tracing.analyzer.analyses.requests", "import sglang_tracing.analyzer.api"),
     ("sglang_tracing.analyzer.renderers.text", "from sglang_tracing.analyzer import experiment_reports"),
-    ("sglang_tracing.analyzer.errors", "from sglang_tracing.analyzer.model import TraceModel"),
+    ("sglang_tracing.analyzer.progress", "from sglang_tracing.analyzer.model import TraceModel"),
     ("sglang_tracing.analyzer.analyses.kernels", "import matplotlib.pyplot as plt"),
 ])
 def test_an_upward_import_is_caught(module, source):

@@ -21,9 +21,12 @@ import pytest
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import diff, stats_tables, timeline
-from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints, warp_stalls
-from sglang_tracing.errors import TraceError
+from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints
+from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.loaders import ncu, nsys
+from sglang_tracing.analyzer.renderers import text
+from sglang_tracing.analyzer.renderers.base import ROW_LIMIT
+from sglang_tracing.errors import TraceError
 
 from test_readers import KERN_SUM, KINETO, NCU_NEW, NCU_OLD, NCU_TEXT, NSYS_2022, NSYS_2024, NSYS_REP, plain_sqlite
 
@@ -93,12 +96,12 @@ def test_nsys_memops_match_sql(path, tmp_path):
 
 @pytest.mark.parametrize("path", nsys_files(), ids=["2022.2", "2024.6", "2025.3-h200"])
 def test_nsys_cuda_api_matches_sql(path, tmp_path):
-    """Runtime and driver calls (eventClass 0 and 1) per function, version suffix dropped as nsys does."""
+    """Runtime and driver calls (eventClass 0 and 1) per function, 4-digit version suffix dropped as nsys does."""
     db = plain_sqlite(path, tmp_path)
     groups = collections.defaultdict(list)
     for name, dur in db.execute("""select s.value, r.end - r.start from CUPTI_ACTIVITY_KIND_RUNTIME r
                                    join StringIds s on r.nameId = s.id where r.eventClass in (0, 1)"""):
-        groups[re.sub(r"_v\d+$", "", name)].append(dur)
+        groups[re.sub(r"_v\d{4}$", "", name)].append(dur)  # nsys keeps cuGetProcAddress_v2, _v10000
     con, _ = nsys.open_export(path)
     table = stats_tables.api_summary(nsys.api_calls(con))
     check_table(table, "Name", "Num Calls", {k: stats(v) for k, v in groups.items()})
@@ -236,7 +239,7 @@ def test_ncu_na_flops_are_unknown_not_zero(tmp_path):
     api.analyze(None, reports="attention", out_dir=str(tmp_path), formats="text", ncu=NCU_NEW)
     out = (tmp_path / "attention.txt").read_text()
     assert "arith_intensity_flop_per_byte: not measured  [unknown: " in out and "n/a in the profile" in out
-    assert "TFLOP/s" not in out
+    assert "achieved_flop_per_s: not measured" in out  # the tensor part alone is printed apart, labelled
     # a GEMV-like row: tensor ops counted 0, FP32 counts n/a -> still unknown, never 0 FLOP/byte
     gemv = ncu.read(NCU_NEW).with_columns(
         pl.when(pl.col("metric") == "sm__ops_path_tensor_src_bf16_dst_fp32.sum").then(pl.lit(0.0))
@@ -358,7 +361,7 @@ def test_timeline_on_foreign_files(args, tmp_path):
     assert done.returncode == 0, done.stderr
     # full kernel names: every kernel of the table is printed whole, in text and Markdown
     out, md = (tmp_path / "timeline.txt").read_text(), (tmp_path / "timeline.md").read_text()
-    names = stats_tables.kernel_summary(model.kernels)["Name"].head(timeline.TOP).to_list()
+    names = stats_tables.kernel_summary(model.kernels)["Name"].head(ROW_LIMIT).to_list()
     assert all(n in out for n in names) and all(n.replace("|", "\\|") in md for n in names)
 
 
@@ -404,7 +407,7 @@ def test_cli_reads_nsys_stats_csv(tmp_path):
     assert done.returncode == 0, done.stderr
     out = (tmp_path / "timeline.txt").read_text()
     rows = list(csv.DictReader(open(KERN_SUM)))
-    assert "from nsys stats CSV" in out and f"25 of {len(rows)} shown" in out
+    assert "from nsys stats CSV" in out and f"showing {ROW_LIMIT} of {len(rows)} rows" in out
     assert rows[0]["Name"] in out and f"{int(rows[0]['Total Time (ns)']):,}" in out
     assert "nsys stats CSVs hold totals only" in out
 
@@ -444,12 +447,13 @@ def test_diff_scaled_run_reports_slower_by_how_much():
     b = api.load_input(NSYS_2024)
     b.kernels = b.kernels.with_columns(
         pl.when(pl.col("name") == victim).then(pl.col("dur_ns") * 3 // 2).otherwise(pl.col("dur_ns")).alias("dur_ns"))
-    report = diff.build_report(a, b)
-    kernels = next(s for s in report.sections if s.title == "Kernels")
-    rows = kernels.table.filter(pl.col("status") != "same")
+    result = diff.compute(a, b)
+    kernels = next(t for t in result.tables if t.title == "Kernels")
+    rows = kernels.rows.filter(pl.col("status") != "same")
     assert rows["name"].to_list() == [victim] and rows["status"].to_list() == ["slower"]
-    assert rows["delta_pct"][0] == pytest.approx(50, abs=0.1)
-    assert any(f.label == "largest regression" and f.source == victim for f in kernels.figures)
+    assert rows["per_call_pct"][0] == pytest.approx(50, abs=0.1) and rows["calls"].to_list() == ["same"]
+    section = next(s for s in diff.describe(result).sections if s.title == "Kernels")
+    assert any(f.label == "largest per-call regression" and f.source == victim for f in section.figures)
 
 
 def test_diff_two_traced_runs_compares_spans():
@@ -457,8 +461,10 @@ def test_diff_two_traced_runs_compares_spans():
     b = EXAMPLES / "h200-backends" / "server-triton" / "trace"
     done = cli("diff", str(a), str(b))
     assert done.returncode == 0, done.stderr
-    assert "SGLang spans" in done.stdout and "sglang.scheduler.forward [decode]" in done.stdout
-    assert "Kernels" in done.stdout  # the Kineto traces recorded next to the spans
+    result = diff.compute(api.load_input(str(a)), api.load_input(str(b)))
+    tables = {t.title: t.rows for t in result.tables}
+    assert "sglang.scheduler.forward [decode]" in tables[diff.SPANS]["name"].to_list()
+    assert tables["Kernels"].height  # the Kineto traces recorded next to the spans
     bad = cli("diff", str(a), "/nonexistent")
     assert bad.returncode == 2 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -224,7 +224,7 @@ def test_story_on_h200_shows_floor_and_gpu_share():
 def test_html_report_renders_in_chromium(tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        pytest.fail("chromium is not installed (scripts/setup_env.sh installs Debian's chromium)")
+        pytest.fail("chromium is not installed (scripts/test.sh installs Debian's chromium)")
     api.analyze(str(TRITON), reports="story,radix", out_dir=str(tmp_path), formats="html", model_config="llama-2-7b")
     html = tmp_path / "story.html"
     assert "<script" not in html.read_text()

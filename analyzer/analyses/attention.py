@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints, warp_stalls
+from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints
+from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.report import Report, Section
 
 GROUPS = {
@@ -14,7 +15,7 @@ GROUPS = {
     "Occupancy": ["theoretical_occupancy_pct", "achieved_occupancy_pct", "occupancy_limiter", "waves_per_sm"],
     "Compute": ["sm_throughput_pct", "tensor_pct", "fp32_pct", "flop_tensor", "flop_non_tensor"],
     "Roofline": ["arith_intensity_flop_per_byte", "ridge_flop_per_byte", "roofline_side", "achieved_flop_per_s",
-                 "pct_of_roof"],
+                 "pct_of_roof", "tensor_flop_per_byte", "tensor_flop_per_s"],
     "Memory": ["dram_bandwidth_Bps", "dram_throughput_pct", "memory_throughput_pct", "l2_hit_pct", "l1_hit_pct",
                "shared_bank_conflicts", "global_load_efficiency_pct", "global_store_efficiency_pct"],
     "Warp state and scheduler": ["warp_cycles_per_issued", "active_threads_per_warp", "active_warps_per_scheduler",
@@ -28,20 +29,32 @@ def _format(field: str, v) -> str:
     if isinstance(v, float):
         if field == "dram_bandwidth_Bps":
             return f"{v / 1e9:.1f} GB/s"
-        if field == "achieved_flop_per_s":
+        if field in ("achieved_flop_per_s", "tensor_flop_per_s"):
             return f"{v / 1e12:.2f} TFLOP/s"
         return f"{int(v):,}" if v.is_integer() else f"{v:,.2f}"
     return str(v)
 
 
 def _missing_why(field: str, row: dict) -> str:
+    if field in ("tensor_flop_per_byte", "tensor_flop_per_s"):
+        return f"unknown: {row.get('flop_tensor_unknown_why') or 'no DRAM bytes or duration'}"
     if field in ("flop_tensor", "flop_non_tensor") and row.get(f"{field}_unknown_why"):
         return f"unknown: {row[f'{field}_unknown_why']}"
-    if field in _FLOP_FIELDS and row.get("flop_unknown_why"):
+    if field in _FLOP_FIELDS and row.get("flop") is None and row.get("flop_unknown_why"):
         return f"unknown: {row['flop_unknown_why']}"
+    if field in ("roofline_side", "pct_of_roof", "ridge_flop_per_byte"):
+        return "needs ncu's peaks (sm__ops_path_tensor_src_fp16.sum.peak_sustained, dram__bytes.sum.peak_sustained)"
     if field == "occupancy_limiter" and (row.get("theoretical_occupancy_pct") or 0) >= 100:
         return "none: theoretical occupancy is 100%"
     return "not collected"
+
+
+def _source(field: str, row: dict) -> str:
+    """Where a figure the report prints comes from, when not straight from one ncu metric."""
+    if field in ("tensor_flop_per_byte", "tensor_flop_per_s"):
+        return "tensor FLOPs only" + ("" if row.get("flop_non_tensor") is not None else
+                                      f" ({row.get('flop_non_tensor_unknown_why')})")
+    return row.get(f"{field}_source") or ""
 
 
 def _kernel_section(report: Report, row: dict) -> None:
@@ -55,7 +68,7 @@ def _kernel_section(report: Report, row: dict) -> None:
         child = sec.child(title)
         for f in fields:
             v = row.get(f)
-            child.add(f, None if v is None else _format(f, v), "" if v is not None else _missing_why(f, row))
+            child.add(f, None if v is None else _format(f, v), _missing_why(f, row) if v is None else _source(f, row))
 
 
 def _stalls(report: Report, stalls: pl.DataFrame) -> None:

@@ -1,4 +1,4 @@
-"""Canonical per-kernel figures from any ncu form, ncu's warp-stall breakdown and its rule hints.
+"""Canonical per-kernel figures from any ncu form and its rule hints (warp stalls: ncu_stalls).
 
 Each canonical field is looked up by raw metric name first (raw page, .ncu-rep, command-line
 metrics), then by the details page / console name, optionally pinned to a section. The same human
@@ -9,8 +9,6 @@ stays null; a field ncu printed as 'n/a' is null too and remembered, so totals b
 unknown rather than short.
 """
 from __future__ import annotations
-
-import re
 
 import polars as pl
 
@@ -98,40 +96,6 @@ NON_TENSOR_FIELDS = ("ffma", "fadd", "fmul", "hfma", "fadd_per_cycle", "fmul_per
 LIMITS = {"limit_registers": "registers", "limit_shared_mem": "shared memory", "limit_warps": "warps",
           "limit_blocks": "blocks per SM", "limit_barriers": "barriers"}
 
-STALL_RAW = re.compile(r"^smsp__average_warp_latency_issue_stalled_(\w+)\.ratio$|"
-                       r"^smsp__average_warps_issue_stalled_(\w+)_per_issue_active\.ratio$")
-STALL_MEANING = {
-    "long_scoreboard": "waiting on global/local memory (L1TEX) results: memory-latency bound",
-    "short_scoreboard": "waiting on shared memory or MUFU results: shared-memory or special-function bound",
-    "barrier": "waiting at __syncthreads: unbalanced work between warps of a block",
-    "mio_throttle": "memory-input/output queue full: too many shared-memory or special instructions",
-    "lg_throttle": "local/global memory queue full: too many small memory instructions",
-    "math_pipe_throttle": "math pipe busy: compute bound on that pipe",
-    "wait": "fixed-latency dependency: short instruction chains, little ILP",
-    "not_selected": "eligible but another warp was picked: enough parallelism",
-    "selected": "issuing: the warp did useful work",
-    "dispatch_stall": "dispatcher stall: pipeline conflicts",
-    "drain": "waiting for memory stores to drain at exit",
-    "imc_miss": "immediate constant cache miss",
-    "branch_resolving": "waiting for branch target computation",
-    "no_instruction": "instruction cache miss or no instruction fetched",
-    "membar": "waiting on a memory barrier",
-    "sleeping": "warp sleeping (nanosleep or yield)",
-    "tex_throttle": "texture queue full",
-    "misc": "miscellaneous hardware reasons",
-}
-# how ncu's CPIStall rule describes each stall reason in its text, most specific first
-_STALL_WORDS = (("scoreboard dependency on a MIO", "short_scoreboard"), ("L1TEX", "long_scoreboard"),
-                ("memory barrier", "membar"), ("MIO", "mio_throttle"), ("barrier", "barrier"),
-                ("(LG)", "lg_throttle"), ("local and global", "lg_throttle"), ("math pipe", "math_pipe_throttle"),
-                ("fixed latency", "wait"), ("branch target", "branch_resolving"), ("dispatch", "dispatch_stall"),
-                ("immediate constant", "imc_miss"), ("instruction cache", "no_instruction"),
-                ("not selected", "not_selected"), ("sleeping", "sleeping"), ("texture", "tex_throttle"),
-                ("drain", "drain"))
-_RULE_STALL = re.compile(r"spends ([\d.]+) cycles being stalled (.*?)\..*?represents about ([\d.]+)% of the total "
-                         r"average of ([\d.]+) cycles", re.S)
-
-
 def _normalize(value: float | None, unit: str, kind: str) -> float | None:
     if value is None:
         return None
@@ -209,6 +173,7 @@ def kernel_metrics(long: pl.DataFrame) -> pl.DataFrame:
         if row["duration_ns"] is None and row["sm_cycles"] and row["sm_clock_hz"]:
             row["duration_ns"] = row["sm_cycles"] / row["sm_clock_hz"] * 1e9
             row["duration_source"] = "sm__cycles_elapsed.avg / sm__cycles_elapsed.avg.per_second"
+        _derived(row)
         row["occupancy_limiter"] = occupancy_limiter(row)
         row["na_inputs"] = ", ".join(na) or None
         rows.append(row)
@@ -216,31 +181,65 @@ def kernel_metrics(long: pl.DataFrame) -> pl.DataFrame:
     return roofline(df).with_columns(classify_phase(pl.col("kernel_name")).alias("phase"))
 
 
-def _flops(row: dict) -> tuple[float | None, float | None, str, str]:
-    """(tensor FLOPs, non-tensor FLOPs, why the tensor part is unknown, why the other part is)."""
+def _measured(row: dict, fields: tuple[str, ...], na: set[str]) -> tuple[float | None, list[str], list[str]]:
+    """(sum of the fields measured, or None when none was; raw names of those ncu printed n/a; of those used)."""
+    used = [f for f in fields if row.get(f) is not None]
+    return (sum(row[f] for f in used) if used else None, [FIELDS[f][0][0] for f in fields if f in na],
+            [FIELDS[f][0][0] for f in used])
+
+
+def _part(kind: str, value: float | None, na: list[str], used: list[str]) -> tuple[float | None, str, str]:
+    """(value, why unknown, where a known value comes from) of one FLOP part."""
+    if value is None:
+        return None, (f"{kind} n/a in the profile ({', '.join(na)})" if na else f"{kind} not collected"), ""
+    return value, "", f"sum of {', '.join(used)}" + (f"; n/a, so not in the sum: {', '.join(na)}" if na else "")
+
+
+def _flops(row: dict) -> tuple[tuple, tuple]:
+    """(tensor, non-tensor) FLOP parts, each (value, why unknown, source): what was measured is summed and
+    what ncu printed n/a is named, so one n/a path never blanks the paths that were measured."""
     na = set((row.get("na_inputs") or "").split(", "))
-    tensor = None
-    if na & set(TENSOR_FIELDS):
-        why_t = "tensor op counts n/a in the profile"
-    elif any(row.get(t) is not None for t in TENSOR_FIELDS):
-        tensor, why_t = sum(row.get(t) or 0 for t in TENSOR_FIELDS), ""
-    else:
-        why_t = "tensor op counts not collected"
+    tensor = _part("tensor op counts", *_measured(row, TENSOR_FIELDS, na))
     g = row.get
-    non_tensor = None
-    if na & set(NON_TENSOR_FIELDS):
-        why_n = "FP32/FP16 instruction or FLOP counts n/a in the profile"
-    elif g("flop_count_sp") is not None or g("flop_count_hp") is not None:
-        non_tensor, why_n = (g("flop_count_sp") or 0) + (g("flop_count_hp") or 0), ""
-    elif g("ffma") is not None or g("hfma") is not None:
-        non_tensor = 2 * (g("ffma") or 0) + (g("fadd") or 0) + (g("fmul") or 0) + 2 * (g("hfma") or 0)
-        why_n = ""
-    elif g("ffma_per_cycle") is not None and g("sm_cycles") is not None:
-        non_tensor = (2 * g("ffma_per_cycle") + (g("fadd_per_cycle") or 0) + (g("fmul_per_cycle") or 0)) * g("sm_cycles")
-        why_n = ""
+    forms = (("flop_count_sp", "flop_count_hp"), ("ffma", "fadd", "fmul", "hfma"),
+             ("ffma_per_cycle", "fadd_per_cycle", "fmul_per_cycle"))
+    form = next((f for f in forms if any(g(x) is not None for x in f)), None)
+    na_names = [FIELDS[f][0][0] for fs in forms for f in fs if f in na]
+    if form is None:
+        return tensor, _part("FP32/FP16 instruction or FLOP counts", None, na_names, [])
+    used = [FIELDS[f][0][0] for f in form if g(f) is not None]
+    if form[0] == "flop_count_sp":
+        value = (g("flop_count_sp") or 0) + (g("flop_count_hp") or 0)
+    elif form[0] == "ffma":
+        value = 2 * (g("ffma") or 0) + (g("fadd") or 0) + (g("fmul") or 0) + 2 * (g("hfma") or 0)
+    elif g("sm_cycles") is None:
+        return tensor, _part("FP32/FP16 instruction counts", None, ["sm__cycles_elapsed.avg"], [])
     else:
-        why_n = "FP32/FP16 instruction counts not collected"
-    return tensor, non_tensor, why_t, why_n
+        value = (2 * g("ffma_per_cycle") if g("ffma_per_cycle") else 0) + (g("fadd_per_cycle") or 0) \
+            + (g("fmul_per_cycle") or 0)
+        value *= g("sm_cycles")
+    return tensor, _part("FP32/FP16 instruction or FLOP counts", value, [n for n in na_names if n not in used], used)
+
+
+def _launch_size(dims: str | None) -> float | None:
+    """ncu's Grid Size / Block Size (blocks, threads) from its '(x, y, z)' grid or block."""
+    nums = [int(x) for x in (dims or "").strip("()").split(",") if x.strip().isdigit()]
+    return float(nums[0] * nums[1] * nums[2]) if len(nums) == 3 else None
+
+
+def _derived(row: dict) -> None:
+    """Figures a profile holds without printing them: grid and block sizes from the launch's dimensions,
+    DRAM bandwidth from bytes over duration (a raw page without the Memory Workload Analysis section)."""
+    for size, dims in (("grid_size", "grid"), ("block_size", "block")):
+        if row[size] is None and _launch_size(row.get(dims)) is not None:
+            row[size], row[f"{size}_source"] = _launch_size(row[dims]), f"product of the {dims} dimensions"
+    read, write = row.get("dram_read_bytes"), row.get("dram_write_bytes")
+    dram = row.get("dram_bytes") if row.get("dram_bytes") is not None else (
+        read + write if read is not None and write is not None else None)
+    if row["dram_bandwidth_Bps"] is None and dram is not None and row.get("duration_ns"):
+        what = "dram__bytes.sum" if row.get("dram_bytes") is not None else "dram__bytes_read.sum + dram__bytes_write.sum"
+        row["dram_bandwidth_Bps"] = dram / (row["duration_ns"] / 1e9)
+        row["dram_bandwidth_Bps_source"] = f"derived: {what} / {row['duration_source']}"
 
 
 def roofline(df: pl.DataFrame) -> pl.DataFrame:
@@ -248,15 +247,19 @@ def roofline(df: pl.DataFrame) -> pl.DataFrame:
     intensity over DRAM bytes, and the kernel's place on ncu's roofline: the ridge point from ncu's
     own FP16 tensor and DRAM peaks, the bound side, and achieved FLOP/s as a share of the roof."""
     parts = [_flops(r) for r in df.iter_rows(named=True)]
-    df = df.with_columns(pl.Series("flop_tensor", [p[0] for p in parts], pl.Float64),
-                         pl.Series("flop_non_tensor", [p[1] for p in parts], pl.Float64),
-                         pl.Series("flop_tensor_unknown_why", [p[2] or None for p in parts], pl.String),
-                         pl.Series("flop_non_tensor_unknown_why", [p[3] or None for p in parts], pl.String),
-                         pl.Series("flop_unknown_why", ["; ".join(w for w in p[2:] if w) or None for p in parts],
-                                   pl.String))
+    cols = {}
+    for i, part in enumerate(("flop_tensor", "flop_non_tensor")):
+        cols[part] = pl.Series(part, [p[i][0] for p in parts], pl.Float64)
+        cols[f"{part}_unknown_why"] = pl.Series([p[i][1] or None for p in parts], dtype=pl.String)
+        cols[f"{part}_source"] = pl.Series([p[i][2] or None for p in parts], dtype=pl.String)
+    cols["flop_unknown_why"] = pl.Series(["; ".join(x[1] for x in p if x[1]) or None for p in parts], dtype=pl.String)
+    df = df.with_columns(**cols)
     c = pl.col
     df = df.with_columns((c("flop_tensor") + c("flop_non_tensor")).alias("flop"),
                          pl.coalesce(c("dram_bytes"), c("dram_read_bytes") + c("dram_write_bytes")).alias("dram_bytes"))
+    df = df.with_columns(  # the tensor part alone: labelled as such, known where the FP32 part is not
+        pl.when(c("dram_bytes") > 0).then(c("flop_tensor") / c("dram_bytes")).alias("tensor_flop_per_byte"),
+        (c("flop_tensor") / (c("duration_ns") / 1e9)).alias("tensor_flop_per_s"))
     df = df.with_columns(
         pl.when(c("dram_bytes") > 0).then(c("flop") / c("dram_bytes")).alias("arith_intensity_flop_per_byte"),
         (c("flop") / (c("duration_ns") / 1e9)).alias("achieved_flop_per_s"),
@@ -279,43 +282,6 @@ def classify_phase(name: pl.Expr) -> pl.Expr:
     return (pl.when(lower.str.contains("decode") | name.str.contains(r"^_fwd_kernel_stage[12]$")).then(pl.lit("decode"))
             .when(lower.str.contains("prefill|extend") | (name == "_fwd_kernel")).then(pl.lit("prefill"))
             .otherwise(pl.lit("unknown")))
-
-
-def _stall_reason(text: str) -> str | None:
-    return next((reason for words, reason in _STALL_WORDS if words in text), None)
-
-
-def warp_stalls(long: pl.DataFrame, rules: pl.DataFrame | None = None) -> pl.DataFrame:
-    """Per kernel and stall reason: cycles per issued instruction spent stalled, share, meaning, source.
-    From the raw stall metrics where the profile has them; else from ncu's own CPIStall rule text
-    (console or details page), which names the dominant reason and its share."""
-    schema = {"kernel_id": pl.Int64, "kernel_name": pl.String, "reason": pl.String, "cycles": pl.Float64,
-              "share_pct": pl.Float64, "meaning": pl.String, "source": pl.String}
-    rows = []
-    for kid, name, metric, value in long.select("kernel_id", "kernel_name", "metric", "value").iter_rows():
-        m = STALL_RAW.match(metric or "")
-        if m and value is not None:
-            rows.append((kid, name, m.group(1) or m.group(2), value))
-    out = pl.DataFrame(schema=schema)
-    if rows:
-        df = pl.DataFrame(rows, schema=["kernel_id", "kernel_name", "reason", "cycles"], orient="row")
-        df = df.group_by("kernel_id", "kernel_name", "reason").agg(pl.col("cycles").max())
-        out = df.with_columns((pl.col("cycles") / pl.col("cycles").sum().over("kernel_id") * 100).alias("share_pct"),
-                              pl.col("reason").replace_strict(STALL_MEANING, default="").alias("meaning"),
-                              pl.lit("raw stall metrics").alias("source")).select(list(schema))
-    if rules is not None and not rules.is_empty():
-        have = set(out["kernel_id"].to_list())
-        extra = []
-        for kid, name, text in rules.select("kernel_id", "kernel_name", "text").iter_rows():
-            m = _RULE_STALL.search(text or "")
-            if kid in have or not m:
-                continue
-            reason = _stall_reason(m.group(2)) or m.group(2)
-            extra.append((kid, name, reason, float(m.group(1)), float(m.group(3)), STALL_MEANING.get(reason, ""),
-                          f"ncu rule: of {m.group(4)} cycles between two issued instructions"))
-        if extra:
-            out = pl.concat([out, pl.DataFrame(extra, schema=schema, orient="row")])
-    return out.sort(["kernel_id", "cycles"], descending=[False, True])
 
 
 def ranked_hints(rules: pl.DataFrame | None) -> pl.DataFrame:

@@ -13,8 +13,9 @@ import polars as pl
 from sglang_tracing.analyzer.loaders.nsys_stats import COLUMNS, COUNT_COLUMNS, TEXT_COLUMNS
 
 API_CATEGORIES = ("cuda_runtime", "cuda_driver")
-# CUDA API version suffixes nsys strips from names (cudaLaunchKernel_v7000 -> cudaLaunchKernel)
-_API_VERSION = r"_v\d+$"
+# CUDA API version suffixes nsys strips from names: four digits (cudaLaunchKernel_v7000 -> cudaLaunchKernel);
+# it keeps cuGetProcAddress_v2 and cudaStreamIsCapturing_v10000 as they are
+_API_VERSION = r"_v\d{4}$"
 
 
 def _empty(report: str) -> pl.DataFrame:

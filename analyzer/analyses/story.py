@@ -8,6 +8,7 @@ import os
 import polars as pl
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.errors import UsageError
 from sglang_tracing.analyzer.analyses.attribution import (forward_members, forwards_inside, forwards_of, is_prefill,
                                                           kernels_of_forwards)
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
@@ -179,6 +180,9 @@ def compute(model: TraceModel, which: str = "slowest", model_config_override: st
                                                                         how="left")
     story = Story(which, requests, select_request(requests, which), len(model.servers), weights_of(model.manifest))
     req = story.request
+    if req is None and which not in ("first", "slowest", "p50"):
+        raise UsageError(f"--request {which}: no complete request's rid starts with {which!r} "
+                         f"({requests.height} requests seen); give a rid prefix, first, slowest or p50")
     if req is None:
         return story
     counters = model.counters

@@ -18,7 +18,6 @@ from sglang_tracing.analyzer.analyses.stats_tables import summaries
 from sglang_tracing.analyzer.model import Source, TraceModel
 from sglang_tracing.analyzer.report import Report, Section, ms, pct
 
-TOP = 25
 # each nsys stats table: section title, what is missing when the profile has none of it
 TABLES = {
     "cuda_gpu_kern_sum": ("Kernels (nsys cuda_gpu_kern_sum)", "no kernels loaded (--nsys or --kineto)"),
@@ -265,15 +264,15 @@ def _stats_tables(report: Report, timeline: Timeline) -> None:
     if not timeline.profiled:
         report.section("nsys stats tables").add("tables", None, "no profiler file given (--nsys or --kineto)")
         return
+    stats_only = any(source == "nsys stats CSV" for _, source in timeline.tables.values())
     for name, (title, missing) in TABLES.items():
         table, source = timeline.tables[name]
         sec = report.section(title)
         if table.is_empty():
-            sec.add("rows", None, missing)
+            sec.add("rows", None, f"not given: no {name} among the nsys stats CSVs" if stats_only else missing)
             continue
-        sec.add("rows", f"{min(TOP, table.height)} of {table.height} shown" if table.height > TOP else str(table.height),
-                f"from {source}; Time (%) is the share of this table's total, not of wall time")
-        sec.table = table.head(TOP).with_columns(pl.selectors.float().round(3 if "MB" in table.columns[0] else 1))
+        sec.add("rows", f"{table.height:,}", f"from {source}; Time (%) is the share of this table's total, not of wall time")
+        sec.table = table.with_columns(pl.selectors.float().round(3 if "MB" in table.columns[0] else 1))
 
 
 def _sglang(report: Report, side: SglangSide) -> None:

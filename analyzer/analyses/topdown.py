@@ -13,7 +13,8 @@ from sglang_tracing.analyzer.analyses.stats_tables import API_CATEGORIES
 
 BUBBLE_NS = 50_000  # a gap between GPU operations longer than this is a bubble, shorter ones are launch gaps
 # CUDA calls that block the host until GPU work finishes (synchronous copies included)
-SYNC_CALLS = r"Synchronize|^cu(da)?Memcpy(?:[23]D)?(?:_v\d+)?$|^cuMemcpy[HDA]to[HDA](?:_v\d+)?$|^cudaMemset(?:_v\d+)?$"
+SYNC_CALLS = (r"Synchronize|^cu(da)?Memcpy(?:[23]D)?(?:_v\d+)?$|^cuMemcpy[HDA]to[HDA](?:_v\d+)?$|^cudaMemset(?:_v\d+)?$"
+              r"|^hipMemcpy(?:[23]D)?$|^hipMemcpyWithStream$|^hipMemset$")  # HIP's blocking copies, named as ROCm does
 
 
 def gpu_activity(kernels: pl.DataFrame, memops: pl.DataFrame) -> pl.DataFrame:
@@ -73,10 +74,12 @@ def bubbles(activity: pl.DataFrame, bubble_ns: int = BUBBLE_NS) -> pl.DataFrame:
 def host_during_bubbles(gaps: pl.DataFrame, cpu_ops: pl.DataFrame) -> dict | None:
     """How the GPU's idle bubbles split by what the host was doing: blocked in a synchronizing CUDA call,
     in another CUDA call (launching), or in no CUDA call the profiler saw (CPU work, Python, I/O, idle).
-    None when the profile has no CUDA API calls."""
+    None when the profile has no CUDA API calls; all zero when the GPU had no bubbles."""
     calls = cpu_ops.filter(pl.col("category").is_in(list(API_CATEGORIES)))
-    if calls.is_empty() or gaps.is_empty():
+    if calls.is_empty():
         return None
+    if gaps.is_empty():
+        return {"bubble_ns": 0, "in_sync_ns": 0, "in_other_api_ns": 0, "no_api_ns": 0}
     gap_iv = merge_intervals(gaps)
     sync_iv = merge_intervals(calls.filter(pl.col("name").str.contains(SYNC_CALLS)))
     any_iv = merge_intervals(calls)

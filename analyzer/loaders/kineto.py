@@ -41,6 +41,10 @@ def read(path: str | Path) -> dict:
     events = doc.get("traceEvents") if isinstance(doc, dict) else doc if isinstance(doc, list) else None
     if not isinstance(events, list):
         raise TraceError(path, "not a Chrome/Kineto trace (no traceEvents list)")
+    if not events:
+        raise TraceError(path, "a Chrome/Kineto trace with no events: nothing to analyze")
+    if not any(isinstance(e, dict) for e in events):
+        raise TraceError(path, f"not a Chrome/Kineto trace (a list of {len(events)} values, none an event object)")
     return {"events": events, "base_ns": int(doc.get("baseTimeNanoseconds", 0)) if isinstance(doc, dict) else 0,
             "devices": doc.get("deviceProperties", []) if isinstance(doc, dict) else []}
 
@@ -59,14 +63,23 @@ def memop_name(name: str, category: str) -> str:
     return f"[CUDA memcpy {name}]"
 
 
+class BadEvent(ValueError):
+    """An event whose time fields are not numbers; ``read`` callers turn it into a TraceError."""
+
+
 def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
     """kernels, memops, cpu_ops (CPU ops and CUDA runtime/driver calls), nvtx (user annotations) and
     devices, on the wall clock when the trace carries its base time."""
     base = trace["base_ns"]
     kernels, memops, ops, ranges = [], [], [], []
-    for e in trace["events"]:
-        if e.get("ph") != "X" or "ts" not in e:
+    for i, e in enumerate(trace["events"]):
+        if not isinstance(e, dict) or e.get("ph") != "X" or "ts" not in e:
             continue
+        try:
+            float(e["ts"]), float(e.get("dur", 0))
+        except (TypeError, ValueError):
+            raise BadEvent(f"event {i} ({e.get('name', '?')!r}) has a ts or dur that is not a number: "
+                           f"ts={e['ts']!r}, dur={e.get('dur')!r}") from None
         cat = e.get("cat") or ""
         cat = _CATEGORY.get(cat.lower(), cat)
         start = _ns(e["ts"], base)
@@ -113,7 +126,10 @@ def load(path: str) -> list[Loaded]:
     out = []
     for f in files:
         trace = read(f)
-        fr = all_frames(trace)
+        try:
+            fr = all_frames(trace)
+        except BadEvent as exc:
+            raise TraceError(f, str(exc)) from None
         out.append(Loaded(fr, Source(
             "kineto", str(f), "baseTimeNanoseconds" if trace["base_ns"] else "none (no base time in the file)",
             offset_ns=trace["base_ns"] or None,

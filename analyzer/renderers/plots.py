@@ -64,10 +64,35 @@ def _tp_scaling(ax, plot: Plot) -> None:
 
 # kind -> (figure size in inches, drawing of the data onto the axes)
 KINDS = {"itl": ((7, 3.2), _itl), "cache": ((7, 3.2), _cache), "tp_scaling": ((6, 3.2), _tp_scaling)}
+# kind -> frame -> the columns its drawing reads (HTA's must_have_columns); a frame marked optional may be absent
+MUST_HAVE = {"itl": {"points": ("token_index", "itl_ms")},
+             "cache": {"occupancy": ("t_s", "used_tokens"), "lookups": ("t_s", "lookup")},
+             "tp_scaling": {"measured": ("tp", "output_tok_per_s"), "linear?": ("tp", "output_tok_per_s"),
+                            "projection?": ("tp", "output_tok_per_s")}}
+
+
+class PlotDataError(ValueError):
+    """A plot's frames lack what its kind draws from: a bug in the analysis that built it."""
+
+
+def check(plot: Plot) -> None:
+    """Raise PlotDataError naming the frame and columns a plot of this kind needs but lacks."""
+    if plot.kind not in MUST_HAVE:
+        raise PlotDataError(f"{plot.file}: unknown plot kind {plot.kind!r} (known: {', '.join(MUST_HAVE)})")
+    for frame, columns in MUST_HAVE[plot.kind].items():
+        name = frame.rstrip("?")
+        if name not in plot.frames:
+            if frame.endswith("?"):
+                continue
+            raise PlotDataError(f"{plot.file}: {plot.kind} plot needs a frame {name!r} with columns {', '.join(columns)}")
+        missing = [c for c in columns if c not in plot.frames[name].columns]
+        if missing:
+            raise PlotDataError(f"{plot.file}: {plot.kind} plot's frame {name!r} lacks {', '.join(missing)}")
 
 
 def draw(plot: Plot) -> bytes | None:
     """The plot as PNG bytes; None without matplotlib."""
+    check(plot)
     plt = _pyplot()
     if plt is None:
         return None
@@ -82,6 +107,18 @@ def draw(plot: Plot) -> bytes | None:
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def caption(plot: Plot) -> str:
+    """What the plot shows, in words: its title and axes (never its file name)."""
+    title, x, y = (plot.labels.get(k, "") for k in ("title", "x", "y"))
+    axes = f"{y} by {x}" if x and y else ""
+    return ": ".join(p for p in (title, axes) if p) or plot.kind
+
+
+def captions(report: Report) -> dict[str, str]:
+    """Plot file name -> caption."""
+    return {p.file: caption(p) for p in report.plots}
 
 
 def draw_all(report: Report) -> dict[str, bytes]:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import polars as pl
 
+from sglang_tracing.analyzer.renderers.csv_tables import flat
+
 
 def write_table(frame: pl.DataFrame, out: Path, stem: str) -> list[str]:
     """``frame`` as ``out/stem.parquet`` (list columns kept) and ``out/stem.csv`` (each list column as a
@@ -13,8 +15,5 @@ def write_table(frame: pl.DataFrame, out: Path, stem: str) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     parquet, csv = out / f"{stem}.parquet", out / f"{stem}.csv"
     frame.write_parquet(parquet)
-    lists = [c for c, t in frame.schema.items() if isinstance(t, pl.List)]
-    flat = frame.with_columns(
-        pl.format("[{}]", pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(", ")).alias(c) for c in lists)
-    flat.write_csv(csv)
+    flat(frame).write_csv(csv)
     return [str(csv), str(parquet)]

@@ -7,28 +7,10 @@ from __future__ import annotations
 
 import polars as pl
 
+from sglang_tracing.analyzer.renderers.base import NOT_MEASURED, blank_note, cell, numeric, shown, table_files
 from sglang_tracing.analyzer.report import Report, Section
 
-NOT_MEASURED = "not measured"
 CELL_WIDTH = 60
-
-
-_ID_COLUMNS = {"pid", "tid", "device", "stream", "kernel_id", "rank", "correlation", "id", "index"}
-
-
-def _cell(v, column: str = "") -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        if v != v:  # NaN
-            return "NaN"
-        if v.is_integer() and abs(v) < 1e15:
-            v = int(v)
-        else:
-            return f"{v:,.3f}".rstrip("0").rstrip(".") if abs(v) >= 1000 else f"{v:.6g}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return str(v) if column in _ID_COLUMNS else f"{v:,}"
-    return str(v)
 
 
 def _shorten(values: list[str], width: int) -> list[str]:
@@ -45,14 +27,14 @@ def _shorten(values: list[str], width: int) -> list[str]:
 
 def table_text(df: pl.DataFrame) -> list[str]:
     """An ASCII-markdown table; numbers right-aligned, the last column in full."""
-    cols = [[_cell(v, c) for v in df[c].to_list()] for c in df.columns]
+    cols = [[cell(v, c) for v in df[c].to_list()] for c in df.columns]
     cols = [c if i == len(cols) - 1 else _shorten(c, CELL_WIDTH) for i, c in enumerate(cols)]
-    numeric = [dt.is_numeric() for dt in df.dtypes]
+    right = numeric(df)
     widths = [max([len(name)] + [len(v) for v in c]) for name, c in zip(df.columns, cols)]
     last = len(cols) - 1
 
     def line(cells):
-        parts = [(v.rjust(w) if numeric[i] else v.ljust(w)) if i < last else v for i, (v, w) in
+        parts = [(v.rjust(w) if right[i] else v.ljust(w)) if i < last else v for i, (v, w) in
                  enumerate(zip(cells, widths))]
         return "| " + " | ".join(parts) + " |"
 
@@ -67,7 +49,7 @@ def _figure_line(f) -> str:
     return f"{f.label}: {value}{src}"
 
 
-def _section(sec: Section, prefix: str, last: bool, out: list[str]) -> None:
+def _section(sec: Section, prefix: str, last: bool, out: list[str], files: dict[int, str]) -> None:
     out.append(f"{prefix}{'└─ ' if last else '├─ '}{sec.title}")
     inner = prefix + ("   " if last else "│  ")
     items = [("f", f) for f in sec.figures] + [("c", c) for c in sec.children]
@@ -78,14 +60,27 @@ def _section(sec: Section, prefix: str, last: bool, out: list[str]) -> None:
         if kind == "f":
             out.append(f"{inner}{'└─ ' if is_last else '├─ '}{_figure_line(item)}")
         elif kind == "c":
-            _section(item, inner, is_last, out)
+            _section(item, inner, is_last, out, files)
         else:
-            for line in table_text(item.head(200)):
+            rows, cut = shown(item, files.get(id(sec)))
+            for line in table_text(rows):
                 out.append(f"{inner}   {line}")
+            for note in (cut, blank_note(item)):
+                if note:
+                    out.append(f"{inner}   ({note})")
 
 
 def render(report: Report) -> str:
     out = [report.title, "=" * len(report.title)]
+    files = table_files(report)
     for i, sec in enumerate(report.sections):
-        _section(sec, "", i == len(report.sections) - 1, out)
+        _section(sec, "", i == len(report.sections) - 1, out, files)
     return "\n".join(out) + "\n"
+
+
+class TextRenderer:
+    """The plain-text tree (the plan's layout)."""
+    extension = "txt"
+
+    def files(self, report: Report, pngs: dict[str, bytes], others: tuple[str, ...] = ()) -> dict[str, str]:
+        return {f"{report.name}.{self.extension}": render(report)}

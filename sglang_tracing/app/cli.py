@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ncu", help="Nsight Compute result: details or raw CSV, console text, or .ncu-rep")
             p.add_argument("--request", default="slowest", help="rid prefix, first, slowest or p50")
             p.add_argument("--out", help="output dir (default: DIR/reports)")
-            p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated)")
+            p.add_argument("--format", default="text,md,html",
+                           help="text, md, html, csv (comma-separated); csv: every table whole, one file each")
             p.add_argument("--model-config", help="served model's config.json, or a shipped architecture "
                                                   "(llama-2-7b), when the manifest has none")
             p.set_defaults(func=_analyze)
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="baseline: trace dir, nsys export, Kineto JSON or nsys stats CSV(s)")
     p.add_argument("b", help="compared against the baseline (delta = B - A)")
     p.add_argument("--out", help="write diff.{txt,md,html} here (default: print the text report)")
-    p.add_argument("--format", default="text,md,html", help="text, md, html (comma-separated), with --out")
+    p.add_argument("--format", default="text,md,html",
+                   help="text, md, html, csv (comma-separated), with --out; csv: every table whole, one file each")
     p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])

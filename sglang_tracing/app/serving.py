@@ -18,7 +18,6 @@ from pathlib import Path
 
 from sglang_tracing.launch_server import require_sglang
 from sglang_tracing.semconv import READINESS_RID_PREFIX
-from sglang_tracing.app.timed_http import post_json
 
 DUMMY_WEIGHTS = ["--load-format", "dummy"]  # random weights: the shipped architectures have none
 CPU_SERVING_ARGS = ["--device", "cpu", "--attention-backend", "torch_native", "--max-total-tokens", "8192",
@@ -43,6 +42,8 @@ class Client:
         """One /generate call; returns SGLang's JSON plus the client-side times (ns) of each chunk
         (``timed_http.post_json``).
         ``rid``: SGLang's request id (a readiness probe's starts with semconv.READINESS_RID_PREFIX)."""
+        from sglang_tracing.app.timed_http import post_json  # h11: a serving dependency, not the analyzer's
+
         body = self._body(prompt, max_new_tokens, stream)
         if rid is not None:
             body["rid"] = rid
@@ -52,6 +53,8 @@ class Client:
                      stream: bool = False, timeout: float = 120, keep_alive: bool = False) -> list[dict]:
         """``generate`` for each prompt, at most ``concurrency`` in flight, from one thread (``keep_alive``:
         over connections that carry one request after another)."""
+        from sglang_tracing.app.timed_http import post_json
+
         bodies = [self._body(p, max_new_tokens, stream) for p in prompts]
         return post_json(self.url + "/generate", bodies, concurrency, timeout, keep_alive)
 
