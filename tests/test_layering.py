@@ -30,7 +30,7 @@ NOT_WHILE_RECORDING = ("polars", "perfetto", "matplotlib")
 # imports point down to the model's schemas.
 ANALYZER_LAYERS = ("base", "model", "loaders", "analyses", "reports", "renderers", "entry")
 _ANALYZER_MODULES = {  # modules of the analyzer's top folder; a folder's modules take the folder's name
-    "errors": "base", "progress": "base", "model": "model", "report": "analyses",
+    "progress": "base", "model": "model", "report": "analyses",
     "api": "entry", "experiment_reports": "entry",
 }
 DRAWS = ("matplotlib",)  # only renderers draw
