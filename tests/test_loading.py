@@ -25,8 +25,7 @@ from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.loaders import span_chunks, span_store
 from sglang_tracing.analyzer.loaders.files import glob_inputs
-from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
-from sglang_tracing.analyzer.loaders.otlp_json import spans_frame
+from sglang_tracing.analyzer.loaders.otlp_json import read_span_file, spans_frame
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 
@@ -189,6 +188,18 @@ def test_profilers_loaded_are_the_models_sources_and_the_manifest_stays_as_recor
     events = json.loads(gzip.decompress(kineto.read_bytes()))["traceEvents"]
     assert kin.counts["kernels"] == sum(e.get("cat") == "kernel" for e in events)
     assert kin.alignment == "baseTimeNanoseconds"
+
+
+def test_a_loader_never_changes_the_model_it_is_given():
+    """Loaders return frames and a source; ``with_loaded`` gives a new model and leaves the one it was given."""
+    from sglang_tracing.analyzer.loaders import nsys
+
+    base = load_trace_dir(NSYS_DIR)
+    loaded = nsys.load(str(NSYS_DIR / "nsys.sqlite.gz"), base.spans)
+    both = base.with_loaded(loaded)
+    assert base.kernels.is_empty() and base.nvtx.is_empty() and base.sources == []
+    assert both.sources == [loaded.source] and both.kernels.height == loaded.source.counts["kernels"] > 0
+    assert both.nvtx.height == loaded.source.counts["nvtx"] and both.manifest is base.manifest
 
 
 def test_cut_last_line_in_a_chunked_file(tmp_path, monkeypatch):
