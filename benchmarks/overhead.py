@@ -33,11 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.app.serving import CPU_ARGS, Server, free_port, wait_for_exporters
 from sglang_tracing.app.workload import client_timings, concurrent
+from top_attached import ATTACHED, attach, detach
 
 # name -> (our tracing args or None for no trace dir, extra SGLang args, needs the OTLP sink)
 CONFIGS = {"untraced": (None, [], False),
            "traced": (["--trace-level", "batch"], [], False),
            "traced-layer": (["--trace-level", "layer"], [], False),
+           "traced-top": (["--trace-level", "batch"], [], False),  # with `sglang-trace top` attached (top_attached)
            "sglang-trace": (None, ["--enable-trace"], True)}
 DEFAULT_CONFIGS = "untraced,traced,sglang-trace"
 # what SGLang's observability/trace.py imports before --enable-trace can start
@@ -279,6 +281,7 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     sink = Sink() if any(CONFIGS[n][2] for n in names) else None
     servers: dict[str, Server] = {}
+    tops: dict = {}  # config -> its attached `sglang-trace top` process
     rounds: dict[str, list[dict]] = {n: [] for n in names}
     result = {"args": vars(args), "configs": {n: CONFIGS[n][:2] for n in names}, "pools": {}, "rounds": rounds}
 
@@ -303,6 +306,8 @@ def main() -> int:
             servers[name].wait_ready(timeout=900)
         print(f"{len(names)} servers ready after {time.time() - t0:.0f} s", flush=True)
         result["pools"] = {n: kv_pool(s) for n, s in servers.items()}
+        tops.update({n: attach(os.path.join(work, n), os.path.join(work, f"top-{n}.jsonl"))
+                     for n in names if n in ATTACHED})
         if len(set(result["pools"].values())) != 1:
             print(f"WARNING: unequal KV pools {result['pools']}: the batch a server reaches differs", flush=True)
         with ThreadPoolExecutor(len(names)) as pool:  # warm every server with the shapes it will see
@@ -316,6 +321,8 @@ def main() -> int:
                       f"ITL {r['itl_ms']:.3f} ms", flush=True)
             save()
     finally:
+        for name, proc in tops.items():
+            result.setdefault("top_attached", {})[name] = detach(proc, os.path.join(work, f"top-{name}.jsonl"))
         for s in servers.values():
             s.stop()
         for name in names:
@@ -328,6 +335,8 @@ def main() -> int:
         result["ttft_agreement"] = ttft_agreement(os.path.join(work, "traced"), rounds["traced"])
     save()
     print_table(result["summary"], result["pools"], result["sink"], result.get("ttft_agreement"))
+    for name, seen in result.get("top_attached", {}).items():
+        print(f"sglang-trace top attached to {name}: {seen}")
     print(f"result: {args.out}; servers' logs and traces: {work}")
     return 0
 

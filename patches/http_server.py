@@ -16,7 +16,7 @@ import logging
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.patches import _targets
+from sglang_tracing.patches import _targets, control_routes
 from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.state import TokenizerState
 from sglang_tracing.runtime import recorder
@@ -141,6 +141,12 @@ def _add_middleware_hook(st: TokenizerState, original, *args, **kwargs):
             http_server.app.add_middleware(ReceivedAt)
     except Exception:  # an app that already started, or a changed module: time from the tokenizer manager
         logger.warning("sglang-tracing: could not add the HTTP arrival stamp", exc_info=True)
+    try:
+        from sglang.srt.entrypoints import http_server
+
+        control_routes.add_routes(http_server.app, st.config, args[0] if args else kwargs.get("server_args"))
+    except Exception:
+        logger.warning("sglang-tracing: could not add the status and detail routes", exc_info=True)
     return original(*args, **kwargs)
 
 

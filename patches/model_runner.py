@@ -1,5 +1,5 @@
 """ModelRunner instrumentation: model-forward spans with GPU time from CUDA events,
-per-layer/per-op NVTX ranges at ``--trace-level layer``, and the ``--profile-steps`` / ``capture_steps``
+per-layer/per-op NVTX ranges at ``--trace-level layer`` or in a detail window (``detail``), and the ``--profile-steps`` / ``capture_steps``
 windows (``profile_steps``), whose actions are timed as spans of their own."""
 from __future__ import annotations
 
@@ -31,10 +31,11 @@ def _on_load_model(st: SchedulerState, call: Call, /, runner, *a, **k) -> None:
         import torch
 
         st.cuda = torch.cuda
+    replayed = layer_ranges.graph_phases(runner.server_args) if st.cuda is not None else []
+    st.detail.on_model_loaded(st.config.trace_dir, runner.model, st.cuda, replayed, st.config.layer_ranges)
     if st.config.layer_ranges:
         nvtx_ranges.enable()
-        st.layer_ranges = layer_ranges.install(runner.model)
-        replayed = layer_ranges.graph_phases(runner.server_args) if st.cuda is not None else []
+        st.layer_ranges = len(layer_ranges.install(runner.model))
         if replayed:
             logger.warning("sglang-tracing: --trace-level layer: %s forwards replay CUDA graphs, so they show no "
                            "per-layer ranges (add --disable-prefill-cuda-graph or --disable-cuda-graph to see them)",
@@ -75,6 +76,7 @@ def _after_forward(st: SchedulerState, call: Call, /, runner, forward_batch, *a,
         token.events.end.record()
         st.gpu_times.attach(token.parent, token.events)
     st.windows.after_forward(st.config, call.rec, token.parent)
+    st.detail.after_forward(call.rec, token.span_id)
     if st.config.batch_spans:
         attrs = {sc.FORWARD_MODE: forward_batch.forward_mode.name.lower(), sc.BATCH_SIZE: forward_batch.batch_size}
         if st.layer_ranges:

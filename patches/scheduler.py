@@ -69,6 +69,7 @@ def _on_round_input(st: SchedulerState, call: Call, /, req, *a, **k):
 
 
 def _before_schedule(st: SchedulerState, call: Call, /, scheduler, *a, **k):
+    st.detail.poll(call.rec)
     st.cache_lookup_ns = 0
     st.kv_alloc_ns = 0
     sid = new_span_id()
@@ -178,6 +179,7 @@ def _after_process(st: SchedulerState, call: Call, /, scheduler, batch, result, 
             finished.append(req)
     if st.config.batch_spans:
         st.gpu_times.flush(rec)
+        st.detail.timer.flush(rec)
         rec.emit(sc.PROCESS_RESULT, call.start_ns, end, {
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=call.token)

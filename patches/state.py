@@ -14,6 +14,7 @@ import socket
 from typing import NamedTuple
 
 from sglang_tracing.config import TraceConfig
+from sglang_tracing.patches.detail import DetailControl
 from sglang_tracing.patches.forward_gpu_times import ForwardGpuTimes
 from sglang_tracing.patches.profile_steps import ForwardWindows
 
@@ -94,9 +95,10 @@ class SchedulerState:
     current_forward: int = 0  # span id of the forward being launched (parent of model-forward spans)
     # the model runner
     cuda: object = None  # torch.cuda when the runner is on a CUDA device
-    layer_ranges: int = 0  # module ranges installed at --trace-level layer
+    layer_ranges: int = 0  # module ranges installed at --trace-level layer (between detail windows)
     gpu_times: ForwardGpuTimes = dataclasses.field(default_factory=ForwardGpuTimes)
     windows: ForwardWindows = dataclasses.field(default_factory=ForwardWindows)
+    detail: DetailControl = dataclasses.field(default_factory=DetailControl)  # sglang-trace detail windows
 
 
 # ---- detokenizer process ----

@@ -37,6 +37,7 @@ run analyze "$EX/h200-llama2-7b-triton" --out "$OUT/analyze"
 run requests "$EX/h200-llama2-7b-triton" --out "$OUT/requests"
 run perfetto "$EX/h200-llama2-7b-triton" -o "$OUT/run.pftrace"
 run diff "$EX/h200-backends/server-triton/trace" "$EX/h200-backends/server-flashinfer/trace" --out "$OUT/diff"
+run top "$EX/h200-llama2-7b-triton" --json
 echo "analyzer_only.sh: sglang-trace launch (must refuse in one line, exit 2)"
 set +e
 "$ST" launch --trace-dir "$OUT/launch" -- --model-path m 2>"$OUT/launch.err"

@@ -19,8 +19,13 @@ if [ "${WITH_CHROMIUM:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1 && [ "
   step "installing chromium (apt; the tests render the HTML report with it)"
   { apt-get update -qq && apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "setup_env.sh: could not install chromium" >&2
 fi
+if ! command -v tmux >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "installing tmux (apt; the tests drive sglang-trace top in a terminal with it)"
+  { apt-get update -qq && apt-get install -y -qq tmux; } >/dev/null 2>&1 || echo "setup_env.sh: could not install tmux" >&2
+fi
 if [ -f "$STAMP" ]; then
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null
+  "$VENV/bin/python" -c "import textual" 2>/dev/null || "$VENV/bin/pip" install -q textual  # added after some venvs were built
   echo "$VENV ready (sglang $VER)"; exit 0
 fi
 python3 -m venv "$VENV"
@@ -39,7 +44,7 @@ quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec py
   sentencepiece tiktoken tqdm uvloop watchfiles xxhash zstandard einops prometheus-client pydantic \
   packaging IPython nvidia-ml-py easydict distro dill compressed-tensors gguf jsonschema soundfile \
   opentelemetry-sdk opentelemetry-exporter-otlp-json-file opentelemetry-exporter-otlp-proto-http \
-  nvtx polars perfetto matplotlib pytest
+  nvtx polars perfetto matplotlib textual pytest
 step "4/4 sglang-tracing (editable) and an import check"
 quiet "$PIP" install -q --no-deps --no-build-isolation -e "$ROOT"
 check=$("$VENV/bin/python" -c "import sglang.launch_server, sglang.srt.managers.scheduler, sglang_tracing.plugin" 2>&1) \

@@ -106,3 +106,17 @@ def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
     if start < 0 or count <= 0:
         raise UsageError(f"--profile-steps START must be >= 0 and N > 0, not {text!r}")
     return start, count
+
+
+# ---- detail on demand: how `sglang-trace detail` reaches a running server's scheduler processes ----
+# The request is a small JSON file in the trace dir, replaced atomically; every scheduler rank stats it
+# at most every DETAIL_POLL_S between scheduling passes (one os.stat, no thread, no socket).
+DETAIL_CONTROL_FILE = "detail-request.json"
+DETAIL_POLL_S = 0.1
+MAX_DETAIL_FORWARDS = 100_000
+
+# ---- live view (sglang-trace top) ----
+TOP_REFRESH_S = 0.5  # the view redraws at least twice a second
+TOP_WINDOW_S = 60.0  # sliding window of the p50/p99 TTFT and ITL and the finished count
+TOP_RECENT_S = 10.0  # cache hit rate, evictions, tokens/s and GPU idle over the last this many seconds
+TOP_TAIL_BYTES = 64 << 20  # on attach, read at most this much of each span file's end

@@ -171,3 +171,14 @@ NVTX_DOMAIN = "sglang"
 # --trace-level layer: unnamed-id ranges per decoder layer ("layer.<i>") and per op inside it
 NVTX_LAYER_PREFIX = "layer."
 NVTX_OPS = ("embedding", "rms_norm", "qkv_proj", "attention", "o_proj", "gate_up_proj", "down_proj", "lm_head")
+
+# ---- detail on demand (sglang-trace detail): layer-level detail for N forwards of a running server ----
+DETAIL_WINDOW = "sglang_tracing.detail"  # span: the window, from the forward it opened before to the last one
+DETAIL_ID = "sglang_tracing.detail.id"  # the request's id, as the control file and the route gave it
+DETAIL_LEVEL = "sglang_tracing.detail.level"  # what was turned on: one of DETAIL_LEVELS
+DETAIL_FORWARDS = "sglang_tracing.detail.forwards"  # forwards asked for
+DETAIL_SERVED = "sglang_tracing.detail.forwards_served"  # forwards the window covered
+DETAIL_GRAPH_PHASES = "sglang_tracing.detail.graph_phases"  # phases replayed as CUDA graphs: no layers there
+DETAIL_LEVELS = ("layer",)
+LAYER = "sglang.model.layer"  # one decoder layer inside a model forward (its parent), detail windows only
+LAYER_INDEX = "sglang.layer.index"

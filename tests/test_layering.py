@@ -23,7 +23,7 @@ MAY_IMPORT = {
     "app": {"floor", "analyzer", "app"},  # what a user runs; ``python -m sglang_tracing`` is its door
 }
 RECORDING = ("floor", "patches", "plugin")  # what SGLang's processes import
-NOT_WHILE_RECORDING = ("polars", "perfetto", "matplotlib")
+NOT_WHILE_RECORDING = ("polars", "perfetto", "matplotlib", "textual")
 
 # the analyzer's sub-layers, bottom to top: each may import those before it. The model (frames and their
 # schemas, plain data) sits below the loaders that fill it: data flows loaders -> model -> analyses, while

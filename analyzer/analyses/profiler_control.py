@@ -15,6 +15,9 @@ The same actions inflate the latencies of the requests in flight while they ran 
 ``requests_during`` names, per request, the actions whose time window overlapped its lifetime (received ->
 finished), and the request statistics leave those requests out as they leave out SGLang's internal ones.
 
+A detail window (``sglang-trace detail``) counts as one action over its whole span: each forward in it
+ran with per-layer ranges and timing.
+
 Where the actions come from: the ``sglang_tracing.profiler_control`` spans the runtime records; for a
 trace dir without any, inferred from its manifest (the config's capture_steps / profile_steps name the
 served forward, counted per scheduler process, at which the runtime acts) and labelled inferred. A
@@ -30,6 +33,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.config import CAPTURE_IDLE_END_S
 
 SCHEDULER_SPANS = (sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT)
+DETAIL_ACTION = "{}-level detail window"  # a detail window's action, by its level
 SCHEMA = {"server": pl.String, "pid": pl.Int64, "span_id": pl.String, "name": pl.String, "action": pl.String,
           "control_ns": pl.Int64, "inferred": pl.String}
 WINDOW_SCHEMA = {"server": pl.String, "pid": pl.Int64, "action": pl.String, "start_ns": pl.Int64, "end_ns": pl.Int64,
@@ -137,11 +141,18 @@ def _actions(spans: pl.LazyFrame | pl.DataFrame, servers: list[dict]) -> tuple[p
 
 
 def _recorded(spans: pl.LazyFrame, schema) -> pl.DataFrame:
-    if sc.PROFILER_ACTION not in schema:
-        return pl.DataFrame(schema=_RECORDED)
-    return spans.filter(pl.col("name") == sc.PROFILER_CONTROL).select(
-        "server", "pid", pl.col("start_ns").alias("c_start"), pl.col("end_ns").alias("c_end"),
-        pl.col(sc.PROFILER_ACTION).alias("action")).collect()
+    """Recorded actions: profiler-control spans, and detail windows (``sglang-trace detail``), whose whole
+    span counts: every forward in it ran with per-layer ranges and timing."""
+    parts = []
+    if sc.PROFILER_ACTION in schema:
+        parts.append(spans.filter(pl.col("name") == sc.PROFILER_CONTROL).select(
+            "server", "pid", pl.col("start_ns").alias("c_start"), pl.col("end_ns").alias("c_end"),
+            pl.col(sc.PROFILER_ACTION).alias("action")))
+    if sc.DETAIL_LEVEL in schema:
+        parts.append(spans.filter(pl.col("name") == sc.DETAIL_WINDOW).select(
+            "server", "pid", pl.col("start_ns").alias("c_start"), pl.col("end_ns").alias("c_end"),
+            pl.format(DETAIL_ACTION, pl.col(sc.DETAIL_LEVEL)).alias("action")))
+    return pl.concat(parts).collect() if parts else pl.DataFrame(schema=_RECORDED)
 
 
 def _contained(spans: pl.LazyFrame, control: pl.DataFrame) -> pl.DataFrame:

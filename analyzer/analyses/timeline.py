@@ -181,7 +181,11 @@ def _evictions(spans: pl.LazyFrame) -> pl.DataFrame:
 
 # ---- wording: the timeline as a report ----
 def build_report(model: TraceModel) -> Report:
-    return describe(compute(model))
+    from sglang_tracing.analyzer.analyses import layer_detail
+
+    report = describe(compute(model))
+    layer_detail.add_section(report, layer_detail.compute(model.scan_spans()))
+    return report
 
 
 def describe(timeline: Timeline) -> Report:

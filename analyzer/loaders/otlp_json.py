@@ -84,6 +84,20 @@ def _add_span(sp: dict, res: dict, spans: list, events: list) -> None:
         events.append((sp["spanId"], ev["name"], int(ev["timeUnixNano"]), sp["traceId"]))
 
 
+def read_line(raw: bytes, spans: list, events: list) -> None:
+    """Append the spans and events of one complete line (one ExportTraceServiceRequest), as ``read_span_file``
+    does; raises ValueError on a line that is not one."""
+    try:
+        doc = _loads(raw)
+        for rs in doc["resourceSpans"]:
+            res = _attrs(rs.get("resource", {}).get("attributes"))
+            for ss in rs.get("scopeSpans", []):
+                for sp in ss.get("spans", []):
+                    _add_span(sp, res, spans, events)
+    except (_DecodeError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not an OTLP-JSON line ({type(exc).__name__})") from None
+
+
 def spans_frame(rows: list[tuple]) -> pl.DataFrame:
     """Rows from ``read_span_file`` (base fields, then attribute pairs) as one column per attribute key."""
     if not rows:

@@ -101,6 +101,18 @@ def _demo(args, rest) -> int:
     return demo.run(args.trace_dir, requests=args.requests)
 
 
+def _top(args, rest) -> int:
+    from sglang_tracing.app import top
+
+    return top.run(args)
+
+
+def _detail(args, rest) -> int:
+    from sglang_tracing.app import detail
+
+    return detail.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sglang_tracing.config import DEFAULT_CAPTURE_STEPS
     from sglang_tracing.launch_server import add_tracing_options
@@ -165,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tp-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     p.add_argument("--gpus", help="tp experiment: CUDA_VISIBLE_DEVICES per TP size, ';'-separated (0;0,1;0,1,2,3)")
     p.set_defaults(func=_experiment)
+    from sglang_tracing.app import detail, top
+
+    p = sub.add_parser("top", help="live view of a running traced server: requests in flight, batch, cache, "
+                                   "GPU, sliding-window TTFT/ITL (--once / --json for scripts)")
+    top.add_arguments(p)
+    p.set_defaults(func=_top)
+    p = sub.add_parser("detail", help="layer-level detail for the next N forwards of a running traced server")
+    detail.add_arguments(p)
+    p.set_defaults(func=_detail)
     p = sub.add_parser("demo", help="serve a tiny Llama on CPU with tracing, send requests, write reports")
     p.add_argument("--trace-dir", help="a new or empty dir (default: traces/demo/<timestamp>)")
     p.add_argument("--requests", type=int, default=12)

@@ -42,3 +42,14 @@ def push(span_name: str, span_id: int = 0) -> None:
 def pop() -> None:
     if _enabled:
         _domain.pop_range()
+
+
+def attributes(name: str):
+    """The event attributes of a range with a fixed name, built once (None while ranges are off): pushing
+    them skips registering the name's string and building attributes at every push."""
+    return _domain.get_event_attributes(message=name) if _enabled else None
+
+
+def push_attributes(attrs) -> None:
+    if attrs is not None:
+        _domain.push_range(attrs)
