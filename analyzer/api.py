@@ -1,6 +1,7 @@
 """What the CLI calls: load a trace with its extra sources, build reports, render them."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,28 @@ REPORTS = ("story", "radix", "timeline", "attention")
 
 
 def _dirs(trace_dir: str | list[str] | None) -> list[str]:
-    return [trace_dir] if isinstance(trace_dir, str) else list(trace_dir or [])
+    return [trace_dir_of(d) for d in ([trace_dir] if isinstance(trace_dir, str) else list(trace_dir or []))]
+
+
+def trace_dir_of(path: str) -> str:
+    """``path`` itself, or the one trace dir inside an experiment folder (``sglang-trace experiment --out``);
+    an experiment of several cells is a UsageError that lists the trace dirs to choose from."""
+    p = Path(path)
+    if (p / "manifest.json").exists() or not (p / "experiment.json").exists():
+        return path
+    found = sorted(str(m.parent) for m in p.glob("*/trace/manifest.json") if not _profiled_pass(m.parent.parent))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UsageError(f"{path} is an experiment folder with no recorded trace yet")
+    raise UsageError(f"{path} is an experiment folder of {len(found)} trace dirs; give one of them "
+                     f"(or several, with --out, to merge): {' '.join(found)}")
+
+
+def _profiled_pass(cell: Path) -> bool:
+    """A baseline experiment's profiled pass: its figures reach the story through the measured cell."""
+    result = cell / "result.json"
+    return result.exists() and "profiled_steps" in json.loads(result.read_text())
 
 
 def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str | None = None,
@@ -51,10 +73,11 @@ def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str
     return model
 
 
-def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None):
-    from sglang_tracing.analyzer.analyses import attention, radix, servers, story, timeline
+def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None,
+                  profiled: TraceModel | None = None):
+    from sglang_tracing.analyzer.analyses import attention, radix, servers, story_report, timeline
 
-    builders = {"story": lambda: story.build_report(model, request, model_config),
+    builders = {"story": lambda: story_report.build_report(model, request, model_config, profiled),
                 "radix": lambda: radix.build_report(model),
                 "timeline": lambda: timeline.build_report(model),
                 "attention": lambda: attention.build_report(model)}
@@ -104,7 +127,10 @@ def _parse_list(text: str, allowed, what: str) -> list[str]:
 
 def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: str = "slowest",
             out_dir: str | None = None, formats: str = "text,md,html", nsys: str | None = None,
-            kineto: str | None = None, model_config: str | None = None, ncu: str | None = None) -> list[str]:
+            kineto: str | None = None, model_config: str | None = None, ncu: str | None = None,
+            profiled: str | None = None) -> list[str]:
+    """Write the reports; the story's per-request table goes to requests.csv beside it. ``profiled``: a
+    profiled pass's trace dir (``experiment baseline``) whose layer and kernel figures the story adds."""
     from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
 
     names = _parse_list(reports, REPORTS, "report")
@@ -122,23 +148,28 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
     if not dirs:
         names = [n for n in names if n in ("timeline", "attention")] or ["timeline"]
     written = []
-    reports = build_reports(model, names, request, model_config)
+    reports = build_reports(model, names, request, model_config, load_input(profiled) if profiled else None)
     for report in reports:
         written += write_report(out, report, fmts, others=tuple(r.name for r in reports))
+    if "story" in names and len(dirs) == 1:
+        written += _write_requests(model, out)
     return written
 
 
-def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None, kineto: str | None = None) -> list[str]:
-    """Write the per-request table (analyses.requests.export_table) as CSV and Parquet; returns the paths."""
+def _write_requests(model: TraceModel, out: Path) -> list[str]:
     from sglang_tracing.analyzer.analyses.kernels import forward_gpu_time, request_gpu_time
     from sglang_tracing.analyzer.analyses.requests import export_table, request_table
     from sglang_tracing.analyzer.renderers.tables import write_table
 
-    out = output_dir(out_dir or os.path.join(trace_dir, "reports"), given=out_dir is not None)
-    model = load(trace_dir, nsys, kineto)
     gpu = request_gpu_time(model.spans, forward_gpu_time(model.spans, model.kernels))
-    frame = export_table(request_table(model.spans, model.manifest, model.servers), gpu)
-    return write_table(frame, out, "requests")
+    return write_table(export_table(request_table(model.spans, model.manifest, model.servers), gpu), out, "requests")
+
+
+def requests(trace_dir: str, out_dir: str | None = None, nsys: str | None = None, kineto: str | None = None) -> list[str]:
+    """Write the per-request table (analyses.requests.export_table) as CSV and Parquet; returns the paths."""
+    trace_dir = trace_dir_of(trace_dir)
+    out = output_dir(out_dir or os.path.join(trace_dir, "reports"), given=out_dir is not None)
+    return _write_requests(load(trace_dir, nsys, kineto), out)
 
 
 def load_input(path: str) -> TraceModel:
@@ -149,6 +180,7 @@ def load_input(path: str) -> TraceModel:
     p = Path(path)
     if not p.exists():
         raise TraceError(p, "no such file or directory")
+    p = Path(trace_dir_of(path))
     if p.is_dir() and (p / "manifest.json").exists():
         exports = glob_inputs(p, "*.sqlite") or sorted(p.glob("*.nsys-rep"))
         return load(str(p), nsys=str(exports[0]) if exports else None)

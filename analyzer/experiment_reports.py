@@ -19,7 +19,21 @@ def _tp_scaling():
     return tp_experiment.load, tp_scaling.build_report
 
 
-REPORTS = {"backends": _backends, "tp_scaling": _tp_scaling}  # name -> (loader, analysis), imported on use
+def _radix():
+    from sglang_tracing.analyzer.analyses import radix_scenarios
+    from sglang_tracing.analyzer.loaders import radix_experiment
+
+    return radix_experiment.load, radix_scenarios.build_report
+
+
+def _baseline():
+    from sglang_tracing.analyzer.analyses import baseline_run
+    from sglang_tracing.analyzer.loaders import baseline_experiment
+
+    return baseline_experiment.load, baseline_run.build_report
+
+
+REPORTS = {"backends": _backends, "tp_scaling": _tp_scaling, "radix": _radix, "baseline": _baseline}  # name -> (loader, analysis), imported on use
 
 
 def build(name: str, folder: str | Path):

@@ -9,10 +9,14 @@ import importlib.util
 import os
 import sys
 
+from sglang_tracing.runtime.manifest import MANIFEST
 from sglang_tracing.config import (
     LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, parse_profile_steps, validate_nvml_interval,
 )
 from sglang_tracing.errors import UsageError
+
+
+RUN_FILE_PREFIXES = ("spans-", "nvml-", "gpu-")  # what a recording process writes into its trace dir
 
 
 class SGLangMissing(UsageError):
@@ -27,7 +31,11 @@ def require_sglang() -> None:
 
 
 def add_tracing_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trace-dir", required=True, help="directory the trace is written to")
+    parser.add_argument("--trace-dir", required=True, help="directory the trace is written to (new, or "
+                        "holding no recorded run: see --append)")
+    parser.add_argument("--append", action="store_true",
+                        help="record into a trace dir that already holds a run: its span files stay beside the "
+                             "new ones and the reports merge both runs")
     parser.add_argument("--trace-level", choices=LEVELS, default="batch",
                         help="request: request spans only; batch (default): plus scheduler, forward and "
                              "cache spans; layer: plus per-layer/per-op NVTX ranges")
@@ -40,8 +48,23 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
                         help="record a Kineto trace of N served forwards, starting at forward START")
 
 
+def recorded_run(trace_dir: str) -> str | None:
+    """The first file in ``trace_dir`` that a recorded run left (manifest, span files), or None."""
+    if not os.path.isdir(trace_dir):
+        return None
+    for name in sorted(os.listdir(trace_dir)):
+        if name == MANIFEST or name.startswith(RUN_FILE_PREFIXES):
+            return name
+    return None
+
+
 def config_from_args(args: argparse.Namespace) -> TraceConfig:
-    """Validated config; raises ValueError with a one-line message."""
+    """Validated config; raises ValueError with a one-line message (UsageError: a trace dir that already
+    holds a run, unless ``--append``)."""
+    found = recorded_run(args.trace_dir)
+    if found and not getattr(args, "append", False):
+        raise UsageError(f"{args.trace_dir} already holds a recorded run ({found}): give a new trace dir, "
+                         "or --append to record a second run beside it")
     return TraceConfig(
         trace_dir=os.path.abspath(args.trace_dir), level=args.trace_level,
         otlp_endpoint=args.otlp_endpoint, record_prompts=args.record_prompts,
@@ -64,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     add_tracing_options(parser)
     args, sglang_args = parser.parse_known_args(argv)
     try:
-        exec_traced_server(config_from_args(args), sglang_args)
+        config = config_from_args(args)
+        exec_traced_server(config, sglang_args)
     except ValueError as exc:
         parser.exit(2, f"sglang-trace: error: {exc}\n")
 

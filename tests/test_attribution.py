@@ -21,6 +21,7 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
+from sglang_tracing.analyzer.analyses.requests import for_statistics
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
@@ -181,7 +182,7 @@ def _layer_ms_by_model_forward() -> dict[str, float]:
 
 
 def test_story_layer_time_is_the_selected_requests_own():
-    from sglang_tracing.analyzer.analyses import story
+    from sglang_tracing.analyzer.analyses import story, story_report
 
     layer_ms = _layer_ms_by_model_forward()
     spans = raw_spans.spans(LAYER / "trace")
@@ -198,9 +199,10 @@ def test_story_layer_time_is_the_selected_requests_own():
     assert sorted(round(by_rid[r], 3) for r in clients) == [0.344, 0.346]  # two 512-token prefills
 
     model = api.load(str(LAYER / "trace"), nsys=str(LAYER / "trace" / "nsys.sqlite.gz"))
-    report = story.build_report(model, "slowest")
-    head = report.sections[0].title
-    rid = next(r for r in clients if r in head)
+    computed = story.compute(model, "slowest")
+    rid = computed.request["rid"]
+    assert rid in clients
+    report = story_report.describe(computed)
     prefill = next(s for s in report.sections if s.title == "Prefill")
     figure = next(f for f in prefill.figures if f.label == "GPU time per layer")
     assert figure.value.startswith(f"median {by_rid[rid]:.3f} ms over 32 layers")
@@ -211,7 +213,7 @@ def test_story_layer_time_is_the_selected_requests_own():
 def test_internal_requests_are_listed_apart_not_counted():
     """The overhead trace: per server one warm-up pass (1 + 32 requests), then 3 rounds of 4 + 32
     (benchmarks/results); SGLang's own warm-up comes on top and stays out of every statistic."""
-    from sglang_tracing.analyzer.analyses import story
+    from sglang_tracing.analyzer.analyses import story, story_report
 
     bench = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results"
                         / "overhead-h200-llama2-7b-triton.json").read_text())["args"]
@@ -219,15 +221,12 @@ def test_internal_requests_are_listed_apart_not_counted():
     roots = raw_spans.named(raw_spans.spans(OVERHEAD), sc.REQUEST)
     assert users == 141 and len(roots) == users + 1
     warmup = min((r for r in roots if r["attrs"][sc.PROMPT_TOKENS] < 16), key=lambda r: r["start"])
-    report = story.build_report(load_trace_dir(OVERHEAD), "slowest")
-    summary = next(s for s in report.sections if s.title == "Summary")
-    figures = {f.label: f.value for f in summary.figures}
-    assert figures["user requests in trace (complete / seen)"] == f"{users} / {users}"
-    assert figures["internal requests"] == "1"
-    listed = {c.title: c.table for c in summary.children}
-    assert warmup["attrs"][sc.RID] not in listed["user requests in the statistics"]["rid"].to_list()
-    assert listed["internal requests (not in any statistic)"]["rid"].to_list() == [warmup["attrs"][sc.RID]]
-    assert warmup["attrs"][sc.RID] not in report.sections[0].title  # the slowest is a user's request
+    computed = story.compute(load_trace_dir(OVERHEAD), "slowest")
+    assert (computed.users.height, computed.users.filter(pl.col("complete")).height) == (users, users)
+    assert computed.internal["rid"].to_list() == [warmup["attrs"][sc.RID]]
+    assert warmup["attrs"][sc.RID] not in for_statistics(computed.requests)["rid"].to_list()
+    assert computed.run.requests == users
+    assert computed.request["rid"] != warmup["attrs"][sc.RID]  # the slowest is a user's request
 
 
 def test_radix_sequence_holds_the_clients_requests_with_sglangs_cached_tokens():
@@ -276,7 +275,7 @@ def test_requests_cli_writes_every_itl(tmp_path):
 def test_gpu_share_longer_than_the_phase_says_why():
     """h200-nsys-layer, request 17e50a: its 16 decode forwards (json over the raw spans) hold more GPU time
     than its decode phase's wall time; the story says so without blaming a profiler that was not there."""
-    from sglang_tracing.analyzer.analyses import story
+    from sglang_tracing.analyzer.analyses import story, story_report
 
     trace = EXAMPLES / "h200-nsys-layer" / "nsys-triton" / "trace"
     spans = raw_spans.spans(trace)
@@ -291,6 +290,6 @@ def test_gpu_share_longer_than_the_phase_says_why():
     assert min(int(f["attrs"][sc.GPU_START_NS]) for f in forwards) < times[0]  # launched before the first token
     computed = story.compute(load_trace_dir(trace), rid[:12])
     assert computed.request["decode_gpu_ns"] == pytest.approx(gpu, rel=1e-9)
-    share = next(f for s in story.describe(computed).sections if s.title == "Decode" for f in s.figures
+    share = next(f for s in story_report.describe(computed).sections if s.title == "Decode" for f in s.figures
                  if f.label == "GPU time (this request's share)")
     assert "overlap scheduling" in share.source and "was attached" not in share.source

@@ -10,7 +10,7 @@ import pytest
 
 import raw_spans
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses import radix, story
+from sglang_tracing.analyzer.analyses import radix, story_report
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def test_story_itl_plot_is_the_recorded_token_gaps():
     decode = [s for s in raw_spans.named(raw_spans.spans(TRITON), sc.REQUEST_DECODE)
               if len(s["attrs"].get(sc.TOKEN_TIMES, [])) > 100][0]
     rid, times = decode["attrs"][sc.RID], decode["attrs"][sc.TOKEN_TIMES]
-    report = story.build_report(load_trace_dir(str(TRITON)), rid[:16])
+    report = story_report.build_report(load_trace_dir(str(TRITON)), rid[:16])
     (plot,) = report.plots
     assert (plot.file, plot.kind, plot.labels["title"]) == ("story_itl.png", "itl",
                                                              f"Inter-token latency, request {rid[:12]}")

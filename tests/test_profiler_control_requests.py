@@ -17,8 +17,8 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
-from sglang_tracing.analyzer.analyses import profiler_control, radix, servers, story
-from sglang_tracing.analyzer.analyses.requests import request_table
+from sglang_tracing.analyzer.analyses import profiler_control, radix, servers, story, story_report
+from sglang_tracing.analyzer.analyses.requests import for_statistics, request_table
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
@@ -150,25 +150,23 @@ def test_story_selects_and_counts_only_untouched_user_requests(trace_dir):
     for which, rid in (("slowest", by_e2e[-1]), ("p50", by_e2e[(len(by_e2e) - 1) // 2]),
                        ("first", min(kept, key=lambda r: raw.roots[r]["start"]))):
         assert story.select_request(requests, which)["rid"] == rid, which
-    report = story.build_report(model, "slowest")
-    assert by_e2e[-1] in report.sections[0].title
-    summary = next(s for s in report.sections if s.title == "Summary")
-    figures = {f.label: f for f in summary.figures}
+    computed = story.compute(model, "slowest")
+    assert computed.request["rid"] == by_e2e[-1]
     users_touched = set(raw.touched()) - raw.warmups()
-    assert figures["left out of statistics: our profiler control"].value == str(len(users_touched))
-    listed = {c.title: c.table for c in summary.children}
-    assert sorted(listed["user requests in the statistics"]["rid"]) == sorted(kept)
-    apart = listed["user requests our profiler control ran during (not in any statistic)"]
+    complete = computed.requests.filter(pl.col("complete"))
+    assert sorted(for_statistics(complete)["rid"]) == sorted(kept)
+    assert computed.run.requests == len(kept)
+    apart = computed.touched
     assert sorted(apart["rid"]) == sorted(users_touched)
-    for rid, e2e_ms in apart.select("rid", "e2e_ms").iter_rows():
-        assert e2e_ms == round(raw.e2e(rid) / MS, 3)
+    for rid, e2e_ns in apart.select("rid", "e2e_ns").iter_rows():
+        assert e2e_ns == raw.e2e(rid)
 
 
 def test_story_of_a_touched_request_asked_for_by_rid_says_so():
     raw = Raw(NSYS)
     rid = next(iter(raw.touched()))
-    report = story.build_report(load_trace_dir(NSYS), rid[:12])
-    head = {f.label: f for f in report.sections[0].figures}
+    report = story_report.build_report(load_trace_dir(NSYS), rid[:12])
+    head = {f.label: f for f in next(s for s in report.sections if s.title.startswith("Request ")).figures}
     line = head["our profiler control in flight"]
     assert line.value == sc.CAPTURE_START
     assert "left out of every statistic" in line.source and "capture_steps 0:100000" in line.source
@@ -178,7 +176,7 @@ def test_per_server_percentiles_leave_out_touched_requests():
     """h200-backends, both servers merged: the e2e / TTFT percentiles are over the untouched user requests,
     the counts over all of them, and a left_out column says how many were left out."""
     model = load_trace_dirs([FLASHINFER, TRITON])  # labelled server-flashinfer, server-triton
-    reports = [story.build_report(model, "slowest")]
+    reports = [story_report.build_report(model, "slowest")]
     servers.add_to(reports, servers.compute(model, {"story"}))
     section = next(s for s in reports[0].sections if s.title == "Per server")
     rows = {r["server"]: r for r in section.table.iter_rows(named=True)}

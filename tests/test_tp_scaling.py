@@ -188,3 +188,20 @@ def test_projection_labelled_with_its_error(example_result):
     tp2 = table.filter(pl.col("tp") == 2).row(0, named=True)
     assert tp2["naive_itl_ms (TP=1 alone)"] == pytest.approx(naive_itl2, abs=0.01)
     assert result.projection.naive_error_pct == pytest.approx((naive_itl2 / itl[2] - 1) * 100, abs=0.1)
+
+
+def test_topology_table_speedups_and_whole_numbers(example_result):
+    """Issue 21: the recorded ``nvidia-smi topo -m`` (with its escape codes) as a table, TTFT speedup beside
+    ITL speedup, and whole numbers as integers in the tables the report shows."""
+    _, result = example_result
+    raw = json.loads((EXAMPLE / "tp2" / "result.json").read_text())["topology"]
+    assert "\x1b[" in raw and "\x1b" not in result.topology
+    rows = {r["device"]: r for r in result.topology_rows.iter_rows(named=True)}
+    assert set(rows) == {"GPU0", "GPU1"} and rows["GPU0"]["GPU1"] == rows["GPU1"]["GPU0"] == "NV18"
+    t = {r["tp"]: r for r in result.table.iter_rows(named=True)}
+    assert t[2]["ttft_speedup"] == pytest.approx(t[1]["ttft_ms"] / t[2]["ttft_ms"], abs=0.01)
+    assert t[2]["itl_speedup"] == pytest.approx(t[1]["itl_ms"] / t[2]["itl_ms"], abs=0.01)
+    shown = tp_scaling.integral(result.allreduce[2].summary)
+    assert shown.schema["median_msg_bytes"] == pl.Int64
+    assert shown["median_msg_bytes"].to_list() == result.allreduce[2].summary["median_msg_bytes"].cast(pl.Int64).to_list()
+    assert tp_scaling.integral(pl.DataFrame({"x": [1.5, 2.0]})).schema["x"] == pl.Float64

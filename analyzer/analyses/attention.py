@@ -3,6 +3,8 @@ form (figures in ``ncu_metrics``), warp stalls, ncu's own hints ranked by its es
 prefill vs decode where the kernel names say which is which."""
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
 from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, phase_comparison, ranked_hints
@@ -110,20 +112,36 @@ def _phases(report: Report, metrics: pl.DataFrame) -> None:
         sec.add("kernels of unknown phase", str(metrics.height - known.height), "left out of the comparison")
 
 
-def build_report(model) -> Report:
-    report = Report("attention", "Attention deep-dive (experiment 5)")
+@dataclasses.dataclass
+class Attention:
+    """Every figure of the attention deep-dive; ``metrics`` is None when the trace has no ncu data."""
+    metrics: pl.DataFrame | None  # one row per profiled kernel (ncu_metrics.kernel_metrics)
+    hints: pl.DataFrame  # ncu's rule results, largest estimated speedup first (ranked_hints)
+    stalls: pl.DataFrame  # warp stall reasons per kernel (warp_stalls)
+
+
+def compute(model) -> Attention:
     if model.ncu is None or model.ncu.is_empty():
+        return Attention(None, pl.DataFrame(), pl.DataFrame())
+    return Attention(kernel_metrics(model.ncu), ranked_hints(model.ncu_rules), warp_stalls(model.ncu, model.ncu_rules))
+
+
+def build_report(model) -> Report:
+    return describe(compute(model))
+
+
+def describe(result: Attention) -> Report:
+    report = Report("attention", "Attention deep-dive (experiment 5)")
+    if result.metrics is None:
         report.section("No Nsight Compute data").add("kernels", None, "pass --ncu with a details/raw CSV, "
                                                       "console text or .ncu-rep")
         return report
-    metrics = kernel_metrics(model.ncu)
-    hints = ranked_hints(model.ncu_rules)
-    if not hints.is_empty():
-        _hints(report, hints)
-    for row in metrics.iter_rows(named=True):
+    if not result.hints.is_empty():
+        _hints(report, result.hints)
+    for row in result.metrics.iter_rows(named=True):
         _kernel_section(report, row)
-    _stalls(report, warp_stalls(model.ncu, model.ncu_rules))
-    if hints.is_empty():
-        _hints(report, hints)
-    _phases(report, metrics)
+    _stalls(report, result.stalls)
+    if result.hints.is_empty():
+        _hints(report, result.hints)
+    _phases(report, result.metrics)
     return report

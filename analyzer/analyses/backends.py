@@ -2,6 +2,8 @@
 time per backend, the winner and its margin, and an analysis written from the numbers."""
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 
 from sglang_tracing import semconv as sc
@@ -186,27 +188,82 @@ def disagreements(table: pl.DataFrame, client: str, gpu: str, points: float = 10
             for r in off.iter_rows(named=True)]
 
 
-def build_report(inputs: BackendsInputs) -> Report:
-    report = Report("backends", "Attention backends (experiment 3)")
+def verdict(dram_pct: float | None, tensor_pct: float | None) -> str | None:
+    """Which GPU resource a cell leaned on, from its GPM means: memory-bound when the HBM bandwidth in use
+    (percent of peak) exceeds the tensor-core activity, compute-bound otherwise; None without both."""
+    if dram_pct is None or tensor_pct is None:
+        return None
+    return "memory-bound" if dram_pct > tensor_pct else "compute-bound"
+
+
+def with_verdict(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.with_columns(pl.struct(sc.GPM_DRAM_BW_UTIL, sc.GPM_TENSOR_UTIL).map_elements(
+        lambda r: verdict(r[sc.GPM_DRAM_BW_UTIL], r[sc.GPM_TENSOR_UTIL]), return_dtype=pl.String).alias("bound"))
+
+
+def cells_wide(table: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
+    """One row per (batch_size, seq_len): each phase's winner and margin, and each backend's bound."""
+    rows = {}
+    for r in table.iter_rows(named=True):
+        row = rows.setdefault((r["batch_size"], r["seq_len"]), {"batch_size": r["batch_size"], "seq_len": r["seq_len"]})
+        row[r["phase"]] = (f"{r['winner']} +{r['margin_pct']:.1f}%" if r["winner"] and r["margin_pct"] is not None
+                           else None)
+    for r in frame.iter_rows(named=True):
+        row = rows.setdefault((r["batch_size"], r["seq_len"]), {"batch_size": r["batch_size"], "seq_len": r["seq_len"]})
+        dram, tensor = r.get(sc.GPM_DRAM_BW_UTIL), r.get(sc.GPM_TENSOR_UTIL)
+        row[f"{r['backend']} bound"] = (f"{r['bound']} (HBM {dram:.0f}%, TC {tensor:.0f}%)" if r.get("bound")
+                                        else None)
+    wide = pl.DataFrame(list(rows.values()), infer_schema_length=None).sort("batch_size", "seq_len")
+    phases = [p for p, _, _ in PHASES if p in wide.columns]
+    return wide.select("batch_size", "seq_len", *phases, *[c for c in wide.columns if c.endswith(" bound")])
+
+
+@dataclasses.dataclass
+class Backends:
+    """Every figure of the backends experiment; ``frame`` is None when no cell was recorded."""
+    frame: pl.DataFrame | None  # one row per (backend, cell): client, GPU and GPM figures, bound
+    table: pl.DataFrame | None  # compare(frame): one row per cell and phase
+    cells: pl.DataFrame | None  # cells_wide: one row per cell
+    findings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+def compute(inputs: BackendsInputs) -> Backends:
     frame, models = inputs.cells, inputs.models
     if frame.is_empty() or "backend" not in frame.columns:
+        return Backends(None, None, None)
+    frame = with_verdict(with_hardware(with_server_phases(frame, models), models))
+    table = compare(frame)
+    return Backends(frame, table, cells_wide(table, frame), analysis(table) + batch_findings(frame))
+
+
+def build_report(inputs: BackendsInputs) -> Report:
+    return describe(compute(inputs))
+
+
+def describe(result: Backends) -> Report:
+    report = Report("backends", "Attention backends (experiment 3)")
+    frame, table = result.frame, result.table
+    if frame is None:
         report.section("No cells recorded").add("cells", "0")
         return report
-    frame = with_hardware(with_server_phases(frame, models), models)
-    table = compare(frame)
     cells_section = report.section("Per cell")
-    for phase, col, what in PHASES:
-        cells_section.add(phase, what)
+    cells_section.add("each phase", "winner +margin%", "; ".join(f"{phase}: {what}" for phase, _, what in PHASES))
+    cells_section.add("<backend> bound", "memory- or compute-bound" if frame["bound"].drop_nulls().len() else None,
+                      "HBM bandwidth in use vs tensor-core activity (GPM means over the cell's window)"
+                      if frame["bound"].drop_nulls().len() else "no GPM samples (CPU run, or no GPU sampling)")
     if "warmup_start_ns" in frame.columns:
         cells_section.add("warm-up", "each cell ran once untimed first (same shapes, other prompts)")
-    cells_section.table = table
+    cells_section.table = result.cells
+    by_phase = report.section("Per cell and phase, each backend's time")
+    by_phase.table = table
     raw = report.section("Measurements")
     raw.add("batch_reached", None if frame["batch_reached"].null_count() == frame.height else "see table",
             "most of the cell's requests in one decode step (forward spans' rids), beside the requested batch_size")
     raw.table = frame.select(
         "backend", "batch_size", "batch_reached", "seq_len", pl.col("ttft_ms").round(3), pl.col("itl_ms").round(3),
         pl.col("prefill_gpu_ms").round(3), pl.col("decode_step_gpu_ms").round(3),
-        pl.col("output_tok_per_s").round(1), *[pl.col(m).round(1) for m in HW]).sort("backend", "batch_size", "seq_len")
+        pl.col("output_tok_per_s").round(1), *[pl.col(m).round(1) for m in HW], "bound").sort(
+        "backend", "batch_size", "seq_len")
     if all(frame[m].null_count() == frame.height for m in HW):
         raw.add("hardware columns", None, "no NVML/GPM samples (CPU run, or no GPU sampling)")
     steps = report.section("Decode steps per achieved batch")
@@ -214,6 +271,6 @@ def build_report(inputs: BackendsInputs) -> Report:
               "requests of the cell in the step; steps batched with outsiders left out")
     steps.table = steps_by_batch(frame)
     ana = report.section("Analysis (computed from the table)")
-    for label, text in analysis(table) + batch_findings(frame):
+    for label, text in result.findings:
         ana.add(label, text)
     return report

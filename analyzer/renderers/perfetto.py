@@ -12,44 +12,26 @@ Track descriptors (thousands) are perfetto protos written one by one; slice and 
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 from typing import IO
 
 import numpy as np
 import polars as pl
-from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import DebugAnnotation, Trace, TracePacket, TrackEvent
-from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder
+from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import TrackEvent
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.renderers import proto_columns as pc
+from sglang_tracing.analyzer.renderers.perfetto_counters import write_cache_occupancy, write_counters
+from sglang_tracing.analyzer.renderers.perfetto_writer import (ARG_NAME, ARG_VALUE, DEBUG, FLOW_IDS, NAME,
+                                                               TRACK_UUID, TYPE, Writer, uuid_of)
 from sglang_tracing.runtime.ids import REQUEST_TRACE_KEY_PREFIX
 
-SEQ = 0x5617
-BATCH = 250_000  # events encoded at once: bounds the encoder's memory
 _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
-                  sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE}
+                  sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE,
+                  sc.REQUEST_HTTP}
 _ARG_COLUMNS = (sc.FORWARD_MODE, sc.BATCH_SIZE, sc.BATCH_TOKENS, sc.GPU_DURATION_NS, sc.SCHED_NEW_SEQS,
                 sc.SCHED_QUEUED, sc.SCHED_RUNNING, sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS,
                 sc.CACHE_FREED_TOKENS, sc.PROMPT_TOKENS, sc.CACHED_TOKENS, sc.OUTPUT_TOKENS, sc.RID)
-
-_TP, _TE, _DA = TracePacket.DESCRIPTOR, TrackEvent.DESCRIPTOR, DebugAnnotation.DESCRIPTOR
-_PACKET = pc.tag(Trace.DESCRIPTOR, "packet")
-_TIMESTAMP, _SEQ_ID, _TRACK_EVENT = pc.tag(_TP, "timestamp"), pc.tag(_TP, "trusted_packet_sequence_id"), pc.tag(
-    _TP, "track_event")
-_TYPE, _TRACK_UUID, _NAME = pc.tag(_TE, "type"), pc.tag(_TE, "track_uuid"), pc.tag(_TE, "name")
-_FLOW_IDS, _DEBUG, _DOUBLE_COUNTER = pc.tag(_TE, "flow_ids"), pc.tag(_TE, "debug_annotations"), pc.tag(
-    _TE, "double_counter_value")
-_ARG_NAME = pc.tag(_DA, "name")
-_ARG_VALUE = {"bool": pc.tag(_DA, "bool_value"), "int": pc.tag(_DA, "int_value"),
-              "double": pc.tag(_DA, "double_value"), "string": pc.tag(_DA, "string_value")}
-
-
-@functools.lru_cache(maxsize=1 << 20)
-def uuid_of(key: str) -> int:
-    """A stable 63-bit track uuid."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1 or 1
 
 
 def assign_lanes(spans: list[tuple[int, int, object]]) -> list[list[tuple[int, int, object]]]:
@@ -69,56 +51,6 @@ def assign_lanes(spans: list[tuple[int, int, object]]) -> list[list[tuple[int, i
             lanes.append([span])
             stacks.append([end])
     return lanes
-
-
-class _Writer:
-    def __init__(self, out: IO[bytes]):
-        self.out = out
-        self.builder = StreamingTraceProtoBuilder(out)
-        self.first = True
-
-    def packet(self) -> TracePacket:
-        p = self.builder.create_packet()
-        p.trusted_packet_sequence_id = SEQ
-        if self.first:
-            p.sequence_flags = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
-            self.first = False
-        return p
-
-    def track(self, uuid: int, name: str, parent: int = 0, pid: int | None = None, tid: int | None = None,
-              counter_unit: str | None = None) -> int:
-        p = self.packet()
-        d = p.track_descriptor
-        d.uuid = uuid
-        if parent:
-            d.parent_uuid = parent
-        if pid is not None and tid is None:
-            d.process.pid = pid
-            d.process.process_name = name
-        elif tid is not None:
-            d.thread.pid = pid
-            d.thread.tid = tid
-            d.thread.thread_name = name
-        else:
-            d.name = name
-        if counter_unit is not None:
-            d.counter.unit_name = counter_unit
-        self.builder.write_packet(p)
-        return uuid
-
-    def events(self, frame: pl.DataFrame, group: list[str], encode) -> None:
-        """Track-event packets, one per row of ``frame`` (with ``ts``), in its order; rows sharing the
-        ``group`` columns are encoded together by ``encode(rows) -> Rows`` of TrackEvents."""
-        for start in range(0, frame.height, BATCH):
-            batch = frame.slice(start, BATCH).with_row_index("_pos")
-            groups = []
-            for _, rows in batch.group_by(group):
-                n = rows.height
-                packet = pc.concat(pc.scalar(_TIMESTAMP, pc.varints(rows["ts"].to_numpy())),
-                                   pc.const(_SEQ_ID + pc.varint_bytes(SEQ), n), pc.message(_TRACK_EVENT, encode(rows)))
-                data, lens = pc.message(_PACKET, packet).wire()
-                groups.append((rows["_pos"].to_numpy().astype(np.int64), data, lens))
-            self.out.write(pc.interleave(groups, batch.height).tobytes())
 
 
 def _linked_forwards(spans: pl.DataFrame) -> pl.Series:
@@ -141,7 +73,7 @@ def _span_frame(model: TraceModel) -> pl.DataFrame:
 
 def render(model: TraceModel, out: IO[bytes]) -> dict:
     """Write ``model`` as a Perfetto trace; returns counts of what was written."""
-    w = _Writer(out)
+    w = Writer(out)
     spans = _span_frame(model)
     col = lambda c: pl.col(c) if c in spans.columns else pl.lit(None, pl.String)  # noqa: E731
     several = spans["server"].n_unique() > 1 if "server" in spans.columns and spans.height else False
@@ -156,7 +88,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     tracks_written = 0
     # request tracks, in order of first appearance
     for rid in spans.filter("_req")[sc.RID].unique(maintain_order=True).to_list():
-        uuids[REQUEST_TRACE_KEY_PREFIX + rid] = w.track(uuid_of(REQUEST_TRACE_KEY_PREFIX + rid), f"request {rid[:12]}", parent=requests_group)
+        uuids[REQUEST_TRACE_KEY_PREFIX + rid] = w.track(uuid_of(REQUEST_TRACE_KEY_PREFIX + rid), f"request {rid}", parent=requests_group)
         tracks_written += 1
     threads = spans.filter(~pl.col("_req")).group_by("_proc", maintain_order=True).agg(
         pl.col("pid").first(), pl.col("role").first(), col("tp_rank").first().alias("tp_rank"),
@@ -196,7 +128,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     _write_slices(w, slices)
     n_kernels = _write_kernels(w, model.kernels)
     n_nvtx = _write_nvtx(w, model.nvtx)
-    n_counters = _write_counters(w, model.counters) + _write_cache_occupancy(w, spans, several)
+    n_counters = write_counters(w, model.counters) + write_cache_occupancy(w, spans, several)
     return {"slices": n_slices, "kernels": n_kernels, "nvtx": n_nvtx, "counter_samples": n_counters,
             "flows": len(flow_ids), "tracks": tracks_written}
 
@@ -244,7 +176,7 @@ def _event_order(track: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple
     return order[ev_span], ev_begin, nests
 
 
-def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
+def _write_slices(w: Writer, slices: pl.DataFrame) -> None:
     if slices.is_empty():
         return
     track = slices["track"].to_numpy().astype(np.int64)
@@ -257,11 +189,13 @@ def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
         for row, t, s0, e0 in zip(redo.tolist(), track[redo].tolist(), start[redo].tolist(), end[redo].tolist()):
             by_track.setdefault(t, []).append((s0, e0, row))
         lane = track.copy()
+        names = slices["name"]
         for t, spans in by_track.items():
             for i, members in enumerate(assign_lanes(spans)):
                 if i:
-                    uuid = w.track(uuid_of(f"{t}:lane{i}"), f"lane {i}", parent=t)
-                    lane[[r for _, _, r in members]] = uuid
+                    rows = [r for _, _, r in members]
+                    uuid = w.track(uuid_of(f"{t}:lane{i}"), _lane_name(names.gather(rows), i), parent=t)
+                    lane[rows] = uuid
         keep = nests[span]
         sub_span, sub_begin, _ = _event_order(lane[redo], start[redo], end[redo])
         span, begin = np.r_[span[keep], redo[sub_span]], np.r_[begin[keep], sub_begin]
@@ -274,18 +208,25 @@ def _write_slices(w: _Writer, slices: pl.DataFrame) -> None:
     w.events(events, ["_kind"], _slice_events)
 
 
+def _lane_name(names: pl.Series, i: int) -> str:
+    """A track for spans that overlap their track's others, named for what it holds (a request's
+    ``detokenize`` overlaps its ``decode``): the spans' last name parts, or ``overlap i`` for a mix."""
+    short = sorted({n.rsplit(".", 1)[-1] for n in names.drop_nulls().to_list()})
+    return ", ".join(short) if 0 < len(short) <= 3 else f"overlap {i}"
+
+
 def _slice_events(rows: pl.DataFrame) -> pc.Rows:
     """Encoded TrackEvents of rows of one kind: begins of one name (with flow and args), or ends."""
     n = rows.height
     begin = bool(rows["begin"][0])
-    parts = [pc.const(_TYPE + pc.varint_bytes(TrackEvent.TYPE_SLICE_BEGIN if begin else TrackEvent.TYPE_SLICE_END), n),
-             pc.scalar(_TRACK_UUID, pc.varints(rows["track"].to_numpy()))]
+    parts = [pc.const(TYPE + pc.varint_bytes(TrackEvent.TYPE_SLICE_BEGIN if begin else TrackEvent.TYPE_SLICE_END), n),
+             pc.scalar(TRACK_UUID, pc.varints(rows["track"].to_numpy()))]
     if not begin:
         return pc.concat(*parts)
-    parts.append(pc.message(_NAME, pc.strings(rows["name"])))
+    parts.append(pc.message(NAME, pc.strings(rows["name"])))
     if "flow" in rows.columns and rows["flow"].null_count() < n:
         flow = rows["flow"]
-        parts.append(pc.scalar(_FLOW_IDS, pc.fixed64(flow.fill_null(0).to_numpy(), "<u8"))
+        parts.append(pc.scalar(FLOW_IDS, pc.fixed64(flow.fill_null(0).to_numpy(), "<u8"))
                      .where(flow.is_not_null().to_numpy()))
     for column in rows.columns:
         if column in ("track", "row", "ts", "begin", "ok", "name", "flow", "_kind", "_pos"):
@@ -295,20 +236,20 @@ def _slice_events(rows: pl.DataFrame) -> pc.Rows:
         if not present.any():
             continue
         if values.dtype == pl.Boolean:
-            encoded = pc.scalar(_ARG_VALUE["bool"], pc.varints(values.fill_null(False).cast(pl.Int64).to_numpy()))
+            encoded = pc.scalar(ARG_VALUE["bool"], pc.varints(values.fill_null(False).cast(pl.Int64).to_numpy()))
         elif values.dtype.is_integer():
-            encoded = pc.scalar(_ARG_VALUE["int"], pc.varints(values.fill_null(0).cast(pl.Int64).to_numpy()))
+            encoded = pc.scalar(ARG_VALUE["int"], pc.varints(values.fill_null(0).cast(pl.Int64).to_numpy()))
         elif values.dtype.is_float():
-            encoded = pc.scalar(_ARG_VALUE["double"], pc.fixed64(values.fill_null(0).to_numpy(), "<f8"))
+            encoded = pc.scalar(ARG_VALUE["double"], pc.fixed64(values.fill_null(0).to_numpy(), "<f8"))
         else:
-            encoded = pc.message(_ARG_VALUE["string"], pc.strings(values.cast(pl.String)))
+            encoded = pc.message(ARG_VALUE["string"], pc.strings(values.cast(pl.String)))
         name = column.encode()
-        annotation = pc.concat(pc.const(_ARG_NAME + pc.varint_bytes(len(name)) + name, n), encoded)
-        parts.append(pc.message(_DEBUG, annotation).where(present))
+        annotation = pc.concat(pc.const(ARG_NAME + pc.varint_bytes(len(name)) + name, n), encoded)
+        parts.append(pc.message(DEBUG, annotation).where(present))
     return pc.concat(*parts)
 
 
-def _write_nvtx(w: _Writer, nvtx: pl.DataFrame) -> int:
+def _write_nvtx(w: Writer, nvtx: pl.DataFrame) -> int:
     """Profiler NVTX ranges that are not our spans again (layer/op ranges, libraries' own), per thread."""
     ranges = nvtx.filter(pl.col("span_id").is_null())
     if ranges.is_empty():
@@ -322,7 +263,7 @@ def _write_nvtx(w: _Writer, nvtx: pl.DataFrame) -> int:
     return ranges.height
 
 
-def _write_kernels(w: _Writer, kernels: pl.DataFrame) -> int:
+def _write_kernels(w: Writer, kernels: pl.DataFrame) -> int:
     if kernels.is_empty():
         return 0
     gpu_root = w.track(uuid_of("gpu"), "GPU")
@@ -335,49 +276,3 @@ def _write_kernels(w: _Writer, kernels: pl.DataFrame) -> int:
     return kernels.height
 
 
-def _counter_events(w: _Writer, samples: pl.DataFrame) -> int:
-    """Counter packets from (track, t_ns, value) rows, each track's in time order."""
-    def encode(rows: pl.DataFrame) -> pc.Rows:
-        return pc.concat(pc.const(_TYPE + pc.varint_bytes(TrackEvent.TYPE_COUNTER), rows.height),
-                         pc.scalar(_TRACK_UUID, pc.varints(rows["track"].to_numpy())),
-                         pc.scalar(_DOUBLE_COUNTER, pc.fixed64(rows["value"].cast(pl.Float64).to_numpy(), "<f8")))
-
-    w.events(samples.rename({"t_ns": "ts"}).with_columns(pl.lit(0).alias("_one")), ["_one"], encode)
-    return samples.height
-
-
-def _write_cache_occupancy(w: _Writer, spans: pl.DataFrame, several: bool) -> int:
-    """KV tokens used and evictable after each prefix-cache operation, per scheduler process."""
-    if sc.CACHE_USED not in spans.columns:
-        return 0
-    ops = spans.filter(pl.col(sc.CACHE_USED).is_not_null()).sort("end_ns", maintain_order=True)
-    metrics = [m for m in (sc.CACHE_USED, sc.CACHE_EVICTABLE) if m in ops.columns]
-    frames = []
-    for key, pid in ops.select("_proc", "pid").unique("_proc", maintain_order=True).iter_rows():
-        for metric in (sc.CACHE_USED, sc.CACHE_EVICTABLE):
-            track = w.track(uuid_of(f"cache:{key if several else pid}:{metric}"),
-                            f"KV cache {metric.rsplit('.', 1)[-1]}", parent=uuid_of(f"proc:{key}"),
-                            counter_unit="tokens")
-            if metric in metrics:
-                frames.append(ops.filter(pl.col("_proc") == key).select(
-                    pl.lit(track, pl.UInt64).alias("track"), pl.col("end_ns").alias("t_ns"),
-                    pl.col(metric).alias("value")).drop_nulls("value"))
-    return _counter_events(w, pl.concat(frames)) if frames else 0
-
-
-def _write_counters(w: _Writer, counters: pl.DataFrame) -> int:
-    if counters.is_empty():
-        return 0
-    several = "server" in counters.columns and counters["server"].n_unique() > 1
-    by = ["server", "gpu", "metric"] if several else ["gpu", "metric"]
-    keys = counters.select(by).unique(maintain_order=True)
-    tracks = []
-    for row in keys.iter_rows(named=True):
-        gpu, metric = row["gpu"], row["metric"]
-        prefix = f"{row['server']}:" if several else ""
-        name = f"GPU {gpu} {metric}" + (f" ({row['server']})" if several else "")
-        tracks.append(w.track(uuid_of(f"counter:{prefix}{gpu}:{metric}"), name, counter_unit=metric.rsplit("_", 1)[-1]))
-    samples = (counters.join(keys.with_columns(pl.Series("track", tracks, pl.UInt64)), on=by, how="left",
-                             maintain_order="left")
-               .sort("track", "t_ns", maintain_order=True).select("track", "t_ns", "value"))
-    return _counter_events(w, samples)

@@ -40,7 +40,7 @@ def _analyze(args, rest) -> int:
 
     paths = api.analyze(args.trace_dir, reports=args.report, request=args.request, out_dir=args.out,
                         formats=args.format, nsys=args.nsys, kineto=args.kineto,
-                        model_config=args.model_config, ncu=args.ncu)
+                        model_config=args.model_config, ncu=args.ncu, profiled=args.profiled)
     for p in paths:
         print(p)
     return 0
@@ -75,23 +75,23 @@ def _diff(args, rest) -> int:
 
 def _experiment(args, rest) -> int:
     from sglang_tracing.app.experiments import runners
-    from sglang_tracing.app.experiments.common import Experiment
+    from sglang_tracing.app.experiments.common import Experiment, finish
+    from sglang_tracing.app.serving import ServerError
 
     exp = Experiment(args.name, args)
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
            "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
-    from sglang_tracing.app.serving import ServerError
-
     try:
-        run(exp)
+        written = run(exp)
     except ServerError as exc:
         print(f"sglang-trace: error: {exc}; what was recorded is in {exp.out}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"sglang-trace: interrupted; servers stopped, what was recorded is in {exp.out}", file=sys.stderr)
+        print(f"sglang-trace: interrupted; servers stopped, what was recorded is in {exp.out} "
+              f"(rerun with --out {exp.out} to resume)", file=sys.stderr)
         return 130
-    print(exp.out)
+    print("\n".join(finish(exp, written)))
     return 0
 
 
@@ -111,6 +111,13 @@ def _detail(args, rest) -> int:
     from sglang_tracing.app import detail
 
     return detail.run(args)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integers, not {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="text, md, html, csv (comma-separated); csv: every table whole, one file each")
             p.add_argument("--model-config", help="served model's config.json, or a shipped architecture "
                                                   "(llama-2-7b), when the manifest has none")
+            p.add_argument("--profiled", help="story: a profiled pass's trace dir (layer ranges with its nsys "
+                                              "export or Kineto trace) whose per-layer and kernel figures it adds")
             p.set_defaults(func=_analyze)
         else:
             p.add_argument("-o", "--output", required=True, help="output .pftrace file")
@@ -164,17 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text,md,html",
                    help="text, md, html, csv (comma-separated), with --out; csv: every table whole, one file each")
     p.set_defaults(func=_diff)
-    p = sub.add_parser("experiment", help="run one of the plan's experiments end to end")
+    p = sub.add_parser("experiment", help="run one of the plan's experiments end to end",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
     from sglang_tracing.app.experiments.common import add_common_options
 
     add_common_options(p)
     p.add_argument("--backends", default="flashinfer,triton", help="backends experiment: attention backends")
-    p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
-    p.add_argument("--seq-lens", type=lambda s: [int(x) for x in s.split(",")], default=[512, 2048, 8192])
+    p.add_argument("--batch-sizes", type=_ints, default="1,8,32", help="backends experiment: batch sizes")
+    p.add_argument("--seq-lens", type=_ints, default="512,2048,8192", help="backends experiment: prompt lengths")
     p.add_argument("--backend", default="triton", help="nsys / ncu experiments: attention backend")
     p.add_argument("--tool-path", help="nsys / ncu experiments: the profiler binary")
-    p.add_argument("--tp-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    p.add_argument("--tp-sizes", type=_ints, default="1,2", help="tp experiment: tensor-parallel sizes")
     p.add_argument("--gpus", help="tp experiment: CUDA_VISIBLE_DEVICES per TP size, ';'-separated (0;0,1;0,1,2,3)")
     p.set_defaults(func=_experiment)
     from sglang_tracing.app import detail, top

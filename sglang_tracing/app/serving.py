@@ -50,13 +50,14 @@ class Client:
         return post_json(self.url + "/generate", [body], timeout=timeout)[0]
 
     def generate_all(self, prompts: list[str], max_new_tokens: int = 8, concurrency: int = 1,
-                     stream: bool = False, timeout: float = 120, keep_alive: bool = False) -> list[dict]:
+                     stream: bool = False, timeout: float = 120, keep_alive: bool = False,
+                     on_done=None) -> list[dict]:
         """``generate`` for each prompt, at most ``concurrency`` in flight, from one thread (``keep_alive``:
-        over connections that carry one request after another)."""
+        over connections that carry one request after another; ``on_done(n)`` as the n-th answer completes)."""
         from sglang_tracing.app.timed_http import post_json
 
         bodies = [self._body(p, max_new_tokens, stream) for p in prompts]
-        return post_json(self.url + "/generate", bodies, concurrency, timeout, keep_alive)
+        return post_json(self.url + "/generate", bodies, concurrency, timeout, keep_alive, on_done)
 
     @staticmethod
     def _body(prompt: str, max_new_tokens: int, stream: bool) -> dict:

@@ -16,6 +16,7 @@ import selectors
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import h11
@@ -96,11 +97,11 @@ def _finish(ex: _Exchange, done_ns: int) -> dict:
 
 
 def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120,
-              keep_alive: bool = False) -> list[dict]:
+              keep_alive: bool = False, on_done: Callable[[int], None] | None = None) -> list[dict]:
     """POST each body to ``url`` with at most ``concurrency`` in flight; each response's JSON (the last
     streamed one when ``body["stream"]``) plus ``client``: sent_ns, chunk_ns (one per streamed chunk;
     for a whole response, when it ended), done_ns, kept_alive (sent on a connection that carried an earlier request). Raises
-    HTTPStatusError, TimeoutError or OSError."""
+    HTTPStatusError, TimeoutError or OSError. ``on_done(n)`` is called as the n-th response completes."""
     parts = urlsplit(url)
     address, host_header = (parts.hostname, parts.port or 80), parts.netloc
     todo = deque(enumerate(bodies))
@@ -124,6 +125,8 @@ def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float
                         sel.unregister(ex.sock)
                         del active[ex.index]
                         results[ex.index] = _finish(ex, time.time_ns())
+                        if on_done is not None:
+                            on_done(len(bodies) - len(todo) - len(active))
                         if keep_alive and ex.conn.our_state is ex.conn.their_state is h11.DONE:
                             ex.conn.start_next_cycle()
                             idle.append((ex.sock, ex.conn))

@@ -32,7 +32,8 @@ ARCHITECTURES: dict[str, dict] = {
 }
 
 
-def _config(arch: dict) -> dict:
+def config_of(arch: dict) -> dict:
+    """The config.json of a shipped architecture (an entry of ARCHITECTURES)."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -75,7 +76,7 @@ def build_model_dir(name: str, dest: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     arch = ARCHITECTURES[name]
     files = {
-        "config.json": _config(arch),
+        "config.json": config_of(arch),
         "tokenizer.json": _tokenizer_json(arch["vocab_size"]),
         "tokenizer_config.json": {
             "tokenizer_class": "PreTrainedTokenizerFast",

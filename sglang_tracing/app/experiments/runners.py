@@ -15,8 +15,11 @@ from sglang_tracing.app.serving import Client
 from sglang_tracing.app.workload import concurrent
 
 
-def drive(client: Client, prompts: list[str], output_len: int, concurrency: int) -> dict:
-    return concurrent(client, prompts, output_len, concurrency, timeout=900)
+def drive(client: Client, prompts: list[str], output_len: int, concurrency: int, exp: Experiment | None = None,
+          what: str = "requests") -> dict:
+    """The workload; with ``exp``, a progress line at every tenth of the requests answered."""
+    return concurrent(client, prompts, output_len, concurrency, timeout=900,
+                      on_done=exp.request_progress(len(prompts), what) if exp else None)
 
 
 @contextlib.contextmanager
@@ -57,6 +60,7 @@ def _analyze(exp: Experiment, trace_dir: str | None, reports: str, **sources) ->
     def make():
         from sglang_tracing.analyzer import api
 
+        exp.say(f"writing reports for {trace_dir}")
         return api.analyze(trace_dir, reports=reports, out_dir=os.path.join(os.path.dirname(trace_dir), "reports"),
                            **sources)
 
@@ -64,15 +68,44 @@ def _analyze(exp: Experiment, trace_dir: str | None, reports: str, **sources) ->
 
 
 # ---- 01 baseline ----
-def baseline(exp: Experiment) -> None:
+PROFILED_REQUESTS = 4  # the profiled pass: a few requests, enough forwards to close the Kineto window
+PROFILED_STEPS = "0:8"  # the readiness probe's forward, then the pass's prefill and first decode steps
+# layer ranges and per-op kernels need eager forwards; no SGLang warm-up, so the window starts where we know
+EAGER_ARGS = ["--disable-cuda-graph", "--skip-server-warmup"]
+
+
+def baseline(exp: Experiment) -> list[str]:
+    """The measured pass (the plan's experiment 1), then a short profiled pass on a second server:
+    layer ranges on eager forwards and a Kineto trace, whose figures the story labels as its own."""
     a = exp.args
     if exp.done("baseline") is None:
         prompts = [prompt_of_length(a.prompt_len, seed=i, vocab_size=exp.vocab) for i in range(a.num_requests)]
         with target(exp, "baseline") as (client, trace_dir):
-            result = drive(client, prompts, a.output_len, a.concurrency)
+            result = drive(client, prompts, a.output_len, a.concurrency, exp, "measured pass")
+            if trace_dir:
+                exp.wait_recorded(trace_dir, [r["rid"] for r in result["requests"]])
         result["trace_dir"] = trace_dir
         exp.record("baseline", result)
-    _analyze(exp, exp.done("baseline")["trace_dir"], "story,radix,timeline")
+    profiled = None
+    if not (a.url or a.no_profiled_pass):
+        if exp.done("profiled") is None:
+            exp.record("profiled", _profiled_pass(exp))
+        profiled = exp.done("profiled")["trace_dir"]
+    written = _analyze(exp, exp.done("baseline")["trace_dir"], "story,radix,timeline", profiled=profiled)
+    return written + _experiment_report(exp, "baseline")
+
+
+def _profiled_pass(exp: Experiment) -> dict:
+    a = exp.args
+    prompts = [prompt_of_length(a.prompt_len, seed=80_000 + i, vocab_size=exp.vocab) for i in range(PROFILED_REQUESTS)]
+    exp.say(f"profiled pass: {PROFILED_REQUESTS} requests, --trace-level layer, eager forwards, Kineto over "
+            f"forwards {PROFILED_STEPS} (kept out of the measured numbers)")
+    with exp.server("profiled", EAGER_ARGS, tracing_args=["--trace-level", "layer", "--profile-steps",
+                                                          PROFILED_STEPS]) as (client, trace_dir):
+        result = drive(client, prompts, min(a.output_len, 16), PROFILED_REQUESTS, exp, "profiled pass")
+        exp.wait_recorded(trace_dir, [r["rid"] for r in result["requests"]])
+    result.update(trace_dir=trace_dir, profiled_steps=PROFILED_STEPS)
+    return result
 
 
 # ---- 02 RadixCache ----
@@ -93,7 +126,7 @@ def radix_prompts(scenario: str, n: int, prompt_len: int, vocab: int) -> list[st
     return firsts + firsts[: n - len(firsts)]
 
 
-def radix(exp: Experiment) -> None:
+def radix(exp: Experiment) -> list[str]:
     a = exp.args
     # room for about two requests: revisiting a prompt finds it evicted by the ones in between
     pressure_tokens = max(a.prompt_len * 2 + a.output_len * 4 + 64, 1024)
@@ -104,17 +137,18 @@ def radix(exp: Experiment) -> None:
         prompts = radix_prompts(scenario, a.num_requests, a.prompt_len, exp.vocab)
         with target(exp, scenario, extra) as (client, trace_dir):
             # sequential: each request can find what the previous ones left in the cache
-            result = drive(client, prompts, a.output_len, 1)
+            result = drive(client, prompts, a.output_len, 1, exp, scenario)
         result.update(trace_dir=trace_dir, scenario=scenario, max_total_tokens=pressure_tokens if extra else None)
         exp.record(scenario, result)
         _analyze(exp, trace_dir, "radix,story")
+    return _experiment_report(exp, "radix")
 
 
 # ---- 03 FlashInfer vs Triton ----
 WARMUP_OUTPUT_LEN = 8
 
 
-def backends(exp: Experiment) -> None:
+def backends(exp: Experiment) -> list[str]:
     a = exp.args
     cells = [(b, bs, n) for b in a.backends.split(",") for bs in a.batch_sizes for n in a.seq_lens]
     by_backend: dict[str, list] = {}
@@ -137,9 +171,10 @@ def backends(exp: Experiment) -> None:
                               warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"])
                 exp.record(f"{backend}-bs{bs}-len{n}", result)
     for backend in by_backend:  # each server's own story (absent with --url)
-        if (exp.out / f"server-{backend}" / "trace").is_dir():
-            _analyze(exp, str(exp.out / f"server-{backend}" / "trace"), "story,radix,timeline")
-    _experiment_report(exp, "backends")
+        for trace in sorted(exp.out.glob(f"server-{backend}*/trace")):
+            if trace.parent.name == f"server-{backend}" or trace.parent.name.startswith(f"server-{backend}-"):
+                _analyze(exp, str(trace), "story,radix,timeline")  # -2...: a server of a resumed run
+    return _experiment_report(exp, "backends")
 
 
 # ---- 06 TP scaling ----
@@ -170,7 +205,7 @@ def topology() -> str:
     return "no nvidia-smi on this host (CPU run: TP ranks talk through gloo in shared memory)"
 
 
-def tp(exp: Experiment) -> None:
+def tp(exp: Experiment) -> list[str]:
     a = exp.args
     gpu_sets = a.gpus.split(";") if a.gpus else []
     for i, size in enumerate(progress(a.tp_sizes, "TP sizes")):
@@ -190,18 +225,18 @@ def tp(exp: Experiment) -> None:
         with target(exp, cell, ["--tp", str(size)], env) as (client, trace_dir):
             # first use of each shape compiles kernels and captures graphs: keep it out of the numbers
             warmup = drive(client, warm, min(WARMUP_OUTPUT_LEN * 2, a.output_len), a.concurrency)
-            result = drive(client, prompts, a.output_len, a.concurrency)
+            result = drive(client, prompts, a.output_len, a.concurrency, exp, f"TP={size} measured pass")
             profile = (sglang_profile(client, exp.out / cell / "profile", profiled, a.cpu)
                        if size > 1 else {})  # one rank: no all-reduce to profile
         result.update(tp=size, trace_dir=trace_dir, gpus=env.get("CUDA_VISIBLE_DEVICES"), topology=topology(),
                       requested_requests=a.num_requests, output_len=a.output_len, concurrency=a.concurrency,
                       warmup_start_ns=warmup["start_ns"], warmup_end_ns=warmup["end_ns"], **profile)
         exp.record(cell, result)
-    _experiment_report(exp, "tp_scaling")
+    return _experiment_report(exp, "tp_scaling")
 
 
 # ---- 04 nsys timeline / 05 ncu attention ----
-def profiled(exp: Experiment, tool: str) -> None:
+def profiled(exp: Experiment, tool: str) -> list[str]:
     """The traced server under nsys (timeline report) or ncu (attention report), a few requests."""
     a = exp.args
     cell = f"{tool}-{a.backend}"
@@ -210,7 +245,7 @@ def profiled(exp: Experiment, tool: str) -> None:
     result = exp.done(cell)
     reports = "timeline,story" if tool == "nsys" else "attention,story"
     source = {"nsys": result.get("profile")} if tool == "nsys" else {"ncu": result.get("profile")}
-    _analyze(exp, result["trace_dir"], reports, **source)
+    return _analyze(exp, result["trace_dir"], reports, **source)
 
 
 def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
@@ -220,8 +255,8 @@ def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
     from sglang_tracing.app.serving import Server, wait_for_exporters
 
     a = exp.args
-    trace_dir = exp.out / cell / "trace"
-    trace_dir.mkdir(parents=True, exist_ok=True)
+    trace_dir = exp.fresh_folder(cell) / "trace"
+    trace_dir.mkdir(parents=True)
     if tool == "nsys":
         binary = tools.find_nsys(a.tool_path)
         wrap = tools.profile_command(binary, str(trace_dir), [])
@@ -231,14 +266,14 @@ def _profile_run(exp: Experiment, tool: str, cell: str) -> dict:
         wrap = [binary, *tools.NCU_ARGS, "-o", str(trace_dir / "attention")]
         env, extra = {}, ["--attention-backend", a.backend, *tools.NCU_SERVER_ARGS]
     server = Server(exp.model_path(), trace_dir=str(trace_dir), extra_args=exp.server_args(extra), env=env,
-                    tracing_args=exp.tracing_args(), wrap=wrap, log_path=str(exp.out / cell / "server.log"))
+                    tracing_args=exp.tracing_args(), wrap=wrap, log_path=str(trace_dir.parent / "server.log"))
     try:
         # ncu counts kernel launches from the first request and nsys captures from the first forward:
         # the workload's request must come first, so no generate probe before it
         server.wait_ready(timeout=a.ready_timeout, round_trip=False)
         prompts = [prompt_of_length(a.prompt_len, seed=60_000 + i, vocab_size=exp.vocab)
                    for i in range(a.num_requests)]
-        result = drive(server, prompts, a.output_len, 1)
+        result = drive(server, prompts, a.output_len, 1, exp, f"requests under {tool}")
         time.sleep(2 * CAPTURE_IDLE_END_S)  # the idle scheduler ends the nsys capture window
     finally:
         server.stop(sig=signal.SIGINT, timeout=300)
