@@ -75,7 +75,7 @@ def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str
 
 def build_reports(model: TraceModel, names: list[str], request: str = "slowest", model_config: str | None = None,
                   profiled: TraceModel | None = None):
-    from sglang_tracing.analyzer.analyses import attention, radix, servers, story_report, timeline
+    from sglang_tracing.analyzer.analyses import attention, radix, recording, servers, story_report, timeline
 
     builders = {"story": lambda: story_report.build_report(model, request, model_config, profiled),
                 "radix": lambda: radix.build_report(model),
@@ -84,6 +84,7 @@ def build_reports(model: TraceModel, names: list[str], request: str = "slowest",
     reports = [builders[n]() for n in names]
     if servers.merged(model):
         servers.add_to(reports, servers.compute(model, set(names)))
+    recording.add_to_reports(reports, model)
     if model.cut_files:
         for report in reports:
             report.sections.insert(0, cut_lines_section(model.cut_files))

@@ -11,7 +11,8 @@ import sys
 
 from sglang_tracing.runtime.manifest import MANIFEST
 from sglang_tracing.config import (
-    LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, parse_profile_steps, validate_nvml_interval,
+    BATCH_KEEP_ALL, DEFAULT_KEEP_WINDOW, DEFAULT_MAX_QUEUED, LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig,
+    parse_profile_steps, validate_always_on, validate_batch_keep, validate_nvml_interval,
 )
 from sglang_tracing.errors import UsageError
 
@@ -46,6 +47,39 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
                         help=f"NVML/GPM sample interval (>= {MIN_NVML_INTERVAL_MS})")
     parser.add_argument("--profile-steps", metavar="START:N",
                         help="record a Kineto trace of N served forwards, starting at forward START")
+    add_always_on_options(parser)
+
+
+def add_always_on_options(parser: argparse.ArgumentParser) -> None:
+    """Bounds on what a trace left on writes (docs/always-on.md)."""
+    group = parser.add_argument_group("always on: trace volume bounds and tail-based keep")
+    group.add_argument("--span-file-max-mb", type=float, default=0, metavar="MB",
+                       help="start a new part of a process's span file at this size (0: never)")
+    group.add_argument("--span-files-keep", type=int, default=0, metavar="N",
+                       help="keep the newest N parts per process, deleting older ones (0: all)")
+    group.add_argument("--keep-one-in", type=int, default=1, metavar="N",
+                       help="tail-based keep: full detail for 1 in N requests, the others a summary (1: all)")
+    group.add_argument("--keep-ttft-ms", type=float, default=0, metavar="MS",
+                       help="... and for every request whose TTFT (at the scheduler) is over MS")
+    group.add_argument("--keep-itl-ms", type=float, default=0, metavar="MS",
+                       help="... or whose longest inter-token gap is over MS")
+    group.add_argument("--keep-e2e-ms", type=float, default=0, metavar="MS",
+                       help="... or whose end-to-end time (at the scheduler) is over MS")
+    group.add_argument("--keep-percentile", type=float, default=0, metavar="P",
+                       help="... or over the P-th percentile of the last --keep-window requests (0: off)")
+    group.add_argument("--keep-window", type=int, default=DEFAULT_KEEP_WINDOW, metavar="N")
+    group.add_argument("--batch-keep", default=BATCH_KEEP_ALL, metavar="all|kept|N",
+                       help="batch spans: all, those that ran a kept request, or 1 in N forwards")
+    group.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N",
+                       help="records a process holds for its exporter before dropping (counted) more")
+
+
+def always_on_from_args(args: argparse.Namespace) -> dict:
+    fields = {name: getattr(args, name) for name in (
+        "span_file_max_mb", "span_files_keep", "keep_one_in", "keep_ttft_ms", "keep_itl_ms", "keep_e2e_ms",
+        "keep_percentile", "keep_window", "max_queued")}
+    fields["batch_keep"] = validate_batch_keep(args.batch_keep)
+    return validate_always_on(fields)
 
 
 def recorded_run(trace_dir: str) -> str | None:
@@ -70,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TraceConfig:
         otlp_endpoint=args.otlp_endpoint, record_prompts=args.record_prompts,
         nvml_interval_ms=validate_nvml_interval(args.nvml_interval_ms),
         profile_steps=parse_profile_steps(args.profile_steps),
+        **always_on_from_args(args),
     )
 
 

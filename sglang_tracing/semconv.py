@@ -172,6 +172,39 @@ NVTX_DOMAIN = "sglang"
 NVTX_LAYER_PREFIX = "layer."
 NVTX_OPS = ("embedding", "rms_norm", "qkv_proj", "attention", "o_proj", "gate_up_proj", "down_proj", "lm_head")
 
+# ---- always on: what a bounded, tail-sampled trace says about itself (docs/always-on.md) ----
+# decode span: why this request kept its full detail (token times, chunk spans, prefix digests), or
+# KEPT_SUMMARY when it kept its summary only (its ITL figures below stand for the token times)
+KEEP_REASON = "sglang_tracing.keep_reason"
+KEPT_ALL = "all"  # tail-based keep off: every request keeps everything
+KEPT_FAILED = "failed"  # aborted or errored
+KEPT_SLOW = "slow"  # over a threshold the user set
+KEPT_SLOW_PERCENTILE = "slow (percentile)"  # over the recent window's percentile
+KEPT_SAMPLED = "sampled"  # 1 in N
+KEPT_SUMMARY = "summary"
+ITL_MAX_NS = "sglang.request.itl_max_ns"  # decode span of a summary-only request
+ITL_P50_NS = "sglang.request.itl_p50_ns"
+ITL_P99_NS = "sglang.request.itl_p99_ns"
+CHUNK_COUNT = "sglang.request.prefill_chunks"  # prefill span: chunks (their spans only with full detail)
+KEEP_SETTINGS = "sglang_tracing.keep"  # resource: the keep settings this process recorded under
+BATCH_KEEP = "sglang_tracing.batch_keep"  # resource: all | kept | N
+# the recorder lost its exporter process: what it had sent and what it could not hand over
+EXPORTER_LOST = "sglang_tracing.exporter_lost"
+RECORDS_SENT = "sglang_tracing.records_sent"  # records handed to exporters so far (this process)
+RECORDS_UNSENT = "sglang_tracing.records_unsent"  # records that never reached an exporter
+EXPORTER_RESTARTS = "sglang_tracing.exporter_restarts"
+QUEUED_MAX = "sglang_tracing.queued_max"  # stats: most records held at once since the last stats span
+QUEUED = "sglang_tracing.queued"  # stats: records held now
+BATCH_HELD = "sglang_tracing.batch_held"  # stats: batch records held until their requests are decided
+BATCH_LEFT_OUT = "sglang_tracing.batch_left_out"  # stats: batch records left out by BATCH_KEEP so far
+# the exporter stopped writing (disk full, trace dir gone): last line of a span file part
+WRITING_STOPPED = "sglang_tracing.writing_stopped"
+STOP_REASON = "sglang_tracing.stop_reason"
+# a new part of a rotated span file: the parts retention deleted before it
+PARTS_DELETED = "sglang_tracing.parts_deleted"
+PART_INDEX = "sglang_tracing.part_index"
+NVML_SAMPLING_STOPPED = "sampling_stopped"  # last line of an nvml-*.jsonl whose sampler gave up: why
+
 # ---- detail on demand (sglang-trace detail): layer-level detail for N forwards of a running server ----
 DETAIL_WINDOW = "sglang_tracing.detail"  # span: the window, from the forward it opened before to the last one
 DETAIL_ID = "sglang_tracing.detail.id"  # the request's id, as the control file and the route gave it

@@ -107,9 +107,10 @@ def _state(level: str = "batch", **kw) -> SchedulerState:
 
 
 # ---- request lifecycle ----
-def test_chunked_prefill_then_decode_gives_one_lifecycle():
-    """40-token prompt, 16 of them cached, prefilled in two 12-token chunks, then 3 output tokens."""
-    st, rec = _state(), SpanLog()
+def _chunked_lifecycle(rec: SpanLog) -> tuple[int, int]:
+    """40-token prompt, 16 of them cached, prefilled in two 12-token chunks, then 3 output tokens; the two
+    prefill forwards' span ids."""
+    st = _state()
     loop = Loop(st, rec)
     req = Req("r1", list(range(100, 140)))
     req.cached_tokens = 16
@@ -139,7 +140,12 @@ def test_chunked_prefill_then_decode_gives_one_lifecycle():
         if i == 1:
             req.finished_reason = Length()
         loop.process(decode, res, t, t + 100)
+    return fwd1, fwd2
 
+
+def test_chunked_prefill_then_decode_gives_one_lifecycle():
+    rec = SpanLog()
+    fwd1, fwd2 = _chunked_lifecycle(rec)
     key, root = "req:r1", PARENT_IS_REQUEST_ROOT
     queued = rec.one(sc.REQUEST_QUEUED)
     assert (queued.start, queued.end, queued.parent, queued.trace_key) == (1_000, 2_000, root, key)
@@ -149,7 +155,7 @@ def test_chunked_prefill_then_decode_gives_one_lifecycle():
     prefill = rec.one(sc.REQUEST_PREFILL)
     assert (prefill.start, prefill.end) == (3_000, 7_200)  # first chunk's launch -> first token
     assert prefill.attrs == {sc.RID: "r1", sc.PROMPT_TOKENS: 40, sc.CACHED_TOKENS: 16, sc.CHUNK_TOKENS: 24,
-                             sc.FORWARD_SPAN_ID: f"{fwd2:016x}"}
+                             sc.FORWARD_SPAN_ID: f"{fwd2:016x}", sc.CHUNK_COUNT: 2, sc.KEEP_REASON: sc.KEPT_ALL}
     assert (prefill.parent, prefill.trace_key) == (root, key)
     chunks = sorted(rec.named(sc.REQUEST_PREFILL_CHUNK), key=lambda s: s.start)
     assert [(c.start, c.end, c.attrs[sc.CHUNK_INDEX], c.attrs[sc.CHUNK_TOKENS], c.attrs[sc.FORWARD_SPAN_ID])
@@ -158,8 +164,32 @@ def test_chunked_prefill_then_decode_gives_one_lifecycle():
     decode = rec.one(sc.REQUEST_DECODE)
     assert (decode.start, decode.end) == (7_200, 12_100)
     assert decode.attrs == {sc.RID: "r1", sc.OUTPUT_TOKENS: 3, sc.TOKEN_TIMES: [7_200, 10_100, 12_100],
-                            sc.FINISH_REASON: "length"}
+                            sc.FINISH_REASON: "length", sc.KEEP_REASON: sc.KEPT_ALL}
     assert rec.flushes == 1  # a finished request asks the writer to flush
+    assert rec.ended == {"r1": sc.KEPT_ALL}
+
+
+def test_tail_keep_summary_keeps_figures_not_detail():
+    """Tail-based keep on (1 in a million, no threshold crossed): the request keeps its phases and figures
+    (gaps 2,900 and 2,000 ns) but not its token times, chunk spans or prefix digests."""
+    rec = SpanLog(TraceConfig(trace_dir="unused", keep_one_in=1_000_000, keep_e2e_ms=1))
+    _chunked_lifecycle(rec)
+    assert rec.ended == {"r1": sc.KEPT_SUMMARY}
+    decode = rec.one(sc.REQUEST_DECODE)
+    assert (decode.start, decode.end) == (7_200, 12_100) and sc.TOKEN_TIMES not in decode.attrs
+    assert (decode.attrs[sc.ITL_P50_NS], decode.attrs[sc.ITL_P99_NS], decode.attrs[sc.ITL_MAX_NS]) == (2_000, 2_900, 2_900)
+    assert decode.attrs[sc.KEEP_REASON] == sc.KEPT_SUMMARY and decode.attrs[sc.OUTPUT_TOKENS] == 3
+    assert rec.named(sc.REQUEST_PREFILL_CHUNK) == [] and rec.one(sc.REQUEST_PREFILL).attrs[sc.CHUNK_COUNT] == 2
+    assert sc.PREFIX_DIGESTS not in rec.one(sc.REQUEST_PREFIX_MATCH).attrs
+
+
+def test_tail_keep_keeps_a_slow_request_whole():
+    """Arrival 1,000 ns, last token 12,100 ns: over a 0.01 us end-to-end threshold, so everything is kept."""
+    rec = SpanLog(TraceConfig(trace_dir="unused", keep_one_in=1_000_000, keep_e2e_ms=0.00001))
+    _chunked_lifecycle(rec)
+    assert rec.ended == {"r1": sc.KEPT_SLOW}
+    assert rec.one(sc.REQUEST_DECODE).attrs[sc.TOKEN_TIMES] == [7_200, 10_100, 12_100]
+    assert len(rec.named(sc.REQUEST_PREFILL_CHUNK)) == 2
 
 
 def test_unchunked_prefill_has_no_chunk_spans_and_digests_chain():

@@ -52,7 +52,8 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     first_byte_ns, received_by (where the HTTP layer stamped the arrival: semconv.RECEIVED_BY_*; null:
     before the HTTP stamp or not recorded), ttft_ns (user-visible: received -> first byte sent for a streamed request; null
     when not streamed), ttft_source (what ttft_ns ends at), ttft_compute_ns (received -> first token
-    computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens),
+    computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens; null for a
+    summary-only request, whose itl_p50_ns, itl_p99_ns, itl_max_ns and kept come from its decode span),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded), profiler_control (our
     profiler-control actions that ran while the request was in flight; null: none) and
     profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
@@ -80,7 +81,10 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         root = root.join(req_spans.filter(pl.col("name") == sc.REQUEST).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.FINISH_REASON).alias("finish_reason")).unique("rid"),
             on="rid", how="left")
-    decode = _phase(req_spans, sc.REQUEST_DECODE, "decode")
+    # a summary-only request (tail-based keep) has no token times: its decode span's figures stand in
+    decode = _phase(req_spans, sc.REQUEST_DECODE, "decode", {
+        sc.OUTPUT_TOKENS: "decode_tokens", sc.ITL_P50_NS: "itl_p50_ns", sc.ITL_P99_NS: "itl_p99_ns",
+        sc.ITL_MAX_NS: "itl_max_ns"}, {sc.KEEP_REASON: "decode_kept"})
     if sc.TOKEN_TIMES in schema:
         decode = decode.join(req_spans.filter(pl.col("name") == sc.REQUEST_DECODE).select(
             pl.col(sc.RID).alias("rid"), pl.col(sc.TOKEN_TIMES).alias("token_times_ns")).unique("rid"),
@@ -93,7 +97,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         req_spans.filter(pl.col("name") == sc.REQUEST_PREFIX_MATCH).select(
             pl.col(sc.RID).alias("rid"), _opt(spans, sc.PREFIX_DIGESTS, pl.List(pl.Int64)).alias("prefix_digests"))
         .unique("rid", keep="first"),
-        _phase(req_spans, sc.REQUEST_PREFILL, "prefill"),
+        _phase(req_spans, sc.REQUEST_PREFILL, "prefill", strings={sc.KEEP_REASON: "prefill_kept"}),
         decode,
         _phase(req_spans, sc.REQUEST_DETOKENIZE, "detokenize", {sc.DETOKENIZE_SHARE_NS: "detokenize_share_ns"}),
         _phase(req_spans, sc.REQUEST_HTTP, "http", {sc.FIRST_BYTE_NS: "first_byte_ns"}, {sc.RECEIVED_BY: "received_by"}),
@@ -108,16 +112,24 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         pl.col("root_start_ns").alias("received_ns"),
         pl.col("root_end_ns").alias("finished_ns"),
         pl.col("root_ns").alias("e2e_ns"),
-        pl.col("token_times_ns").list.first().alias("first_token_ns"),
+        pl.coalesce(pl.col("token_times_ns").list.first(), "decode_start_ns").alias("first_token_ns"),
         pl.when(n_tok > 1).then((pl.col("token_times_ns").list.last() - pl.col("token_times_ns").list.first())
-                                / (n_tok - 1)).otherwise(None).alias("mean_itl_ns"),
+                                / (n_tok - 1))
+        .when(pl.col("token_times_ns").is_null() & (pl.col("decode_tokens") > 1))
+        .then((pl.col("decode_end_ns") - pl.col("decode_start_ns")) / (pl.col("decode_tokens") - 1))
+        .otherwise(None).alias("mean_itl_ns"),
+        # why it kept its full detail (semconv.KEPT_*), "summary" when it kept figures only; null: recorded
+        # before tail-based keep existed (everything kept)
+        pl.coalesce("decode_kept", "prefill_kept").alias("kept"),
         pl.col("token_times_ns").list.diff().list.slice(1).alias("itl_ns"),
         pl.coalesce("recorded_internal", _internal_by_rid()).alias("internal"),
     ).with_columns(
         # user-visible TTFT: what the client sees first. A streamed request's first body bytes; a
         # non-streamed one has none before the whole response. Recordings without the HTTP stamp
         # (older traces, the Engine API) end at the first output the tokenizer manager delivered.
-        pl.when(pl.col("stream") & pl.col("first_byte_ns").is_not_null())
+        # a request that ended without a token (aborted first) has no TTFT: its end is not a first token
+        pl.when(pl.col("output_tokens") == 0).then(None)
+        .when(pl.col("stream") & pl.col("first_byte_ns").is_not_null())
         .then(pl.col("first_byte_ns") - pl.col("received_ns"))
         .when(~pl.col("stream")).then(None)
         .otherwise(pl.coalesce("first_output_ns", "first_token_ns") - pl.col("received_ns")).alias("ttft_ns"),
@@ -127,7 +139,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_compute_ns"),
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
-    ).drop("recorded_internal").collect()
+    ).drop("recorded_internal", "decode_kept", "prefill_kept").collect()
     if manifest is not None and sc.STREAM not in schema:
         # one warm-up per server when several trace dirs are merged
         table = pl.concat([infer_legacy_warmup(part, manifest) for part in table.partition_by(server)]
@@ -198,14 +210,16 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     decode_gpu_ns, gpu_ns). Columns: rid, internal (bool), internal_kind, streamed (null: not
     recorded), prompt_tokens, cached_tokens, output_tokens, finish_reason, received_ns, received_by, queue_ms,
     ttft_ms (user-visible; null when not streamed), ttft_source, first_token_computed_ms, itl_ms
-    (list: every inter-token gap), mean_itl_ms, e2e_ms, prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete,
-    profiler_control (our profiler control that ran while it was in flight: its latencies include that time),
+    (list: every inter-token gap; null for a summary-only request), mean_itl_ms, e2e_ms, itl_p50_ms / itl_p99_ms /
+    itl_max_ms (a summary-only request's gaps, as recorded), prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete,
+    kept (tail-based keep: why the request kept its full detail, "summary" if it kept figures only, null when
+    recorded without it), profiler_control (our profiler control that ran while it was in flight: its latencies include that time),
     profiler_control_inferred.
     """
     to_ms = lambda c: (pl.col(c) / 1e6).round(6).alias(c.removesuffix("_ns") + "_ms")  # noqa: E731 (ns exact)
     table = requests.join(gpu, on="rid", how="left") if gpu.height else requests.with_columns(
         *[pl.lit(None, pl.Float64).alias(c) for c in ("prefill_gpu_ns", "decode_gpu_ns", "gpu_ns")])
-    for col in ("finish_reason", *profiler_control.REQUEST_SCHEMA):
+    for col in ("finish_reason", "kept", *profiler_control.REQUEST_SCHEMA):
         if col not in table.columns:
             table = table.with_columns(pl.lit(None, pl.String).alias(col))
     return table.select(
@@ -214,6 +228,7 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
         "received_ns", "received_by", to_ms("queued_ns").alias("queue_ms"), to_ms("ttft_ns"), "ttft_source",
         to_ms("ttft_compute_ns").alias("first_token_computed_ms"),
         pl.col("itl_ns").list.eval((pl.element() / 1e6).round(6)).alias("itl_ms"), to_ms("mean_itl_ns"), to_ms("e2e_ns"),
-        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete", "profiler_control",
+        to_ms("itl_p50_ns"), to_ms("itl_p99_ns"), to_ms("itl_max_ns"),
+        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete", "kept", "profiler_control",
         "profiler_control_inferred",
     ).sort("received_ns", nulls_last=True)

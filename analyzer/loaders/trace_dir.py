@@ -21,7 +21,7 @@ from sglang_tracing.analyzer.loaders.files import glob_inputs, read_bytes
 from sglang_tracing.analyzer.loaders.span_store import open_store
 from sglang_tracing.analyzer.model import COUNTER_SCHEMA, TraceModel, empty
 from sglang_tracing.errors import TraceError, UsageError
-from sglang_tracing.semconv import GPM_METRICS
+from sglang_tracing.semconv import GPM_METRICS, NVML_SAMPLING_STOPPED
 
 logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -56,6 +56,7 @@ def read_counters(trace_dir: Path) -> pl.DataFrame:
                     break  # cut off by a kill
                 raise TraceError(path, f"line {i}: not valid JSON") from None
             t, gpu = sample.pop("t_ns"), sample.pop("gpu")
+            sample.pop(NVML_SAMPLING_STOPPED, None)  # the sampler's last words: no figure
             for metric, value in sample.items():
                 source = "gpm" if metric in _GPM_FIELDS else "nvml"
                 rows.append((t, gpu, metric, float(value), source))

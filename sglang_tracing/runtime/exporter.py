@@ -3,15 +3,18 @@
 Started by ``Recorder`` with ``python -m sglang_tracing.runtime.exporter --out FILE``.
 It exits when its SGLang process closes the pipe or dies, after writing what it received.
 Each export batch is one line written with a single ``os.write``, so a kill leaves
-whole lines behind.
+whole lines behind; ``span_files.SpanFile`` cuts parts at a size cap, deletes old ones and stops
+cleanly on a full disk or a trace dir gone, saying so in the trace and the log.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
 import sys
+import time
 
 from opentelemetry.exporter.otlp.json.file import FileSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -21,33 +24,12 @@ from opentelemetry.trace import SpanContext, TraceFlags
 
 from sglang_tracing import __version__, semconv as sc
 from sglang_tracing.runtime.ids import request_root_span_id, rid_of_trace_key, trace_id_for
+from sglang_tracing.runtime.ids import new_span_id
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, PARENT_IS_REQUEST_ROOT, read_message
+from sglang_tracing.runtime.span_files import SpanFile
 
 logger = logging.getLogger("sglang_tracing.exporter")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-
-
-class _WholeLineFile:
-    """A text stream whose every write() is one os.write(): no line is ever half-written."""
-
-    def __init__(self, path: str):
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.closed = False
-
-    def write(self, text: str) -> int:
-        data = text.encode()
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            os.close(self._fd)
 
 
 class SpanBuilder:
@@ -98,8 +80,30 @@ def _otlp_exporter(endpoint: str):
                             if not endpoint.rstrip("/").endswith("/v1/traces") else endpoint)
 
 
-def serve(stdin, out_path: str, otlp_endpoint: str | None) -> None:
-    exporters = [FileSpanExporter(stream=_WholeLineFile(out_path))]
+class _Notes:
+    """Our own notes about the file (writing stopped, parts deleted) as encoded OTLP lines."""
+
+    def __init__(self):
+        self.builder = SpanBuilder({})
+
+    def line(self, name: str, attrs: dict) -> str:
+        out = io.StringIO()
+        now = time.time_ns()
+        FileSpanExporter(stream=out).export([self.builder.build((name, now, now, new_span_id(), 0, "", attrs, ()))])
+        return out.getvalue()
+
+
+def serve(stdin, out_path: str, otlp_endpoint: str | None, max_mb: float = 0, keep_parts: int = 0) -> None:
+    notes = _Notes()
+    try:
+        span_file = SpanFile(out_path, int(max_mb * (1 << 20)), keep_parts,
+                             stop_line=lambda reason, attrs: notes.line(sc.WRITING_STOPPED, {sc.STOP_REASON: reason}))
+    except OSError as exc:
+        logger.warning("cannot write %s (%s): this process's spans are not recorded", out_path, exc)
+        while read_message(stdin) is not None:  # keep the pipe drained: the SGLang process never waits on us
+            pass
+        return
+    exporters = [FileSpanExporter(stream=span_file)]
     if otlp_endpoint:
         otlp = _otlp_exporter(otlp_endpoint)
         if otlp is not None:
@@ -109,9 +113,11 @@ def serve(stdin, out_path: str, otlp_endpoint: str | None) -> None:
     while (msg := read_message(stdin)) is not None:
         kind, payload = msg
         if kind == MSG_RESOURCE:
-            builder = SpanBuilder(payload)
+            builder = notes.builder = SpanBuilder(payload)
         elif kind == MSG_RECORDS:
             spans = [builder.build(r) for r in payload]
+            if span_file.deleted:
+                spans.append(builder.build(_parts_deleted(span_file)))
             for exporter in exporters:
                 try:
                     exporter.export(spans)
@@ -125,6 +131,18 @@ def serve(stdin, out_path: str, otlp_endpoint: str | None) -> None:
         sampler.stop()
     for exporter in exporters:
         exporter.shutdown()
+    span_file.close()
+    if span_file.stopped:
+        logger.warning("%d export batches of %s were not written (%s)", span_file.unwritten_lines, out_path,
+                       span_file.stopped)
+
+
+def _parts_deleted(span_file: SpanFile) -> tuple:
+    """A record saying which parts retention deleted (written into the part that follows them)."""
+    deleted, span_file.deleted = span_file.deleted, []
+    now = time.time_ns()
+    return (sc.PARTS_DELETED, now, now, new_span_id(), 0, "",
+            {sc.PARTS_DELETED: deleted, sc.PART_INDEX: span_file.index}, ())
 
 
 def active_marker(out_path: str) -> str:
@@ -136,9 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sglang_tracing.runtime.exporter")
     parser.add_argument("--out", required=True)
     parser.add_argument("--otlp-endpoint")
+    parser.add_argument("--max-mb", type=float, default=0)
+    parser.add_argument("--keep-parts", type=int, default=0)
     args = parser.parse_args(argv)
     marker = active_marker(args.out)
-    open(marker, "w").close()
+    try:
+        open(marker, "w").close()
+    except OSError:
+        pass  # serve() says why nothing can be written
     # Leave the SGLang process tree: SGLang's shutdown SIGKILLs its descendants, and we
     # must outlive it long enough to write what is still in the pipe.
     if os.fork() > 0:
@@ -147,9 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="sglang-tracing exporter: %(message)s")
     try:
-        serve(sys.stdin.buffer, args.out, args.otlp_endpoint)
+        serve(sys.stdin.buffer, args.out, args.otlp_endpoint, args.max_mb, args.keep_parts)
     finally:
-        os.unlink(marker)
+        try:
+            os.unlink(marker)
+        except OSError:  # the trace dir was removed (the log said so)
+            pass
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 Writes one JSON line per sample to ``nvml-<process label>.jsonl``:
 ``{"t_ns": wall ns (same clock as spans), "gpu": index, <metric>: value, ...}``.
 GPM metrics are rates over the interval between two samples, so the first line has none.
+When NVML fails ``MAX_FAILURES`` times in a row (the GPU lost to NVML, the driver gone), sampling stops
+with one last line ``{"t_ns", "gpu", "sampling_stopped": why}`` and one warning; serving never notices.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from sglang_tracing import semconv as sc
 
 logger = logging.getLogger(__name__)
+MAX_FAILURES = 10  # failed samples in a row before the sampler gives up
 
 
 def probe(gpu_index: int) -> tuple[bool, str]:
@@ -81,7 +84,7 @@ class Sampler:
         if self._gpm:
             samples = [n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()]
             n.nvmlGpmSampleGet(self._handle, samples[0])
-        errors = 0
+        errors = in_a_row = 0
         while not self._stop.wait(self.interval):
             try:
                 row = {"t_ns": time.time_ns(), "gpu": self.gpu_index}
@@ -91,10 +94,23 @@ class Sampler:
                     samples.reverse()
                 row.update(self._basic())
                 os.write(self._fd, (json.dumps(row) + "\n").encode())
-            except Exception:
+                in_a_row = 0
+            except Exception as exc:
                 errors += 1
+                in_a_row += 1
                 if errors == 1:
                     logger.warning("NVML sample failed; sampling goes on", exc_info=True)
+                if in_a_row >= MAX_FAILURES:
+                    self._give_up(f"{in_a_row} NVML samples failed in a row: {type(exc).__name__}: {exc}")
+                    return
+
+    def _give_up(self, why: str) -> None:
+        logger.warning("NVML sampling of GPU %d stopped: %s", self.gpu_index, why)
+        try:
+            os.write(self._fd, (json.dumps({"t_ns": time.time_ns(), "gpu": self.gpu_index,
+                                            sc.NVML_SAMPLING_STOPPED: why[:300]}) + "\n").encode())
+        except OSError:
+            pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -15,3 +15,8 @@ class SpanSink(Protocol):
 
     def hook_failed(self, hook: str, exc: BaseException) -> None:
         """Count a failure of our own hook code; it is logged once and never reaches SGLang."""
+
+    def request_ended(self, rid: str, failed: bool, ttft_ns: int | None, max_itl_ns: int | None,
+                      e2e_ns: int) -> str:
+        """A request finished: whether it keeps its full detail (tail-based keep), as a semconv KEPT_*
+        value; batch records held for it are settled."""
