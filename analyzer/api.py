@@ -154,7 +154,21 @@ def analyze(trace_dir: str | list[str] | None, reports: str = "all", request: st
         written += write_report(out, report, fmts, others=tuple(r.name for r in reports))
     if "story" in names and len(dirs) == 1:
         written += _write_requests(model, out)
+    if len(dirs) > 1:
+        written += _pd_outputs(model, out, fmts)
     return written
+
+
+def _pd_outputs(model: TraceModel, out: Path, fmts: list[str]) -> list[str]:
+    """A prefill and a decode server's dirs: their joined story too (nothing when the dirs are not PD)."""
+    from sglang_tracing.analyzer.analyses import pd, pd_report
+    from sglang_tracing.analyzer.renderers.files import write_report
+    from sglang_tracing.analyzer.renderers.tables import write_table
+
+    story = pd.compute(model.spans, model.servers, model.events)
+    if story is None:
+        return []
+    return write_report(out, pd_report.build_report(story), fmts) + write_table(story.requests, out, "pd-requests")
 
 
 def _write_requests(model: TraceModel, out: Path) -> list[str]:
@@ -223,3 +237,19 @@ def to_perfetto(trace_dir: str | list[str] | None, output: str, nsys: str | None
     except OSError as exc:
         raise TraceError(output, f"cannot write ({exc.strerror}); pass another -o") from None
     return counts
+
+
+def pd_loads(runs: dict[str, list[str]], out_dir: str, formats: str = "text,md") -> list[str]:
+    """Which stage dominates TTFT in each run (label -> its prefill and decode dirs): ``pd-loads``."""
+    from sglang_tracing.analyzer.analyses import pd, pd_report
+    from sglang_tracing.analyzer.renderers.files import FORMATS, write_report
+
+    fmts = _parse_list(formats, tuple(FORMATS), "format")
+    stories = {}
+    for label, dirs in runs.items():
+        model = load(dirs)
+        story = pd.compute(model.spans, model.servers, model.events)
+        if story is None:
+            raise UsageError(f"{label}: {', '.join(dirs)} hold no prefill and decode halves of PD requests")
+        stories[label] = story
+    return write_report(Path(out_dir), pd_report.build_loads_report(stories), fmts)

@@ -148,7 +148,7 @@ class DetailControl:
                 nvtx_ranges.enable()
                 for module, name in layer_ranges.range_names(self.model):
                     attrs = nvtx_ranges.attributes(name)
-                    installed.wrap(module, lambda forward, a=attrs: layer_ranges.ranged(forward, a))
+                    installed.wrap(module, lambda forward, a=attrs, n=name: layer_ranges.ranged(forward, a, n))
             for index, module in layer_ranges.decoder_layers(self.model).items():
                 installed.wrap(module, lambda forward, i=index: self.timer.timed(forward, i))
         except BaseException:

@@ -21,12 +21,11 @@ from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.state import TokenizerState
 from sglang_tracing.runtime import recorder
 from sglang_tracing.runtime import socket_arrival
-from sglang_tracing.runtime.ids import request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 
 logger = logging.getLogger(__name__)
 SCOPE_KEY = "sglang_tracing.received_ns"
-REQUESTS_KEY = "sglang_tracing.requests"  # ([rids], stream), noted by the tokenizer manager hook
+REQUESTS_KEY = "sglang_tracing.requests"  # ([(rid, trace key)], stream), noted by the tokenizer manager hook
 _HTTP = "sglang.srt.entrypoints.http_server"
 _UVICORN_PROTOCOLS = ("uvicorn.protocols.http.h11_impl.H11Protocol",
                       "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol")
@@ -104,8 +103,8 @@ def received_ns(request) -> int | None:
     return received[0] if received else None
 
 
-def note_request(request, rids: list[str], stream: bool) -> None:
-    """Called by the tokenizer manager hook: which rids this HTTP request carries."""
+def note_request(request, rids: list[tuple[str, str]], stream: bool) -> None:
+    """Called by the tokenizer manager hook: which rids this HTTP request carries, with their trace keys."""
     scope = getattr(request, "scope", None)
     if isinstance(scope, dict) and SCOPE_KEY in scope:
         scope.setdefault(REQUESTS_KEY, ([], stream))[0].extend(rids)
@@ -119,12 +118,12 @@ def _response_sent(scope: dict, first_byte: int, end: int) -> None:
     try:
         rids, stream = noted
         received, received_by = scope[SCOPE_KEY]
-        for rid in rids:
+        for rid, trace_key in rids:
             attrs = {sc.RID: rid, sc.STREAM: stream, sc.RECEIVED_BY: received_by}
             if first_byte:
                 attrs[sc.FIRST_BYTE_NS] = first_byte
             rec.emit(sc.REQUEST_HTTP, received, end, attrs, parent=PARENT_IS_REQUEST_ROOT,
-                     trace_key=request_trace_key(rid))
+                     trace_key=trace_key)
     except Exception as exc:  # our own bookkeeping never fails a response
         rec.hook_failed("http_response", exc)
 

@@ -7,7 +7,8 @@ the CPU of ``benchmarks/layer_cost.py``, hooks cost 3.1 us a range and a wrapper
 (a 32-layer Llama) took 802 us off each eager forward's host time with hooks and 51 us wrapped.
 
 With CUDA graphs on, wrappers run only while a graph is captured; a replay is one launch, so per-op
-ranges appear only for eager forwards. SGLang 0.5.17 replays graphs for decode and, by default, for
+ranges appear only for eager forwards. While a torch profiler records, each range is also a Kineto user
+annotation of the same name (``nvtx_ranges.annotation``). SGLang 0.5.17 replays graphs for decode and, by default, for
 prefill too (its "breakable" prefill graphs, up to 8192 tokens): pass --disable-prefill-cuda-graph
 (prefill ranges) or --disable-cuda-graph (all) to see them.
 """
@@ -84,16 +85,20 @@ class Installed:
         self._restore.clear()
 
 
-def ranged(forward: Callable, attrs) -> Callable:
-    """``forward`` inside an NVTX range with these prebuilt attributes."""
-    push, pop = nvtx_ranges.push_attributes, nvtx_ranges.pop
+def ranged(forward: Callable, attrs, name: str) -> Callable:
+    """``forward`` inside an NVTX range with these prebuilt attributes, and a torch profiler user
+    annotation named ``name`` while a torch profiler records (Kineto has no NVTX)."""
+    push, pop_nvtx = nvtx_ranges.push_attributes, nvtx_ranges.pop_attributes
+    annotation, close = nvtx_ranges.annotation, nvtx_ranges.close
 
     def ranged(*args, **kwargs):
         push(attrs)
+        note = annotation(name)
         try:
             return forward(*args, **kwargs)
         finally:
-            pop()
+            close(note)
+            pop_nvtx(attrs)
 
     return ranged
 
@@ -103,6 +108,6 @@ def install(model) -> Installed:
     installed = Installed()
     for module, name in range_names(model):
         attrs = nvtx_ranges.attributes(name)
-        installed.wrap(module, lambda forward, a=attrs: ranged(forward, a))
+        installed.wrap(module, lambda forward, a=attrs, n=name: ranged(forward, a, n))
     logger.info("sglang-tracing: %d layer/op NVTX ranges installed", len(installed))
     return installed

@@ -48,6 +48,7 @@ def _before_forward(st: SchedulerState, call: Call, /, runner, *a, **k) -> _Forw
         return None
     sid = new_span_id()
     st.windows.before_forward(st.config, call.rec, fwd)
+    nvtx_ranges.follow_torch_profiler()  # ranges become Kineto user annotations while a torch profiler records
     events = None
     cuda = st.cuda
     if cuda is not None and st.config.batch_spans:  # forward spans (which carry GPU time) are batch level
@@ -76,6 +77,7 @@ def _after_forward(st: SchedulerState, call: Call, /, runner, forward_batch, *a,
         token.events.end.record()
         st.gpu_times.attach(token.parent, token.events)
     st.windows.after_forward(st.config, call.rec, token.parent)
+    nvtx_ranges.follow_torch_profiler()  # the window may have closed
     st.detail.after_forward(call.rec, token.span_id)
     if st.config.batch_spans:
         attrs = {sc.FORWARD_MODE: forward_batch.forward_mode.name.lower(), sc.BATCH_SIZE: forward_batch.batch_size}

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.runtime import nvtx_ranges, recorder
-from sglang_tracing.runtime.ids import new_span_id, request_trace_key
+from sglang_tracing.runtime import nvtx_ranges, recorder, trace_context
+from sglang_tracing.runtime.ids import new_span_id
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 from sglang_tracing.patches import _compat, _targets
 from sglang_tracing.patches._wrappers import Call, after_setup, around
@@ -20,6 +20,7 @@ from sglang_tracing.patches.state import Launched, PrefillChunk, PrefillPiece, P
 _SCHED = "sglang.srt.managers.scheduler.Scheduler"
 _REQ = "sglang.srt.managers.schedule_batch.Req"
 MAX_LAUNCHED = 1024  # results never processed (aborted batches) must not pile up
+ROOT = PARENT_IS_REQUEST_ROOT
 
 
 def _trace_of(st: SchedulerState, req) -> RequestTrace:
@@ -51,6 +52,8 @@ def _on_init(st: SchedulerState, call: Call, /, scheduler, *a, **k) -> None:
     st.is_leader = tp_rank in (0, None)
     policy = getattr(getattr(scheduler, "policy", None), "policy", "")
     st.policy = getattr(policy, "value", None) or str(policy)
+    backend = getattr(getattr(scheduler, "server_args", None), "disaggregation_transfer_backend", "")
+    st.pd_backend = str(getattr(backend, "value", backend) or "")
     rec = recorder.start(st.config, "scheduler", tp_rank)
     nvtx_ranges.enable()
     from sglang_tracing.patches import gpu_state
@@ -60,6 +63,12 @@ def _on_init(st: SchedulerState, call: Call, /, scheduler, *a, **k) -> None:
 
 def _on_request(st: SchedulerState, call: Call, /, scheduler, recv_req, *a, **k):
     st.arrivals[recv_req.rid] = call.start_ns
+    origin = trace_context.origin_of(getattr(recv_req, "external_trace_header", None),
+                                     getattr(recv_req, "bootstrap_host", None),
+                                     getattr(recv_req, "bootstrap_port", None),
+                                     getattr(recv_req, "bootstrap_room", None))
+    if origin.trace_id is not None:
+        st.trace_ids[recv_req.rid] = origin.trace_id
 
 
 def _on_round_input(st: SchedulerState, call: Call, /, req, *a, **k):
@@ -170,10 +179,7 @@ def _after_process(st: SchedulerState, call: Call, /, scheduler, batch, result, 
         trace = req.__dict__.get("_sgt")
         if trace is None or trace.done:
             continue
-        n = len(req.output_ids)
-        if n > trace.n_out:
-            trace.tokens.extend([end] * (n - trace.n_out))
-            trace.n_out = n
+        trace.stamp_outputs(len(req.output_ids), end)  # tokens output_streamer did not see being sent
         if req.finished():
             trace.done = True
             finished.append(req)
@@ -184,14 +190,21 @@ def _after_process(st: SchedulerState, call: Call, /, scheduler, batch, result, 
             sc.FORWARD_MODE: _mode(batch), sc.BATCH_SIZE: len(batch.reqs),
             sc.FORWARD_SPAN_ID: f"{fwd_sid:016x}"}, span_id=call.token)
     for req in finished:
-        detail = _keep_decision(rec, req, req._sgt, end)
-        if st.is_leader:
-            _emit_request(rec, req, req._sgt, detail)
+        detail = keep_decision(rec, req, req._sgt, end)
+        if not st.is_leader:
+            continue
+        if req._sgt.pd is not None:  # a decode server's request: its PD spans too
+            from sglang_tracing.patches import disaggregation
+
+            disaggregation.emit_decode_side(st, rec, req, req._sgt, detail)
+        else:
+            emit_request(rec, req, req._sgt, detail, st.trace_key(req.rid))
+            st.trace_ids.pop(req.rid, None)
     if st.is_leader and finished:
         rec.flush_soon()
 
 
-def _keep_decision(rec, req, trace: RequestTrace, end: int) -> str:
+def keep_decision(rec, req, trace: RequestTrace, end: int) -> str:
     """Whether this request keeps its full detail (tail-based keep, decided at its end): semconv.KEPT_*."""
     tokens = trace.tokens
     reason = _finish_reason(req)
@@ -200,8 +213,9 @@ def _keep_decision(rec, req, trace: RequestTrace, end: int) -> str:
                              max_itl, (tokens[-1] if tokens else end) - trace.arrival)
 
 
-def _emit_request(rec, req, trace: RequestTrace, detail: str = sc.KEPT_ALL) -> None:
-    key = request_trace_key(req.rid)
+def emit_request(rec, req, trace: RequestTrace, detail: str = sc.KEPT_ALL, key: str | None = None) -> None:
+    """A request's scheduler spans, in the trace of ``key`` (default: its rid's)."""
+    key = key or request_trace_key(req.rid)
     root = PARENT_IS_REQUEST_ROOT
     rid_attr = {sc.RID: req.rid}
     full = detail != sc.KEPT_SUMMARY

@@ -17,6 +17,8 @@ from sglang_tracing.config import TraceConfig
 from sglang_tracing.patches.detail import DetailControl
 from sglang_tracing.patches.forward_gpu_times import ForwardGpuTimes
 from sglang_tracing.patches.profile_steps import ForwardWindows
+from sglang_tracing.runtime.ids import request_trace_key
+from sglang_tracing.runtime.trace_context import TraceOrigin
 
 
 # ---- tokenizer manager process ----
@@ -32,8 +34,13 @@ class TokenizerState:
     config: TraceConfig
     received: dict[str, Arrival] = dataclasses.field(default_factory=dict)
     first_output: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> first output delivered
+    origins: dict[str, TraceOrigin] = dataclasses.field(default_factory=dict)  # rid -> the trace it joins
     # the HTTP server (same process): a socket that keeps the kernel stamping received packets
     timestamp_holder: socket.socket | None = None
+
+    def trace_key(self, rid: str) -> str:
+        origin = self.origins.get(rid)
+        return request_trace_key(rid, origin.trace_id if origin else None)
 
 
 # ---- scheduler process ----
@@ -68,16 +75,23 @@ class RequestTrace:
     """A request's scheduler-side lifecycle; rides on SGLang's Req object (attribute ``_sgt``), so the
     per-iteration work is one attribute read and a length check per running request."""
 
-    __slots__ = ("arrival", "scheduled", "match", "chunks", "tokens", "n_out", "done")
+    __slots__ = ("arrival", "scheduled", "match", "chunks", "tokens", "n_out", "done", "pd")
 
     def __init__(self, arrival: int):
         self.arrival = arrival
         self.scheduled = 0
         self.match: PrefixMatch | None = None
         self.chunks: list[PrefillChunk] = []
-        self.tokens: list[int] = []  # wall time of each output token
+        self.tokens: list[int] = []  # wall time each output token was handed to the detokenizer
         self.n_out = 0
         self.done = False
+        self.pd = None  # a PD request's marks (``disaggregation.PdMarks``)
+
+    def stamp_outputs(self, n_out: int, now: int) -> None:
+        """Stamp ``now`` on the output tokens beyond those stamped already (``n_out``: how many exist)."""
+        if n_out > self.n_out and not self.done:
+            self.tokens.extend([now] * (n_out - self.n_out))
+            self.n_out = n_out
 
 
 @dataclasses.dataclass(slots=True)
@@ -99,6 +113,11 @@ class SchedulerState:
     gpu_times: ForwardGpuTimes = dataclasses.field(default_factory=ForwardGpuTimes)
     windows: ForwardWindows = dataclasses.field(default_factory=ForwardWindows)
     detail: DetailControl = dataclasses.field(default_factory=DetailControl)  # sglang-trace detail windows
+    trace_ids: dict[str, int] = dataclasses.field(default_factory=dict)  # rid -> its given trace id, until emitted
+    pd_backend: str = ""  # SGLang's --disaggregation-transfer-backend
+
+    def trace_key(self, rid: str) -> str:
+        return request_trace_key(rid, self.trace_ids.get(rid))
 
 
 # ---- detokenizer process ----

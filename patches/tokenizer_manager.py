@@ -6,7 +6,7 @@ from __future__ import annotations
 from time import time_ns
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.runtime import manifest, recorder
+from sglang_tracing.runtime import manifest, recorder, trace_context
 from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
 from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 from sglang_tracing.patches import _targets, http_server
@@ -43,22 +43,34 @@ def _is_sglang_warmup(tm, obj) -> bool:
             or all(isinstance(i, list) and tuple(i) == sc.SGLANG_WARMUP_INPUT_IDS for i in id_lists))
 
 
+def _per_rid(value, n: int) -> list:
+    return list(value) + [None] * (n - len(value)) if isinstance(value, list) else [value] * n
+
+
 def _on_init_req_state(st: TokenizerState, call: Call, /, tm, obj, request=None, *a, **k):
     t = http_server.received_ns(request) or call.start_ns
     rids, texts = _rids_and_texts(obj)
     stream = bool(getattr(obj, "stream", False))
     warmup = sc.INTERNAL_WARMUP if _is_sglang_warmup(tm, obj) else None
-    for rid, text in zip(rids, texts):
+    headers = getattr(request, "headers", None) or getattr(obj, "external_trace_header", None)
+    rooms = _per_rid(getattr(obj, "bootstrap_room", None), len(rids))
+    host, port = getattr(obj, "bootstrap_host", None), getattr(obj, "bootstrap_port", None)
+    for i, (rid, text) in enumerate(zip(rids, texts)):
         if rid is not None:
             st.received[rid] = Arrival(t, text if st.config.record_prompts and isinstance(text, str) else None,
                                        stream, sc.internal_by_rid(rid) or warmup)
-    http_server.note_request(request, [rid for rid in rids if rid is not None], stream)
+            origin = trace_context.origin_of(headers, _per_rid(host, len(rids))[i],
+                                             _per_rid(port, len(rids))[i], rooms[i])
+            if origin.trace_id is not None:
+                st.origins[rid] = origin
+                trace_context.note(st.config.trace_dir, rid, origin)
+    http_server.note_request(request, [(rid, st.trace_key(rid)) for rid in rids if rid is not None], stream)
 
 
 def _on_tokenize(st: TokenizerState, call: Call, /, tm, obj, *a, **k):
     call.rec.emit(sc.REQUEST_TOKENIZE, call.start_ns, call.end_ns,
                   {sc.RID: obj.rid, sc.PROMPT_TOKENS: len(call.result.input_ids)},
-             parent=PARENT_IS_REQUEST_ROOT, trace_key=request_trace_key(obj.rid))
+                  parent=PARENT_IS_REQUEST_ROOT, trace_key=st.trace_key(obj.rid))
 
 
 def _before_output(st: TokenizerState, call: Call, /, tm, recv_obj, *a, **k):
@@ -94,14 +106,16 @@ def _on_output(st: TokenizerState, call: Call, /, tm, recv_obj, *a, **k):
             attrs[sc.STREAM] = arrival.stream
         if arrival.internal:
             attrs[sc.INTERNAL] = arrival.internal
+        origin = st.origins.pop(rid, trace_context.RID_ORIGIN)
+        attrs[sc.TRACE_ORIGIN] = origin.origin
         if arrival.prompt is not None:
             attrs[sc.PROMPT_TEXT] = arrival.prompt
             state = finishing[rid]
             if state is not None and hasattr(state, "get_text"):
                 attrs[sc.OUTPUT_TEXT] = state.get_text()
         call.rec.emit(sc.REQUEST, arrival.received_ns, end, attrs, span_id=request_root_span_id(rid),
-                 trace_key=request_trace_key(rid),
-                 events=((sc.EVENT_RECEIVED, arrival.received_ns, {}), (sc.EVENT_FINISHED, end, {})))
+                      parent=origin.parent_span_id, trace_key=request_trace_key(rid, origin.trace_id),
+                      events=((sc.EVENT_RECEIVED, arrival.received_ns, {}), (sc.EVENT_FINISHED, end, {})))
     call.rec.flush_soon()
 
 

@@ -23,7 +23,17 @@ if ! command -v tmux >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get
   step "installing tmux (apt; the tests drive sglang-trace top in a terminal with it)"
   { apt-get update -qq && apt-get install -y -qq tmux; } >/dev/null 2>&1 || echo "setup_env.sh: could not install tmux" >&2
 fi
+# prefill-decode disaggregation on CPU (tests/test_pd.py): Mooncake's TCP transfer engine links libibverbs
+if ! ldconfig -p 2>/dev/null | grep -q libibverbs.so.1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "installing libibverbs1 (apt; Mooncake's transfer engine needs it for PD on CPU)"
+  { apt-get update -qq && apt-get install -y -qq libibverbs1; } >/dev/null 2>&1 || echo "setup_env.sh: could not install libibverbs1" >&2
+fi
+pd_packages() {  # Mooncake without CUDA, the router in PD mode and grpcio for its OTLP spans (venvs made before too)
+  "$VENV/bin/python" -c "import mooncake.engine, sglang_router, grpc" 2>/dev/null \
+    || "$VENV/bin/pip" install -q mooncake-transfer-engine-non-cuda sglang-router grpcio 2>&1 | grep -v "^WARNING: Location" || true
+}
 if [ -f "$STAMP" ]; then
+  pd_packages
   "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" 2>/dev/null
   "$VENV/bin/python" -c "import textual" 2>/dev/null || "$VENV/bin/pip" install -q textual  # added after some venvs were built
   echo "$VENV ready (sglang $VER)"; exit 0
@@ -45,6 +55,8 @@ quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec py
   packaging IPython nvidia-ml-py easydict distro dill compressed-tensors gguf jsonschema soundfile \
   opentelemetry-sdk opentelemetry-exporter-otlp-json-file opentelemetry-exporter-otlp-proto-http \
   nvtx polars perfetto matplotlib textual pytest
+  nvtx polars perfetto matplotlib pytest
+pd_packages
 step "4/4 sglang-tracing (editable) and an import check"
 quiet "$PIP" install -q --no-deps --no-build-isolation -e "$ROOT"
 check=$("$VENV/bin/python" -c "import sglang.launch_server, sglang.srt.managers.scheduler, sglang_tracing.plugin" 2>&1) \

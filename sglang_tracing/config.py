@@ -41,6 +41,13 @@ MULTICAST_OFF_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST"
 
 LEVELS = ("request", "batch", "layer")
 
+# ---- server identity (prefill-decode disaggregation and any multi-server run) ----
+ENV_SERVICE_NAME = "SGLANG_TRACE_SERVICE_NAME"
+ENV_INSTANCE = "SGLANG_TRACE_INSTANCE"
+ENV_ROLE = "SGLANG_TRACE_ROLE"
+ENV_HOST = "SGLANG_TRACE_HOST"
+DEFAULT_SERVICE_NAME = "sglang"
+
 
 MIN_NVML_INTERVAL_MS = 100  # GPM returns zeros below this on Hopper (measured on the H200)
 CAPTURE_IDLE_END_S = 1.0  # an idle pause this long ends an nsys capture window
@@ -75,6 +82,11 @@ class TraceConfig:
         """Whether some requests keep only their summary (else every request keeps its full detail)."""
         return self.keep_one_in != 1 or any(
             (self.keep_ttft_ms, self.keep_itl_ms, self.keep_e2e_ms, self.keep_percentile))
+    # identity: how this server names itself in its spans and manifest
+    service_name: str = DEFAULT_SERVICE_NAME
+    service_instance: str | None = None  # default: host:port of the server
+    server_role: str | None = None  # default: SGLang's --disaggregation-mode (prefill, decode) or unified
+    host_name: str | None = None  # default: the machine's hostname
 
     @property
     def batch_spans(self) -> bool:
@@ -98,6 +110,10 @@ class TraceConfig:
         if self.capture_steps:
             env[ENV_CAPTURE_STEPS] = "%d:%d" % self.capture_steps
         env.update(self._always_on_env())
+        for key, value in ((ENV_SERVICE_NAME, self.service_name), (ENV_INSTANCE, self.service_instance),
+                           (ENV_ROLE, self.server_role), (ENV_HOST, self.host_name)):
+            if value:
+                env[key] = value
         return env
 
     def _always_on_env(self) -> dict[str, str]:
@@ -127,6 +143,10 @@ class TraceConfig:
             inject_fault=env.get(ENV_INJECT_FAULT) or None,
             capture_steps=parse_profile_steps(env.get(ENV_CAPTURE_STEPS)),
             **always_on_from_env(env),
+            service_name=env.get(ENV_SERVICE_NAME) or DEFAULT_SERVICE_NAME,
+            service_instance=env.get(ENV_INSTANCE) or None,
+            server_role=env.get(ENV_ROLE) or None,
+            host_name=env.get(ENV_HOST) or None,
         )
 
 

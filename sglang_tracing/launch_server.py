@@ -47,6 +47,12 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
                         help=f"NVML/GPM sample interval (>= {MIN_NVML_INTERVAL_MS})")
     parser.add_argument("--profile-steps", metavar="START:N",
                         help="record a Kineto trace of N served forwards, starting at forward START")
+    identity = parser.add_argument_group("identity (how this server names itself in spans and manifest)")
+    identity.add_argument("--service-name", default="sglang", help="OpenTelemetry service.name (default: sglang)")
+    identity.add_argument("--service-instance", help="service.instance.id (default: HOST:PORT of the server)")
+    identity.add_argument("--server-role", help="e.g. prefill, decode (default: SGLang's --disaggregation-mode, "
+                                                "else unified)")
+    identity.add_argument("--host-name", help="host.name (default: this machine's hostname)")
     add_always_on_options(parser)
 
 
@@ -104,21 +110,48 @@ def config_from_args(args: argparse.Namespace) -> TraceConfig:
         otlp_endpoint=args.otlp_endpoint, record_prompts=args.record_prompts,
         nvml_interval_ms=validate_nvml_interval(args.nvml_interval_ms),
         profile_steps=parse_profile_steps(args.profile_steps),
+        service_name=getattr(args, "service_name", None) or "sglang",
+        service_instance=getattr(args, "service_instance", None),
+        server_role=getattr(args, "server_role", None),
+        host_name=getattr(args, "host_name", None),
         **always_on_from_args(args),
     )
+
+
+def _sglang_arg(sglang_args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(sglang_args):
+        if arg == name and i + 1 < len(sglang_args):
+            return sglang_args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def with_identity_defaults(config: TraceConfig, sglang_args: list[str]) -> TraceConfig:
+    """Role from SGLang's --disaggregation-mode, instance from its host and port, unless given."""
+    import dataclasses
+    import socket
+
+    host = config.host_name or socket.gethostname()
+    mode = _sglang_arg(sglang_args, "--disaggregation-mode")
+    role = config.server_role or (mode if mode and mode != "null" else "unified")
+    port = _sglang_arg(sglang_args, "--port") or "30000"
+    instance = config.service_instance or f"{host}:{port}"
+    return dataclasses.replace(config, host_name=host, server_role=role, service_instance=instance)
 
 
 def exec_traced_server(config: TraceConfig, sglang_args: list[str]) -> None:
     """Replace this process with SGLang's launch_server, tracing configured through the environment."""
     require_sglang()
     os.makedirs(config.trace_dir, exist_ok=True)
-    os.environ.update(config.to_env())
+    os.environ.update(with_identity_defaults(config, sglang_args).to_env())
     argv = [sys.executable, "-m", "sglang.launch_server", *sglang_args]
     os.execv(sys.executable, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sglang_tracing.launch_server")
+    # no abbreviations: SGLang's own --host must not be taken for our --host-name
+    parser = argparse.ArgumentParser(prog="python -m sglang_tracing.launch_server", allow_abbrev=False)
     add_tracing_options(parser)
     args, sglang_args = parser.parse_known_args(argv)
     try:

@@ -69,7 +69,7 @@ RECEIVED_BY_KERNEL_MS = "kernel, ms"  # kept-alive connection read late: TCP_INF
 RECEIVED_BY_READ = "http read"  # the HTTP server's protocol got the request's first bytes (uvicorn)
 RECEIVED_BY_ASGI = "asgi entry"  # the ASGI app was called (other servers)
 INTERNAL = "sglang.request.internal"  # root: why it is not a user's request (absent for user requests)
-TOKEN_TIMES = "sglang.request.token_times_ns"  # decode span: wall time of every output token
+TOKEN_TIMES = "sglang.request.token_times_ns"  # decode span: when each output token was handed to the detokenizer
 CHUNK_INDEX = "sglang.chunk.index"
 CHUNK_TOKENS = "sglang.chunk.tokens"
 MATCHED_TOKENS = "sglang.prefix.matched_tokens"
@@ -215,3 +215,38 @@ DETAIL_GRAPH_PHASES = "sglang_tracing.detail.graph_phases"  # phases replayed as
 DETAIL_LEVELS = ("layer",)
 LAYER = "sglang.model.layer"  # one decoder layer inside a model forward (its parent), detail windows only
 LAYER_INDEX = "sglang.layer.index"
+
+# ---- prefill-decode disaggregation (issue 25): one request's story across both servers ----
+# prefill server (scheduler)
+PD_BOOTSTRAP = "sglang.pd.bootstrap"  # entered the bootstrap queue -> handshake with its decode server done
+PD_PREFILL_QUEUE = "sglang.pd.prefill_queue"  # left the bootstrap queue -> first prefill forward launched
+PD_KV_SEND = "sglang.pd.kv_send"  # first KV chunk handed to the transfer backend -> transfer polled done
+PD_METADATA_SEND = "sglang.pd.metadata_send"  # last chunk: first token and metadata written for the decode side
+# decode server (scheduler)
+PD_PREALLOC = "sglang.pd.prealloc"  # entered the pre-allocation queue -> KV allocated, metadata sent to prefill
+PD_KV_RECEIVE = "sglang.pd.kv_receive"  # pre-allocated -> KV polled complete
+PD_FIRST_DECODE = "sglang.pd.first_decode"  # KV complete -> prefill's token out in the first decode batch
+# attributes
+PD_MODE = "sglang.pd.mode"  # prefill | decode (SGLang's --disaggregation-mode)
+PD_ROOM = "sglang.pd.bootstrap_room"
+PD_BOOTSTRAP_ADDR = "sglang.pd.bootstrap_addr"  # host:port of the prefill server's bootstrap
+PD_KV_BYTES = "sglang.pd.kv_bytes"  # what SGLang's sender counted for this request
+PD_KV_TOKENS = "sglang.pd.kv_tokens"
+PD_KV_CHUNKS = "sglang.pd.kv_chunks"
+PD_SGLANG_LATENCY_S = "sglang.pd.sglang_transfer_latency_s"  # SGLang's own figure, when its backend measures one
+PD_BACKEND = "sglang.pd.transfer_backend"
+PD_OUTSTANDING = "sglang.pd.queue_len"  # requests in that queue when this one entered it
+
+# ---- server identity (resource attributes and manifest; set by flags so servers and hosts are told apart) ----
+RES_SERVICE_NAME = "service.name"
+RES_SERVICE_INSTANCE = "service.instance.id"
+RES_HOST_NAME = "host.name"
+RES_SERVER_ROLE = "sglang.server.role"  # prefill | decode | unified, or what --server-role says
+# trace context: W3C traceparent honoured on the incoming HTTP request
+TRACEPARENT = "traceparent"
+TRACE_ORIGIN = "sglang_tracing.trace_origin"  # root: where its trace id came from, one of:
+TRACE_ORIGIN_CALLER = "traceparent"
+TRACE_ORIGIN_PD = "bootstrap room"
+TRACE_ORIGIN_RID = "rid"
+PD_SPANS = (PD_BOOTSTRAP, PD_PREFILL_QUEUE, PD_KV_SEND, PD_METADATA_SEND, PD_PREALLOC, PD_KV_RECEIVE, PD_FIRST_DECODE)
+PD_FLOW = (PD_KV_SEND, PD_FIRST_DECODE)  # Perfetto: one flow per request, prefill's send -> decode's first batch

@@ -26,7 +26,7 @@ def spans(trace_dir) -> list[dict]:
                 for rs in json.loads(line)["resourceSpans"]:
                     for ss in rs["scopeSpans"]:
                         for sp in ss["spans"]:
-                            out.append({"name": sp["name"], "span_id": sp["spanId"],
+                            out.append({"name": sp["name"], "span_id": sp["spanId"], "trace_id": sp["traceId"],
                                         "parent_id": sp.get("parentSpanId") or None,
                                         "start": int(sp["startTimeUnixNano"]), "end": int(sp["endTimeUnixNano"]),
                                         "attrs": {a["key"]: _value(a["value"]) for a in sp.get("attributes", [])}})

@@ -323,3 +323,27 @@ def test_reset_forgets_hooks_still_waiting_for_their_module(tmp_path, monkeypatc
     assert not hasattr(module.Cache.match_prefix, "__wrapped__") and target not in HookRegistry._hooks
     for name in ("resetpkg.cache", "resetpkg"):
         monkeypatch.delitem(_sys.modules, name)
+
+
+def test_ranges_are_torch_annotations_only_while_a_profiler_records():
+    """Kineto records no NVTX: while a torch profiler records, span ranges and layer ranges are also
+    record_function ranges of the same names; once it stops, none are opened."""
+    import torch
+
+    from sglang_tracing.patches import layer_ranges
+    from sglang_tracing.runtime import nvtx_ranges
+
+    layer = layer_ranges.ranged(lambda x: x + 1, None, "layer.0")
+    forward = nvtx_ranges.range_name(sc.MODEL_FORWARD, 0xABC)
+    assert not nvtx_ranges.follow_torch_profiler() and nvtx_ranges.annotation("x") is None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert nvtx_ranges.follow_torch_profiler()
+        nvtx_ranges.push(sc.MODEL_FORWARD, 0xABC)
+        assert layer(1) == 2 and layer(2) == 3
+        nvtx_ranges.pop()
+    assert not nvtx_ranges.follow_torch_profiler()
+    assert layer(3) == 4  # after the profiler: no annotation, the result unchanged
+    names = [e.name for e in prof.events()]
+    assert names.count("layer.0") == 2 and names.count(forward) == 1
+    with pytest.raises(ZeroDivisionError):  # the wrapped forward's exception passes through
+        layer_ranges.ranged(lambda x: x / 0, None, "layer.1")(1)

@@ -244,9 +244,10 @@ def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def layer_profiled(tiny_model, tmp_path_factory):
-    """Three requests at --trace-level layer with a Kineto window over served forwards 1..2."""
+    """Three requests at --trace-level layer with a Kineto window over served forwards 0..3: the
+    readiness probe's, then the first request's prefill."""
     tmp = tmp_path_factory.mktemp("layer")
-    _, spans = _serve_briefly(tiny_model, tmp, 3, tracing_args=["--trace-level", "layer", "--profile-steps", "1:2"])
+    _, spans = _serve_briefly(tiny_model, tmp, 3, tracing_args=["--trace-level", "layer", "--profile-steps", "0:4"])
     return tmp / "trace", spans
 
 
@@ -259,13 +260,13 @@ def test_layer_level_installs_ranges_on_every_llama_module(tiny_model, layer_pro
 
 
 def test_profile_steps_time_their_profiler_control_inside_the_forwards(layer_profiled):
-    """--profile-steps 1:2: the torch profiler opens in served forward 1 and Kineto writes its trace in
-    forward 2, each a span of its own parented by (and inside) that scheduler forward."""
+    """--profile-steps 0:4: the torch profiler opens in served forward 0 and Kineto writes its trace in
+    forward 3, each a span of its own parented by (and inside) that scheduler forward."""
     trace_dir, spans = layer_profiled
     fwd = spans.filter(pl.col("name") == sc.FORWARD).sort("start_ns")
     control = spans.filter(pl.col("name") == sc.PROFILER_CONTROL).sort("start_ns")
     assert control[sc.PROFILER_ACTION].to_list() == [sc.TORCH_PROFILER_START, sc.KINETO_EXPORT]
-    assert control["parent_id"].to_list() == fwd["span_id"][1:3].to_list()
+    assert control["parent_id"].to_list() == [fwd["span_id"][0], fwd["span_id"][3]]
     inside = control.join(fwd.select("span_id", pl.col("start_ns").alias("f0"), pl.col("end_ns").alias("f1")),
                           left_on="parent_id", right_on="span_id")
     assert inside.filter((pl.col("start_ns") >= pl.col("f0")) & (pl.col("end_ns") <= pl.col("f1"))).height == 2
@@ -287,6 +288,43 @@ def test_profile_steps_time_their_profiler_control_inside_the_forwards(layer_pro
     named = {rid: a for rid, a in table.select("rid", "profiler_control").iter_rows() if a}
     assert named == {rid: a for rid, a in in_flight.items() if a} and named
     assert table["profiler_control_inferred"].null_count() == table.height
+
+
+def test_profiled_pass_per_layer_time_from_kineto_annotations(tiny_model, layer_profiled):
+    """The layer ranges are Kineto user annotations while the torch profiler records; the story's
+    per-layer host time of the profiled pass's first request equals the sums read from the Kineto JSON
+    here: layer ranges inside the "sglang.model.forward <span id>" annotations of that request's prefill."""
+    from sglang_tracing.analyzer.analyses import story, story_report
+    from sglang_tracing.analyzer.api import load_input
+
+    trace_dir, _ = layer_profiled
+    raw = raw_spans.spans(trace_dir)
+    users = [r for r in raw_spans.named(raw, sc.REQUEST) if sc.INTERNAL not in r["attrs"]]
+    first = min(users, key=lambda r: r["start"])["attrs"][sc.RID]
+    prefill = {f["span_id"] for f in raw_spans.named(raw, sc.FORWARD)
+               if first in f["attrs"][sc.BATCH_RIDS] and f["attrs"][sc.FORWARD_MODE] in ("extend", "mixed")}
+    model_fwd = {m["span_id"] for m in raw_spans.named(raw, sc.MODEL_FORWARD) if m["parent_id"] in prefill}
+    (kineto,) = Path(trace_dir).glob("kineto-pid*.json")
+    notes = [e for e in json.loads(kineto.read_text())["traceEvents"]
+             if e.get("ph") == "X" and e.get("cat") == "user_annotation"]
+    windows = [(e["tid"], e["ts"], e["ts"] + e["dur"]) for e in notes
+               if e["name"].startswith(sc.MODEL_FORWARD + " ") and e["name"].split()[-1] in model_fwd]
+    layers = json.loads((Path(tiny_model) / "config.json").read_text())["num_hidden_layers"]
+    expected: dict[str, float] = {}
+    for e in notes:
+        if e["name"].startswith(sc.NVTX_LAYER_PREFIX) and any(
+                tid == e["tid"] and t0 <= e["ts"] and e["ts"] + e["dur"] <= t1 for tid, t0, t1 in windows):
+            expected[e["name"]] = expected.get(e["name"], 0.0) + e["dur"] * 1000
+    assert len(windows) == len(model_fwd) >= 1 and len(expected) == layers
+    told = story.compute(load_input(str(trace_dir)), first, profiled=load_input(str(trace_dir)))
+    found = told.profiled
+    got = dict(zip(found.host_layers["layer"].to_list(), found.host_layers["total_ns"].to_list()))
+    assert got.keys() == expected.keys()
+    for name, ns in expected.items():
+        assert abs(got[name] - ns) <= 2 * len(windows), (name, got[name], ns)  # ns rounding of each range
+    section = next(s for s in story_report.describe(told).sections if s.title == "Prefill, from the profiled pass")
+    by_op = next(c for c in section.children if c.title.startswith("host time by op")).table
+    assert set(by_op["op"].to_list()) <= set(sc.NVTX_OPS) and by_op["total_ns"].min() > 0
 
 
 def test_sigkill_leaves_readable_lines(tiny_model, tmp_path):
@@ -365,6 +403,27 @@ def test_streamed_ttft_lies_inside_the_clients(traced_run):
         row = table[_rid(resp)]
         assert row["stream"] is False and row["ttft_ns"] is None and row["ttft_compute_ns"] > 0
         assert resp["client"]["sent_ns"] <= row["received_ns"] and row["first_byte_ns"] <= resp["client"]["done_ns"]
+
+
+def test_latency_stamps_order_on_one_clock(traced_run):
+    """Read from the raw spans of every streamed user request: received <= first token computed (handed
+    to the detokenizer) <= first response byte <= finished, and the TTFT and the
+    decode the client sees add up to end-to-end exactly (both measured from the one arrival stamp)."""
+    trace_dir, mixed, _, solo, _ = traced_run
+    raw = raw_spans.spans(trace_dir)
+    by_rid = {name: {s["attrs"][sc.RID]: s for s in raw_spans.named(raw, name)}
+              for name in (sc.REQUEST, sc.REQUEST_HTTP, sc.REQUEST_DECODE)}
+    for resp in [*mixed, solo]:
+        rid = _rid(resp)
+        root, http, decode = (by_rid[name][rid] for name in (sc.REQUEST, sc.REQUEST_HTTP, sc.REQUEST_DECODE))
+        tokens = decode["attrs"][sc.TOKEN_TIMES]
+        first_byte = http["attrs"][sc.FIRST_BYTE_NS]
+        assert len(tokens) == resp["meta_info"]["completion_tokens"]
+        assert http["start"] == root["start"]  # one arrival stamp for the request and its HTTP layer
+        assert root["start"] <= tokens[0] <= first_byte <= root["end"] <= http["end"], rid
+        assert tokens[-1] <= root["end"]
+        ttft, decode_seen, e2e = first_byte - root["start"], root["end"] - first_byte, root["end"] - root["start"]
+        assert ttft > 0 and decode_seen > 0 and ttft + decode_seen == e2e
 
 
 def test_story_latencies_match_client(traced_run):

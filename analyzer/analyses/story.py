@@ -10,6 +10,7 @@ from sglang_tracing.errors import UsageError
 from sglang_tracing.analyzer.analyses.attribution import (forward_members, forwards_inside, forwards_of, is_prefill,
                                                           kernels_of_forwards)
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state
+from sglang_tracing.analyzer.analyses.layer_annotations import layer_host_time, op_host_time
 from sglang_tracing.analyzer.analyses.kernels import by_layer, by_op, forward_gpu_time, project_nvtx, request_gpu_time
 from sglang_tracing.analyzer.analyses.requests import (for_statistics, profiler_touched, request_table,
                                                        token_latencies, user_requests)
@@ -88,6 +89,8 @@ class Phase:
     layers: pl.DataFrame | None = None  # GPU time by layer range
     shares: KernelShares | None = None  # attention and GEMM shares of its kernel time
     hardware_over: str = "this request's phase"  # the windows the hardware means are over
+    host_ops: pl.DataFrame | None = None  # host time by op from Kineto user annotations (layer_annotations)
+    host_layers: pl.DataFrame | None = None  # host time by layer from Kineto user annotations
 
     @property
     def hardware_means(self) -> dict[str, float]:
@@ -241,7 +244,12 @@ def _profiled_prefill(profiled: TraceModel) -> Phase | None:
         return None
     req = done.row(0, named=True)
     forwards = _forwards_of_request(spans, req["rid"]).filter(is_prefill())
-    return _phase(profiled, spans, profiled.counters, forwards, req, "prefill", with_ops=True)
+    phase = _phase(profiled, spans, profiled.counters, forwards, req, "prefill", with_ops=True)
+    if not profiled.nvtx.is_empty():
+        mine = pl.col("parent_id").is_in(forwards["span_id"].to_list())
+        ids = spans.filter((pl.col("name") == sc.MODEL_FORWARD) & mine).select("span_id").collect()["span_id"].to_list()
+        phase.host_layers, phase.host_ops = layer_host_time(profiled.nvtx, ids), op_host_time(profiled.nvtx, ids)
+    return phase
 
 
 def _others_inside(spans: pl.LazyFrame, window: pl.DataFrame, rid: str) -> int:

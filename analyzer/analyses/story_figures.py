@@ -60,9 +60,8 @@ def milestones(req: dict) -> list[Milestone]:
 
     found = [Milestone("received", 0 if t0 is not None else None, "request received (HTTP layer)"),
              Milestone("GPU begins (prefill launched)", off("prefill_start_ns"), "first prefill chunk launched"),
-             Milestone("decode begins (first token processed)", off("first_token_ns"),
-                       "the scheduler finished processing the forward that made the first token; it streams the "
-                       "token out while doing so, so the first byte can leave before this stamp"),
+             Milestone("decode begins (first token computed)", off("first_token_ns"),
+                       "the scheduler hands the first token to the detokenizer (before the first byte can leave)"),
              Milestone("first byte sent (TTFT)", off("first_byte_ns"), "first streamed byte handed to the socket"),
              Milestone("complete", off("finished_ns"), "last byte sent, request span ends")]
     # one clock (the host's wall clock) for every stamp: listed in the order they happened

@@ -76,6 +76,7 @@ def _profiled(section: Section, story: Story) -> None:
     if phase is None:
         section.add("profiled request", None, "no complete request in the profiled pass")
         return
+    _host_time(section, phase)
     if phase.kernels.is_empty() and phase.ops is None:
         section.add("per-layer / per-op GPU time", None, "no GPU kernel in the profiled pass's Kineto trace "
                     "(a CPU run records CPU ops only)" if not story.gpus else
@@ -84,6 +85,19 @@ def _profiled(section: Section, story: Story) -> None:
     _layer_and_op_time(section, phase)
     _kernel_breakdown(section, phase, phase.kernels.height)
     _shares(section, phase)
+
+
+def _host_time(section: Section, phase: Phase) -> None:
+    """Host (CPU wall) time per layer and op from the profiled pass's layer ranges as its profile recorded
+    them (Kineto user annotations, or NVTX ranges in an nsys export)."""
+    if phase.host_layers is None or phase.host_layers.is_empty():
+        section.add("per-layer host time", None, "no layer ranges inside this request's prefill forwards in the "
+                    "profile (its window covered other forwards)")
+        return
+    section.add("per-layer host time", describe_layers(phase.host_layers),
+                f"layer ranges as the profile recorded them (Kineto user annotations / NVTX), of "
+                f"{_batch_note(phase.forwards)}")
+    section.child("host time by op (layer ranges in the profile)").table = phase.host_ops
 
 
 def _shares(section: Section, phase: Phase) -> None:
@@ -140,9 +154,8 @@ def _prefill(prefill: Section, story: Story) -> None:
         start = f"received ({ARRIVAL_WORDS.get(by, by)})" if by else (
             "received (HTTP layer)" if req.get("first_byte_ns") else "received")
         prefill.add("TTFT", ms(req["ttft_ns"]), f"{start} -> {req['ttft_source']}")
-    prefill.add("time to first token processed", ms(req["ttft_compute_ns"]),
-                "received -> the scheduler finished processing the first token's forward (it streams the token "
-                "out while doing so: TTFT can end before this)")
+    prefill.add("time to first token computed", ms(req["ttft_compute_ns"]),
+                "received -> the scheduler hands the first token to the detokenizer (TTFT ends after this)")
     prefill.add("GPU time (this request's share)", ms(req.get("prefill_gpu_ns")),
                 f"forward GPU time ({story.gpu_source}) split by tokens in each batch"
                 + _longer_than_wall(req.get("prefill_gpu_ns"), req["prefill_ns"]))
@@ -154,7 +167,7 @@ def _prefill(prefill: Section, story: Story) -> None:
 
 def _decode(decode: Section, story: Story) -> None:
     req, trend = story.request, story.trend
-    decode.add("total", ms(req["decode_ns"]), "first token -> last token processed by the scheduler")
+    decode.add("total", ms(req["decode_ns"]), "first token -> last token handed to the detokenizer by the scheduler")
     if req.get("ttft_ns") is not None and req.get("e2e_ns") is not None:
         decode.add("as the client receives it", ms(req["e2e_ns"] - req["ttft_ns"]),
                    "TTFT's end -> complete: TTFT + this = end-to-end")

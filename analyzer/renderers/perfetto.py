@@ -28,7 +28,7 @@ from sglang_tracing.runtime.ids import REQUEST_TRACE_KEY_PREFIX
 
 _REQUEST_NAMES = {sc.REQUEST, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
                   sc.REQUEST_PREFILL, sc.REQUEST_PREFILL_CHUNK, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE,
-                  sc.REQUEST_HTTP}
+                  sc.REQUEST_HTTP, *sc.PD_SPANS}
 _ARG_COLUMNS = (sc.FORWARD_MODE, sc.BATCH_SIZE, sc.BATCH_TOKENS, sc.GPU_DURATION_NS, sc.SCHED_NEW_SEQS,
                 sc.SCHED_QUEUED, sc.SCHED_RUNNING, sc.CACHE_MATCHED_TOKENS, sc.CACHE_NEW_TOKENS,
                 sc.CACHE_FREED_TOKENS, sc.PROMPT_TOKENS, sc.CACHED_TOKENS, sc.OUTPUT_TOKENS, sc.RID)
@@ -62,12 +62,21 @@ def _linked_forwards(spans: pl.DataFrame) -> pl.Series:
     return referenced.join(forwards, on="span_id")["span_id"]
 
 
+def _pd_flows(spans: pl.DataFrame) -> list[str]:
+    """Flow keys of PD requests whose prefill send and decode first batch are both here."""
+    if sc.PD_ROOM not in spans.columns:
+        return []
+    ends = spans.filter(pl.col("name").is_in(sc.PD_FLOW)).group_by(sc.PD_ROOM).agg(pl.col("name").n_unique())
+    return [f"pd:{room}" for room in ends.filter(pl.col("name") == len(sc.PD_FLOW))[sc.PD_ROOM].to_list()]
+
+
 def _span_frame(model: TraceModel) -> pl.DataFrame:
     """The span columns the trace shows, read from the lazy scan (not every attribute)."""
     scan = model.scan_spans()
     have = scan.collect_schema()
     wanted = ["name", "start_ns", "end_ns", "span_id", "role", "pid", "tp_rank", "server", sc.RID,
-              sc.FORWARD_SPAN_ID, sc.GPU_START_NS, sc.GPU_END_NS, sc.CACHE_USED, sc.CACHE_EVICTABLE, *_ARG_COLUMNS]
+              sc.FORWARD_SPAN_ID, sc.GPU_START_NS, sc.GPU_END_NS, sc.CACHE_USED, sc.CACHE_EVICTABLE, sc.PD_ROOM,
+              *_ARG_COLUMNS]
     return scan.select(list(dict.fromkeys(c for c in wanted if c in have))).collect().sort("start_ns", maintain_order=True)
 
 
@@ -80,6 +89,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     requests_group = w.track(uuid_of("requests"), "Requests")
     linked = _linked_forwards(spans)
     flow_ids = {s: uuid_of("flow:" + s) for s in linked.to_list()}
+    flow_ids.update({k: uuid_of(k) for k in _pd_flows(spans)})
     is_request = col("name").is_in(list(_REQUEST_NAMES)) & col(sc.RID).is_not_null() & (col(sc.RID) != "")
     process_key = (pl.col("server").cast(pl.String) + ":" if several else pl.lit("")) + pl.col("pid").fill_null(0).cast(
         pl.String)
@@ -102,6 +112,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     track_key = pl.when("_req").then(REQUEST_TRACE_KEY_PREFIX + col(sc.RID)).otherwise("thread:" + pl.col("_proc"))
     fwd_col = col(sc.FORWARD_SPAN_ID)
     flow_of = (pl.when(pl.col("name") == sc.FORWARD).then(pl.col("span_id"))
+               .when(pl.col("name").is_in(sc.PD_FLOW)).then("pd:" + col(sc.PD_ROOM).cast(pl.String))
                .when(pl.col("name") != sc.REQUEST_PREFILL_CHUNK).then(fwd_col))
     args = [c for c in _ARG_COLUMNS if c in spans.columns]
     slices = spans.select(

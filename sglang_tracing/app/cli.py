@@ -74,13 +74,14 @@ def _diff(args, rest) -> int:
 
 
 def _experiment(args, rest) -> int:
+    from sglang_tracing.app.experiments import pd as pd_experiment
     from sglang_tracing.app.experiments import runners
     from sglang_tracing.app.experiments.common import Experiment, finish
     from sglang_tracing.app.serving import ServerError
 
     exp = Experiment(args.name, args)
     run = {"baseline": runners.baseline, "radix": runners.radix, "backends": runners.backends,
-           "tp": runners.tp, "nsys": lambda e: runners.profiled(e, "nsys"),
+           "tp": runners.tp, "pd": pd_experiment.run, "nsys": lambda e: runners.profiled(e, "nsys"),
            "ncu": lambda e: runners.profiled(e, "ncu")}[args.name]
     try:
         written = run(exp)
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                            ("perfetto", "export a trace dir as a native Perfetto trace")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("trace_dir", nargs="*", help="trace dir; several are merged, each one a server in the "
-                                                    "reports (none when only profiler files are analyzed)")
+                                                    "reports (none when only profiler files are analyzed); a "
+                                                    "prefill and a decode server's dirs also give the PD report")
         p.add_argument("--nsys", help="Nsight Systems export (.sqlite, or .nsys-rep with nsys on PATH)")
         p.add_argument("--kineto", help="Kineto / Chrome-trace JSON (.json or .json.gz)")
         if name == "analyze":
@@ -175,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_diff)
     p = sub.add_parser("experiment", help="run one of the plan's experiments end to end",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp"])
+    p.add_argument("name", choices=["baseline", "radix", "backends", "nsys", "ncu", "tp", "pd"])
     from sglang_tracing.app.experiments.common import add_common_options
 
     add_common_options(p)

@@ -43,10 +43,13 @@ class _Exchange:
     line_start: int = 0  # where the next unread streamed line begins in ``body``
     chunk_ns: list[int] = dataclasses.field(default_factory=list)
     last: dict | None = None
+    address: tuple | None = None
 
 
-def _request_bytes(conn: h11.Connection, host: str, path: str, payload: bytes, keep_alive: bool) -> bytes:
-    headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+def _request_bytes(conn: h11.Connection, host: str, path: str, payload: bytes, keep_alive: bool,
+                   extra: list | None = None) -> bytes:
+    headers = [("Host", host), ("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+               *(extra or [])]
     if not keep_alive:
         headers.append(("Connection", "close"))
     return (conn.send(h11.Request(method="POST", target=path, headers=headers)) + conn.send(h11.Data(data=payload))
@@ -97,25 +100,39 @@ def _finish(ex: _Exchange, done_ns: int) -> dict:
 
 
 def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120,
-              keep_alive: bool = False, on_done: Callable[[int], None] | None = None) -> list[dict]:
+              keep_alive: bool = False, on_done: Callable[[int], None] | None = None,
+              headers: dict | None = None) -> list[dict]:
     """POST each body to ``url`` with at most ``concurrency`` in flight; each response's JSON (the last
     streamed one when ``body["stream"]``) plus ``client``: sent_ns, chunk_ns (one per streamed chunk;
     for a whole response, when it ended), done_ns, kept_alive (sent on a connection that carried an earlier request). Raises
     HTTPStatusError, TimeoutError or OSError. ``on_done(n)`` is called as the n-th response completes."""
-    parts = urlsplit(url)
-    address, host_header = (parts.hostname, parts.port or 80), parts.netloc
-    todo = deque(enumerate(bodies))
-    results: list[dict | None] = [None] * len(bodies)
+    return post_json_to([(url, body) for body in bodies], concurrency, timeout, keep_alive, headers, on_done=on_done)
+
+
+def post_json_to(targets: list[tuple], concurrency: int = 1, timeout: float = 120,
+                 keep_alive: bool = False, headers: dict | None = None, together: int = 1,
+                 on_done: Callable[[int], None] | None = None) -> list[dict]:
+    """``post_json`` with a URL for each body (sent in this order, from the same one thread), started
+    ``together`` at a time: e.g. a prefill-decode pair's two halves of each request. ``headers`` go on
+    every request; a target ``(url, body, headers)`` adds its own."""
+    todo = deque(enumerate(targets))
+    results: list[dict | None] = [None] * len(targets)
     active: dict[int, _Exchange] = {}
-    idle: list[tuple[socket.socket, h11.Connection]] = []  # kept-alive connections between requests
+    idle: dict[tuple, list[tuple[socket.socket, h11.Connection]]] = {}  # kept-alive connections, by address
+    extra = list((headers or {}).items())
     with selectors.DefaultSelector() as sel:
         try:
             while todo or active:
-                while todo and len(active) < concurrency:
-                    i, body = todo.popleft()
-                    ex = _start(i, body, address, host_header, parts.path or "/", timeout, keep_alive, idle)
-                    active[i] = ex
-                    sel.register(ex.sock, selectors.EVENT_READ, ex)
+                while todo and len(active) + together <= max(concurrency, together):
+                    for _ in range(min(together, len(todo))):
+                        i, (url, body, *own) = todo.popleft()
+                        parts = urlsplit(url)
+                        address = (parts.hostname, parts.port or 80)
+                        ex = _start(i, body, address, parts.netloc, parts.path or "/", timeout, keep_alive,
+                                    idle.setdefault(address, []), extra + list((own[0] or {}).items()) if own else extra)
+                        ex.address = address
+                        active[i] = ex
+                        sel.register(ex.sock, selectors.EVENT_READ, ex)
                 wait = min(ex.deadline for ex in active.values()) - time.monotonic()
                 events = sel.select(max(wait, 0))
                 now = time.time_ns()
@@ -126,34 +143,35 @@ def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float
                         del active[ex.index]
                         results[ex.index] = _finish(ex, time.time_ns())
                         if on_done is not None:
-                            on_done(len(bodies) - len(todo) - len(active))
+                            on_done(len(targets) - len(todo) - len(active))
                         if keep_alive and ex.conn.our_state is ex.conn.their_state is h11.DONE:
                             ex.conn.start_next_cycle()
-                            idle.append((ex.sock, ex.conn))
+                            idle[ex.address].append((ex.sock, ex.conn))
                         else:
                             ex.sock.close()
                 if any(ex.deadline <= time.monotonic() for ex in active.values()):
-                    raise TimeoutError(f"no complete response from {url} within {timeout:.0f} s")
+                    late = next(ex for ex in active.values() if ex.deadline <= time.monotonic())
+                    raise TimeoutError(f"no complete response from {targets[late.index][0]} within {timeout:.0f} s")
         finally:
-            for sock in [ex.sock for ex in active.values()] + [sock for sock, _ in idle]:
+            for sock in [ex.sock for ex in active.values()] + [sock for pool in idle.values() for sock, _ in pool]:
                 sock.close()
     return results  # type: ignore[return-value]
 
 
 def _start(i: int, body: dict, address: tuple[str, int], host: str, path: str, timeout: float,
-           keep_alive: bool, idle: list) -> _Exchange:
+           keep_alive: bool, idle: list, headers: list | None = None) -> _Exchange:
     payload = json.dumps(body).encode()
     while idle:  # a kept-alive connection the server may have closed meanwhile: then the next, or a new one
         sock, conn = idle.pop()
         try:
             sock.setblocking(True)
-            return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, True), timeout, True)
+            return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, True, headers), timeout, True)
         except OSError:
             sock.close()
     sock = socket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = h11.Connection(h11.CLIENT)
-    return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, keep_alive), timeout, False)
+    return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, keep_alive, headers), timeout, False)
 
 
 def _send(i: int, body: dict, sock: socket.socket, conn: h11.Connection, data: bytes, timeout: float,

@@ -23,20 +23,22 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from sglang_tracing import __version__, semconv as sc
-from sglang_tracing.runtime.ids import request_root_span_id, rid_of_trace_key, trace_id_for
-from sglang_tracing.runtime.ids import new_span_id
+from sglang_tracing.runtime.ids import new_span_id, request_root_span_id, rid_of_trace_key, trace_id_for, trace_id_of_key
+from sglang_tracing.runtime.trace_context import NotedTraces
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, MSG_SAMPLER, PARENT_IS_REQUEST_ROOT, read_message
 from sglang_tracing.runtime.span_files import SpanFile
 
 logger = logging.getLogger("sglang_tracing.exporter")
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+EXPORTER_NICENESS = 10  # on a host with few cores, bursts of span encoding must not take a request's CPU
 
 
 class SpanBuilder:
     """Turns raw records into SDK ReadableSpans sharing one Resource."""
 
-    def __init__(self, resource_attrs: dict):
+    def __init__(self, resource_attrs: dict, noted: NotedTraces | None = None):
         self.resource = Resource.create(resource_attrs)
+        self.noted = noted  # requests the tokenizer process put in another trace (a caller's, a PD pair's)
         self.scope = InstrumentationScope(sc.SCOPE, __version__)
         self._trace_ids: dict[str, int] = {}
         self._fallback_trace = trace_id_for(f"process:{resource_attrs.get(sc.RES_PID)}")
@@ -48,7 +50,8 @@ class SpanBuilder:
         if tid is None:
             if len(self._trace_ids) > 100_000:
                 self._trace_ids.clear()
-            tid = self._trace_ids[key] = trace_id_for(key)
+            noted = self.noted.get(rid_of_trace_key(key)) if self.noted is not None else None
+            tid = self._trace_ids[key] = noted or trace_id_of_key(key)
         return tid
 
     def build(self, record) -> ReadableSpan:
@@ -108,12 +111,13 @@ def serve(stdin, out_path: str, otlp_endpoint: str | None, max_mb: float = 0, ke
         otlp = _otlp_exporter(otlp_endpoint)
         if otlp is not None:
             exporters.append(otlp)
-    builder = SpanBuilder({})
+    noted = NotedTraces(os.path.dirname(os.path.abspath(out_path)))
+    builder = SpanBuilder({}, noted)
     sampler = None
     while (msg := read_message(stdin)) is not None:
         kind, payload = msg
         if kind == MSG_RESOURCE:
-            builder = notes.builder = SpanBuilder(payload)
+            builder = notes.builder = SpanBuilder(payload, noted)
         elif kind == MSG_RECORDS:
             spans = [builder.build(r) for r in payload]
             if span_file.deleted:
@@ -166,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     # must outlive it long enough to write what is still in the pipe.
     if os.fork() > 0:
         os._exit(0)
+    try:  # encoding and exporting wait their turn behind the server they record (and a client timing it)
+        os.nice(EXPORTER_NICENESS)
+    except OSError:
+        pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="sglang-tracing exporter: %(message)s")

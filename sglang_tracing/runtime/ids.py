@@ -23,12 +23,26 @@ def request_root_span_id(rid: str) -> int:
 
 
 REQUEST_TRACE_KEY_PREFIX = "req:"
+_EXPLICIT = "\x1f"  # separates a rid from the trace id it was given (a caller's, or a PD pair's)
 
 
-def request_trace_key(rid: str) -> str:
-    """The trace key of a request's spans, in every process: its trace id is derived from it."""
-    return REQUEST_TRACE_KEY_PREFIX + rid
+def request_trace_key(rid: str, trace_id: int | None = None) -> str:
+    """The trace key of a request's spans, in every process: its trace id is derived from it, or is
+    ``trace_id`` when the request was given one (a caller's ``traceparent``, a PD pair's)."""
+    key = REQUEST_TRACE_KEY_PREFIX + rid
+    return key if trace_id is None else f"{key}{_EXPLICIT}{trace_id:032x}"
 
 
 def rid_of_trace_key(key: str) -> str:
-    return key.removeprefix(REQUEST_TRACE_KEY_PREFIX)
+    return key.removeprefix(REQUEST_TRACE_KEY_PREFIX).partition(_EXPLICIT)[0]
+
+
+def trace_id_of_key(key: str) -> int:
+    """The trace id a trace key stands for."""
+    _, sep, explicit = key.partition(_EXPLICIT)
+    return int(explicit, 16) if sep else trace_id_for(key)
+
+
+def pd_trace_id(bootstrap_host, bootstrap_port, bootstrap_room) -> int:
+    """One trace id for a request's prefill and decode halves, from what the router gives both servers."""
+    return trace_id_for(f"pd:{bootstrap_host}:{bootstrap_port}:{bootstrap_room}")

@@ -85,6 +85,11 @@ def weights_of(manifest: dict) -> str | None:
     return "dummy" if load_format == "dummy" else "real"
 
 
+def _role_of(args: dict) -> str:
+    mode = args.get("disaggregation_mode")
+    return mode if isinstance(mode, str) and mode not in ("", "null") else "unified"
+
+
 def build(config: TraceConfig, server_args=None) -> dict:
     args = {}
     if server_args is not None and dataclasses.is_dataclass(server_args):
@@ -105,6 +110,9 @@ def build(config: TraceConfig, server_args=None) -> dict:
         "model_config": _model_config(args),
         "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                  "cpu_count": os.cpu_count()},
+        "identity": {"service_name": config.service_name, "service_instance": config.service_instance,
+                     "server_role": config.server_role or _role_of(args), "host_name": config.host_name
+                     or socket.gethostname()},
         "gpu": _gpus(),
         "clock": {"realtime_ns": time.time_ns(), "monotonic_ns": time.monotonic_ns(),
                   "perf_counter_ns": time.perf_counter_ns(),

@@ -2,6 +2,10 @@
 
 A range is named ``"<span name> <span id as 16 hex digits>"``. Without nsys attached the
 nvtx library's calls are near-free no-ops (~0.2 us a push/pop pair, measured on CPU).
+
+Kineto (the torch profiler) records no NVTX, so while a torch profiler records (``follow_torch_profiler``,
+checked once per model forward) each range also opens a ``torch.profiler.record_function`` range of
+the same name: Kineto's user annotations then carry the span, layer and op ranges.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 _domain = None
 _enabled = False
+_annotate = False  # a torch profiler records: ranges are user annotations too
+_record_function = None  # torch.autograd.profiler.record_function, once a profiler was seen
+_open: list = []  # the annotation of each range pushed (None where none was opened)
 
 
 def enable() -> bool:
@@ -33,15 +40,46 @@ def range_name(span_name: str, span_id: int) -> str:
     return f"{span_name} {span_id:016x}"
 
 
+def follow_torch_profiler() -> bool:
+    """Whether a torch profiler records now (torch is loaded: SGLang's model runner calls this); ranges
+    pushed from here on are annotated while it does."""
+    global _annotate, _record_function
+    import torch
+
+    _annotate = torch.autograd._profiler_enabled()
+    if _annotate and _record_function is None:
+        _record_function = torch.autograd.profiler.record_function
+    return _annotate
+
+
+def annotation(name: str):
+    """A ``record_function`` range opened now, or None unless a torch profiler records."""
+    if not _annotate:
+        return None
+    note = _record_function(name)
+    note.__enter__()
+    return note
+
+
+def close(note) -> None:
+    if note is not None:
+        note.__exit__(None, None, None)
+
+
 def push(span_name: str, span_id: int = 0) -> None:
-    if _enabled:
+    message = None
+    if _enabled or _annotate:
         message = range_name(span_name, span_id) if span_id else span_name
-        _domain.push_range(_domain.get_event_attributes(message=message))
+        if _enabled:
+            _domain.push_range(_domain.get_event_attributes(message=message))
+    _open.append(annotation(message) if message else None)  # one entry per push keeps pops paired
 
 
 def pop() -> None:
     if _enabled:
         _domain.pop_range()
+    if _open:
+        close(_open.pop())
 
 
 def attributes(name: str):
@@ -53,3 +91,9 @@ def attributes(name: str):
 def push_attributes(attrs) -> None:
     if attrs is not None:
         _domain.push_range(attrs)
+
+
+def pop_attributes(attrs) -> None:
+    """Close a range ``push_attributes(attrs)`` opened."""
+    if attrs is not None:
+        _domain.pop_range()

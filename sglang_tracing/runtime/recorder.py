@@ -98,7 +98,7 @@ class Recorder:
 
     def _resource(self) -> dict:
         res = {
-            "service.name": "sglang",
+            sc.RES_SERVICE_NAME: self.config.service_name,
             sc.RES_ROLE: self.role,
             sc.RES_PID: self.pid,
             sc.RES_CLOCK_REALTIME: time.time_ns(),
@@ -113,6 +113,10 @@ class Recorder:
                                      f"of the last {c.keep_window} (0: off); failed")
         if self.tp_rank is not None:
             res[sc.RES_TP_RANK] = self.tp_rank
+        for key, value in ((sc.RES_SERVICE_INSTANCE, self.config.service_instance),
+                           (sc.RES_SERVER_ROLE, self.config.server_role), (sc.RES_HOST_NAME, self.config.host_name)):
+            if value:
+                res[key] = value
         return res
 
     # ---- hot path ----

@@ -1,0 +1,91 @@
+"""``sglang-trace experiment pd``: a prefill-decode pair (and ``sglang-router`` in PD mode where it
+is installed), the plan's workload at two loads (one request at a time, then ``--concurrency``),
+one PD report per load and a summary of which stage dominates TTFT at each."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+from sglang_tracing.app.experiments.common import Experiment
+from sglang_tracing.app.otlp_receiver import ReceiverProcess, write_manifest
+from sglang_tracing.app.pd import PdClient, PdPair, Router
+from sglang_tracing.app.serving import ServerError, wait_for_exporters
+from sglang_tracing.models.builder import prompt_of_length
+
+
+ROUTER_REQUEST_SPAN = "http_request"  # sglang-router's span of each request it serves
+
+
+def _served(spans: list[dict]) -> list[dict]:
+    """The router's spans of requests it answered with 200."""
+    return [s for s in spans if s["name"] == ROUTER_REQUEST_SPAN and any(
+        a["key"] == "status_code" and a["value"].get("stringValue") == "200" for a in s.get("attributes", []))]
+
+
+def router_available() -> bool:
+    return importlib.util.find_spec("sglang_router") is not None
+
+
+def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
+    cell = f"load-{load}"
+    done = exp.done(cell)
+    if done is not None:
+        return done
+    folder = exp.out / cell
+    folder.mkdir(parents=True, exist_ok=True)
+    dirs = (str(folder / "prefill"), str(folder / "decode"))
+    pair = PdPair(exp.model_path(), dirs, exp.server_args(), str(folder), tracing_args=exp.tracing_args())
+    exp.servers += pair.servers
+    receiver = router = None
+    try:
+        pair.wait_ready(timeout=exp.args.ready_timeout)
+        client = pair.client
+        if router_available():
+            receiver = ReceiverProcess(str(folder / "router"), label="router")
+            router = Router(pair, str(folder / "router.log"), receiver.grpc_endpoint)  # None: untraced router
+            try:
+                client = PdClient(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
+                router.wait_ready(client)
+                write_manifest(str(folder / "router"), "router", router.cmd)
+            except ServerError as exc:  # the pair is still served directly, the way the router would
+                print(f"sglang-trace: {cell}: sglang-router did not start ({exc}); sending to the pair directly",
+                      file=sys.stderr)
+                router.stop()
+                router, client = None, pair.client
+        print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
+              + (" through sglang-router" if router else ""), file=sys.stderr)
+        outs = client.generate_all(prompts, exp.args.output_len, load)
+        if router is not None:  # it exports in batches: its spans of this cell's requests first
+            receiver.wait_for(lambda spans: len(_served(spans)) > len(prompts), timeout=30)  # + its readiness
+    finally:
+        if router is not None:
+            router.stop()
+        pair.stop()
+        for server in pair.servers:
+            exp.servers.remove(server)
+        if receiver is not None:
+            receiver.stop()
+        for d in dirs:
+            wait_for_exporters(d, timeout=60)
+    ttft = sorted((o["client"]["first_ns"] - o["client"]["sent_ns"]) / 1e6 for o in outs)
+    return exp.record(cell, {"load": load, "requests": len(outs), "client_ttft_ms": ttft,
+                             "dirs": [str(d) for d in dirs], "router": bool(router)})
+
+
+def run(exp: Experiment) -> None:
+    args = exp.args
+    prompts = [prompt_of_length(args.prompt_len, seed=i, vocab_size=exp.vocab) for i in range(args.num_requests)]
+    results = [_cell(exp, load, prompts) for load in sorted({1, max(1, args.concurrency)})]
+    from sglang_tracing.analyzer import api
+
+    written = []
+    runs = {}
+    for result in results:
+        cell = exp.out / f"load-{result['load']}"
+        dirs = [str(cell / side) for side in ("prefill", "decode", "router")
+                if side != "router" or list((cell / side).glob("spans-*.jsonl*"))]
+        written += api.analyze(dirs, reports="timeline", out_dir=str(cell / "reports"), formats="text,md")
+        runs[f"{result['load']} in flight"] = dirs
+    written += api.pd_loads(runs, str(exp.out))
+    (exp.out / "written.json").write_text(json.dumps(written, indent=1))

@@ -1,0 +1,179 @@
+"""A prefill-decode pair of (traced) SGLang servers, the router in front where it runs, and a client
+that sends each request the way the router does: the same body, with one ``bootstrap_host/port/room``,
+to the prefill and the decode server at once; the decode server's response is the user's.
+
+The KV transfer backend is Mooncake over TCP (``mooncake-transfer-engine-non-cuda`` on CPU hosts;
+SGLang's ``fake`` backend is refused by a prefill server).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+
+from sglang_tracing.app.serving import Server, ServerError, free_port
+from sglang_tracing.app.timed_http import post_json, post_json_to
+from sglang_tracing.semconv import READINESS_RID_PREFIX
+
+TRANSFER_ENV = {"MOONCAKE_PROTOCOL": "tcp"}
+BACKEND = "mooncake"
+
+
+def pd_args(mode: str, bootstrap_port: int) -> list[str]:
+    args = ["--disaggregation-mode", mode, "--disaggregation-transfer-backend", BACKEND]
+    return args + (["--disaggregation-bootstrap-port", str(bootstrap_port)] if mode == "prefill" else [])
+
+
+@contextlib.contextmanager
+def _no_gc_pauses():
+    """A collection of a big process's heap (a test runner's, an experiment's) takes tens of ms: long
+    enough to stamp a response that long after it arrived. None runs while the client times requests."""
+    gc.freeze()  # what exists now is never scanned again
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.unfreeze()
+
+
+class PdClient:
+    """Sends PD requests to a prefill and a decode server (or a router in front of them), timed by one
+    thread (``timed_http``): each request's prefill half is sent first, its decode half right after."""
+
+    def __init__(self, prefill_url: str, decode_url: str, bootstrap_port: int, router_url: str | None = None,
+                 bootstrap_host: str = "127.0.0.1"):
+        self.prefill_url, self.decode_url, self.router_url = prefill_url, decode_url, router_url
+        self.bootstrap_host, self.bootstrap_port = bootstrap_host, bootstrap_port
+
+    def generate(self, prompt: str, max_new_tokens: int = 8, stream: bool = True, headers: dict | None = None,
+                 rid: str | None = None, timeout: float = 180) -> dict:
+        return self.generate_all([prompt], max_new_tokens, 1, stream, headers, [rid], timeout)[0]
+
+    def generate_all(self, prompts: list[str], max_new_tokens: int = 8, concurrency: int = 1,
+                     stream: bool = True, headers: dict | None = None, rids: list | None = None,
+                     timeout: float = 180, headers_each: list[dict | None] | None = None) -> list[dict]:
+        """SGLang's JSON of each request's decode side plus ``client``: sent_ns (its first byte sent to
+        either server), first_ns (the decode response's first chunk), done_ns, room (None via a router).
+        ``headers_each``: a request's own headers (e.g. a caller's traceparent), on both its halves."""
+        bodies = []
+        for prompt, rid in zip(prompts, rids or [None] * len(prompts)):
+            body = {"text": prompt, "stream": stream,
+                    "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
+            if rid is not None:
+                body["rid"] = rid
+            bodies.append(body)
+        if self.router_url:
+            with _no_gc_pauses():
+                outs = post_json(self.router_url + "/generate", bodies, concurrency, timeout, headers=headers)
+            for out in outs:
+                c = out["client"]
+                out["client"] = {"sent_ns": c["sent_ns"], "first_ns": c["chunk_ns"][0], "done_ns": c["done_ns"],
+                                 "room": None}
+            return outs
+        targets = []
+        for body, own in zip(bodies, headers_each or [None] * len(bodies)):
+            pair = {**body, "bootstrap_host": self.bootstrap_host, "bootstrap_port": self.bootstrap_port,
+                    "bootstrap_room": random.getrandbits(62)}
+            targets += [(self.prefill_url + "/generate", {**pair, "stream": False}, own),
+                        (self.decode_url + "/generate", pair, own)]
+        with _no_gc_pauses():
+            outs = post_json_to(targets, 2 * max(1, concurrency), timeout, headers=headers, together=2)
+        results = []
+        for (_, body, _), prefill, decode in zip(targets[1::2], outs[0::2], outs[1::2]):
+            decode["client"] = {"sent_ns": min(prefill["client"]["sent_ns"], decode["client"]["sent_ns"]),
+                                "first_ns": decode["client"]["chunk_ns"][0], "done_ns": decode["client"]["done_ns"],
+                                "room": body["bootstrap_room"]}
+            results.append(decode)
+        return results
+
+
+class PdPair:
+    """A traced prefill server and decode server on this host (``trace_dirs`` None: untraced)."""
+
+    def __init__(self, model_path: str, trace_dirs: tuple[str, str] | None, extra_args: list[str],
+                 log_dir: str, tracing_args: list[str] | None = None, env: dict | None = None,
+                 wrap: list[str] | None = None):
+        self.bootstrap_port = free_port()
+        env = {**TRANSFER_ENV, **(env or {})}
+        self.servers: list[Server] = []
+        for i, mode in enumerate(("prefill", "decode")):
+            ident = ["--server-role", mode, "--service-name", f"sglang-{mode}"]
+            self.servers.append(Server(model_path, trace_dir=trace_dirs[i] if trace_dirs else None,
+                                       extra_args=[*extra_args, *pd_args(mode, self.bootstrap_port)],
+                                       tracing_args=[*(tracing_args or []), *ident], env=env, wrap=wrap,
+                                       log_path=os.path.join(log_dir, f"{mode}.log")))
+        self.prefill, self.decode = self.servers
+        self.client = PdClient(self.prefill.url, self.decode.url, self.bootstrap_port)
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        """Both serve /model_info, then one PD round trip (a readiness probe, recorded as such) completes."""
+        deadline = time.time() + timeout
+        for server in self.servers:
+            server.wait_ready(timeout=max(deadline - time.time(), 1), round_trip=False)
+        while True:
+            try:
+                self.client.generate("ready", 1, stream=False, rid=f"{READINESS_RID_PREFIX}{uuid.uuid4().hex}",
+                                     timeout=max(deadline - time.time(), 1))
+                return
+            except (OSError, ValueError):
+                if time.time() > deadline:
+                    raise ServerError(f"the PD pair did not serve a request within {timeout:.0f} s; "
+                                      f"logs: {self.prefill.log_path}, {self.decode.log_path}") from None
+                time.sleep(1)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Router:
+    """``sglang-router`` in PD mode in front of a pair, exporting its own spans over OTLP when asked."""
+
+    def __init__(self, pair: PdPair, log_path: str, otlp_endpoint: str | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "sglang_router.launch_router", "--pd-disaggregation",
+               "--prefill", pair.prefill.url, str(pair.bootstrap_port), "--decode", pair.decode.url,
+               "--host", "127.0.0.1", "--port", str(self.port), "--policy", "round_robin"]
+        if otlp_endpoint:
+            cmd += ["--enable-trace", "--otlp-traces-endpoint", otlp_endpoint]
+        self.log_path, self.cmd = log_path, cmd
+        with open(log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, client: PdClient, timeout: float = 180) -> None:
+        """Until one request went through it: it answers /health before it has registered its workers."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerError(f"router exited with code {self.proc.returncode}; log: {self.log_path}")
+            try:
+                client.generate("ready", 1, stream=False, rid=f"{READINESS_RID_PREFIX}{uuid.uuid4().hex}",
+                                timeout=max(deadline - time.time(), 1))
+                return
+            except (OSError, ValueError):
+                time.sleep(1)
+        raise ServerError(f"router did not serve a request within {timeout:.0f} s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(5)
