@@ -6,10 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from sglang_tracing.analyzer.errors import TraceError
-from sglang_tracing.analyzer.model import Source, TraceModel, load_trace_dirs, profiles_only
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dirs
+from sglang_tracing.analyzer.model import Loaded, Source, TraceModel, profiles_only
 from sglang_tracing.analyzer.report import Section
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import TraceError, UsageError
 
 REPORTS = ("story", "radix", "timeline", "attention")
 
@@ -54,21 +54,22 @@ def load(trace_dir: str | list[str] | None, nsys: str | None = None, kineto: str
     if ncu:
         from sglang_tracing.analyzer.loaders import ncu as ncu_loader
 
-        model.ncu, model.ncu_rules = ncu_loader.read_profile(ncu)
+        metrics, rules = ncu_loader.read_profile(ncu)
+        model = model.with_loaded(Loaded({"ncu": metrics, "ncu_rules": rules}, None))
     if nsys:
         from sglang_tracing.analyzer.loaders import nsys as nsys_loader
         from sglang_tracing.analyzer.loaders import nsys_stats
 
         if nsys_stats.looks_like_stats(nsys):
-            model.nsys_stats.update(nsys_stats.read_all(nsys))
-            model.sources.append(Source("nsys_stats", nsys, "none (totals only)",
-                                        counts={"tables": len(model.nsys_stats)}))
+            tables = nsys_stats.read_all(nsys)
+            source = Source("nsys_stats", nsys, "none (totals only)", counts={"tables": len(tables)})
+            model = model.with_loaded(Loaded({}, source), nsys_stats=tables)
         else:
-            nsys_loader.attach(model, nsys)
+            model = model.with_loaded(nsys_loader.load(nsys, model.spans))
     if kineto:
         from sglang_tracing.analyzer.loaders import kineto as kineto_loader
 
-        kineto_loader.attach(model, kineto)
+        model = model.with_loaded(*kineto_loader.load(kineto))
     return model
 
 
@@ -82,7 +83,7 @@ def build_reports(model: TraceModel, names: list[str], request: str = "slowest",
                 "attention": lambda: attention.build_report(model)}
     reports = [builders[n]() for n in names]
     if servers.merged(model):
-        servers.add_breakdowns(reports, model)
+        servers.add_to(reports, servers.compute(model, set(names)))
     recording.add_to_reports(reports, model)
     if model.cut_files:
         for report in reports:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 def _backends():
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    return experiments.backends, backends.build_report
+    return backends_experiment.load, backends.build_report
 
 
 def _tp_scaling():
@@ -21,9 +21,9 @@ def _tp_scaling():
 
 def _spec():
     from sglang_tracing.analyzer.analyses import spec_experiment
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    return experiments.backends, spec_experiment.build_report
+    return backends_experiment.load, spec_experiment.build_report
 
 
 def _radix():

@@ -161,7 +161,7 @@ def ttft_agreement(trace_dir: str, rounds: list[dict]) -> dict:
     first byte -> client's first chunk, in microseconds."""
     try:
         from sglang_tracing.analyzer.analyses.requests import request_table
-        from sglang_tracing.analyzer.model import load_trace_dir
+        from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
     except ImportError as exc:  # a bare GPU host: the trace dir (--keep) can be checked elsewhere
         return {"computed": False, "why": f"analyzer not importable here ({exc.name})"}
     model = load_trace_dir(trace_dir, use_cache=False)

@@ -70,26 +70,35 @@ def _named(hook: Callable, name: str) -> Callable:
     return hook
 
 
+def _started(rec: SpanSink, name: str, before: HookFn | None, state, args, kwargs) -> Call:
+    """The call's record once ``before`` ran: the original starts now."""
+    call = Call(rec)
+    call.token = _guarded(name, before, state, call, args, kwargs)
+    call.start_ns = time_ns()
+    return call
+
+
+def _returned(call: Call, result, name: str, after: HookFn | None, state, args, kwargs) -> None:
+    call.end_ns, call.result = time_ns(), result
+    _guarded(name, after, state, call, args, kwargs)
+
+
 def around(name: str, *, state, after: HookFn | None = None, before: HookFn | None = None,
            cleanup: HookFn | None = None, inject_fault: str | None = None) -> Callable:
     """An AROUND hook timing the original call."""
-    if inject_fault == name:
-        after = _faulty(name)
+    after = _faulty(name) if inject_fault == name else after
 
     def hook(original, *args, **kwargs):
         rec = recorder.active()
         if rec is None:
             return original(*args, **kwargs)
-        call = Call(rec)
-        call.token = _guarded(name, before, state, call, args, kwargs)
-        call.start_ns = time_ns()
+        call = _started(rec, name, before, state, args, kwargs)
         try:
             result = original(*args, **kwargs)
         except BaseException:
             _guarded(name, cleanup, state, call, args, kwargs)
             raise
-        call.end_ns, call.result = time_ns(), result
-        _guarded(name, after, state, call, args, kwargs)
+        _returned(call, result, name, after, state, args, kwargs)
         return result
 
     return _named(hook, name)
@@ -98,8 +107,7 @@ def around(name: str, *, state, after: HookFn | None = None, before: HookFn | No
 def around_async(name: str, *, state, after: HookFn, before: HookFn | None = None,
                  inject_fault: str | None = None) -> Callable:
     """``around`` for coroutine functions: the hook returns the awaited original's result."""
-    if inject_fault == name:
-        after = _faulty(name)
+    after = _faulty(name) if inject_fault == name else after
 
     def hook(original, *args, **kwargs):
         rec = recorder.active()
@@ -107,12 +115,9 @@ def around_async(name: str, *, state, after: HookFn, before: HookFn | None = Non
             return original(*args, **kwargs)
 
         async def timed():
-            call = Call(rec)
-            call.token = _guarded(name, before, state, call, args, kwargs)
-            call.start_ns = time_ns()
+            call = _started(rec, name, before, state, args, kwargs)
             result = await original(*args, **kwargs)
-            call.end_ns, call.result = time_ns(), result
-            _guarded(name, after, state, call, args, kwargs)
+            _returned(call, result, name, after, state, args, kwargs)
             return result
 
         return timed()
@@ -127,8 +132,7 @@ def after_setup(name: str, *, state, on_init: HookFn, inject_fault: str | None =
     Set-up happens before a process has a recorder (``call.rec`` may be None), so this hook has no
     fast path; failures are logged, and counted once a recorder exists.
     """
-    if inject_fault == name:
-        on_init = _faulty(name)
+    on_init = _faulty(name) if inject_fault == name else on_init
 
     def hook(original, *args, **kwargs):
         start = time_ns()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from sglang_tracing.config import TraceConfig, UsageError
+from sglang_tracing.config import TraceConfig
+from sglang_tracing.errors import UsageError
 from sglang_tracing.runtime import detail_control
 from sglang_tracing.runtime.cuda_graphs import graph_note, graph_phases
 

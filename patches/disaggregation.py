@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.patches import _targets, scheduler
+from sglang_tracing.patches import _targets, request_spans
 from sglang_tracing.patches._wrappers import Call, around
 from sglang_tracing.patches.state import SchedulerState
 
@@ -56,7 +56,7 @@ class PdMarks:
 
 
 def _marks(st: SchedulerState, req) -> PdMarks | None:
-    return scheduler._trace_of(st, req).pd
+    return request_spans.trace_of(st, req).pd
 
 
 def _room_attrs(req, mode: str) -> dict:
@@ -72,7 +72,7 @@ def _room(req) -> int:
 # ---- prefill server ----
 def _on_bootstrap_add(st: SchedulerState, call: Call, /, queue, req, *a, **k):
     if req in queue.queue:  # refused requests (too long) never enter it
-        scheduler._trace_of(st, req).pd = PdMarks(call.start_ns, len(queue.queue) - 1)
+        request_spans.trace_of(st, req).pd = PdMarks(call.start_ns, len(queue.queue) - 1)
 
 
 def _on_pop_bootstrapped(st: SchedulerState, call: Call, /, queue, *a, **k):
@@ -109,7 +109,7 @@ def _on_inflight(st: SchedulerState, call: Call, /, sched, *a, **k):
     """Requests whose KV transfer finished (or failed): their spans on this server, written now."""
     rec, done = call.rec, call.result
     for req in done or ():
-        trace = scheduler._trace_of(st, req)
+        trace = request_spans.trace_of(st, req)
         marks = trace.pd
         if marks is None or trace.done:
             continue
@@ -121,7 +121,7 @@ def _on_inflight(st: SchedulerState, call: Call, /, sched, *a, **k):
             if metric.transfer_latency_s is not None:
                 marks.sglang_latency_s = float(metric.transfer_latency_s)
         trace.done = True
-        detail = scheduler.keep_decision(rec, req, trace, call.end_ns)
+        detail = request_spans.keep_decision(rec, req, trace, call.end_ns)
         if st.is_leader:
             _emit_prefill(st, rec, req, trace, detail)
     if done:
@@ -137,20 +137,20 @@ def _emit_prefill(st: SchedulerState, rec, req, trace, detail: str) -> None:
     key = st.trace_key(req.rid)
     marks = trace.pd
     attrs = _room_attrs(req, "prefill")
-    scheduler.emit_request(rec, req, trace, detail, key)
+    request_spans.emit_request(rec, req, trace, detail, key)
     if marks.bootstrap_done or marks.left_queue:
         rec.emit(sc.PD_BOOTSTRAP, marks.queued, marks.bootstrap_done or marks.left_queue,
-                 {**attrs, sc.PD_OUTSTANDING: marks.queue_len}, parent=scheduler.ROOT, trace_key=key)
+                 {**attrs, sc.PD_OUTSTANDING: marks.queue_len}, parent=request_spans.ROOT, trace_key=key)
     first_forward = trace.chunks[0].start_ns if trace.chunks else 0
     if marks.left_queue and first_forward:
-        rec.emit(sc.PD_PREFILL_QUEUE, marks.left_queue, first_forward, attrs, parent=scheduler.ROOT, trace_key=key)
+        rec.emit(sc.PD_PREFILL_QUEUE, marks.left_queue, first_forward, attrs, parent=request_spans.ROOT, trace_key=key)
     if marks.kv_send_start:
         rec.emit(sc.PD_KV_SEND, marks.kv_send_start, marks.kv_done, {
             **attrs, sc.PD_KV_BYTES: marks.kv_bytes, sc.PD_KV_TOKENS: marks.kv_tokens,
             sc.PD_KV_CHUNKS: marks.kv_chunks, sc.PD_SGLANG_LATENCY_S: marks.sglang_latency_s,
-            sc.PD_BACKEND: st.pd_backend}, parent=scheduler.ROOT, trace_key=key)
+            sc.PD_BACKEND: st.pd_backend}, parent=request_spans.ROOT, trace_key=key)
     if marks.metadata:
-        rec.emit(sc.PD_METADATA_SEND, marks.metadata[0], marks.metadata[1], attrs, parent=scheduler.ROOT,
+        rec.emit(sc.PD_METADATA_SEND, marks.metadata[0], marks.metadata[1], attrs, parent=request_spans.ROOT,
                  trace_key=key)
     st.trace_ids.pop(req.rid, None)
 
@@ -158,7 +158,7 @@ def _emit_prefill(st: SchedulerState, rec, req, trace, detail: str) -> None:
 # ---- decode server ----
 def _on_prealloc_add(st: SchedulerState, call: Call, /, queue, req, is_retracted=False, *a, **k):
     if not is_retracted and any(dr.req is req for dr in queue.queue):
-        scheduler._trace_of(st, req).pd = PdMarks(call.start_ns, len(queue.queue) - 1)
+        request_spans.trace_of(st, req).pd = PdMarks(call.start_ns, len(queue.queue) - 1)
 
 
 def _on_pop_preallocated(st: SchedulerState, call: Call, /, queue, *a, **k):
@@ -183,7 +183,7 @@ def _on_prebuilt(st: SchedulerState, call: Call, /, processor, batch, *a, **k):
     rec, end = call.rec, call.end_ns
     finished = []
     for req in batch.reqs:
-        trace = scheduler._trace_of(st, req)
+        trace = request_spans.trace_of(st, req)
         if trace.pd is None or trace.pd.first_out:
             continue
         trace.pd.first_out = end
@@ -192,7 +192,7 @@ def _on_prebuilt(st: SchedulerState, call: Call, /, processor, batch, *a, **k):
             trace.done = True
             finished.append(req)
     for req in finished:
-        detail = scheduler.keep_decision(rec, req, req._sgt, end)
+        detail = request_spans.keep_decision(rec, req, req._sgt, end)
         if st.is_leader:
             emit_decode_side(st, rec, req, req._sgt, detail)
     if finished:
@@ -204,7 +204,7 @@ def emit_decode_side(st: SchedulerState, rec, req, trace, detail: str = sc.KEPT_
     marks = trace.pd
     key = st.trace_key(req.rid)
     attrs = _room_attrs(req, "decode")
-    root = scheduler.ROOT
+    root = request_spans.ROOT
     if marks.preallocated:
         rec.emit(sc.PD_PREALLOC, marks.queued, marks.preallocated, {**attrs, sc.PD_OUTSTANDING: marks.queue_len},
                  parent=root, trace_key=key)
@@ -212,7 +212,7 @@ def emit_decode_side(st: SchedulerState, rec, req, trace, detail: str = sc.KEPT_
         rec.emit(sc.PD_KV_RECEIVE, marks.preallocated, marks.kv_received, attrs, parent=root, trace_key=key)
     if marks.kv_received and marks.first_out:
         rec.emit(sc.PD_FIRST_DECODE, marks.kv_received, marks.first_out, attrs, parent=root, trace_key=key)
-    scheduler.emit_request(rec, req, trace, detail, key)
+    request_spans.emit_request(rec, req, trace, detail, key)
     st.trace_ids.pop(req.rid, None)
 
 

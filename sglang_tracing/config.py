@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from sglang_tracing.errors import UsageError
+
 ENV_DIR = "SGLANG_TRACE_DIR"
 ENV_LEVEL = "SGLANG_TRACE_LEVEL"
 ENV_OTLP = "SGLANG_TRACE_OTLP_ENDPOINT"
@@ -46,10 +48,6 @@ ENV_ROLE = "SGLANG_TRACE_ROLE"
 ENV_HOST = "SGLANG_TRACE_HOST"
 DEFAULT_SERVICE_NAME = "sglang"
 
-
-class UsageError(ValueError):
-    """A user's option or argument is wrong: the CLI prints the message as one line and exits 2 (a
-    ValueError from anywhere else is a bug, and shows its traceback)."""
 
 MIN_NVML_INTERVAL_MS = 100  # GPM returns zeros below this on Hopper (measured on the H200)
 CAPTURE_IDLE_END_S = 1.0  # an idle pause this long ends an nsys capture window

@@ -11,9 +11,10 @@ import sys
 
 from sglang_tracing.runtime.manifest import MANIFEST
 from sglang_tracing.config import (
-    BATCH_KEEP_ALL, DEFAULT_KEEP_WINDOW, DEFAULT_MAX_QUEUED, LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig, UsageError,
+    BATCH_KEEP_ALL, DEFAULT_KEEP_WINDOW, DEFAULT_MAX_QUEUED, LEVELS, MIN_NVML_INTERVAL_MS, TraceConfig,
     parse_profile_steps, validate_always_on, validate_batch_keep, validate_nvml_interval,
 )
+from sglang_tracing.errors import UsageError
 
 
 RUN_FILE_PREFIXES = ("spans-", "nvml-", "gpu-")  # what a recording process writes into its trace dir

@@ -64,6 +64,8 @@ def dependency_conflict() -> str | None:
 
 
 def activate_cpu_compat() -> None:
-    from sglang_tracing.patches import cpu_compat
+    """Entry point of the fixes that let SGLang serve on a host without CUDA (its name is what installed
+    environments know it by)."""
+    from sglang_tracing.patches import no_cuda_fixes
 
-    cpu_compat.apply()
+    no_cuda_fixes.apply()

@@ -74,7 +74,7 @@ def _kill(p: psutil.Process) -> None:
 def test_parts_rotate_retention_deletes_oldest_and_says_so(tmp_path):
     """~300 bytes a span, 50 KB parts, 3 kept: the oldest parts go, the trace names them, the analyzer
     reads every span of the parts that remain."""
-    from sglang_tracing.analyzer.model import load_trace_dir
+    from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
     rec = Recorder(TraceConfig(trace_dir=str(tmp_path), span_file_max_mb=0.05, span_files_keep=3), "scheduler")
     _emit(rec, 0, 2000)
@@ -116,7 +116,7 @@ def small_tmpfs(tmp_path):
 def test_full_disk_stops_cleanly_and_says_where(small_tmpfs):
     """A 300 kB trace dir: writing stops at a whole line with a stop line naming why; every span before it
     is readable; the process recording never notices."""
-    from sglang_tracing.analyzer.model import load_trace_dir
+    from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
     _manifest(small_tmpfs)
     rec = Recorder(TraceConfig(trace_dir=str(small_tmpfs)), "scheduler")
@@ -278,7 +278,7 @@ def test_an_abort_without_a_token_has_no_ttft_one_with_tokens_keeps_it(tmp_path)
     """Two streamed requests aborted by SGLang (their clients hung up): one before any token, one after 2.
     Both stay in the table; only the one that got a token has a TTFT (its first output, 5 ms in)."""
     from sglang_tracing.analyzer.analyses.requests import request_table
-    from sglang_tracing.analyzer.model import load_trace_dir
+    from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
     from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
 
     rec = Recorder(TraceConfig(trace_dir=str(tmp_path)), "tokenizer")
@@ -330,7 +330,7 @@ class _LostGpu:
 
 
 def test_nvml_lost_sampler_stops_says_why_and_the_counters_still_load(tmp_path, monkeypatch, caplog):
-    from sglang_tracing.analyzer.model import read_counters
+    from sglang_tracing.analyzer.loaders.trace_dir import read_counters
     from sglang_tracing.runtime import gpu_sampler
 
     fake = _LostGpu()

@@ -23,7 +23,7 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.requests import for_statistics, request_table
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 from sglang_tracing.app.serving import wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
 

@@ -22,7 +22,7 @@ import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import for_statistics
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 BACKENDS = EXAMPLES / "h200-backends"
@@ -71,9 +71,9 @@ def truth() -> dict:
 @pytest.fixture(scope="module")
 def phases():
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    inputs = experiments.backends(BACKENDS)
+    inputs = backends_experiment.load(BACKENDS)
     frame = backends.with_server_phases(inputs.cells, inputs.models)
     return {(r["backend"], r["batch_size"], r["seq_len"]): r for r in frame.iter_rows(named=True)}
 
@@ -96,9 +96,9 @@ def test_cells_without_recorded_rids_take_user_requests_arriving_in_their_window
     """Older result.json files lack rids: the server's user requests that arrived inside the cell's window
     stand in (the cell's untimed warm-up ended before it, SGLang's warm-up is internal): same figures."""
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    inputs = experiments.backends(BACKENDS)
+    inputs = backends_experiment.load(BACKENDS)
     frame = backends.with_server_phases(inputs.cells.drop("rids"), inputs.models)
     for row in frame.iter_rows(named=True):
         ref = phases[(row["backend"], row["batch_size"], row["seq_len"])]

@@ -15,7 +15,7 @@ from sglang_tracing.analyzer.analyses import radix_scenarios, run_summary
 from sglang_tracing.analyzer.loaders.radix_experiment import Scenario
 from sglang_tracing.app import cli
 from sglang_tracing.app.experiments.common import Experiment, finish
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import UsageError
 
 
 def _request(rng, i: int) -> dict:

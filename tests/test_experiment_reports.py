@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from sglang_tracing.analyzer.analyses import backends
-from sglang_tracing.analyzer.loaders import experiments
+from sglang_tracing.analyzer.loaders import backends_experiment
 
 BACKENDS = Path(__file__).resolve().parent.parent / "traces" / "examples" / "h200-backends"
 
@@ -22,7 +22,7 @@ def _gpm_means(server: str, start: int, end: int) -> tuple[float, float]:
 
 
 def test_backends_one_row_per_cell_with_a_bound_from_the_counters():
-    result = backends.compute(experiments.backends(BACKENDS))
+    result = backends.compute(backends_experiment.load(BACKENDS))
     cells = sorted(p.parent.name for p in BACKENDS.glob("*-bs*-len*/result.json"))
     shapes = {tuple(int(x) for x in c.split("-bs")[1].split("-len")) for c in cells}
     assert sorted(result.cells.select("batch_size", "seq_len").rows()) == sorted(shapes)  # 9 rows, not 36

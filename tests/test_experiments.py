@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def _check_radix_figures(out):
     from sglang_tracing import semconv as sc
     from sglang_tracing.analyzer.analyses import radix, radix_scenarios
     from sglang_tracing.analyzer.loaders.radix_experiment import load
-    from sglang_tracing.analyzer.model import load_trace_dir
+    from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
     trace = out / "exact_repeat" / "trace"
     prefill = {s["attrs"][sc.RID]: s["end"] - s["start"] for s in raw_spans.named(raw_spans.spans(trace),
@@ -120,9 +121,9 @@ def test_backends_grid_on_cpu(tmp_path):
         assert len(res["requests"]) == res["batch_size"]
         assert all(r["cached_tokens"] == 0 for r in res["requests"])  # distinct prompts per cell
     from sglang_tracing.analyzer.analyses import backends
-    from sglang_tracing.analyzer.loaders import experiments
+    from sglang_tracing.analyzer.loaders import backends_experiment
 
-    result = backends.compute(experiments.backends(out))
+    result = backends.compute(backends_experiment.load(out))
     assert sorted(result.cells.select("batch_size", "seq_len").rows()) == [(1, 64), (1, 128), (2, 64), (2, 128)]
     assert {"prefill (TTFT)", "decode (ITL)"} <= set(result.table["phase"])
     assert result.frame["bound"].null_count() == result.frame.height  # CPU: no GPM samples, no verdict
@@ -137,7 +138,7 @@ def test_baseline_rerun_after_interrupt_never_mixes_runs(tmp_path):
 
     from sglang_tracing.analyzer.analyses.requests import for_statistics, request_table
     from sglang_tracing.analyzer.analyses.run_summary import lines, summarize
-    from sglang_tracing.analyzer.model import load_trace_dir
+    from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
     out = tmp_path / "base"
     cmd = [sys.executable, "-m", "sglang_tracing", "experiment", "baseline", "--cpu", "--prompt-len", "64",

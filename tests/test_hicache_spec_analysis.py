@@ -19,7 +19,7 @@ import pytest
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import hicache, speculative
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 from sglang_tracing.app.serving import wait_for_exporters
 
 import raw_spans
@@ -28,7 +28,7 @@ SCENARIO = textwrap.dedent("""
     import sys
     from sglang_tracing import semconv as sc
     from sglang_tracing.config import TraceConfig
-    from sglang_tracing.patches.scheduler import block_digests
+    from sglang_tracing.patches.request_spans import block_digests
     from sglang_tracing.runtime import manifest, recorder
     from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
     from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT as ROOT

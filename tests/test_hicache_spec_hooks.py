@@ -18,7 +18,7 @@ import pytest
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.config import TraceConfig
-from sglang_tracing.patches import _targets, hiradix_cache, scheduler, speculative
+from sglang_tracing.patches import _targets, hiradix_cache, request_spans, speculative
 from sglang_tracing.patches.forward_gpu_times import GpuAnchor
 from sglang_tracing.patches.state import SchedulerState
 from sglang_tracing.runtime import recorder
@@ -254,9 +254,9 @@ def test_request_prefill_span_carries_sglangs_tier_split_only_with_the_hierarchi
     req = Req("t", list(range(64)))
     req._cache_breakdown_computed = True
     req.cached_tokens_device, req.cached_tokens_host, req.cached_tokens_storage = 16, 32, 0
-    assert scheduler._cache_tiers(req, hicache=True) == {sc.CACHED_DEVICE: 16, sc.CACHED_HOST: 32,
+    assert request_spans._cache_tiers(req, hicache=True) == {sc.CACHED_DEVICE: 16, sc.CACHED_HOST: 32,
                                                          sc.CACHED_STORAGE: 0}
-    assert scheduler._cache_tiers(req, hicache=False) == {}
+    assert request_spans._cache_tiers(req, hicache=False) == {}
 
 
 # ---- speculative decoding ----

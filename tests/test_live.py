@@ -25,7 +25,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import layer_detail
 from sglang_tracing.analyzer.analyses.live_types import PHASES
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 from sglang_tracing.app.serving import CPU_ARGS
 from sglang_tracing.models.builder import prompt_of_length
 from conftest import start_server, stop_and_drain

@@ -19,13 +19,14 @@ from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import DebugAnnotation, T
 from polars.testing import assert_frame_equal
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import ENV_CACHE_DIR, UsageError
+from sglang_tracing.config import ENV_CACHE_DIR
+from sglang_tracing.errors import UsageError
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
-from sglang_tracing.analyzer.loaders import span_store
+from sglang_tracing.analyzer.loaders import span_chunks, span_store
 from sglang_tracing.analyzer.loaders.files import glob_inputs
-from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
-from sglang_tracing.analyzer.model import load_trace_dir, load_trace_dirs, spans_frame
+from sglang_tracing.analyzer.loaders.otlp_json import read_span_file, spans_frame
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 
 from test_reports import check_perfetto
@@ -97,9 +98,9 @@ def test_parallel_chunks_and_the_cache(tmp_path, monkeypatch):
     for f in d.glob("spans-*.jsonl.gz"):
         (d / f.name[:-3]).write_bytes(gzip.decompress(f.read_bytes()))
         f.unlink()
-    monkeypatch.setattr(span_store, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(span_store, "CHUNK_BYTES", 300_000)
-    assert len(span_store._plan(sorted(d.glob("spans-*.jsonl")))) > 10
+    monkeypatch.setattr(span_chunks, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(span_chunks, "CHUNK_BYTES", 300_000)
+    assert len(span_chunks.plan(sorted(d.glob("spans-*.jsonl")))) > 10
     fresh = load_trace_dir(d, workers=2)
     assert_same_as_reference(fresh, TRITON)
     cached = load_trace_dir(d)
@@ -189,6 +190,18 @@ def test_profilers_loaded_are_the_models_sources_and_the_manifest_stays_as_recor
     assert kin.alignment == "baseTimeNanoseconds"
 
 
+def test_a_loader_never_changes_the_model_it_is_given():
+    """Loaders return frames and a source; ``with_loaded`` gives a new model and leaves the one it was given."""
+    from sglang_tracing.analyzer.loaders import nsys
+
+    base = load_trace_dir(NSYS_DIR)
+    loaded = nsys.load(str(NSYS_DIR / "nsys.sqlite.gz"), base.spans)
+    both = base.with_loaded(loaded)
+    assert base.kernels.is_empty() and base.nvtx.is_empty() and base.sources == []
+    assert both.sources == [loaded.source] and both.kernels.height == loaded.source.counts["kernels"] > 0
+    assert both.nvtx.height == loaded.source.counts["nvtx"] and both.manifest is base.manifest
+
+
 def test_cut_last_line_in_a_chunked_file(tmp_path, monkeypatch):
     d = tmp_path / "t"
     shutil.copytree(TRITON, d)
@@ -196,8 +209,8 @@ def test_cut_last_line_in_a_chunked_file(tmp_path, monkeypatch):
     data = gzip.decompress(f.read_bytes())
     f.unlink()
     (d / f.name[:-3]).write_bytes(data[: len(data) - 500])
-    monkeypatch.setattr(span_store, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(span_store, "CHUNK_BYTES", 1_000_000)
+    monkeypatch.setattr(span_chunks, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(span_chunks, "CHUNK_BYTES", 1_000_000)
     model = load_trace_dir(d, workers=2)
     assert model.cut_files == [str(d / f.name[:-3])]
     assert_same_as_reference(model, d)  # the reference path drops the same half line

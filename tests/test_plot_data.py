@@ -1,7 +1,7 @@
-"""Issue 14: analyses put plot data (frames) in the Report; only the renderers draw it."""
+"""Issue 14: analyses put plot data (frames) in the Report; only the renderers draw it (that no module below
+the renderers imports matplotlib or a renderer is checked with every other import in test_layering)."""
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -11,45 +11,12 @@ import pytest
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import radix, story_report
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-ANALYSES = ROOT / "analyzer" / "analyses"
 EXAMPLES = ROOT / "traces" / "examples"
 TRITON = EXAMPLES / "h200-llama2-7b-triton"
 DRAWING = ("matplotlib", "sglang_tracing.analyzer.renderers")
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at any depth (``from a import b`` counts as a and a.b)."""
-    package = "sglang_tracing." + ".".join(path.relative_to(ROOT).parent.parts)
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{parent}.{base}" if base else parent
-            found |= {base} | {f"{base}.{a.name}" for a in node.names}
-        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in
-              ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant)):
-            found.add(str(node.args[0].value))
-    return found
-
-
-def _drawing_imports(path: Path) -> set[str]:
-    return {m for m in _imports(path) if m == DRAWING[0] or m.startswith(DRAWING[0] + ".") or m.startswith(DRAWING[1])}
-
-
-def test_no_analysis_imports_a_renderer_or_matplotlib():
-    modules = sorted(ANALYSES.glob("*.py"))
-    assert {"story.py", "radix.py", "tp_scaling.py", "timeline.py"} <= {p.name for p in modules}
-    assert {p.name: _drawing_imports(p) for p in modules if _drawing_imports(p)} == {}
-    # the check sees such imports where they are: the renderer that writes files draws the plots
-    assert "sglang_tracing.analyzer.renderers.plots" in _drawing_imports(ROOT / "analyzer" / "renderers" / "files.py")
-    assert "matplotlib" in _drawing_imports(ROOT / "analyzer" / "renderers" / "plots.py")
 
 
 def test_building_every_report_draws_nothing():

@@ -20,7 +20,7 @@ import torch
 import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import diff, profiler_control, servers, timeline
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 from sglang_tracing.config import TraceConfig
 from sglang_tracing.patches import model_runner, profile_steps
 from sglang_tracing.patches.state import SchedulerState

@@ -19,7 +19,7 @@ from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import profiler_control, radix, servers, story, story_report
 from sglang_tracing.analyzer.analyses.requests import for_statistics, request_table
-from sglang_tracing.analyzer.model import load_trace_dir, load_trace_dirs
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 LAYER = EXAMPLES / "h200-nsys-layer" / "nsys-triton" / "trace"
@@ -177,7 +177,7 @@ def test_per_server_percentiles_leave_out_touched_requests():
     the counts over all of them, and a left_out column says how many were left out."""
     model = load_trace_dirs([FLASHINFER, TRITON])  # labelled server-flashinfer, server-triton
     reports = [story_report.build_report(model, "slowest")]
-    servers.add_breakdowns(reports, model)
+    servers.add_to(reports, servers.compute(model, {"story"}))
     section = next(s for s in reports[0].sections if s.title == "Per server")
     rows = {r["server"]: r for r in section.table.iter_rows(named=True)}
     assert len(rows) == 2

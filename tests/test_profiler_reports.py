@@ -18,14 +18,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
-from sglang_tracing.analyzer.analyses import diff, summaries, timeline
+from sglang_tracing.analyzer.analyses import diff, stats_tables, timeline
 from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints
 from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
-from sglang_tracing.analyzer.errors import TraceError
 from sglang_tracing.analyzer.loaders import ncu, nsys
 from sglang_tracing.analyzer.renderers import text
 from sglang_tracing.analyzer.renderers.base import ROW_LIMIT
+from sglang_tracing.errors import TraceError
 
 from test_readers import KERN_SUM, KINETO, NCU_NEW, NCU_OLD, NCU_TEXT, NSYS_2022, NSYS_2024, NSYS_REP, plain_sqlite
 
@@ -88,8 +89,8 @@ def test_nsys_memops_match_sql(path, tmp_path):
     assert groups, "every file here moves memory"
     con, _ = nsys.open_export(path)
     mem = nsys.memops(con)
-    check_table(summaries.memop_time_summary(mem), "Operation", "Count", {k: stats(v) for k, v in groups.items()})
-    check_table(summaries.memop_size_summary(mem), "Operation", "Count", {k: stats(v) for k, v in sizes.items()},
+    check_table(stats_tables.memop_time_summary(mem), "Operation", "Count", {k: stats(v) for k, v in groups.items()})
+    check_table(stats_tables.memop_size_summary(mem), "Operation", "Count", {k: stats(v) for k, v in sizes.items()},
                 scale=1e-6, total="Total (MB)", unit="MB")
 
 
@@ -102,7 +103,7 @@ def test_nsys_cuda_api_matches_sql(path, tmp_path):
                                    join StringIds s on r.nameId = s.id where r.eventClass in (0, 1)"""):
         groups[re.sub(r"_v\d{4}$", "", name)].append(dur)  # nsys keeps cuGetProcAddress_v2, _v10000
     con, _ = nsys.open_export(path)
-    table = summaries.api_summary(nsys.api_calls(con))
+    table = stats_tables.api_summary(nsys.api_calls(con))
     check_table(table, "Name", "Num Calls", {k: stats(v) for k, v in groups.items()})
 
 
@@ -126,7 +127,7 @@ def test_nsys_nvtx_sum_matches_sql(path, tmp_path):
         tag = f"{domain}:{name}" if domain else name
         groups[(tag, "PushPop" if etype in (59, 70) else "StartEnd")].append((end if end is not None else last) - start)
     con, _ = nsys.open_export(path)
-    table = summaries.nvtx_summary(nsys.nvtx(con)).with_columns(
+    table = stats_tables.nvtx_summary(nsys.nvtx(con)).with_columns(
         pl.concat_str("Range", "Style", separator="|").alias("key"))
     check_table(table, "key", "Instances", {f"{r}|{s}": stats(v) for (r, s), v in groups.items()})
 
@@ -138,7 +139,7 @@ def test_nsys_osrt_matches_sql(tmp_path):
     for name, dur in db.execute("select s.value, o.end - o.start from OSRT_API o join StringIds s on o.nameId = s.id"):
         groups[name].append(dur)
     con, _ = nsys.open_export(path)
-    check_table(summaries.osrt_summary(nsys.osrt_calls(con)), "Name", "Num Calls",
+    check_table(stats_tables.osrt_summary(nsys.osrt_calls(con)), "Name", "Num Calls",
                 {k: stats(v) for k, v in groups.items()})
 
 
@@ -152,11 +153,14 @@ def test_nsys_2024_without_osrt_and_nvtx_tables(tmp_path):
     db.commit()
     stripped = tmp_path / "stripped.sqlite"
     db.execute(f"vacuum into '{stripped}'")
-    report = timeline.build_report(api.load(None, nsys=str(stripped)))
-    out = text.render(report)
-    assert "OS runtime (nsys osrt_sum)" in out and "no OS runtime calls in the profile" in out
-    assert "no NVTX ranges in the profile" in out
-    assert "[CUDA memset]" in out and "[CUDA memcpy" not in out
+    result = timeline.compute(api.load(None, nsys=str(stripped)))
+    assert result.tables["osrt_sum"][0].is_empty() and result.tables["nvtx_sum"][0].is_empty()
+    memsets = db.execute("select count(*) from CUPTI_ACTIVITY_KIND_MEMSET").fetchone()[0]
+    assert result.tables["cuda_gpu_mem_time_sum"][0].select("Operation", "Count").rows() == [("[CUDA memset]", memsets)]
+    sections = {s.title: s for s in timeline.describe(result).sections}
+    for empty in ("osrt_sum", "nvtx_sum"):  # each empty table's section: nothing measured, and why
+        title, why = timeline.TABLES[empty]
+        assert sections[title].table is None and [(f.value, f.source) for f in sections[title].figures] == [(None, why)]
 
 
 # ---- Kineto against the json module ----
@@ -171,7 +175,7 @@ def test_kineto_memops_api_annotations_devices():
         if e.get("ph") == "X":
             by_cat[e.get("cat")].append(e)
     model = api.load(None, kineto=KINETO)
-    tables = summaries.summaries(model)
+    tables = stats_tables.summaries(model)
     # gpu_memcpy / gpu_memset: count, bytes and time per kind
     mem = collections.defaultdict(lambda: [0, 0, 0.0])
     for cat in ("gpu_memcpy", "gpu_memset"):
@@ -201,8 +205,7 @@ def test_kineto_memops_api_annotations_devices():
     nvtx = tables["nvtx_sum"][0]
     assert nvtx["Range"].to_list() == [e["name"] for e in ann]
     assert nvtx["Total Time (ns)"].to_list() == [pytest.approx(e["dur"] * 1e3, abs=1) for e in ann]
-    out = text.render(timeline.build_report(model))
-    assert doc["deviceProperties"][0]["name"] in out and "NVIDIA H100 80GB HBM3" in out
+    assert timeline.compute(model).top.names == {0: doc["deviceProperties"][0]["name"]} == {0: "NVIDIA H100 80GB HBM3"}
 
 
 # ---- ncu against the csv module and the console text ----
@@ -337,21 +340,28 @@ def test_ncu_header_only_csv_exits_2(tmp_path):
 
 
 # ---- the timeline report on other people's files ----
+def _raw_kernel_count(args: tuple[str, str], tmp_path) -> int:
+    """Kernels in the file, counted with SQL over the nsys export or json over the Kineto trace."""
+    if args[0] == "--kineto":
+        return sum(e.get("cat") == "kernel" and e.get("ph") == "X" for e in json.load(gzip.open(args[1]))["traceEvents"])
+    return plain_sqlite(args[1], tmp_path).execute("select count(*) from CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
+
+
 @pytest.mark.parametrize("args", [("--nsys", NSYS_2022), ("--nsys", NSYS_2024), ("--kineto", KINETO)],
                          ids=["nsys-2022", "nsys-2024", "kineto"])
 def test_timeline_on_foreign_files(args, tmp_path):
+    """A profile without our spans: the top-down page and the stats tables, no SGLang side; the CLI writes it."""
+    model = api.load(None, **{args[0][2:]: args[1]})
+    result = timeline.compute(model)
+    assert result.sglang is None and result.span_count == 0
+    assert set(result.tables) == set(timeline.TABLES)
+    assert result.tables["cuda_gpu_kern_sum"][0]["Instances"].sum() == _raw_kernel_count(args, tmp_path)
+    assert result.top.busy.height >= 1 and result.top.look_first.height >= 1
     done = cli("analyze", *args, "--report", "timeline", "--out", str(tmp_path), "--format", "text,md")
     assert done.returncode == 0, done.stderr
-    out = (tmp_path / "timeline.txt").read_text()
-    for section in ("Top-down", "GPU busy", "What to look at first", "nsys cuda_gpu_kern_sum",
-                    "nsys cuda_gpu_mem_time_sum", "nsys cuda_api_sum", "nsys nvtx_sum"):
-        assert section in out, section
-    for sglang_only in ("evictions", "Scheduling overhead", "SGLang processes", "Scheduler CPU vs GPU"):
-        assert sglang_only not in out, sglang_only
     # full kernel names: every kernel of the table is printed whole, in text and Markdown
-    model = api.load(None, **{args[0][2:]: args[1]})
-    names = summaries.kernel_summary(model.kernels)["Name"].head(ROW_LIMIT).to_list()
-    md = (tmp_path / "timeline.md").read_text()
+    out, md = (tmp_path / "timeline.txt").read_text(), (tmp_path / "timeline.md").read_text()
+    names = stats_tables.kernel_summary(model.kernels)["Name"].head(ROW_LIMIT).to_list()
     assert all(n in out for n in names) and all(n.replace("|", "\\|") in md for n in names)
 
 
@@ -370,17 +380,26 @@ def test_timeline_gpu_busy_and_bubbles_match_independent_sweep(tmp_path):
             cur_e = max(cur_e, e)
     busy += cur_e - cur_s
     bubbles = [g for g in gaps if g > 50_000]
-    out = text.render(timeline.build_report(api.load(None, nsys=NSYS_2022)))
-    window = max(e for _, e in iv) - iv[0][0]
-    assert f"GPU busy: {busy / 1e6:.3f} ms of {window / 1e6:.3f} ms" in out
-    assert f"{len(bubbles)} bubbles > 50 us totalling {sum(bubbles) / 1e6:.3f} ms" in out
+    (device,) = timeline.compute(api.load(None, nsys=NSYS_2022)).top.busy.iter_rows(named=True)
+    assert (device["busy_ns"], device["window_ns"]) == (busy, max(e for _, e in iv) - iv[0][0])
+    assert (device["bubbles"], device["bubble_ns"]) == (len(bubbles), sum(bubbles))
 
 
-def test_timeline_keeps_sglang_sections_for_sglang_traces(h200_model):
-    out = text.render(timeline.build_report(h200_model))
-    assert "evictions: 0" in out and "Scheduling overhead per batch" in out and "Scheduler CPU vs GPU" in out
-    assert "sglang:sglang.scheduler.forward" in out  # our ranges grouped by span name, not one row per span id
-    assert "GPU: NVIDIA H200 (device 0)" in out
+def test_timeline_keeps_sglang_sections_for_sglang_traces(h200_model, tmp_path):
+    """Our own trace under nsys: the SGLang side is there, and our NVTX ranges are grouped by span name (one
+    row per name, as many instances as SQL counts ranges of that name), not one row per span id."""
+    result = timeline.compute(h200_model)
+    side = result.sglang
+    assert side is not None and side.evictions.height == 0
+    assert set(side.batch_spans) == {sc.SCHEDULE, sc.FORWARD, sc.PROCESS_RESULT}
+    assert side.overlap["gpu_busy_ns"] > 0 and side.overlap["cpu_busy_ns"] > 0
+    assert result.top.names == {0: "NVIDIA H200"}
+    db = plain_sqlite(str(NSYS_H200 / "nsys.sqlite.gz"), tmp_path)
+    forwards = db.execute("select count(*) from NVTX_EVENTS e left join StringIds s on s.id = e.textId "
+                          "where coalesce(e.text, s.value) like ? and e.end is not null", (f"{sc.FORWARD} %",)).fetchone()[0]
+    nvtx_sum = result.tables["nvtx_sum"][0]
+    assert nvtx_sum.filter(pl.col("Range") == f"sglang:{sc.FORWARD}")["Instances"].to_list() == [forwards]
+    assert not nvtx_sum["Range"].str.contains(r"[0-9a-f]{16}$").any()
 
 
 def test_cli_reads_nsys_stats_csv(tmp_path):
@@ -401,7 +420,7 @@ def test_diff_same_file_is_all_same():
     assert set(tables) >= {"Kernels", "NVTX ranges", "GPU memory operations", "CUDA API"}
     for table in tables.values():
         assert set(table["status"]) == {"same"} and (table["delta_ms"] == 0).all()
-    assert tables["Kernels"].height == summaries.kernel_summary(model.kernels).height == 15  # 19 launches
+    assert tables["Kernels"].height == stats_tables.kernel_summary(model.kernels).height == 15  # 19 launches
 
 
 def test_diff_two_exports_kernel_by_kernel(tmp_path):
@@ -409,8 +428,8 @@ def test_diff_two_exports_kernel_by_kernel(tmp_path):
     q = ("select s.value, sum(k.end - k.start), count(*) from CUPTI_ACTIVITY_KIND_KERNEL k "
          "join StringIds s on k.demangledName = s.id group by 1")
     ta, tb = {r[0]: r[1:] for r in a.execute(q)}, {r[0]: r[1:] for r in b.execute(q)}
-    x = summaries.kernel_summary(api.load_input(NSYS_2022).kernels)
-    y = summaries.kernel_summary(api.load_input(NSYS_2024).kernels)
+    x = stats_tables.kernel_summary(api.load_input(NSYS_2022).kernels)
+    y = stats_tables.kernel_summary(api.load_input(NSYS_2024).kernels)
     d = diff.compare(x, y, "Name", "Total Time (ns)", "Instances")
     assert set(d.filter(pl.col("status") == "missing")["name"]) == set(ta) - set(tb)
     assert set(d.filter(pl.col("status") == "new")["name"]) == set(tb) - set(ta)
@@ -424,7 +443,7 @@ def test_diff_two_exports_kernel_by_kernel(tmp_path):
 def test_diff_scaled_run_reports_slower_by_how_much():
     """B = A with one kernel's launches made 50% longer: that kernel, and only it, is slower by 50%."""
     a = api.load_input(NSYS_2024)
-    victim = summaries.kernel_summary(a.kernels)["Name"][0]
+    victim = stats_tables.kernel_summary(a.kernels)["Name"][0]
     b = api.load_input(NSYS_2024)
     b.kernels = b.kernels.with_columns(
         pl.when(pl.col("name") == victim).then(pl.col("dur_ns") * 3 // 2).otherwise(pl.col("dur_ns")).alias("dur_ns"))

@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from sglang_tracing.analyzer.analyses import attention
-from sglang_tracing.analyzer.analyses.summaries import kernel_summary
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.analyzer.analyses.stats_tables import kernel_summary
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders import kineto, ncu, nsys, nsys_stats
 
 from conftest import REALDATA
@@ -172,19 +172,13 @@ def test_truncated_and_foreign_inputs(tmp_path):
     sqlite3.connect(not_nsys).execute("create table t (x)")
     with pytest.raises(TraceError, match="not an Nsight Systems export"):
         nsys.open_export(not_nsys)
-    plain = tmp_path / "kineto.json"
+    plain, bad_csv, empty = tmp_path / "kineto.json", tmp_path / "bad.csv", tmp_path / "empty.txt"
     plain.write_bytes(gzip.decompress(open(KINETO, "rb").read())[:50000])
-    with pytest.raises(TraceError, match="truncated JSON"):
-        kineto.read(plain)
-    bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text('"ID","Something"\n"0","1"\n')
-    with pytest.raises(TraceError, match="not an Nsight Compute CSV"):
-        ncu.read(bad_csv)
-    with pytest.raises(TraceError, match="not an nsys stats CSV"):
-        nsys_stats.read(bad_csv)
-    empty = tmp_path / "empty.txt"
     empty.write_text("")
-    with pytest.raises(TraceError, match="empty"):
-        ncu.read(empty)
+    for read, path, problem in ((kineto.read, plain, "truncated JSON"), (ncu.read, bad_csv, "not an Nsight Compute CSV"),
+                                (nsys_stats.read, bad_csv, "not an nsys stats CSV"), (ncu.read, empty, "empty")):
+        with pytest.raises(TraceError, match=problem):
+            read(path)
     shutil.copy(NCU_TEXT, tmp_path / "x.txt")
     assert ncu.read(tmp_path / "x.txt").height > 0

@@ -12,10 +12,11 @@ import polars as pl
 import pytest
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
+import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 TRITON = EXAMPLES / "h200-llama2-7b-triton"
@@ -199,11 +200,25 @@ def test_h200_layer_ranges_project_kernels_to_layers_and_ops(tmp_path):
     assert counts["nvtx"] == model.nvtx.filter(pl.col("span_id").is_null()).height > 3 * 32 * 7
 
 
-def test_story_on_h200_shows_floor_and_gpu_share(tmp_path):
-    api.analyze(str(TRITON), reports="story", out_dir=str(tmp_path), formats="text", model_config="llama-2-7b")
-    text = (tmp_path / "story.txt").read_text()
-    assert "decode floor (weights / HBM bandwidth): 2.808 ms" in text  # 13.48 GB / 4.8 TB/s
-    assert "GPU time (this request's share)" in text and "cuda events" in text
+def test_story_on_h200_shows_floor_and_gpu_share():
+    """The decode floor's inputs: Llama-2-7B's fp16 weights counted here from its published shape (embeddings and
+    LM head, 32 layers of attention and MLP with their two norms, the final norm) and the H200's 4.8 TB/s. The
+    request's GPU share summed from the raw forward spans: each forward's CUDA-event time split by the request's
+    tokens in it."""
+    from sglang_tracing.analyzer.analyses import story
+
+    result = story.compute(load_trace_dir(TRITON), "slowest", "llama-2-7b")
+    vocab, hidden, intermediate, layers = 32_000, 4_096, 11_008, 32
+    params = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * intermediate + 2 * hidden) + hidden
+    assert (result.weight_bytes, result.peak_bandwidth) == (2 * params, 4.8e12)
+    assert result.weight_bytes / result.peak_bandwidth * 1e3 == pytest.approx(2.808, abs=5e-4)  # ms
+    rid, share = result.request["rid"], 0.0
+    for fwd in raw_spans.named(raw_spans.spans(TRITON), sc.FORWARD):
+        rids = fwd["attrs"][sc.BATCH_RIDS]
+        tokens = fwd["attrs"].get(sc.BATCH_EXTEND_LENS) or [1] * len(rids)
+        if rid in rids:
+            share += fwd["attrs"][sc.GPU_DURATION_NS] * tokens[rids.index(rid)] / sum(tokens)
+    assert result.gpu_source == "cuda events" and result.request["gpu_ns"] == pytest.approx(share, rel=1e-9)
 
 
 def test_html_report_renders_in_chromium(tmp_path):

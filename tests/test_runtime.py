@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.runtime.ids import request_root_span_id, trace_id_for
+from sglang_tracing.runtime.ids import request_root_span_id
 from sglang_tracing.runtime.records import MSG_RECORDS, MSG_RESOURCE, PARENT_IS_REQUEST_ROOT, encode_message
 
 
@@ -30,29 +30,49 @@ class _Collector(BaseHTTPRequestHandler):
         pass
 
 
-def test_exporter_writes_file_and_collector(tmp_path):
-    httpd = HTTPServer(("127.0.0.1", 0), _Collector)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    out = tmp_path / "spans.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "sglang_tracing.runtime.exporter", "--out", str(out),
-                             "--otlp-endpoint", f"http://127.0.0.1:{httpd.server_port}"], stdin=subprocess.PIPE)
-    records = [(sc.REQUEST_DECODE, 10, 20, 7, PARENT_IS_REQUEST_ROOT, "req:abc",
-                {sc.RID: "abc", sc.TOKEN_TIMES: [10, 15, 20]}, ()),
-               (sc.FORWARD, 1, 2, 8, 0, "", {sc.BATCH_SIZE: 3}, (("x", 1, {}),))]
-    proc.stdin.write(encode_message(MSG_RESOURCE, {"service.name": "sglang", sc.RES_ROLE: "scheduler"}))
+def _export(out: Path, role: str, records: list, endpoint: str | None = None) -> list[dict]:
+    """Run one exporter process over ``records`` until end of pipe; the spans it wrote to ``out``."""
+    argv = [sys.executable, "-m", "sglang_tracing.runtime.exporter", "--out", str(out)]
+    proc = subprocess.Popen(argv + (["--otlp-endpoint", endpoint] if endpoint else []), stdin=subprocess.PIPE)
+    proc.stdin.write(encode_message(MSG_RESOURCE, {"service.name": "sglang", sc.RES_ROLE: role}))
     proc.stdin.write(encode_message(MSG_RECORDS, records))
     proc.stdin.close()  # end of pipe: the exporter writes what it has and exits
     proc.wait(30)
     deadline = time.time() + 10
     while out.with_name(out.name + ".active").exists() and time.time() < deadline:
         time.sleep(0.05)
+    return [sp for line in out.read_text().splitlines() for rs in json.loads(line)["resourceSpans"]
+            for ss in rs["scopeSpans"] for sp in ss["spans"]]
+
+
+def test_exporter_writes_file_and_collector(tmp_path):
+    """A request's spans from two processes join one trace: the scheduler's child names the tokenizer's root
+    as its parent. The collector gets the same spans as the file (read back with OpenTelemetry's protobuf)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    httpd = HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    root = (sc.REQUEST, 5, 25, request_root_span_id("abc"), 0, "req:abc", {sc.RID: "abc"}, ())  # as the tokenizer
+    tokenizer = _export(tmp_path / "spans-tokenizer.jsonl", "tokenizer", [root])
+    records = [(sc.REQUEST_DECODE, 10, 20, 7, PARENT_IS_REQUEST_ROOT, "req:abc",
+                {sc.RID: "abc", sc.TOKEN_TIMES: [10, 15, 20]}, ()),
+               (sc.FORWARD, 1, 2, 8, 0, "", {sc.BATCH_SIZE: 3}, (("x", 1, {}),))]
+    scheduler = _export(tmp_path / "spans-scheduler.jsonl", "scheduler", records,
+                        f"http://127.0.0.1:{httpd.server_port}")
     httpd.shutdown()
-    line = json.loads(out.read_text().splitlines()[0])
-    spans = line["resourceSpans"][0]["scopeSpans"][0]["spans"]
-    decode = next(s for s in spans if s["name"] == sc.REQUEST_DECODE)
-    assert decode["traceId"] == f"{trace_id_for('req:abc'):032x}"
-    assert decode["parentSpanId"] == f"{request_root_span_id('abc'):016x}"
+    (root_span,) = tokenizer
+    decode, forward = (next(s for s in scheduler if s["name"] == n) for n in (sc.REQUEST_DECODE, sc.FORWARD))
+    assert decode["traceId"] == root_span["traceId"] and decode["parentSpanId"] == root_span["spanId"]
+    assert forward["traceId"] != root_span["traceId"] and not forward.get("parentSpanId")
+    assert len(decode["traceId"]) == 32 and int(decode["traceId"], 16) != 0  # W3C: 16 bytes, not all zero
     assert _Collector.bodies, "nothing reached the OTLP collector"
+    wire = set()
+    for body in _Collector.bodies:
+        sent = ExportTraceServiceRequest()
+        sent.ParseFromString(body)
+        wire |= {(sp.name, sp.trace_id.hex(), sp.span_id.hex(), sp.parent_span_id.hex())
+                 for rs in sent.resource_spans for ss in rs.scope_spans for sp in ss.spans}
+    assert wire == {(s["name"], s["traceId"], s["spanId"], s.get("parentSpanId") or "") for s in scheduler}
 
 
 def test_plugin_is_inert_without_trace_dir(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import story, story_figures, story_report
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "traces" / "examples"
 TRITON = EXAMPLES / "h200-llama2-7b-triton"  # 141 user requests, 128 output tokens each, NVML + GPM

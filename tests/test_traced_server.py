@@ -18,7 +18,7 @@ import raw_spans
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import profiler_control
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.app.serving import CPU_ARGS, wait_for_exporters
 

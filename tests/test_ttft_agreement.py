@@ -12,7 +12,7 @@ import pytest
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "examples" / "h200-ttft-agreement"
 

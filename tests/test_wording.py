@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing.analyzer import api
-from sglang_tracing.analyzer.analyses import summaries, timeline, topdown
+from sglang_tracing.analyzer.analyses import stats_tables, timeline, topdown
 from sglang_tracing.analyzer.model import CPU_OP_SCHEMA
 
 KERN_SUM = Path(__file__).resolve().parent / "data" / "realdata" / "nsys_csv" / \
@@ -21,7 +21,7 @@ def _calls(*names: str) -> pl.DataFrame:
 
 
 def test_api_names_lose_only_nsys_four_digit_version_suffixes():
-    names = summaries.api_summary(_calls("cudaLaunchKernel_v7000", "cuGetProcAddress_v2",
+    names = stats_tables.api_summary(_calls("cudaLaunchKernel_v7000", "cuGetProcAddress_v2",
                                          "cudaStreamIsCapturing_v10000"))["Name"].to_list()
     assert sorted(names) == ["cuGetProcAddress_v2", "cudaLaunchKernel", "cudaStreamIsCapturing_v10000"]
 

@@ -9,7 +9,7 @@ import polars as pl
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses.attribution import forward_members, forwards_inside, forwards_of, is_prefill
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
-from sglang_tracing.analyzer.loaders.experiments import BackendsInputs
+from sglang_tracing.analyzer.loaders.backends_experiment import BackendsInputs
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report
 

@@ -13,7 +13,7 @@ import polars as pl
 
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer.analyses import diff_requests, profiler_control, topdown
-from sglang_tracing.analyzer.analyses.summaries import summaries
+from sglang_tracing.analyzer.analyses.stats_tables import summaries
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.report import Report, ms
 

@@ -1,5 +1,5 @@
 """Experiment 4 analyses over kernels and spans: CPU/GPU overlap, per-forward and per-request GPU time, NVTX
-projection (kernel totals with nsys stats semantics are in ``summaries``)."""
+projection (kernel totals with nsys stats semantics are in ``stats_tables``)."""
 from __future__ import annotations
 
 import polars as pl

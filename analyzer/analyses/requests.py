@@ -69,7 +69,7 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
                                     **profiler_control.REQUEST_SCHEMA})
     req_spans = (spans.filter(pl.col("name").is_in(REQUEST_PHASES) & pl.col(sc.RID).is_not_null())
                  .sort("start_ns", maintain_order=True))  # "first" below means earliest, as in the spans frame
-    server = ["server"] if "server" in schema else []  # which trace dir (model.load_trace_dirs)
+    server = ["server"] if "server" in schema else []  # which trace dir (loaders.trace_dir.load_trace_dirs)
     rids = req_spans.select(pl.col(sc.RID).alias("rid"), *server).unique("rid", keep="first")
     root = _phase(req_spans, sc.REQUEST, "root", {
         sc.PROMPT_TOKENS: "prompt_tokens", sc.CACHED_TOKENS: "cached_tokens",

@@ -1,6 +1,9 @@
 """Several trace dirs analyzed together (DP replicas, servers, runs): which were merged, and each
-report's figures broken down per server (the ``server`` column of the frames)."""
+report's figures broken down per server (the ``server`` column of the frames). ``compute`` gives the
+typed breakdowns, ``add_to`` puts them into the story, radix and timeline reports."""
 from __future__ import annotations
+
+import dataclasses
 
 import polars as pl
 
@@ -13,15 +16,6 @@ from sglang_tracing.analyzer.report import Report, Section
 
 def merged(model: TraceModel) -> bool:
     return len(model.servers) > 1
-
-
-def sources_section(model: TraceModel) -> Section:
-    """Which trace dirs were merged, under which server name, with how many spans each."""
-    sec = Section("Trace dirs merged")
-    for s in model.servers:
-        sglang = (s["manifest"].get("versions") or {}).get("sglang")
-        sec.add(f"server {s['server']}", s["dir"], f"{s['spans']} spans, SGLang {sglang or '?'}")
-    return sec
 
 
 def request_breakdown(requests: pl.DataFrame) -> pl.DataFrame:
@@ -81,33 +75,70 @@ def shared_rids(requests: pl.DataFrame) -> int:
     return requests.group_by("rid").agg(pl.col("server").n_unique()).filter(pl.col("server") > 1).height
 
 
-def add_breakdowns(reports: list[Report], model: TraceModel) -> None:
-    """With several trace dirs: each report opens with the merged dirs and gets a per-server section."""
+# ---- computing: the breakdowns each report asks for ----
+@dataclasses.dataclass
+class Breakdowns:
+    sources: list[dict]  # per trace dir: server, dir, spans, sglang (its version; None where not recorded)
+    requests: pl.DataFrame | None = None  # request_breakdown, for the story (None: not asked for)
+    touched: pl.DataFrame | None = None  # the user requests our profiler control ran during (profiler_touched)
+    shared_rids: int = 0  # request ids seen on several servers
+    lookups: pl.DataFrame | None = None  # lookup_breakdown, for the radix report
+    batches: pl.DataFrame | None = None  # batch_breakdown, for the timeline
+    left_out: pl.DataFrame | None = None  # scheduler spans our profiler control ran in (spans_with_control)
+
+
+def compute(model: TraceModel, reports: set[str]) -> Breakdowns:
+    """The per-server figures the named reports (story, radix, timeline) carry."""
     from sglang_tracing.analyzer.analyses.radix import classify_lookups
     from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 
-    requests = None
+    out = Breakdowns([{"server": s["server"], "dir": s["dir"], "spans": s["spans"],
+                       "sglang": (s["manifest"].get("versions") or {}).get("sglang")} for s in model.servers])
+    if reports & {"story", "radix"}:
+        requests = user_requests(request_table(model.scan_spans(), model.manifest, model.servers))
+        if "story" in reports:
+            out.requests, out.touched = request_breakdown(requests), profiler_touched(requests)
+            out.shared_rids = shared_rids(requests)
+        if "radix" in reports:
+            out.lookups = lookup_breakdown(classify_lookups(for_statistics(requests)), requests)
+    if "timeline" in reports:
+        out.left_out = profiler_control.spans_with_control(model.scan_spans(), model.servers)
+        out.batches = batch_breakdown(model.scan_spans(), out.left_out)
+    return out
+
+
+# ---- wording: the breakdowns in the reports ----
+def add_to(reports: list[Report], breakdowns: Breakdowns) -> None:
+    """Each report opens with the merged dirs and gets a per-server section."""
     for report in reports:
         if report.name in ("story", "radix", "timeline"):
-            report.sections.insert(0, sources_section(model))
-        if report.name in ("story", "radix") and requests is None:
-            requests = user_requests(request_table(model.scan_spans(), model.manifest, model.servers))
+            report.sections.insert(0, sources_section(breakdowns.sources))
         if report.name == "story":
-            sec = report.section("Per server")
-            sec.table = request_breakdown(requests)
-            for (server,), g in profiler_touched(requests).group_by("server", maintain_order=True):
-                sec.add(f"server {server}", profiler_control.describe_requests(g),
-                        "requests our profiler control ran during: not in the percentiles")
-            clash = shared_rids(requests)
-            sec.add("request ids on several servers", str(clash),
-                    "0 expected (SGLang's rids are random); a shared rid's request is counted once" if clash else
-                    "each request belongs to one server")
+            _story(report.section("Per server"), breakdowns)
         elif report.name == "radix":
-            report.section("Per server").table = lookup_breakdown(classify_lookups(for_statistics(requests)), requests)
+            report.section("Per server").table = breakdowns.lookups
         elif report.name == "timeline":
-            left_out = profiler_control.spans_with_control(model.scan_spans(), model.servers)
             sec = report.section("Per server")
-            sec.table = batch_breakdown(model.scan_spans(), left_out)
-            for (server,), g in left_out.group_by("server", maintain_order=True):
+            sec.table = breakdowns.batches
+            for (server,), g in breakdowns.left_out.group_by("server", maintain_order=True):
                 sec.add(f"server {server}", profiler_control.describe(g),
                         "scheduler spans our profiler control ran in: not in the medians")
+
+
+def sources_section(sources: list[dict]) -> Section:
+    """Which trace dirs were merged, under which server name, with how many spans each."""
+    sec = Section("Trace dirs merged")
+    for s in sources:
+        sec.add(f"server {s['server']}", s["dir"], f"{s['spans']} spans, SGLang {s['sglang'] or '?'}")
+    return sec
+
+
+def _story(sec: Section, breakdowns: Breakdowns) -> None:
+    sec.table = breakdowns.requests
+    for (server,), g in breakdowns.touched.group_by("server", maintain_order=True):
+        sec.add(f"server {server}", profiler_control.describe_requests(g),
+                "requests our profiler control ran during: not in the percentiles")
+    clash = breakdowns.shared_rids
+    sec.add("request ids on several servers", str(clash),
+            "0 expected (SGLang's rids are random); a shared rid's request is counted once" if clash else
+            "each request belongs to one server")

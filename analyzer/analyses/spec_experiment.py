@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sglang_tracing.analyzer.analyses import speculative
 from sglang_tracing.analyzer.analyses.requests import request_table
-from sglang_tracing.analyzer.loaders.experiments import BackendsInputs
+from sglang_tracing.analyzer.loaders.backends_experiment import BackendsInputs
 from sglang_tracing.analyzer.report import Report
 
 NO_SPEC, SPEC = "no_spec", "spec"

@@ -6,7 +6,7 @@ import dataclasses
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import UsageError
 from sglang_tracing.analyzer.analyses.attribution import (forward_members, forwards_inside, forwards_of, is_prefill,
                                                           kernels_of_forwards)
 from sglang_tracing.analyzer.analyses.hardware import peak_bandwidth, phase_state

@@ -14,7 +14,7 @@ from sglang_tracing.analyzer.analyses.kernels import (
     by_layer, by_op, cpu_gpu_overlap, describe_layers, forward_gpu_time, project_nvtx,
 )
 from sglang_tracing.analyzer.analyses.ncu_metrics import ranked_hints
-from sglang_tracing.analyzer.analyses.summaries import summaries
+from sglang_tracing.analyzer.analyses.stats_tables import summaries
 from sglang_tracing.analyzer.model import Source, TraceModel
 from sglang_tracing.analyzer.report import Report, Section, ms, pct
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from sglang_tracing.analyzer.analyses.kernels import intersection_ns, merge_intervals, total_ns
-from sglang_tracing.analyzer.analyses.summaries import API_CATEGORIES
+from sglang_tracing.analyzer.analyses.stats_tables import API_CATEGORIES
 
 BUBBLE_NS = 50_000  # a gap between GPU operations longer than this is a bubble, shorter ones are launch gaps
 # CUDA calls that block the host until GPU work finishes (synchronous copies included)

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 
 
 def resolve(base: Path, value: str) -> Path:

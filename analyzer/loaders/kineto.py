@@ -13,10 +13,10 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Source, TraceModel,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source, rows_frame,
 )
 
 CPU_CATEGORIES = ("cpu_op", "cuda_runtime", "cuda_driver")
@@ -63,11 +63,6 @@ def memop_name(name: str, category: str) -> str:
     return f"[CUDA memcpy {name}]"
 
 
-def _frame(rows: list, schema: dict) -> pl.DataFrame:
-    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
-    return df.sort("start_ns") if "start_ns" in schema else df
-
-
 class BadEvent(ValueError):
     """An event whose time fields are not numbers; ``read`` callers turn it into a TraceError."""
 
@@ -108,9 +103,9 @@ def all_frames(trace: dict) -> dict[str, pl.DataFrame]:
     devices = [(d.get("id"), d.get("name"), d.get("numSms"), d.get("totalGlobalMem"),
                 f"{d['computeMajor']}.{d['computeMinor']}" if "computeMajor" in d else None, "kineto")
                for d in trace["devices"] if isinstance(d, dict)]
-    return {"kernels": _frame(kernels, KERNEL_SCHEMA), "memops": _frame(memops, MEMOP_SCHEMA),
-            "cpu_ops": _frame(ops, CPU_OP_SCHEMA), "nvtx": _frame(ranges, NVTX_SCHEMA),
-            "devices": _frame(devices, DEVICE_SCHEMA)}
+    return {"kernels": rows_frame(kernels, KERNEL_SCHEMA), "memops": rows_frame(memops, MEMOP_SCHEMA),
+            "cpu_ops": rows_frame(ops, CPU_OP_SCHEMA), "nvtx": rows_frame(ranges, NVTX_SCHEMA),
+            "devices": rows_frame(devices, DEVICE_SCHEMA)}
 
 
 def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -122,27 +117,23 @@ def frames(trace: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
     return f["kernels"], pl.concat([f["cpu_ops"], annotations]).sort("start_ns")
 
 
-def attach(model: TraceModel, path: str) -> dict:
-    """Load a Kineto trace file, or every kineto-*.json[.gz] of a folder, into ``model``."""
+def load(path: str) -> list[Loaded]:
+    """A Kineto trace file, or every kineto-*.json[.gz] of a folder: each file's frames and source."""
     p = Path(path)
     files = sorted(p.glob("kineto-*.json*")) if p.is_dir() else [p]
     if not files:
         raise TraceError(p, "no kineto-*.json files in this folder")
-    total = 0
+    out = []
     for f in files:
         trace = read(f)
         try:
             fr = all_frames(trace)
         except BadEvent as exc:
             raise TraceError(f, str(exc)) from None
-        for attr in ("kernels", "memops", "cpu_ops", "nvtx"):
-            setattr(model, attr, pl.concat([getattr(model, attr), fr[attr]]))
-        model.devices = pl.concat([model.devices, fr["devices"]]).unique(maintain_order=True)
-        total += fr["kernels"].height
-        model.sources.append(Source(
+        out.append(Loaded(fr, Source(
             "kineto", str(f), "baseTimeNanoseconds" if trace["base_ns"] else "none (no base time in the file)",
             offset_ns=trace["base_ns"] or None,
             counts={"kernels": fr["kernels"].height, "cpu_ops": fr["cpu_ops"].height,
                     "memops": fr["memops"].height, "annotations": fr["nvtx"].height},
-            devices=trace["devices"]))
-    return {"kernels": total}
+            devices=trace["devices"])))
+    return out

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 
 SCHEMA = {"kernel_id": pl.Int64, "kernel_name": pl.String, "section": pl.String, "metric": pl.String,

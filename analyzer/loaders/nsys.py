@@ -17,10 +17,10 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import local_copy
 from sglang_tracing.analyzer.model import (
-    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Source, TraceModel,
+    CPU_OP_SCHEMA, DEVICE_SCHEMA, KERNEL_SCHEMA, MEMOP_SCHEMA, NVTX_SCHEMA, Loaded, Source, rows_frame,
 )
 
 META_TABLES = ("META_DATA_EXPORT", "EXPORT_META_DATA")
@@ -172,9 +172,7 @@ def api_calls(con) -> pl.DataFrame:
             else:
                 is_driver = not name.startswith("cuda")
             rows.append((start, end, name, tid, corr, "cuda_driver" if is_driver else "cuda_runtime"))
-    if not rows:
-        return pl.DataFrame(schema=CPU_OP_SCHEMA)
-    return pl.DataFrame(rows, schema=CPU_OP_SCHEMA, orient="row").sort("start_ns")
+    return rows_frame(rows, CPU_OP_SCHEMA)
 
 
 def osrt_calls(con) -> pl.DataFrame:
@@ -202,9 +200,7 @@ def memops(con) -> pl.DataFrame:
     if "CUPTI_ACTIVITY_KIND_MEMSET" in tables:
         rows += con.execute("""select start, end, end - start, '[CUDA memset]', bytes, deviceId, streamId,
                                       correlationId, 'nsys' from CUPTI_ACTIVITY_KIND_MEMSET""").fetchall()
-    if not rows:
-        return pl.DataFrame(schema=MEMOP_SCHEMA)
-    return pl.DataFrame(rows, schema=MEMOP_SCHEMA, orient="row").sort("start_ns")
+    return rows_frame(rows, MEMOP_SCHEMA)
 
 
 def devices(con) -> pl.DataFrame:
@@ -233,9 +229,9 @@ def alignment_offset(nvtx_frame: pl.DataFrame, spans: pl.DataFrame, session_star
     return 0, "no alignment available"
 
 
-def attach(model: TraceModel, path: str) -> dict:
-    """Load an nsys export into ``model`` (kernels, memory operations, NVTX ranges, CUDA API and OS
-    runtime calls, GPUs), aligned to the span clock."""
+def load(path: str, spans: pl.DataFrame) -> Loaded:
+    """An nsys export's kernels, memory operations, NVTX ranges, CUDA API and OS runtime calls and GPUs,
+    put on the clock of ``spans`` (the trace's spans, which its NVTX ranges name)."""
     con, path = open_export(path)
     try:
         try:
@@ -243,17 +239,16 @@ def attach(model: TraceModel, path: str) -> dict:
             calls, osrt, mem = api_calls(con), osrt_calls(con), memops(con)
         except sqlite3.DatabaseError as exc:
             raise TraceError(path, f"corrupt or truncated SQLite file ({exc})") from None
-        offset, how = alignment_offset(n, model.spans, start)
+        offset, how = alignment_offset(n, spans, start)
         shift = [pl.col("start_ns") + offset, pl.col("end_ns") + offset]
-        for attr, frame in (("kernels", k), ("nvtx", n), ("cpu_ops", calls), ("cpu_ops", osrt), ("memops", mem)):
-            if frame.height:
-                setattr(model, attr, pl.concat([getattr(model, attr), frame.with_columns(shift)]))
-        model.devices = pl.concat([model.devices, dev])
+        cpu_ops = pl.concat([calls, osrt])
+        frames = {name: frame.with_columns(shift) for name, frame in
+                  (("kernels", k), ("nvtx", n), ("cpu_ops", cpu_ops), ("memops", mem)) if frame.height}
+        frames["devices"] = dev
         source = Source("nsys", str(path), how, offset_ns=offset,
                         counts={"kernels": k.height, "nvtx": n.height, "cuda_api_calls": calls.height,
                                 "osrt_calls": osrt.height, "memops": mem.height},
                         devices=dev.to_dicts(), version=metadata(con).get("EXPORT_PRODUCT_VERSION"))
-        model.sources.append(source)
-        return source
+        return Loaded(frames, source)
     finally:
         con.close()

@@ -4,7 +4,7 @@ nvtx_sum, osrt_sum, and the older names of the same reports (gpukernsum, cudaapi
 
 Every table is read into the columns below: times in ns and sizes in MB (10^6 bytes, nsys's unit)
 whatever ``--timeunit`` the file was written with. These are also the columns the analyzer's own
-summaries produce (``analyses/summaries.py``), so a CSV and a profile compare like for like.
+summaries produce (``analyses/stats_tables.py``), so a CSV and a profile compare like for like.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.errors import TraceError
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
 
 _STATS = ["Avg (ns)", "Med (ns)", "Min (ns)", "Max (ns)", "StdDev (ns)"]

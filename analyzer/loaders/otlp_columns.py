@@ -3,7 +3,7 @@
 msgspec decodes each line into typed structs (no dict per span or attribute), and the columns are
 built per span name, where every span usually carries the same attribute keys in the same order,
 so a key's values are one slice of the flattened attribute list. The result has the columns,
-dtypes and values that ``otlp_json.read_span_file`` + ``model.spans_frame`` (the reference path)
+dtypes and values that ``otlp_json.read_span_file`` + ``otlp_json.spans_frame`` (the reference path)
 give. Input outside what the OpenTelemetry SDK writes for sglang-tracing (kvlist values, nested
 arrays, arrays mixing value kinds, a key whose values mix kinds, a bool that is not a JSON bool)
 raises ``Unsupported``; the caller then reads that file with the reference path.
@@ -19,10 +19,8 @@ import msgspec
 import numpy as np
 import polars as pl
 
-SPAN_FIELDS = ("trace_id", "span_id", "parent_id", "name", "start_ns", "end_ns", "role", "pid", "tp_rank")
-SPAN_BASE = {"trace_id": pl.String, "span_id": pl.String, "parent_id": pl.String, "name": pl.String,
-             "start_ns": pl.Int64, "end_ns": pl.Int64, "role": pl.String, "pid": pl.Int64, "tp_rank": pl.Int64}
-EVENT_SCHEMA = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String}
+from sglang_tracing.analyzer.model import EVENT_SCHEMA, SPAN_BASE, SPAN_FIELDS
+
 _RES_KEYS = ("sglang.role", "process.pid", "sglang.tp_rank")  # semconv.RES_ROLE, RES_PID, RES_TP_RANK
 
 

@@ -10,8 +10,11 @@ try:  # several times faster than json on these large lines; SGLang already depe
 except ImportError:  # pragma: no cover
     from json import JSONDecodeError as _DecodeError, loads as _loads
 
-from sglang_tracing.analyzer.errors import TraceError
+import polars as pl
+
+from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
+from sglang_tracing.analyzer.model import SPAN_BASE, SPAN_FIELDS, no_spans
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +84,6 @@ def _add_span(sp: dict, res: dict, spans: list, events: list) -> None:
         events.append((sp["spanId"], ev["name"], int(ev["timeUnixNano"]), sp["traceId"]))
 
 
-SPAN_FIELDS = ("trace_id", "span_id", "parent_id", "name", "start_ns", "end_ns", "role", "pid", "tp_rank")
-
-
 def read_line(raw: bytes, spans: list, events: list) -> None:
     """Append the spans and events of one complete line (one ExportTraceServiceRequest), as ``read_span_file``
     does; raises ValueError on a line that is not one."""
@@ -96,3 +96,25 @@ def read_line(raw: bytes, spans: list, events: list) -> None:
                     _add_span(sp, res, spans, events)
     except (_DecodeError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not an OTLP-JSON line ({type(exc).__name__})") from None
+
+
+def spans_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Rows from ``read_span_file`` (base fields, then attribute pairs) as one column per attribute key."""
+    if not rows:
+        return no_spans()
+    n = len(rows)
+    base = list(zip(*(r[:9] for r in rows)))
+    columns = {name: pl.Series(name, values, dtype=SPAN_BASE[name], strict=False)
+               for name, values in zip(SPAN_FIELDS, base)}
+    attrs: dict[str, list] = {}
+    for i, r in enumerate(rows):
+        for key, value in r[9]:
+            col = attrs.get(key)
+            if col is None:
+                col = attrs[key] = [None] * n
+            col[i] = value
+    for key, values in attrs.items():
+        if key not in columns:
+            columns[key] = pl.Series(key, values, strict=False)
+    df = pl.DataFrame(columns)
+    return df.with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns")).sort("start_ns")

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from sglang_tracing.analyzer.loaders.files import resolve
-from sglang_tracing.analyzer.model import TraceModel, load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
+from sglang_tracing.analyzer.model import TraceModel
 
 
 @dataclasses.dataclass

@@ -10,9 +10,9 @@ from pathlib import Path
 import polars as pl
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses.experiment_cells import cells
+from sglang_tracing.analyzer.loaders.experiment_cells import cells
 from sglang_tracing.analyzer.loaders import kineto
-from sglang_tracing.analyzer.model import load_trace_dir
+from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 
 RANK_IN_PROFILE_NAME = re.compile(r"TP-(\d+)")  # SGLang's profiler: <profile_id>-TP-<rank>.trace.json.gz
 

@@ -5,8 +5,7 @@ import argparse
 import logging
 import sys
 
-from sglang_tracing.analyzer.errors import TraceError
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import TraceError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -11,7 +11,7 @@ import time
 
 from sglang_tracing.models.builder import build_model_dir, prompt_of_length
 from sglang_tracing.app.serving import CPU_ARGS, Server, ServerError, wait_for_exporters
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import UsageError
 
 DEMO_ROOT = os.path.join("traces", "demo")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from sglang_tracing.analyzer.loaders.span_tail import is_trace_dir
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import UsageError
 from sglang_tracing.runtime import detail_control
 from sglang_tracing.runtime.cuda_graphs import graph_note, graph_phases
 

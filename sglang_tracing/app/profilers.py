@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from sglang_tracing.analyzer.loaders.nsys_export import export_failure
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import UsageError
 
 # Nsight Systems
 # node-level CUDA-graph tracing: each kernel of a decode graph replay shows up (SGLang's own advice)

@@ -19,7 +19,8 @@ from sglang_tracing.analyzer.analyses.live_state import LiveState
 from sglang_tracing.analyzer.analyses.live_types import PHASES, Snapshot
 from sglang_tracing.analyzer.loaders.span_tail import TraceTail, is_trace_dir
 from sglang_tracing.analyzer.renderers import live_text
-from sglang_tracing.config import TOP_REFRESH_S, TOP_WINDOW_S, UsageError
+from sglang_tracing.config import TOP_REFRESH_S, TOP_WINDOW_S
+from sglang_tracing.errors import UsageError
 
 STATUS_ROUTE = "/sglang_tracing/status"
 

@@ -7,7 +7,7 @@ Weights are not written; serve with ``--load-format dummy``.
 from __future__ import annotations
 
 import json
-from sglang_tracing.config import UsageError
+from sglang_tracing.errors import UsageError
 from pathlib import Path
 
 SPECIAL_TOKENS = {"<unk>": 0, "<s>": 1, "</s>": 2}

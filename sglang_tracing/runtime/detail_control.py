@@ -11,7 +11,8 @@ import time
 import uuid
 
 from sglang_tracing import semconv as sc
-from sglang_tracing.config import DETAIL_CONTROL_FILE, MAX_DETAIL_FORWARDS, UsageError
+from sglang_tracing.config import DETAIL_CONTROL_FILE, MAX_DETAIL_FORWARDS
+from sglang_tracing.errors import UsageError
 
 
 def control_path(trace_dir: str) -> str:

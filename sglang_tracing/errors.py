@@ -1,5 +1,10 @@
-"""The one error type the analyzer raises for bad input; the CLI prints it as one line, exit 2."""
+"""The errors a user can cause: the CLI prints either as one line on stderr and exits 2 (any other
+exception is a bug, and shows its traceback)."""
 from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """A user's option or argument is wrong."""
 
 
 class TraceError(Exception):

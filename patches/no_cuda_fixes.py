@@ -33,5 +33,5 @@ def apply() -> bool:
 
     _targets.when_imported(_ROTARY, _native_rotary)
     _targets.register({_GROUP: _no_pynccl}, [], hook_type="before")
-    logger.info("sglang-tracing cpu_compat: native RotaryEmbedding, no PyNccl (no CUDA device)")
+    logger.info("sglang-tracing no_cuda_fixes: native RotaryEmbedding, no PyNccl (no CUDA device)")
     return True

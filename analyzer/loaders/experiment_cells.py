@@ -6,7 +6,6 @@ from pathlib import Path
 
 import polars as pl
 
-from sglang_tracing.analyzer.report import Report
 from sglang_tracing.analyzer.loaders.files import resolve
 
 
@@ -27,12 +26,3 @@ def cells(out: Path) -> pl.DataFrame:
                    e2e_ms=req["e2e_ns"].median() / 1e6)
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame()
-
-
-def cells_or_empty(out: Path, report: Report, key: str) -> pl.DataFrame | None:
-    """The cells of ``out`` that carry ``key``, or None after noting in ``report`` that there are none."""
-    frame = cells(out)
-    if frame.is_empty() or key not in frame.columns:
-        report.section("No cells recorded").add("cells", "0")
-        return None
-    return frame
