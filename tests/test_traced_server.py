@@ -238,7 +238,8 @@ def test_failing_hook_does_not_fail_requests(tiny_model, tmp_path):
     _, spans = _serve_briefly(tiny_model, tmp_path, 6, env={"SGLANG_TRACE_INJECT_FAULT": "process_batch_result"})
     errors = spans.filter(spans["name"] == sc.HOOK_ERROR)
     assert errors[sc.HOOK_NAME].to_list() == ["process_batch_result"]
-    stats = spans.filter(spans["name"] == sc.RECORDER_STATS).sort("end_ns")
+    # every process reports its recorder's stats now and then: the scheduler's last report counts its failures
+    stats = spans.filter((spans["name"] == sc.RECORDER_STATS) & (spans["role"] == "scheduler")).sort("end_ns")
     assert stats[sc.HOOK_ERRORS][-1] >= 6  # at least one failure per processed batch, all counted
 
 
