@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -67,3 +68,14 @@ def run_concurrently(server: Server, prompts: list[str], concurrency: int, max_n
 @pytest.fixture(scope="session")
 def repo_root() -> str:
     return os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 300 kB tmpfs at tmp_path/trace, for a trace dir whose disk fills (a server's log stays outside it)."""
+    mount = tmp_path / "trace"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])

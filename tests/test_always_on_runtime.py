@@ -103,16 +103,6 @@ def test_retention_needs_a_cap():
         always_on_from_env({"SGLANG_TRACE_BATCH_KEEP": "some"})
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
-
-
 def test_full_disk_stops_cleanly_and_says_where(small_tmpfs):
     """A 300 kB trace dir: writing stops at a whole line with a stop line naming why; every span before it
     is readable; the process recording never notices."""

@@ -11,7 +11,6 @@ import http.client
 import json
 import signal
 import shutil
-import subprocess
 import threading
 import time
 import uuid
@@ -166,17 +165,6 @@ def test_trace_dir_removed_serving_goes_on_and_each_exporter_says_so_once(faulte
     assert [o["meta_info"]["completion_tokens"] for o in after_removal] == [8] * 4
     stopped = [line for line in log.splitlines() if "stopped: trace dir removed" in line]
     assert stopped and len(stopped) == len({line.split(" stopped")[0] for line in stopped}) <= 3
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 300 kB tmpfs where start_server puts the trace (the server's log stays outside it)."""
-    mount = tmp_path / "trace"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
 
 
 def test_full_trace_disk_serving_unaffected_trace_says_where_it_stops(tiny_model, tmp_path, small_tmpfs):
