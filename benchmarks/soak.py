@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import gzip
 import json
-import os
 import shlex
 import sys
 import tempfile

@@ -213,7 +213,7 @@ def test_story_layer_time_is_the_selected_requests_own():
 def test_internal_requests_are_listed_apart_not_counted():
     """The overhead trace: per server one warm-up pass (1 + 32 requests), then 3 rounds of 4 + 32
     (benchmarks/results); SGLang's own warm-up comes on top and stays out of every statistic."""
-    from sglang_tracing.analyzer.analyses import story, story_report
+    from sglang_tracing.analyzer.analyses import story
 
     bench = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results"
                         / "overhead-h200-llama2-7b-triton.json").read_text())["args"]

@@ -24,7 +24,6 @@ from sglang_tracing.analyzer.analyses import diff, stats_tables, timeline
 from sglang_tracing.analyzer.analyses.ncu_metrics import kernel_metrics, ranked_hints
 from sglang_tracing.analyzer.analyses.ncu_stalls import warp_stalls
 from sglang_tracing.analyzer.loaders import ncu, nsys
-from sglang_tracing.analyzer.renderers import text
 from sglang_tracing.analyzer.renderers.base import ROW_LIMIT
 from sglang_tracing.errors import TraceError
 
