@@ -13,7 +13,15 @@
 #   ncu       the traced flashinfer server under Nsight Compute, attention kernels, 512 -> 4
 #   tp        experiment 6 on a host with 2 GPUs: TP=1 (GPU 0) and TP=2 (GPUs 0,1), triton,
 #             64 requests 512 -> 128 at concurrency 32, SGLang's profiler on both ranks after each
+# Runs still owed to the issues (benchmarks/README.md and docs/ say what each writes; ~5-9 min each):
+#   features  HiCache and NGRAM traced vs untraced, equal pools (issue 24): benchmarks/gpu_features.py
+#   baseline  the plan's experiment 1 in one command, with its profiled pass (issue 21)
+#   soak      500 concurrent, tail-based keep, memory over time (issue 23); startup, volume likewise
+#   layer     --trace-level layer's batch-1 TTFT, eager prefill in every arm (issue 26); topov: top attached
+# The project must be pip-installed there (pip install --no-deps --no-build-isolation -e .): traced servers
+# find the plugin through its entry point.
 set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${MODEL:-/tmp/llama2}
 RES=${RES:-/tmp/res}
 NSYS=${NSYS:-$(python3 -c 'from sglang_tracing.app.profilers import DEFAULT_NSYS_PATH; print(DEFAULT_NSYS_PATH)')}
@@ -23,6 +31,17 @@ step() {
     shift
     echo "$name start $(date +%T)" >>"$RES/progress.log"
     python3 -m sglang_tracing experiment "$@" --model "$MODEL" --dummy-weights --out "$RES/$name" >"$RES/$name.log" 2>&1
+    echo "$name rc=$? end $(date +%T)" >>"$RES/progress.log"
+}
+
+bench() {  # a benchmark script: NAME SCRIPT ARGS...; its results go under $RES/NAME
+    local name=$1
+    shift
+    mkdir -p "$RES/$name"
+    local script=$ROOT/$1
+    shift
+    echo "$name start $(date +%T)" >>"$RES/progress.log"
+    python3 "$script" "$@" >"$RES/$name.log" 2>&1
     echo "$name rc=$? end $(date +%T)" >>"$RES/progress.log"
 }
 
@@ -41,6 +60,20 @@ run_step() {
     tp)
         step tp tp --tp-sizes 1,2 --gpus "0;0,1" --num-requests 64 --concurrency 32 --prompt-len 512 \
             --output-len 128 --sglang-args "--attention-backend triton --mem-fraction-static 0.8" ;;
+    features) bench features benchmarks/gpu_features.py --model "$MODEL" --out "$RES/features" ;;
+    baseline)
+        step baseline baseline --num-requests 100 --prompt-len 512 --output-len 128 \
+            --sglang-args "--attention-backend triton" ;;
+    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 120 --phase 30 --concurrency 500 \
+        --keep "$RES/soak-keep" --out "$RES/soak" ;;
+    startup) bench startup benchmarks/startup.py --model "$MODEL" --repeats 1 --out "$RES/startup/startup.json" ;;
+    volume) bench volume benchmarks/volume.py live --model "$MODEL" --requests 512 --concurrency 64 \
+        --prompt-len 512 --output-len 128 --keep "$RES/volume-keep" --out "$RES/volume/volume.json" ;;
+    layer) bench layer benchmarks/overhead.py --model "$MODEL" --configs traced,traced-layer,untraced --rounds 3 \
+        --batch1-samples 8 --extra "--attention-backend triton --disable-prefill-cuda-graph" \
+        --out "$RES/layer/layer-cost.json" --keep "$RES/layer-keep" ;;
+    topov) bench topov benchmarks/overhead.py --model "$MODEL" --configs traced,traced-top,untraced --rounds 3 \
+        --out "$RES/topov/top-overhead.json" --keep "$RES/topov-keep" ;;
     *) echo "unknown step $1" >>"$RES/progress.log" ;;
     esac
 }
@@ -64,7 +97,7 @@ collect() {
         grep -q "^$name rc=" "$RES/progress.log" || continue
         find "$d" -name '*.sqlite' -exec gzip -kf {} \;
         tar czf "$OUT/$name.tgz" -C "$RES" --exclude='*.nsys-rep' --exclude='*.sqlite' \
-            --exclude='model' "$name"
+            --exclude='model' --exclude='*-keep' "$name"
     done
     ls -la "$OUT"
 }
