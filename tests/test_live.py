@@ -113,7 +113,9 @@ def test_bad_targets_are_one_line_and_exit_2(live_server, tmp_path):
 def test_detail_records_layer_spans_only_inside_its_window(live_server, tiny_model):
     server, trace_dir = live_server
     forwards = 4
-    load = Load(server, 8, seed=2)
+    # long enough to still be decoding once the detail CLI (a fresh interpreter) has asked, ~1.5 s in: 48
+    # tokens a request were all done in 0.55 s on the CPU server, before the window could see a forward
+    load = Load(server, 8, seed=2, output=400)
     try:
         time.sleep(1.0)
         done = subprocess.run([*CLI, "detail", server.url, "--forwards", str(forwards), "--json"],
@@ -170,6 +172,14 @@ def _rows(text: str) -> list[tuple[str, str]]:
     return [(m.group(1), m.group(2)) for m in _ROW.finditer(text)]
 
 
+_OUT = re.compile(r"^\s*([0-9a-f]{6,}…?)\s+(?:queued|prefill \d+/[\d?]+|decode)\s+\S+\s+\S+\s+(\d+)\s", re.M)
+
+
+def _freshest(text: str) -> str:
+    """The rid of the row with the fewest output tokens: the one furthest from finishing."""
+    return min(((int(m.group(2)), m.group(1)) for m in _OUT.finditer(text)))[1]
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (scripts/setup_env.sh installs it)")
 def test_top_in_a_terminal_under_load(live_server, repo_root):
     """As a person would: an 80x24 terminal, keys to filter by phase, sort and filter by rid, then the
@@ -178,7 +188,7 @@ def test_top_in_a_terminal_under_load(live_server, repo_root):
     session = f"sgt-top-{uuid.uuid4().hex[:8]}"
     cmd = f"cd {repo_root} && {sys.executable} -m sglang_tracing top {server.url} --window 3600"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", cmd], check=True)
-    load = Load(server, 32, seed=3)
+    load = Load(server, 32, seed=3, output=256)
     try:
         first = _wait_pane(session, lambda t: any(p.startswith("prefill") for _, p in _rows(t))
                            and any(p == "decode" for _, p in _rows(t)))
@@ -192,7 +202,8 @@ def test_top_in_a_terminal_under_load(live_server, repo_root):
         by_rid = _wait_pane(session, lambda t: "sort rid" in t and "phase all" in t and len(_rows(t)) > 1)
         rids = [r for r, _ in _rows(by_rid)]
         assert rids == sorted(rids)
-        prefix = rids[0][:2]
+        # a request still far from its end: one that finishes before the filter applies leaves no row to show
+        prefix = _freshest(by_rid)[:2]
         subprocess.run(["tmux", "send-keys", "-t", session, "/"], check=True)
         _wait_pane(session, lambda t: "rid prefix" in t)  # the filter box is open
         subprocess.run(["tmux", "send-keys", "-t", session, prefix, "Enter"], check=True)

@@ -86,3 +86,14 @@ def test_gpu_panel_shows_the_newest_sample():
     state.feed(Appended(nvml=rows[::-1], gpu_notes={"scheduler-tp0-pid1": note}))
     gpu = state.snapshot(250 * MS).gpu
     assert gpu.available and (gpu.sm_util, gpu.power_w, gpu.mem_used, gpu.sample_age_s) == (90.0, 512.5, 2**30, 0.05)
+
+
+def test_a_first_chunk_cut_short_counts_chunks_of_the_budget():
+    """Chunked at 64: "b" gets the 24 tokens "a"'s last chunk left of a forward, then full chunks."""
+    state = LiveState(window_s=60)
+    feed(state, span(sc.REQUEST_TOKENIZE, 0, 1, {sc.RID: "a", sc.PROMPT_TOKENS: 104}, role="tokenizer"),
+         span(sc.REQUEST_TOKENIZE, 0, 1, {sc.RID: "b", sc.PROMPT_TOKENS: 200}, role="tokenizer"),
+         forward("f1", 10, 20, "extend", ["a"], [64]), result("f1", 22),
+         forward("f2", 30, 40, "extend", ["a", "b"], [40, 24]), result("f2", 42))
+    row = next(r for r in state.snapshot(43 * MS).requests if r.rid == "b")
+    assert row.phase_text == "prefill 1/4"  # 176 left: 3 more chunks of 64, not 8 of 24

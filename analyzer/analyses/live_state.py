@@ -89,6 +89,7 @@ class LiveState:
         self.newest_ns = 0
         self.skipped_bytes = 0
         self.stale = 0  # requests dropped from the table after STALE_NS without a record
+        self.chunk_budget = 0  # the most prompt tokens an extend forward ran while a prefill stayed unfinished
 
     # ---- ingest ----
     def feed(self, appended) -> None:
@@ -138,6 +139,7 @@ class LiveState:
         tokens = attrs.get(sc.BATCH_TOKENS) or len(rids)
         out_tokens = prompt_tokens = 0
         token_ns = self.results.pop(sid, None)
+        chunked = False
         for i, rid in enumerate(rids):
             if rid in self.done_rids:
                 continue
@@ -151,11 +153,14 @@ class LiveState:
                 req.chunk_max = max(req.chunk_max, n)
                 prompt_tokens += n
                 if not req.prefill_done():
+                    chunked = True
                     continue  # a chunk that produced no token yet
             req.n_out += 1
             out_tokens += 1
             if token_ns is not None:
                 req.add_token(token_ns)
+        if chunked:  # this forward filled the server's chunk budget (a request's own chunk may have been less)
+            self.chunk_budget = max(self.chunk_budget, sum(lens) if lens else 0)
         if token_ns is None:
             if len(self.forwards) >= PENDING_KEPT:
                 self.forwards.clear()
@@ -249,7 +254,10 @@ class LiveState:
         elif not req.prefill_done():
             phase, chunk = "prefill", req.chunks
             left = (req.prompt - (req.cached or 0) - req.extended) if req.prompt is not None else None
-            chunks = req.chunks + math.ceil(left / req.chunk_max) if left and req.chunk_max else None
+            # a request's first chunk may be what was left of a forward's budget beside another's last chunk:
+            # the chunks to come are of the budget, not of the largest chunk this request ran so far
+            size = max(req.chunk_max, self.chunk_budget)
+            chunks = req.chunks + math.ceil(left / size) if left and size else None
         else:
             phase, chunk, chunks = "decode", None, None
         queued_until = req.scheduled_ns or now

@@ -329,6 +329,21 @@ def start(config: TraceConfig, role: str, tp_rank: int | None = None) -> Recorde
         return _recorder
 
 
+def _forget_in_child() -> None:
+    """A forked child holds a copy of its parent's recorder: its counts stop at the fork, and its writer
+    thread is gone. The copy must never write into the parent's exporter pipe (at exit it would append a
+    stats span with the counts of the fork's moment after the parent's own); the child starts its own."""
+    global _recorder
+    rec, _recorder = _recorder, None
+    if isinstance(rec, Recorder):
+        rec._closed = True  # its atexit ``close`` does nothing
+        rec._pipe = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def active() -> SpanSink | None:
     """This process's recorder, or None while none has started (hooks then call straight through)."""
     return _recorder
