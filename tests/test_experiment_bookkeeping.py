@@ -70,7 +70,8 @@ def test_experiment_json_keeps_options_not_functions(tmp_path):
     assert all(isinstance(v, (str, int, float, bool, list, type(None))) for v in runs[0]["args"].values())
 
 
-def test_experiment_help_shows_every_default():
+def test_experiment_help_shows_every_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens: "--speculative-" / "algorithm"
     parser = cli.build_parser()
     sub = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "experiment")[1]
     text = sub.format_help()
