@@ -49,14 +49,16 @@ SGLANG_TRACE_MODULES = ("opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
 
 # ---- the OTLP/HTTP sink SGLang's tracing exports to (its own process: no GIL shared with the client) ----
 def _sink(port: int, counts) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
+
+    from sglang_tracing.app.otlp_receiver import QuietOtlpHandler
 
     try:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     except ImportError:
         ExportTraceServiceRequest = None
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietOtlpHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             spans = 0
@@ -70,13 +72,7 @@ def _sink(port: int, counts) -> None:
                 counts[0] += 1
                 counts[1] += len(body)
                 counts[2] += spans
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-protobuf")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
+            self.accepted()
 
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
 

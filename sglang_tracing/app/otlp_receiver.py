@@ -47,6 +47,19 @@ def decode(body: bytes, content_type: str) -> dict:
     return _hex_ids(MessageToDict(message))
 
 
+class QuietOtlpHandler(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint's handler: answers an accepted export with an empty 200, logs nothing."""
+
+    def accepted(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 class OtlpReceiver:
     """Receives spans on a free local port until ``stop``; ``requests`` holds what arrived, decoded."""
 
@@ -58,7 +71,7 @@ class OtlpReceiver:
         self._lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietOtlpHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
@@ -67,13 +80,7 @@ class OtlpReceiver:
                     self.send_error(400, f"not an OTLP trace export: {exc}")
                     return
                 receiver._keep(decoded)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
+                self.accepted()
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
