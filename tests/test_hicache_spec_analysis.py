@@ -303,6 +303,15 @@ def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating
                 for i in range(3)]
         (out / cell / "result.json").write_text(json.dumps({"requests": reqs, "output_tok_per_s": tput,
                                                             "trace_dir": tdir, "start_ns": 1}))
+    from sglang_tracing.analyzer.analyses import spec_experiment
+    from sglang_tracing.analyzer.loaders import backends_experiment
+
+    typed = spec_experiment.compute(backends_experiment.load(out))
+    ratios = {(f.cell, f.figure): f.ratio_to_no_spec for f in typed.figures}
+    assert ratios[("spec", "output_tok_per_s")] == pytest.approx(150 / 100)
+    assert ratios[("spec", "ttft_ms")] == pytest.approx((22e6 + 1) / (20e6 + 1))
+    assert ratios[("spec", "itl_ms")] == pytest.approx(4e6 / 5e6)
+    assert ratios[("no_spec", "ttft_ms")] is None and typed.speculation is not None
     report = experiment_reports.build("spec", out)
     figures = {f.label: f.value for s in report.sections for f in s.figures}
     assert figures["spec: output throughput"] == f"150.0 tok/s (x{150 / 100:.3f} of no_spec)"
