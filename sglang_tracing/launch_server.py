@@ -56,34 +56,33 @@ def add_tracing_options(parser: argparse.ArgumentParser) -> None:
     add_always_on_options(parser)
 
 
+# (flag, type, default, metavar, help) of the numeric bounds; --batch-keep is parsed apart
+ALWAYS_ON_NUMBERS = (
+    ("--span-file-max-mb", float, 0, "MB", "start a new part of a process's span file at this size (0: never)"),
+    ("--span-files-keep", int, 0, "N", "keep the newest N parts per process, deleting older ones (0: all)"),
+    ("--keep-one-in", int, 1, "N", "tail-based keep: full detail for 1 in N requests, the others a summary (1: all)"),
+    ("--keep-ttft-ms", float, 0, "MS", "... and for every request whose TTFT (at the scheduler) is over MS"),
+    ("--keep-itl-ms", float, 0, "MS", "... or whose longest inter-token gap is over MS"),
+    ("--keep-e2e-ms", float, 0, "MS", "... or whose end-to-end time (at the scheduler) is over MS"),
+    ("--keep-percentile", float, 0, "P", "... or over the P-th percentile of the last --keep-window requests (0: off)"),
+    ("--keep-window", int, DEFAULT_KEEP_WINDOW, "N", None),
+    ("--max-queued", int, DEFAULT_MAX_QUEUED, "N",
+     "records a process holds for its exporter before dropping (counted) more"),
+)
+
+
 def add_always_on_options(parser: argparse.ArgumentParser) -> None:
     """Bounds on what a trace left on writes (docs/always-on.md)."""
     group = parser.add_argument_group("always on: trace volume bounds and tail-based keep")
-    group.add_argument("--span-file-max-mb", type=float, default=0, metavar="MB",
-                       help="start a new part of a process's span file at this size (0: never)")
-    group.add_argument("--span-files-keep", type=int, default=0, metavar="N",
-                       help="keep the newest N parts per process, deleting older ones (0: all)")
-    group.add_argument("--keep-one-in", type=int, default=1, metavar="N",
-                       help="tail-based keep: full detail for 1 in N requests, the others a summary (1: all)")
-    group.add_argument("--keep-ttft-ms", type=float, default=0, metavar="MS",
-                       help="... and for every request whose TTFT (at the scheduler) is over MS")
-    group.add_argument("--keep-itl-ms", type=float, default=0, metavar="MS",
-                       help="... or whose longest inter-token gap is over MS")
-    group.add_argument("--keep-e2e-ms", type=float, default=0, metavar="MS",
-                       help="... or whose end-to-end time (at the scheduler) is over MS")
-    group.add_argument("--keep-percentile", type=float, default=0, metavar="P",
-                       help="... or over the P-th percentile of the last --keep-window requests (0: off)")
-    group.add_argument("--keep-window", type=int, default=DEFAULT_KEEP_WINDOW, metavar="N")
+    for flag, kind, default, metavar, help_text in ALWAYS_ON_NUMBERS:
+        group.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text)
     group.add_argument("--batch-keep", default=BATCH_KEEP_ALL, metavar="all|kept|N",
                        help="batch spans: all, those that ran a kept request, or 1 in N forwards")
-    group.add_argument("--max-queued", type=int, default=DEFAULT_MAX_QUEUED, metavar="N",
-                       help="records a process holds for its exporter before dropping (counted) more")
 
 
 def always_on_from_args(args: argparse.Namespace) -> dict:
-    fields = {name: getattr(args, name) for name in (
-        "span_file_max_mb", "span_files_keep", "keep_one_in", "keep_ttft_ms", "keep_itl_ms", "keep_e2e_ms",
-        "keep_percentile", "keep_window", "max_queued")}
+    fields = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
+              for flag, *_ in ALWAYS_ON_NUMBERS}
     fields["batch_keep"] = validate_batch_keep(args.batch_keep)
     return validate_always_on(fields)
 
