@@ -397,7 +397,9 @@ def test_streamed_ttft_lies_inside_the_clients(traced_run):
     for resp in [*mixed, solo]:
         row, c = table[_rid(resp)], resp["client"]
         assert row["stream"] is True and row["ttft_source"].startswith("first byte sent")
-        assert row["received_by"] in (sc.RECEIVED_BY_KERNEL, sc.RECEIVED_BY_READ)  # not the ASGI entry
+        # not the ASGI entry; a request whose bytes came after the accept and were read late by a busy loop
+        # gets the read moved back by the kernel's age of its bytes ("kernel, ms"), never before they arrived
+        assert row["received_by"] in (sc.RECEIVED_BY_KERNEL, sc.RECEIVED_BY_KERNEL_MS, sc.RECEIVED_BY_READ)
         assert c["sent_ns"] <= row["received_ns"] < row["first_byte_ns"] <= c["chunk_ns"][0]
         assert row["ttft_ns"] == row["first_byte_ns"] - row["received_ns"]
     for resp in load:
