@@ -55,7 +55,6 @@ quiet "$PIP" install -q -c "$CONSTRAINTS" $PINS fastapi uvicorn pyzmq msgspec py
   packaging IPython nvidia-ml-py easydict distro dill compressed-tensors gguf jsonschema soundfile \
   opentelemetry-sdk opentelemetry-exporter-otlp-json-file opentelemetry-exporter-otlp-proto-http \
   nvtx polars perfetto matplotlib textual pytest
-  nvtx polars perfetto matplotlib pytest
 pd_packages
 step "4/4 sglang-tracing (editable) and an import check"
 quiet "$PIP" install -q --no-deps --no-build-isolation -e "$ROOT"
