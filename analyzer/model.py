@@ -40,7 +40,8 @@ import polars as pl
 SPAN_FIELDS = ("trace_id", "span_id", "parent_id", "name", "start_ns", "end_ns", "role", "pid", "tp_rank")
 SPAN_BASE = {"trace_id": pl.String, "span_id": pl.String, "parent_id": pl.String, "name": pl.String,
              "start_ns": pl.Int64, "end_ns": pl.Int64, "role": pl.String, "pid": pl.Int64, "tp_rank": pl.Int64}
-EVENT_SCHEMA = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String}
+EVENT_SCHEMA = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String,
+                "attributes": pl.String}  # the event's attributes as a JSON object (None: it has none)
 KERNEL_SCHEMA = {"start_ns": pl.Int64, "end_ns": pl.Int64, "dur_ns": pl.Int64, "name": pl.String,
                  "device": pl.Int64, "stream": pl.Int64, "correlation": pl.Int64,
                  "grid_x": pl.Int64, "grid_y": pl.Int64, "grid_z": pl.Int64,

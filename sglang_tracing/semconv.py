@@ -289,3 +289,9 @@ TRACE_ORIGIN_PD = "bootstrap room"
 TRACE_ORIGIN_RID = "rid"
 PD_SPANS = (PD_BOOTSTRAP, PD_PREFILL_QUEUE, PD_KV_SEND, PD_METADATA_SEND, PD_PREALLOC, PD_KV_RECEIVE, PD_FIRST_DECODE)
 PD_FLOW = (PD_KV_SEND, PD_FIRST_DECODE)  # Perfetto: one flow per request, prefill's send -> decode's first batch
+
+# ---- the PD client's own stamps (issue 25): one span per request, written by the experiment ----
+CLIENT_ROLE = "client"  # server_role of the trace dir holding them
+CLIENT_REQUEST = "sglang_tracing.client.request"  # its first byte sent -> response complete (client's clock)
+CLIENT_FIRST_CHUNK_NS = "sglang_tracing.client.first_chunk_ns"  # the first streamed chunk read by the client
+CLIENT_FIRST_KERNEL_NS = "sglang_tracing.client.first_chunk_kernel_ns"  # its bytes received by the client's kernel

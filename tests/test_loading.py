@@ -46,7 +46,8 @@ def reference(trace_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         r, e, _ = read_span_file(f)
         rows += r
         events += e
-    schema = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String}
+    schema = {"span_id": pl.String, "name": pl.String, "time_ns": pl.Int64, "trace_id": pl.String,
+              "attributes": pl.String}
     return spans_frame(rows), pl.DataFrame(events, schema=schema, orient="row")
 
 
@@ -72,7 +73,7 @@ def assert_same_as_reference(model, trace_dir: Path) -> None:
 
 @pytest.mark.parametrize("trace_dir", TRACE_DIRS, ids=lambda d: "-".join(d.relative_to(EXAMPLES).parts))
 def test_fast_loader_gives_the_reference_frames(trace_dir):
-    assert len(TRACE_DIRS) == 16  # cpu-pd: 2 loads x (prefill, decode, router)
+    assert len(TRACE_DIRS) == 18  # cpu-pd: 2 loads x (prefill, decode, router, client)
     model = load_trace_dir(trace_dir, use_cache=False)
     assert_same_as_reference(model, trace_dir)
     raw = raw_spans(trace_dir)

@@ -18,8 +18,10 @@ import pytest
 from sglang_tracing import semconv as sc
 from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses import pd
-from sglang_tracing.app.otlp_receiver import ReceiverProcess
-from sglang_tracing.app.pd import PdPair
+from sglang_tracing.app.client_spans import write_client_dir
+from sglang_tracing.app.experiments.pd import router_available
+from sglang_tracing.app.otlp_receiver import ReceiverProcess, write_manifest
+from sglang_tracing.app.pd import PdClient, PdPair, Router, served_by_router
 from sglang_tracing.app.serving import CPU_ARGS, wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
 from sglang_tracing.runtime.ids import pd_trace_id
@@ -29,6 +31,7 @@ pytest.importorskip("mooncake.engine", reason="PD on CPU needs mooncake-transfer
 EXAMPLES = Path(__file__).resolve().parents[1] / "traces" / "examples"
 CALLER_TRACE, CALLER_SPAN = secrets.randbits(128) or 1, secrets.randbits(64) or 1
 N_REQUESTS = 6
+N_ROUTED = 4  # then through sglang-router, two in flight
 # a request's own spans (process spans such as cache lookups name rids too, in their process's trace)
 REQUEST_SPANS = {sc.REQUEST, sc.REQUEST_HTTP, sc.REQUEST_TOKENIZE, sc.REQUEST_QUEUED, sc.REQUEST_PREFIX_MATCH,
                  sc.REQUEST_PREFILL, sc.REQUEST_DECODE, sc.REQUEST_DETOKENIZE, *sc.PD_SPANS}
@@ -78,13 +81,35 @@ def pd_run(tiny_model, tmp_path_factory):
         receiver.wait_for(lambda spans: {s["service"] for s in spans if s["traceId"] == caller_hex
                                          and s["name"] in (sc.REQUEST_PREFILL, sc.REQUEST_DECODE)}
                           >= {"sglang-prefill", "sglang-decode"})
+        routed = _through_the_router(pair, root, prompts[:N_ROUTED]) if router_available() else None
     finally:
         pair.stop()
         drained = all([wait_for_exporters(d) for d in dirs])  # they export to the receiver until the end
         receiver.stop()
     assert drained, "exporter processes did not finish"
     return {"dirs": dirs, "outs": outs, "caller": caller, "invalid": invalid, "receiver": receiver,
-            "bootstrap_port": pair.bootstrap_port}
+            "bootstrap_port": pair.bootstrap_port, "routed": routed, "root": root,
+            "urls": (pair.prefill.url, pair.decode.url)}
+
+
+def _through_the_router(pair: PdPair, root: Path, prompts: list[str]) -> list[dict]:
+    """sglang-router in PD mode in front of the pair, its spans received over OTLP/gRPC into ``router/``;
+    the client's stamps of each request written to ``client/``, as the experiment does."""
+    receiver = ReceiverProcess(str(root / "router"), label="router")
+    assert receiver.grpc_endpoint, "grpcio is needed to receive sglang-router's spans"
+    router = Router(pair, str(root / "router.log"), receiver.grpc_endpoint)
+    try:
+        client = PdClient(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
+        router.wait_ready(client)
+        write_manifest(str(root / "router"), "router", router.cmd)
+        with _client_first():
+            routed = client.generate_all(prompts, max_new_tokens=4, concurrency=2)
+        receiver.wait_for(lambda spans: len(served_by_router(spans)) > len(prompts))  # + its readiness probe
+    finally:
+        router.stop()
+        receiver.stop()
+    write_client_dir(str(root / "client"), [out["client"] for out in routed])
+    return routed
 
 
 def _first(spans, name, rid):
@@ -230,21 +255,72 @@ def test_traceparent_parsed_by_opentelemetry_and_an_invalid_one_ignored(header, 
 
 
 def test_the_committed_cpu_example_tells_the_same_story(tmp_path):
-    """traces/examples/cpu-pd, through sglang-router: its request spans joined by trace id, the
-    waterfall starting at the router's arrival, each request's stages adding up to its TTFT, which the
-    raw spans give too (router span start -> decode's first byte)."""
-    cell = EXAMPLES / "cpu-pd" / "load-4"
-    dirs = [str(cell / side) for side in ("prefill", "decode", "router")]
-    model = api.load(dirs)
-    story = pd.compute(model.spans, model.servers, model.events)
-    router_start = {s["trace_id"]: s["start"] for s in raw_spans(cell / "router") if s["parent_id"] is None}
-    decode = raw_spans(cell / "decode")
-    assert story.requests.height == 8 and story.offset.zero_within  # the 8 requests of the command
-    for row in story.requests.iter_rows(named=True):
-        http = _first(decode, sc.REQUEST_HTTP, row["decode_rid"])
-        root = _first(decode, sc.REQUEST, row["decode_rid"])
-        expected_ms = (http["attrs"][sc.FIRST_BYTE_NS] - router_start[root["trace_id"]]) / 1e6
-        assert sum(row[name] for name in pd.STAGE_NAMES) == pytest.approx(row["ttft_ms"], abs=1e-6)
-        assert row["ttft_ms"] == pytest.approx(expected_ms, abs=1e-3)
+    """traces/examples/cpu-pd, client -> sglang-router -> both servers, with the client's stamps: each
+    request's waterfall runs from the client's send to the first chunk it read (result.json's stamps,
+    read here with json), its first stage ends at the router's span start, the servers' TTFT is router
+    span start -> decode's first bytes, and the router's picks are the workers on its command line."""
+    for load in (1, 4):
+        cell = EXAMPLES / "cpu-pd" / f"load-{load}"
+        dirs = [str(cell / side) for side in ("prefill", "decode", "router", "client")]
+        model = api.load(dirs)
+        story = pd.compute(model.spans, model.servers, model.events)
+        client = {r["rid"]: r for r in json.loads((cell / "result.json").read_text())["requests"]}
+        router_start = {s["trace_id"]: s["start"] for s in raw_spans(cell / "router") if s["parent_id"] is None}
+        decode = raw_spans(cell / "decode")
+        assert story.requests.height == len(client) == 8 and story.client_joined == 8  # the command's 8 requests
+        assert story.offset.zero_within
+        for row in story.requests.iter_rows(named=True):
+            c = client[row["decode_rid"]]
+            assert sum(row[name] for name in pd.STAGE_NAMES) == pytest.approx(row["ttft_ms"], abs=1e-6)
+            assert row["ttft_ms"] == pytest.approx((c["first_chunk_ns"] - c["sent_ns"]) / 1e6, abs=1e-3)
+            start = router_start[_first(decode, sc.REQUEST, row["decode_rid"])["trace_id"]]
+            assert row["client: send until arrival"] == pytest.approx((start - c["sent_ns"]) / 1e6, abs=1e-3)
+            first_byte = _first(decode, sc.REQUEST_HTTP, row["decode_rid"])["attrs"][sc.FIRST_BYTE_NS]
+            assert row["server_ttft_ms"] == pytest.approx((first_byte - start) / 1e6, abs=1e-3)
+        command = json.loads((cell / "router" / "manifest.json").read_text())["command"]
+        urls = (command[command.index("--prefill") + 1], command[command.index("--decode") + 1])
+        assert story.router_picks.pairs.rows() == [(*urls, 8)]
     written = api.analyze(dirs, reports="timeline", out_dir=str(tmp_path), formats="text")
     assert {"pd.txt", "pd-requests.csv"} <= {Path(p).name for p in written}
+
+
+@pytest.mark.server
+def test_through_the_router_the_waterfall_is_the_clients_ttft_and_names_its_picks(pd_run, tmp_path):
+    """Client -> sglang-router -> both servers: with the client's stamps the waterfall runs from the
+    client's send to the first chunk it read (its own TTFT, exactly), the send until the router's span
+    and the relay back are stages of their own; the router's picks are the pair it was given."""
+    if pd_run["routed"] is None:
+        pytest.skip("sglang-router is not installed")
+    root = pd_run["root"]
+    dirs = [*pd_run["dirs"], str(root / "router"), str(root / "client")]
+    model = api.load(dirs)
+    story = pd.compute(model.spans, model.servers, model.events)
+    rows = {row["decode_rid"]: row for row in story.requests.iter_rows(named=True)}
+    router_start = {s["trace_id"]: s["start"] for s in raw_spans(root / "router") if s["parent_id"] is None}
+    decode = raw_spans(pd_run["dirs"][1])
+    assert story.client_joined == len(pd_run["routed"])
+    for out in pd_run["routed"]:
+        c = out["client"]
+        row = rows[c["rid"]]
+        stages = [row[name] for name in pd.STAGE_NAMES]
+        assert all(stage >= 0 for stage in stages)
+        assert sum(stages) == pytest.approx((c["first_ns"] - c["sent_ns"]) / 1e6, abs=1e-3)  # the client's TTFT
+        start = router_start[_first(decode, sc.REQUEST, c["rid"])["trace_id"]]
+        assert c["sent_ns"] <= start  # one host, one clock: the router saw it after the client sent it
+        assert row["client: send until arrival"] == pytest.approx((start - c["sent_ns"]) / 1e6, abs=1e-3)
+        # the client's kernel received the first chunk before the client read it; reading it is the last stage
+        assert c["first_kernel_ns"] is not None and c["sent_ns"] < c["first_kernel_ns"] <= c["first_ns"]
+        assert row["client: wake-up to read them"] <= (c["first_ns"] - c["first_kernel_ns"]) / 1e6 + 1e-3
+    picks = story.router_picks
+    assert picks.pairs.rows() == [(*pd_run["urls"], len(pd_run["routed"]))]
+    assert set(picks.requests["decode_rid"].to_list()) == {out["client"]["rid"] for out in pd_run["routed"]}
+    # Perfetto: each pick is a slice on the router's track, named for the pair, the URLs as args
+    from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
+
+    api.to_perfetto(dirs, str(tmp_path / "pd.pftrace"))
+    trace = Trace()
+    trace.ParseFromString((tmp_path / "pd.pftrace").read_bytes())
+    picked = [{a.name: a.string_value for a in p.track_event.debug_annotations} for p in trace.packet
+              if p.track_event.type == TrackEvent.TYPE_SLICE_BEGIN and p.track_event.name.startswith("router pick")]
+    assert len(picked) >= len(pd_run["routed"])  # and its readiness probe's
+    assert {(a["prefill_url"], a["decode_url"]) for a in picked} == {pd_run["urls"]}

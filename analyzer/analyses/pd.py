@@ -11,9 +11,13 @@ estimate is its middle, and the width says how well the data pins it. On one hos
 one (offset about 0, which this verifies).
 
 The waterfall cuts the interval from the request's arrival (the earliest HTTP arrival at either
-server) to the decode server's first response bytes into consecutive stages at the recorded
-boundaries, each boundary held between its neighbours, so the stages add up to the TTFT the servers
-saw, exactly; the client's own TTFT differs from it only by the network and the client.
+server, or sglang-router's arrival when its spans are given) to the decode server's first response
+bytes into consecutive stages at the recorded boundaries, each boundary held between its neighbours,
+so the stages add up to the TTFT the servers saw, exactly. With the client's own stamps (the PD
+experiment's ``client`` dir) it runs from the client's send to the first chunk the client read: the
+send until the first server-side arrival and the relay of the first bytes back to the client (through
+the router; until the client's kernel received them) and the client's wake-up to read them are stages of
+their own, so the stages add up to the client's TTFT.
 """
 from __future__ import annotations
 
@@ -22,11 +26,11 @@ import dataclasses
 import polars as pl
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses.pd_router import RouterPicks, client_requests, picks_pairs, router_requests
 
-ROUTER_ROLE = "router"  # a trace dir of sglang-router's own spans (its OTLP export, received by the experiment)
-ROUTER_SEND_EVENT = "Sending concurrent requests"  # sglang-router's event once it picked the pair
 # (stage, the boundary that ends it): (side, span name, start|end|attribute)
 STAGES: tuple[tuple[str, tuple[str, str, str]], ...] = (
+    ("client: send until arrival", ("client", "arrival", "")),
     ("router: receive and pick", ("router", "pick", "")),
     ("router: forward to the servers", ("router", "forward", "")),
     ("prefill: HTTP, tokenize, intake", ("prefill", sc.PD_BOOTSTRAP, "start")),
@@ -37,8 +41,12 @@ STAGES: tuple[tuple[str, tuple[str, str, str]], ...] = (
     ("KV transfer and poll", ("decode", sc.PD_KV_RECEIVE, "end")),
     ("decode: first batch", ("decode", sc.PD_FIRST_DECODE, "end")),
     ("decode: output to client", ("decode", "first_byte", "")),
+    ("relay of the first bytes to the client", ("client", "kernel", "")),
+    ("client: wake-up to read them", ("client", "first", "")),
 )
 STAGE_NAMES = [name for name, _ in STAGES]
+CLIENT_STAGES = {name for name, (side, _, _) in STAGES if side == "client"}
+ROUTER_STAGES = {name for name, (side, _, _) in STAGES if side == "router"}
 _SIDE_SPANS = (sc.REQUEST, sc.REQUEST_HTTP, sc.PD_BOOTSTRAP, sc.PD_PREFILL_QUEUE, sc.REQUEST_PREFILL,
                sc.PD_KV_SEND, sc.PD_PREALLOC, sc.PD_KV_RECEIVE, sc.PD_FIRST_DECODE, sc.REQUEST_DECODE)
 
@@ -77,6 +85,8 @@ class PdStory:
     prefill_servers: list[str]
     decode_servers: list[str]
     unjoined: dict[str, int]  # PD requests seen on one side only, per side
+    router_picks: RouterPicks | None = None  # None: no router dir given
+    client_joined: int | None = None  # requests the client's stamps were joined to (None: no client dir)
 
 
 def is_pd(spans: pl.DataFrame | pl.LazyFrame) -> bool:
@@ -117,24 +127,6 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
     return frame
 
 
-def _router(spans: pl.DataFrame, servers: list[dict] | None, events: pl.DataFrame | None) -> pl.DataFrame | None:
-    """sglang-router's request spans (trace id, start, end, when it sent to the pair), or None without a
-    router dir. The router passes its trace context on, so the servers' spans carry its trace id."""
-    labels = [s["server"] for s in servers or []
-              if ((s.get("manifest") or {}).get("identity") or {}).get("server_role") == ROUTER_ROLE]
-    if not labels:
-        return None
-    roots = spans.filter(pl.col("server").is_in(labels) & pl.col("parent_id").is_null())
-    roots = roots.select("trace_id", "span_id", pl.col("start_ns").alias("r.start"), pl.col("end_ns").alias("r.end"))
-    if events is not None and events.height:
-        sent = (events.filter(pl.col("name") == ROUTER_SEND_EVENT).group_by("span_id")
-                .agg(pl.col("time_ns").min().alias("r.pick")))
-        roots = roots.join(sent, on="span_id", how="left")
-    else:
-        roots = roots.with_columns(pl.lit(None, pl.Int64).alias("r.pick"))
-    return roots.drop("span_id").unique("trace_id", keep="first")
-
-
 def _offset(joined: pl.DataFrame, same_host: bool) -> ClockOffset:
     lower = joined.select((pl.col(f"d.{sc.PD_PREALLOC}|end") - pl.col(f"p.{sc.PD_BOOTSTRAP}|end")).max()).item()
     upper = joined.select((pl.col(f"d.{sc.PD_KV_RECEIVE}|end") - pl.col(f"p.{sc.PD_KV_SEND}|start")).min()).item()
@@ -148,12 +140,16 @@ def _boundaries(joined: pl.DataFrame, offset_ns: float) -> pl.DataFrame:
     """Each stage's end on the decode clock, each held between the one before and the first byte."""
     shift = int(round(offset_ns))
     servers_arrival = pl.min_horizontal(pl.col("d.arrival"), pl.col("p.arrival") + shift)
-    arrival = pl.min_horizontal(pl.col("r.start"), servers_arrival)  # the router's, when it was traced
-    end = pl.col("d.first_byte")
-    out = joined.with_columns(arrival.alias("t_arrival"))
+    arrival = pl.coalesce(pl.col("r.start"), servers_arrival)  # the router's, when it was traced
+    end = pl.coalesce(pl.col("c.first"), pl.col("d.first_byte"))  # the client's first chunk, where it was given
+    # the client's send starts it where given: a server's arrival stamp before it is held at it (and counted)
+    out = joined.with_columns(pl.coalesce(pl.col("c.sent"), arrival).alias("t_arrival"),
+                              ((pl.col("c.sent") - arrival) / 1e6).alias("arrival_before_send_ms"))
     prev = pl.col("t_arrival")
     for i, (name, (side, span, edge)) in enumerate(STAGES):
-        if side == "router":
+        if side == "client":
+            raw = {"arrival": arrival, "kernel": pl.col("c.kernel"), "first": pl.col("c.first")}[span]
+        elif side == "router":
             raw = pl.col("r.pick") if span == "pick" else servers_arrival
         else:
             raw = pl.col("d.first_byte") if span == "first_byte" else pl.col(f"{side[0]}.{span}|{edge}")
@@ -164,7 +160,8 @@ def _boundaries(joined: pl.DataFrame, offset_ns: float) -> pl.DataFrame:
         prev = pl.col(f"b{i}")
     stage_cols = [((pl.col(f"b{i}") - (pl.col(f"b{i - 1}") if i else pl.col("t_arrival"))) / 1e6).alias(name)
                   for i, name in enumerate(STAGE_NAMES)]
-    return out.with_columns(*stage_cols, ((end - pl.col("t_arrival")) / 1e6).alias("ttft_ms"))
+    return out.with_columns(*stage_cols, ((end - pl.col("t_arrival")) / 1e6).alias("ttft_ms"),
+                            ((pl.col("d.first_byte") - arrival) / 1e6).alias("server_ttft_ms"))
 
 
 def _in_flight(requests: pl.DataFrame) -> pl.Series:
@@ -185,11 +182,17 @@ def compute(spans: pl.DataFrame, servers: list[dict] | None = None, events: pl.D
     joined = (decode.rename({c: f"d.{c}" for c in decode.columns if c not in key})
               .join(prefill.rename({c: f"p.{c}" for c in prefill.columns if c not in key}), on=key, how="inner"))
     joined = joined.filter(pl.col("d.first_byte").is_not_null() & pl.col("d.arrival").is_not_null())
-    router = _router(spans, servers, events)
+    router = router_requests(spans, servers, events)
     if router is not None:
         joined = joined.join(router, left_on="d.trace_id", right_on="trace_id", how="left")
     else:
-        joined = joined.with_columns(*(pl.lit(None, pl.Int64).alias(c) for c in ("r.start", "r.end", "r.pick")))
+        joined = joined.with_columns(*(pl.lit(None, pl.Int64).alias(c) for c in ("r.start", "r.end", "r.pick")),
+                                     *(pl.lit(None, pl.String).alias(c) for c in ("r.prefill_url", "r.decode_url")))
+    client = client_requests(spans, servers)
+    if client is not None:
+        joined = joined.join(client, left_on=f"d.{sc.RID}", right_on="c.rid", how="left")
+    else:
+        joined = joined.with_columns(*(pl.lit(None, pl.Int64).alias(c) for c in ("c.sent", "c.first", "c.kernel")))
     unjoined = {"prefill": prefill.height - joined.height, "decode": decode.height - joined.height}
     hosts = {((s.get("manifest") or {}).get("identity") or {}).get("host_name")
              or ((s.get("manifest") or {}).get("host") or {}).get("hostname") for s in servers or []}
@@ -211,13 +214,23 @@ def compute(spans: pl.DataFrame, servers: list[dict] | None = None, events: pl.D
         else pl.lit(None).alias("prompt_tokens"),
         pl.col(f"d.{sc.OUTPUT_TOKENS}").alias("output_tokens") if f"d.{sc.OUTPUT_TOKENS}" in table.columns
         else pl.lit(None).alias("output_tokens"),
-        *STAGE_NAMES, "ttft_ms", ((pl.col("r.end") - pl.col("r.start")) / 1e6).alias("router_ms"),
+        *STAGE_NAMES, "ttft_ms", "server_ttft_ms", ((pl.col("r.end") - pl.col("r.start")) / 1e6).alias("router_ms"),
+        pl.col("r.prefill_url").alias("router_prefill_url"), pl.col("r.decode_url").alias("router_decode_url"),
+        pl.col("c.sent").is_not_null().alias("client_stamped"), "arrival_before_send_ms",
         "prealloc_ms", "kv_send_ms",
         pl.col(f"p.{sc.PD_KV_BYTES}").alias("kv_bytes"), "kv_gb_s", "decode_ms")
-    stages = STAGE_NAMES if router is not None else STAGE_NAMES[2:]
+    client_joined = None if client is None else int(requests["client_stamped"].sum())
+    router_picks = None
+    if router is not None:
+        picked = requests.filter(pl.col("router_decode_url").is_not_null()).select(
+            "decode_rid", "arrival_ns", pl.col("router_prefill_url").alias("prefill_url"),
+            pl.col("router_decode_url").alias("decode_url"))
+        router_picks = RouterPicks(picked, picks_pairs(picked))
+    stages = [n for n in STAGE_NAMES if (n not in ROUTER_STAGES or router is not None)
+              and (n not in CLIENT_STAGES or client_joined)]
     return PdStory(requests, offset, _percentiles(requests, stages), _by_load(requests, stages),
                    sorted(set(requests["prefill_server"].to_list())), sorted(set(requests["decode_server"].to_list())),
-                   unjoined)
+                   unjoined, router_picks, client_joined)
 
 
 def _percentiles(requests: pl.DataFrame, stages: list[str]) -> pl.DataFrame:

@@ -21,8 +21,12 @@ def build_report(story: PdStory) -> Report:
     routed = reqs.filter(pl.col("router_ms").is_not_null())
     if routed.height:
         head.add("through sglang-router", f"{routed.height} of {reqs.height}",
-                 "its request span joined by the trace id it passed to both servers; the waterfall starts at "
-                 "its arrival; its relay of the first bytes back to the client is not in its spans")
+                 "its request span joined by the trace id it passed to both servers; without the client's stamps "
+                 "the waterfall starts at its arrival and ends at decode's first bytes (its relay of them back "
+                 "to the client is not in its spans)")
+    if story.client_joined is not None:
+        head.add("client stamps joined", f"{story.client_joined} of {reqs.height}",
+                 "by rid; the waterfall then runs from the client's send to the first chunk it read")
     for side, n in story.unjoined.items():
         if n:
             head.add(f"{side} requests without their other half", str(n), "left out of the waterfall")
@@ -47,9 +51,23 @@ def build_report(story: PdStory) -> Report:
     wf = report.section("TTFT waterfall (decode clock, stages add up to TTFT)")
     wf.add("requests", str(reqs.height))
     if reqs.height:
-        wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "arrival (at sglang-router when its spans are here, "
-               "else the earliest HTTP arrival at either server) -> decode's first response bytes")
+        if story.client_joined:
+            wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "the client's: its request sent -> first chunk read")
+            wf.add("servers' TTFT p50", f"{reqs['server_ttft_ms'].quantile(0.5):.3f} ms",
+                   "arrival at sglang-router (or either server) -> decode's first response bytes")
+            early = reqs.filter(pl.col("arrival_before_send_ms") > 0)
+            if early.height:
+                wf.add("server arrivals stamped before the client's send", str(early.height),
+                       f"by up to {early['arrival_before_send_ms'].max():.3f} ms: impossible on one clock, so the "
+                       "stamp is early; the waterfall starts at the send all the same")
+        else:
+            wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "arrival (at sglang-router when its spans are here, "
+                   "else the earliest HTTP arrival at either server) -> decode's first response bytes")
     wf.table = story.percentiles
+    if story.router_picks is not None:
+        picked = report.section("sglang-router's picks (prefill and decode URL per request, from its pick event)")
+        picked.add("requests with a pick", f"{story.router_picks.requests.height} of {reqs.height}")
+        picked.table = story.router_picks.pairs
     load = report.section("Dominant stage by load (requests in flight at arrival)")
     load.table = story.by_load
     kv = report.section("KV transfer")

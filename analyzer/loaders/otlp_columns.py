@@ -11,6 +11,7 @@ raises ``Unsupported``; the caller then reads that file with the reference path.
 from __future__ import annotations
 
 import dataclasses
+import json
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import Any, Optional
@@ -58,6 +59,7 @@ class _KeyValue(msgspec.Struct, gc=False):
 class _Event(msgspec.Struct, gc=False):
     name: str
     timeUnixNano: int
+    attributes: list[_KeyValue] = []
 
 
 class _Span(msgspec.Struct, gc=False):
@@ -175,9 +177,14 @@ def _columns(spans: list[_Span], res_cols) -> Chunk:
 
 def _events(spans: list[_Span]) -> pl.DataFrame:
     with_events = np.flatnonzero(np.fromiter(map(len, map(attrgetter("events"), spans)), np.int64, len(spans)))
-    rows = [(sp.spanId, ev.name, ev.timeUnixNano, sp.traceId) for sp in _take(spans, with_events.tolist())
-            for ev in sp.events] if len(with_events) else []
+    rows = [(sp.spanId, ev.name, ev.timeUnixNano, sp.traceId, _event_attributes(ev))
+            for sp in _take(spans, with_events.tolist()) for ev in sp.events] if len(with_events) else []
     return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
+
+
+def _event_attributes(ev: _Event) -> str | None:
+    """An event's attributes as the reference path gives them (a JSON object), None when it has none."""
+    return json.dumps({kv.key: _python(kv.value) for kv in ev.attributes}) if ev.attributes else None
 
 
 def _attribute_columns(group: tuple[_Span, ...]) -> tuple[dict[str, pl.Series], dict[str, tuple[int, int]]]:

@@ -81,7 +81,9 @@ def _add_span(sp: dict, res: dict, spans: list, events: list) -> None:
                   int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"]), res.get("sglang.role"),
                   res.get("process.pid"), res.get("sglang.tp_rank"), _attr_pairs(sp.get("attributes"))))
     for ev in sp.get("events", ()):
-        events.append((sp["spanId"], ev["name"], int(ev["timeUnixNano"]), sp["traceId"]))
+        attrs = ev.get("attributes")
+        events.append((sp["spanId"], ev["name"], int(ev["timeUnixNano"]), sp["traceId"],
+                       json.dumps(_attrs(attrs)) if attrs else None))
 
 
 def read_line(raw: bytes, spans: list, events: list) -> None:

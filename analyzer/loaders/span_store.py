@@ -32,7 +32,7 @@ from sglang_tracing.config import ENV_CACHE_DIR
 logger = logging.getLogger(__name__)
 
 TRACE_DIR_FILE = "trace_dir.txt"  # in each trace dir's cache folder: the trace dir it holds the parts of
-FORMAT = 2  # bump when parts written by an older analyzer must not be read
+FORMAT = 3  # bump when parts written by an older analyzer must not be read
 
 
 @dataclasses.dataclass

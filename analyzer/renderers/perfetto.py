@@ -19,6 +19,7 @@ import polars as pl
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import TrackEvent
 
 from sglang_tracing import semconv as sc
+from sglang_tracing.analyzer.analyses import pd_router
 from sglang_tracing.analyzer.model import TraceModel
 from sglang_tracing.analyzer.renderers import perfetto_features
 from sglang_tracing.analyzer.renderers import proto_columns as pc
@@ -69,6 +70,20 @@ def _pd_flows(spans: pl.DataFrame) -> list[str]:
         return []
     ends = spans.filter(pl.col("name").is_in(sc.PD_FLOW)).group_by(sc.PD_ROOM).agg(pl.col("name").n_unique())
     return [f"pd:{room}" for room in ends.filter(pl.col("name") == len(sc.PD_FLOW))[sc.PD_ROOM].to_list()]
+
+
+def _router_pick_slices(spans: pl.DataFrame, events: pl.DataFrame, uuids: dict[str, int]) -> pl.DataFrame:
+    """sglang-router's pick of each request: a slice inside its request span, from its arrival to the
+    pick event, named for the pair it picked (the URLs also as args)."""
+    chosen = pd_router.picks(events).requests
+    if chosen.is_empty():
+        return pl.DataFrame()
+    rows = chosen.join(spans.select("span_id", "start_ns", "_proc"), on="span_id")
+    return rows.select(
+        ("thread:" + pl.col("_proc")).replace_strict(uuids, default=None, return_dtype=pl.UInt64).alias("track"),
+        "start_ns", pl.max_horizontal("start_ns", "pick_ns").alias("end_ns"),
+        pl.format("router pick: prefill {} / decode {}", "prefill_url", "decode_url").alias("name"),
+        "prefill_url", "decode_url").drop_nulls("track")
 
 
 def _span_frame(model: TraceModel) -> pl.DataFrame:
@@ -138,6 +153,10 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
                 pl.col("span_id"))
             slices = pl.concat([slices, gpu_slices], how="diagonal")
             n_slices += gpu_slices.height
+    picks = _router_pick_slices(spans, model.events, uuids)
+    if picks.height:
+        slices = pl.concat([slices, picks], how="diagonal_relaxed")
+        n_slices += picks.height
     feature_gpu = perfetto_features.gpu_slices(w, spans, uuids, uuid_of)
     if feature_gpu.height:
         slices = pl.concat([slices, feature_gpu], how="diagonal")

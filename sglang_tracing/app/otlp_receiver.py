@@ -199,12 +199,16 @@ if __name__ == "__main__":
     main()
 
 
-def write_manifest(out_dir: str, role: str, command: list[str] | None = None) -> str:
-    """A manifest for spans another program sent (the router's): who it was, on which host."""
+def write_manifest(out_dir: str, role: str, command: list[str] | None = None,
+                   received_over: str | None = "OTLP/HTTP") -> str:
+    """A manifest for spans another program sent (the router's), or wrote (the PD client's stamps,
+    ``received_over`` None): who it was, on which host."""
     path = os.path.join(out_dir, manifest_mod.MANIFEST)
     data = {"format": "sglang-tracing", "format_version": manifest_mod.FORMAT_VERSION, "command": command or [],
             "identity": {"service_name": role, "server_role": role, "host_name": socket.gethostname()},
-            "host": {"hostname": socket.gethostname()}, "server_args": {}, "received_over": "OTLP/HTTP"}
+            "host": {"hostname": socket.gethostname()}, "server_args": {}}
+    if received_over:
+        data["received_over"] = received_over
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
     return path

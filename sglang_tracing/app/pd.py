@@ -9,24 +9,46 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.util
 import os
 import random
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from sglang_tracing.app.serving import Server, ServerError, free_port
 from sglang_tracing.app.timed_http import post_json, post_json_to
 from sglang_tracing.semconv import READINESS_RID_PREFIX
 
 TRANSFER_ENV = {"MOONCAKE_PROTOCOL": "tcp"}
+CLIENT_RID_PREFIX = "pd-client-"
 BACKEND = "mooncake"
 
 
-def pd_args(mode: str, bootstrap_port: int) -> list[str]:
+def pd_args(mode: str, bootstrap_port: int, on_cpu: bool = False) -> list[str]:
     args = ["--disaggregation-mode", mode, "--disaggregation-transfer-backend", BACKEND]
+    if mode == "decode" and on_cpu and _sglang_has_option(RETRACTION_BACKUP):
+        args += ["--" + RETRACTION_BACKUP.replace("_", "-"), "cpu_tensor"]
     return args + (["--disaggregation-bootstrap-port", str(bootstrap_port)] if mode == "prefill" else [])
+
+
+# SGLang 0.5.23's decode server backs up retracted requests' KV in a host pool that it pins with CUDA by
+# default (cudaHostRegister: "Found no NVIDIA driver" at start on CPU); a plain tensor does on CPU
+RETRACTION_BACKUP = "disaggregation_decode_retraction_backup"
+
+
+def _sglang_has_option(field: str) -> bool:
+    """Whether the installed SGLang declares a server option, read from its source (importing it takes
+    seconds and is the server's to do)."""
+    spec = importlib.util.find_spec("sglang")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    srt = Path(next(iter(spec.submodule_search_locations))) / "srt"
+    sources = [srt / "server_args.py", *sorted((srt / "arg_groups").glob("*.py"))]
+    return any(f'"{field}"' in f.read_text(errors="replace") or f"{field}:" in f.read_text(errors="replace")
+               for f in sources if f.is_file())
 
 
 @contextlib.contextmanager
@@ -60,23 +82,23 @@ class PdClient:
     def generate_all(self, prompts: list[str], max_new_tokens: int = 8, concurrency: int = 1,
                      stream: bool = True, headers: dict | None = None, rids: list | None = None,
                      timeout: float = 180, headers_each: list[dict | None] | None = None) -> list[dict]:
-        """SGLang's JSON of each request's decode side plus ``client``: sent_ns (its first byte sent to
-        either server), first_ns (the decode response's first chunk), done_ns, room (None via a router).
+        """SGLang's JSON of each request's decode side plus ``client``: rid (ours unless given: the
+        router passes it on, so both servers' spans name it), sent_ns (its first byte sent to the router or
+        either server), first_ns (the decode response's first chunk read), first_kernel_ns (when the kernel
+        received that chunk; None without receive stamps), done_ns, room (None via a router).
         ``headers_each``: a request's own headers (e.g. a caller's traceparent), on both its halves."""
         bodies = []
         for prompt, rid in zip(prompts, rids or [None] * len(prompts)):
-            body = {"text": prompt, "stream": stream,
-                    "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True, "temperature": 0}}
-            if rid is not None:
-                body["rid"] = rid
-            bodies.append(body)
+            bodies.append({"text": prompt, "stream": stream, "rid": rid or f"{CLIENT_RID_PREFIX}{uuid.uuid4().hex}",
+                           "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True,
+                                               "temperature": 0}})
         if self.router_url:
             with _no_gc_pauses():
                 outs = post_json(self.router_url + "/generate", bodies, concurrency, timeout, headers=headers)
-            for out in outs:
+            for body, out in zip(bodies, outs):
                 c = out["client"]
                 out["client"] = {"sent_ns": c["sent_ns"], "first_ns": c["chunk_ns"][0], "done_ns": c["done_ns"],
-                                 "room": None}
+                                 "first_kernel_ns": c["first_kernel_ns"], "room": None, "rid": body["rid"]}
             return outs
         targets = []
         for body, own in zip(bodies, headers_each or [None] * len(bodies)):
@@ -90,7 +112,8 @@ class PdClient:
         for (_, body, _), prefill, decode in zip(targets[1::2], outs[0::2], outs[1::2]):
             decode["client"] = {"sent_ns": min(prefill["client"]["sent_ns"], decode["client"]["sent_ns"]),
                                 "first_ns": decode["client"]["chunk_ns"][0], "done_ns": decode["client"]["done_ns"],
-                                "room": body["bootstrap_room"]}
+                                "first_kernel_ns": decode["client"]["first_kernel_ns"],
+                                "room": body["bootstrap_room"], "rid": body["rid"]}
             results.append(decode)
         return results
 
@@ -103,11 +126,12 @@ class PdPair:
                  wrap: list[str] | None = None):
         self.bootstrap_port = free_port()
         env = {**TRANSFER_ENV, **(env or {})}
+        on_cpu = any(a == "--device" and b == "cpu" for a, b in zip(extra_args, extra_args[1:]))
         self.servers: list[Server] = []
         for i, mode in enumerate(("prefill", "decode")):
             ident = ["--server-role", mode, "--service-name", f"sglang-{mode}"]
             self.servers.append(Server(model_path, trace_dir=trace_dirs[i] if trace_dirs else None,
-                                       extra_args=[*extra_args, *pd_args(mode, self.bootstrap_port)],
+                                       extra_args=[*extra_args, *pd_args(mode, self.bootstrap_port, on_cpu)],
                                        tracing_args=[*(tracing_args or []), *ident], env=env, wrap=wrap,
                                        log_path=os.path.join(log_dir, f"{mode}.log")))
         self.prefill, self.decode = self.servers
@@ -138,6 +162,15 @@ class PdPair:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+ROUTER_REQUEST_SPAN = "http_request"  # sglang-router's span of each request it serves
+
+
+def served_by_router(spans: list[dict]) -> list[dict]:
+    """The router's spans (as an OTLP receiver got them) of requests it answered with 200."""
+    return [s for s in spans if s["name"] == ROUTER_REQUEST_SPAN and any(
+        a["key"] == "status_code" and a["value"].get("stringValue") == "200" for a in s.get("attributes", []))]
 
 
 class Router:

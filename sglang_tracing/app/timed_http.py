@@ -7,9 +7,14 @@ request's "sent" stamp can precede its bytes by tens of milliseconds of waiting 
 chunk's arrival stamp can trail its bytes, so the client itself would stretch the TTFT it reports.
 Connecting is not timed (clients keep connections open; the server cannot see a TCP handshake). With
 ``keep_alive`` a finished connection carries the next request, as pooling clients (the OpenAI SDK) do.
+
+Each read also takes the kernel's receive stamp of its first packet (``SO_TIMESTAMPNS``): the first
+chunk's ``first_kernel_ns`` says when its bytes reached this host, ``chunk_ns[0]`` when this client
+woke to read them; the difference is the client's own delay, not the server's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import selectors
@@ -21,12 +26,15 @@ from urllib.parse import urlsplit
 
 import h11
 
+from sglang_tracing.runtime.socket_arrival import SO_TIMESTAMPNS, stamp_of
+
 
 class HTTPStatusError(OSError):
     """The server answered with a status other than 200."""
 
 
 NO_RESPONSE = "the server closed the connection without a response"
+_STAMP_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
 
 
 @dataclasses.dataclass
@@ -42,6 +50,7 @@ class _Exchange:
     body: bytearray = dataclasses.field(default_factory=bytearray)
     line_start: int = 0  # where the next unread streamed line begins in ``body``
     chunk_ns: list[int] = dataclasses.field(default_factory=list)
+    first_kernel_ns: int | None = None  # the kernel's receive stamp of the read that held the first chunk
     last: dict | None = None
     address: tuple | None = None
 
@@ -56,19 +65,23 @@ def _request_bytes(conn: h11.Connection, host: str, path: str, payload: bytes, k
             + conn.send(h11.EndOfMessage()))
 
 
-def _read_lines(ex: _Exchange, now: int) -> None:
+def _read_lines(ex: _Exchange, now: int, kernel_ns: int | None) -> None:
     """Stamp every complete ``data:`` line of a streamed response that arrived in this read."""
     while (end := ex.body.find(b"\n", ex.line_start)) >= 0:
         line = bytes(ex.body[ex.line_start:end]).strip()
         ex.line_start = end + 1
         if line.startswith(b"data:") and line != b"data: [DONE]":
+            if not ex.chunk_ns:
+                ex.first_kernel_ns = kernel_ns
             ex.chunk_ns.append(now)
             ex.last = json.loads(line[5:])
 
 
 def _on_readable(ex: _Exchange, now: int) -> bool:
     """Feed what the socket holds to h11; True once the response is complete."""
-    ex.conn.receive_data(ex.sock.recv(1 << 16))
+    data, ancillary, _, _ = ex.sock.recvmsg(1 << 16, _STAMP_SPACE)
+    kernel_ns = stamp_of(ancillary)
+    ex.conn.receive_data(data)
     while True:
         try:
             event = ex.conn.next_event()
@@ -81,7 +94,7 @@ def _on_readable(ex: _Exchange, now: int) -> bool:
         elif isinstance(event, h11.Data):
             ex.body += event.data
             if ex.stream and ex.status == 200:
-                _read_lines(ex, now)
+                _read_lines(ex, now, kernel_ns)
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
             return True
 
@@ -93,10 +106,11 @@ def _finish(ex: _Exchange, done_ns: int) -> dict:
         raise HTTPStatusError(f"HTTP {ex.status}: {bytes(ex.body[:200]).decode(errors='replace')}")
     if not ex.stream:
         ex.last, ex.chunk_ns = json.loads(bytes(ex.body)), [done_ns]
+        ex.first_kernel_ns = None
     if ex.last is None:
         raise HTTPStatusError("streamed response carried no data line")
     return {**ex.last, "client": {"sent_ns": ex.sent_ns, "chunk_ns": ex.chunk_ns, "done_ns": done_ns,
-                                  "kept_alive": ex.kept_alive}}
+                                  "kept_alive": ex.kept_alive, "first_kernel_ns": ex.first_kernel_ns}}
 
 
 def post_json(url: str, bodies: list[dict], concurrency: int = 1, timeout: float = 120,
@@ -170,6 +184,8 @@ def _start(i: int, body: dict, address: tuple[str, int], host: str, path: str, t
             sock.close()
     sock = socket.create_connection(address, timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError):  # where the platform has no receive stamps, first_kernel_ns stays None
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     conn = h11.Connection(h11.CLIENT)
     return _send(i, body, sock, conn, _request_bytes(conn, host, path, payload, keep_alive, headers), timeout, False)
 

@@ -49,6 +49,11 @@ def first_queued_ns(fd: int) -> int | None:
                                               socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (OSError, ValueError):
         return None
+    return stamp_of(ancillary)
+
+
+def stamp_of(ancillary: list[tuple[int, int, bytes]]) -> int | None:
+    """The ``SO_TIMESTAMPNS`` stamp (wall-clock ns) in a ``recvmsg``'s ancillary data, if it holds one."""
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanos = _TIMESPEC.unpack_from(data)

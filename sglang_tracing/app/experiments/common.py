@@ -190,6 +190,7 @@ def finish(exp: Experiment, written: list[str]) -> list[str]:
     cells = exp.recorded()
     out = [f"experiment folder: {exp.out}", "reports:"] + [f"  {p}" for p in written or ["(none written)"]]
     trace_dirs = [r["trace_dir"] for r in cells.values() if isinstance(r.get("trace_dir"), str)]
+    trace_dirs += [d for r in cells.values() for d in r.get("trace_dirs") or []]  # a PD cell's servers, router, client
     out += ["trace dirs:"] + [f"  {t}" for t in dict.fromkeys(trace_dirs)]
     measured = [r for r in cells.values() if not r.get("profiled_steps")]
     out += ["", f"summary of the measured pass{'es' if len(measured) > 1 else ''} "

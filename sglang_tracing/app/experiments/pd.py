@@ -6,21 +6,25 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 
 from sglang_tracing.app.experiments.common import Experiment
+from sglang_tracing.app.client_spans import write_client_dir
 from sglang_tracing.app.otlp_receiver import ReceiverProcess, write_manifest
-from sglang_tracing.app.pd import PdClient, PdPair, Router
+from sglang_tracing.app.pd import PdClient, PdPair, Router, served_by_router
 from sglang_tracing.app.serving import ServerError, wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
 
 
-ROUTER_REQUEST_SPAN = "http_request"  # sglang-router's span of each request it serves
 
-
-def _served(spans: list[dict]) -> list[dict]:
-    """The router's spans of requests it answered with 200."""
-    return [s for s in spans if s["name"] == ROUTER_REQUEST_SPAN and any(
-        a["key"] == "status_code" and a["value"].get("stringValue") == "200" for a in s.get("attributes", []))]
+def _timings(out: dict) -> dict:
+    """The client's stamps of one request (wall clock, the spans' clock) and what it was served."""
+    c, meta = out["client"], out["meta_info"]
+    return {"rid": c["rid"], "sent_ns": c["sent_ns"], "first_chunk_ns": c["first_ns"],
+            "first_kernel_ns": c["first_kernel_ns"], "done_ns": c["done_ns"], "ttft_ns": c["first_ns"] - c["sent_ns"],
+            "e2e_ns": c["done_ns"] - c["sent_ns"], "prompt_tokens": meta.get("prompt_tokens"),
+            "completion_tokens": meta.get("completion_tokens"), "cached_tokens": meta.get("cached_tokens"),
+            "finish_reason": (meta.get("finish_reason") or {}).get("type")}
 
 
 def router_available() -> bool:
@@ -55,9 +59,12 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
                 router, client = None, pair.client
         print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
               + (" through sglang-router" if router else ""), file=sys.stderr)
+        t0 = time.time_ns()
         outs = client.generate_all(prompts, exp.args.output_len, load)
+        wall = time.time_ns() - t0
+        write_client_dir(str(folder / "client"), [o["client"] for o in outs], sys.argv)
         if router is not None:  # it exports in batches: its spans of this cell's requests first
-            receiver.wait_for(lambda spans: len(_served(spans)) > len(prompts), timeout=30)  # + its readiness
+            receiver.wait_for(lambda spans: len(served_by_router(spans)) > len(prompts), timeout=30)  # + its readiness
     finally:
         if router is not None:
             router.stop()
@@ -69,11 +76,13 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
         for d in dirs:
             wait_for_exporters(d, timeout=60)
     ttft = sorted((o["client"]["first_ns"] - o["client"]["sent_ns"]) / 1e6 for o in outs)
-    return exp.record(cell, {"load": load, "requests": len(outs), "client_ttft_ms": ttft,
-                             "dirs": [str(d) for d in dirs], "router": bool(router)})
+    return exp.record(cell, {"load": load, "requests": [_timings(o) for o in outs], "client_ttft_ms": ttft,
+                             "wall_ns": wall, "trace_dirs": [*dirs, *(str(folder / side) for side in ("router", "client")
+                                                           if (folder / side).is_dir())],
+                             "router": bool(router)})
 
 
-def run(exp: Experiment) -> None:
+def run(exp: Experiment) -> list[str]:
     args = exp.args
     prompts = [prompt_of_length(args.prompt_len, seed=i, vocab_size=exp.vocab) for i in range(args.num_requests)]
     results = [_cell(exp, load, prompts) for load in sorted({1, max(1, args.concurrency)})]
@@ -83,9 +92,10 @@ def run(exp: Experiment) -> None:
     runs = {}
     for result in results:
         cell = exp.out / f"load-{result['load']}"
-        dirs = [str(cell / side) for side in ("prefill", "decode", "router")
-                if side != "router" or list((cell / side).glob("spans-*.jsonl*"))]
+        dirs = [str(cell / side) for side in ("prefill", "decode", "router", "client")
+                if side in ("prefill", "decode") or list((cell / side).glob("spans-*.jsonl*"))]
         written += api.analyze(dirs, reports="timeline", out_dir=str(cell / "reports"), formats="text,md")
         runs[f"{result['load']} in flight"] = dirs
     written += api.pd_loads(runs, str(exp.out))
     (exp.out / "written.json").write_text(json.dumps(written, indent=1))
+    return written
