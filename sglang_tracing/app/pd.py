@@ -173,6 +173,19 @@ def served_by_router(spans: list[dict]) -> list[dict]:
         a["key"] == "status_code" and a["value"].get("stringValue") == "200" for a in s.get("attributes", []))]
 
 
+def scheduled_ms(pid: int) -> dict | None:
+    """Summed over a process's threads: ms on a CPU and ms runnable but waiting for one (schedstat)."""
+    cpu = wait = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                on_cpu, waiting, _ = f.read().split()
+            cpu, wait = cpu + int(on_cpu), wait + int(waiting)
+    except (OSError, ValueError):
+        return None
+    return {"cpu_ms": cpu / 1e6, "runqueue_wait_ms": wait / 1e6}
+
+
 class Router:
     """``sglang-router`` in PD mode in front of a pair, exporting its own spans over OTLP when asked."""
 
@@ -201,6 +214,11 @@ class Router:
             except (OSError, ValueError):
                 time.sleep(1)
         raise ServerError(f"router did not serve a request within {timeout:.0f} s; log: {self.log_path}")
+
+    def scheduled(self) -> dict | None:
+        """The router's threads' time on a CPU and waiting for one so far (Linux schedstat, ms), None
+        elsewhere: on a busy host a relay that waits for a CPU shows here."""
+        return scheduled_ms(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 
 from sglang_tracing.app.experiments.common import Experiment
 from sglang_tracing.app.client_spans import write_client_dir
 from sglang_tracing.app.otlp_receiver import ReceiverProcess, write_manifest
-from sglang_tracing.app.pd import PdClient, PdPair, Router, served_by_router
+from sglang_tracing.app.pd import PdClient, PdPair, Router, scheduled_ms, served_by_router
 from sglang_tracing.app.serving import ServerError, wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
 
@@ -59,9 +60,13 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
                 router, client = None, pair.client
         print(f"sglang-trace: {cell}: {len(prompts)} requests, {load} in flight"
               + (" through sglang-router" if router else ""), file=sys.stderr)
+        before = (router.scheduled() if router else None, scheduled_ms(os.getpid()))
         t0 = time.time_ns()
         outs = client.generate_all(prompts, exp.args.output_len, load)
         wall = time.time_ns() - t0
+        after = (router.scheduled() if router else None, scheduled_ms(os.getpid()))
+        scheduled = {who: {k: a[k] - b[k] for k in a} for who, b, a in zip(("router", "client"), before, after)
+                     if a and b}
         write_client_dir(str(folder / "client"), [o["client"] for o in outs], sys.argv)
         if router is not None:  # it exports in batches: its spans of this cell's requests first
             receiver.wait_for(lambda spans: len(served_by_router(spans)) > len(prompts), timeout=30)  # + its readiness
@@ -79,7 +84,7 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
     return exp.record(cell, {"load": load, "requests": [_timings(o) for o in outs], "client_ttft_ms": ttft,
                              "wall_ns": wall, "trace_dirs": [*dirs, *(str(folder / side) for side in ("router", "client")
                                                            if (folder / side).is_dir())],
-                             "router": bool(router)})
+                             "router": bool(router), "scheduled_during_workload": scheduled})
 
 
 def run(exp: Experiment) -> list[str]:
