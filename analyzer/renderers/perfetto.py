@@ -112,9 +112,13 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
     spans = spans.with_columns(is_request.fill_null(False).alias("_req"), process_key.alias("_proc"))
     uuids: dict[str, int] = {}
     tracks_written = 0
-    # request tracks, in order of first appearance
-    for rid in spans.filter("_req")[sc.RID].unique(maintain_order=True).to_list():
-        uuids[REQUEST_TRACE_KEY_PREFIX + rid] = w.track(uuid_of(REQUEST_TRACE_KEY_PREFIX + rid), f"request {rid}", parent=requests_group)
+    # request tracks, in order of first appearance; with several servers one per server (a router gives
+    # a request's prefill and decode halves one rid)
+    request_key = REQUEST_TRACE_KEY_PREFIX + col(sc.RID) + (" (" + pl.col("server").cast(pl.String) + ")" if several
+                                                              else pl.lit(""))
+    spans = spans.with_columns(pl.when("_req").then(request_key).alias("_req_key"))
+    for key in spans.filter("_req")["_req_key"].unique(maintain_order=True).to_list():
+        uuids[key] = w.track(uuid_of(key), "request " + key.removeprefix(REQUEST_TRACE_KEY_PREFIX), parent=requests_group)
         tracks_written += 1
     threads = spans.filter(~pl.col("_req")).group_by("_proc", maintain_order=True).agg(
         pl.col("pid").first(), pl.col("role").first(), col("tp_rank").first().alias("tp_rank"),
@@ -125,7 +129,7 @@ def render(model: TraceModel, out: IO[bytes]) -> dict:
         proc = w.track(uuid_of(f"proc:{key}"), f"sglang {label}" + (f" ({server})" if several else ""), pid=pid)
         uuids["thread:" + key] = w.track(uuid_of(f"thread:{key}"), f"{label} spans", parent=proc, pid=pid, tid=pid)
         tracks_written += 1
-    track_key = pl.when("_req").then(REQUEST_TRACE_KEY_PREFIX + col(sc.RID)).otherwise("thread:" + pl.col("_proc"))
+    track_key = pl.when("_req").then(pl.col("_req_key")).otherwise("thread:" + pl.col("_proc"))
     track_key = perfetto_features.route(w, spans, uuids, uuid_of, track_key)
     fwd_col = col(sc.FORWARD_SPAN_ID)
     flow_of = (pl.when(pl.col("name") == sc.FORWARD).then(pl.col("span_id"))

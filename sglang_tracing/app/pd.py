@@ -24,6 +24,9 @@ from sglang_tracing.semconv import READINESS_RID_PREFIX
 
 TRANSFER_ENV = {"MOONCAKE_PROTOCOL": "tcp"}
 CLIENT_RID_PREFIX = "pd-client-"
+# a prefill server sends a prompt's cached prefix early behind a CUDA event on its forward stream
+# ("expected stream to be a torch.Stream" on CPU, crashing its scheduler at the first prefix-cache hit)
+CPU_PD_ENV = {"SGLANG_DISAGG_PREFILL_EARLY_SEND_CACHED_PREFIX": "0"}
 BACKEND = "mooncake"
 
 
@@ -125,8 +128,8 @@ class PdPair:
                  log_dir: str, tracing_args: list[str] | None = None, env: dict | None = None,
                  wrap: list[str] | None = None):
         self.bootstrap_port = free_port()
-        env = {**TRANSFER_ENV, **(env or {})}
         on_cpu = any(a == "--device" and b == "cpu" for a, b in zip(extra_args, extra_args[1:]))
+        env = {**TRANSFER_ENV, **(CPU_PD_ENV if on_cpu else {}), **(env or {})}
         self.servers: list[Server] = []
         for i, mode in enumerate(("prefill", "decode")):
             ident = ["--server-role", mode, "--service-name", f"sglang-{mode}"]
