@@ -175,6 +175,24 @@ def _start(args, model: str, base: list[str], keep: Path, trace_dir: str) -> dic
     return servers
 
 
+def _recount(ap, out: Path, trace_dir: str) -> int:
+    try:
+        done = json.loads((out / "soak.json").read_text())
+    except (OSError, ValueError) as exc:
+        ap.exit(2, f"soak.py: error: cannot read {out / 'soak.json'}: {exc}\n")
+    if not list(Path(trace_dir).glob("spans-*.jsonl*")):
+        ap.exit(2, f"soak.py: error: no span files in {trace_dir}\n")
+    trace = soak_trace.read(trace_dir)
+    recount = {"trace_dir": trace_dir, "turns": soak_trace.by_window(trace["requests"], done["phases"]),
+               "recorder": soak_trace.held_over_time(trace["stats"]),
+               "all_in_trace": soak_trace.unmeasured(trace["requests"], set(), "user request (warm-up load included)")}
+    (out / "soak-recount.json").write_text(json.dumps(recount, indent=1) + "\n")
+    for t in recount["turns"]:
+        print(f"{t['server']}: {t['requests_started']} requests started, {t['output_tokens']} output tokens "
+              f"({t['tok_s']} tok/s) by the trace")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model dir (GPU)")
@@ -195,8 +213,13 @@ def main() -> int:
     ap.add_argument("--keep", help="folder for the trace, the server logs and the request rows (default: a temp dir)")
     ap.add_argument("--plot-only", action="store_true",
                     help="draw the plots from --out's soak.json (a GPU host without matplotlib ran it)")
+    ap.add_argument("--recount", metavar="TRACE_DIR",
+                    help="no run: each turn of --out's soak.json recounted from this trace (turns matched by "
+                         "time) into soak-recount.json, for runs whose client count is not to be trusted")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.recount:
+        return _recount(ap, out, args.recount)
     if args.plot_only:
         try:
             done = json.loads((out / "soak.json").read_text())

@@ -72,11 +72,12 @@ def check_phase(rows: list[dict], trace_requests: dict) -> dict:
             "completed_token_mismatches": len(mismatched), "mismatch_examples": mismatched[:10]}
 
 
-def unmeasured(trace_requests: dict, measured: set) -> dict:
-    """Requests in the trace that no measured phase sent (warm-up load, SGLang's and our own internal ones)."""
+def unmeasured(trace_requests: dict, measured: set, label: str = "warm-up load") -> dict:
+    """Requests in the trace that no measured phase sent (warm-up load, SGLang's and our own internal ones);
+    ``label``: what a user request among them is."""
     other = {rid: t for rid, t in trace_requests.items() if rid not in measured and "output_tokens" in t}
     return {"requests": len(other),
-            "by_kind": dict(collections.Counter(t.get("internal") or "warm-up load" for t in other.values())),
+            "by_kind": dict(collections.Counter(t.get("internal") or label for t in other.values())),
             "keep": dict(collections.Counter(t.get("keep", "(no decode span)") for t in other.values()))}
 
 
@@ -89,4 +90,22 @@ def held_over_time(stats: list[dict]) -> dict:
                      "batch_held_first": rows[0]["batch_held"], "batch_held_last": rows[-1]["batch_held"],
                      "batch_held_max": max(r["batch_held"] for r in rows),
                      "dropped_last": rows[-1]["dropped"], "unsent_last": rows[-1]["unsent"]}
+    return out
+
+
+def by_window(trace_requests: dict, phases: list[dict]) -> list[dict]:
+    """For a run without request rows (soak.json before they were kept): each turn's requests and output
+    tokens by the trace, taking the user requests whose root span started inside the turn. An untraced
+    turn finds none: its server wrote no trace."""
+    user = [t for t in trace_requests.values() if "output_tokens" in t and not t.get("internal")]
+    out = []
+    for p in phases:
+        lo, hi = p["t"], p["t"] + p["s"]
+        inside = [t for t in user if lo <= t["start"] < hi]
+        ended = [t for t in user if lo <= t["end"] < hi]
+        out.append({"server": p["server"], "t": p["t"], "s": p["s"], "requests_started": len(inside),
+                    "requests_ended": len(ended), "output_tokens": sum(t["output_tokens"] for t in inside),
+                    "tok_s": round(sum(t["output_tokens"] for t in inside) / p["s"], 1),
+                    "finish_reasons": dict(collections.Counter(str(t["finish_reason"]) for t in inside)),
+                    "keep": dict(collections.Counter(t.get("keep", "(no decode span)") for t in inside))})
     return out
