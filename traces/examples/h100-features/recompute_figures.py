@@ -204,6 +204,24 @@ def speculative(results: dict) -> dict:
                 per_req.append(statistics.mean(pos))
         return statistics.mean(per_req) / 1e6, zero
 
+    users = {q["rid"] for r in rounds["spec-traced"] for q in r["requests"]}
+    steps_of: dict[str, int] = {}
+    for rid, _ in entries:
+        steps_of[rid] = steps_of.get(rid, 0) + 1
+    root_out = {s["attrs"]["sglang.rid"]: s["attrs"]["sglang.request.output_tokens"] for s in named(raw, "sglang.request")}
+    decodes = [d["attrs"] for d in named(raw, "sglang.request.decode") if d["attrs"]["sglang.rid"] in users]
+    consistency = {  # SGLang's per-request counts against our accept spans, and tokens past max_new_tokens
+        "user_requests": len(decodes),
+        "accept_steps_minus_sglang_verify_ct": dict(sorted(
+            {k: sum(1 for a in decodes if steps_of[a["sglang.rid"]] - a["sglang.request.spec_verify_ct"] == k)
+             for k in {steps_of[a["sglang.rid"]] - a["sglang.request.spec_verify_ct"] for a in decodes}}.items())),
+        "decode_span_tokens_over_delivered_requests": sum(
+            1 for a in decodes if a["sglang.request.output_tokens"] > root_out[a["sglang.rid"]]),
+        "decode_span_tokens_max": max(a["sglang.request.output_tokens"] for a in decodes),
+        "delivered_tokens_per_sglang_verify_step": sum(root_out[a["sglang.rid"]] - 1 for a in decodes)
+        / sum(a["sglang.request.spec_verify_ct"] for a in decodes),
+        "user_tokens_per_request_step_from_accept_spans": statistics.mean(c + 1 for rid, c in entries if rid in users),
+    }
     spec_rids = {rid for rid, _ in entries}
     nospec_raw = spans(HERE / "nospec-traced")
     nospec_users = {q["rid"] for r in rounds["nospec-traced"] for q in r["requests"]}
@@ -223,6 +241,7 @@ def speculative(results: dict) -> dict:
         "nospec_itl_ms_mean_users": step_itl(nospec_raw, nospec_users)[0],
         "nospec_zero_gaps": step_itl(nospec_raw, nospec_users)[1],
         "client": {n: client_summary(rs) for n, rs in rounds.items()},
+        "consistency": consistency,
     }
 
 
@@ -235,6 +254,13 @@ def main() -> int:
         base = f"{phase}-untraced"
         out[phase]["traced_over_untraced"] = {f: c[f"{phase}-traced"][f]["median"] / c[base][f]["median"]
                                               for f in ("tok_per_s", "ttft_ms", "itl_ms")}
+    sp = out["spec"]
+    tput = {n: [sum(q["completion_tokens"] for q in r["requests"]) / r["wall_s"] for r in results["spec"]["rounds"][n][1:]]
+            for n in ("spec-traced", "spec-untraced")}
+    sp["rounds_traced_slower"] = sum(t < u for t, u in zip(tput["spec-traced"], tput["spec-untraced"]))
+    sp["draft_share_of_gpu"] = sp["draft_gpu_ms"] / (sp["draft_gpu_ms"] + sp["verify_gpu_ms"])
+    sp["draft_gpu_ms_per_step"], sp["verify_gpu_ms_per_step"] = sp["draft_gpu_ms"] / sp["steps"], sp["verify_gpu_ms"] / sp["steps"]
+    sp["draft_wall_ms_per_accepted_draft"] = sp["draft_wall_ms"] / sp["accepted"]
     c = out["spec"]["client"]
     out["spec"]["spec_over_nospec_traced"] = {f: c["spec-traced"][f]["median"] / c["nospec-traced"][f]["median"]
                                               for f in ("tok_per_s", "ttft_ms", "itl_ms", "token_itl_ms")}
