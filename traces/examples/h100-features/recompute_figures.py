@@ -33,7 +33,7 @@ def spans(trace_dir: Path) -> list[dict]:
             for line in f:
                 for rs in json.loads(line)["resourceSpans"] if line.strip() else []:
                     for ss in rs["scopeSpans"]:
-                        out += [{"name": s["name"], "start": int(s["startTimeUnixNano"]),
+                        out += [{"name": s["name"], "span_id": s["spanId"], "start": int(s["startTimeUnixNano"]),
                                  "end": int(s["endTimeUnixNano"]),
                                  "attrs": {a["key"]: _value(a["value"]) for a in s.get("attributes", [])}}
                                 for s in ss["spans"]]
@@ -116,7 +116,7 @@ def hicache(results: dict) -> dict:
     match = {s["attrs"]["sglang.rid"]: s for s in named(raw, "sglang.request.prefix_match")}
     prefill = {s["attrs"]["sglang.rid"]: s for s in named(raw, "sglang.request.prefill")}
     ends = {s["attrs"]["sglang.rid"]: s["end"] for s in named(raw, "sglang.request")}
-    hit_ages = []
+    hit_ages, hit_ages_by_tier = [], {}
     for rid, p in prefill.items():
         matched = p["attrs"].get("sglang.request.cached_tokens_device", 0) + p["attrs"].get("sglang.request.cached_tokens_host", 0)
         digests = match[rid]["attrs"].get("sglang.prefix.block_digests") or [] if rid in match else []
@@ -131,10 +131,20 @@ def hicache(results: dict) -> dict:
                 touches.append(ends[other] if ends.get(other, t) < t else prefill[other]["start"])
         if touches:
             hit_ages.append(t - max(touches))
+            tier = "host" if p["attrs"].get("sglang.request.cached_tokens_host", 0) else "device"
+            hit_ages_by_tier.setdefault(tier, []).append(t - max(touches))
     evicted_ages = [a for s in named(raw, "sglang.cache.evict") for a in s["attrs"].get("sglang.hicache.evicted_ages_ns", [])]
     dones = named(raw, "sglang.hicache.load_done")
     loads = [s for s in named(raw, "sglang.hicache.load_back") if s["attrs"]["sglang.hicache.tokens"] > 0]
 
+    forwards = {s["span_id"]: s["attrs"] for s in named(raw, "sglang.scheduler.forward")}
+    waited = []  # the prefill's forward began on the GPU before the copy that carried its prefix ended
+    for load in loads:
+        nodes = set(load["attrs"]["sglang.hicache.node_ids"])
+        done = min((d for d in dones if d["start"] >= load["start"] and nodes & set(d["attrs"]["sglang.hicache.node_ids"])),
+                   key=lambda d: d["start"])
+        fwd = forwards[prefill[load["attrs"]["sglang.rid"]]["attrs"]["sglang.forward.span_id"]]
+        waited.append(done["attrs"]["sglang.forward.gpu_end_ns"] - fwd["sglang.forward.gpu_start_ns"])
     roots = {s["attrs"]["sglang.rid"]: s for s in named(raw, "sglang.request")}
     http = {s["attrs"]["sglang.rid"]: s for s in named(raw, "sglang.request.http")}
     ttft = {"computed": [], "device hit": [], "host load-back": []}
@@ -158,10 +168,13 @@ def hicache(results: dict) -> dict:
         "load_back_GB_per_s_median": med([d["attrs"]["sglang.hicache.bytes"] / d["attrs"]["sglang.hicache.gpu_duration_ns"]
                                           for d in dones]),
         "load_done": len(dones),
+        "prefills_that_waited": f"{sum(w > 0 for w in waited)} of {len(waited)}",
+        "wait_ms_median_upper_bound": med([max(w, 0) for w in waited]) / 1e6,
         "backups": len(named(raw, "sglang.hicache.backup")), "device_evictions": len(named(raw, "sglang.cache.evict")),
         "host_evictions": len(named(raw, "sglang.hicache.evict_host")),
         "device_evicted_nodes": len(evicted_ages),
         "hit_age_ms_median": med(hit_ages) / 1e6, "hits_with_age": len(hit_ages),
+        "hit_age_ms_median_by_where_it_hit": {k: (med(v) / 1e6, len(v)) for k, v in sorted(hit_ages_by_tier.items())},
         "device_evicted_age_ms_median": med(evicted_ages) / 1e6,
         "device_thrashing": med(evicted_ages) < med(hit_ages),
         "host_used_max": max(host_used), "host_total": sorted(host_total),
@@ -222,6 +235,22 @@ def speculative(results: dict) -> dict:
         / sum(a["sglang.request.spec_verify_ct"] for a in decodes),
         "user_tokens_per_request_step_from_accept_spans": statistics.mean(c + 1 for rid, c in entries if rid in users),
     }
+    ended = {rid: s["end"] for rid, s in ((s["attrs"]["sglang.rid"], s) for s in named(raw, "sglang.request"))}
+    stale = [rid for a in accepts for rid in a["attrs"]["sglang.batch.rids"] if ended[rid] < a["start"]]
+    fresh = [(c, a["attrs"]["sglang.spec.draft_tokens"] - 1) for a in accepts
+             for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"]) if ended[rid] >= a["start"]]
+    forwards = {s["span_id"]: s["attrs"] for s in raw if s["name"] == "sglang.scheduler.forward"}
+    consistency["accept_entries_naming_a_finished_request"] = len(stale)
+    consistency["of_them_in_their_forward_span_rids"] = sum(
+        1 for a in accepts for rid in a["attrs"]["sglang.batch.rids"] if ended[rid] < a["start"]
+        and rid in forwards[a["attrs"]["sglang.forward.span_id"]]["sglang.batch.rids"])
+    consistency["forwards_with_overlap_on"] = f'{sum(1 for f in forwards.values() if f.get("sglang.scheduler.overlap"))} of {len(forwards)}'
+    delays = [(a["start"] - ended[rid]) / 1e6 for a in accepts for rid in a["attrs"]["sglang.batch.rids"] if ended[rid] < a["start"]]
+    consistency["step_after_request_end_ms_median_max"] = (med(delays), max(delays))
+    consistency["accept_spans_with_such_an_entry"] = sum(
+        1 for a in accepts if any(ended[r] < a["start"] for r in a["attrs"]["sglang.batch.rids"]))
+    consistency["tokens_per_request_step_without_them"] = statistics.mean(c + 1 for c, _ in fresh)
+    consistency["accepted_over_proposed_without_them"] = sum(c for c, _ in fresh) / sum(n for _, n in fresh)
     spec_rids = {rid for rid, _ in entries}
     nospec_raw = spans(HERE / "nospec-traced")
     nospec_users = {q["rid"] for r in rounds["nospec-traced"] for q in r["requests"]}
