@@ -32,7 +32,7 @@ def _attrs(span: dict) -> dict:
 
 
 def read(trace_dir: str) -> dict:
-    """``requests``: rid -> {output_tokens, finish_reason, internal, start/end (s), keep};
+    """``requests``: rid -> {output_tokens, finish_reason, internal, start/end (s), keep, http_ended_by};
     ``stats``: the recorder's stats spans in time order."""
     requests: dict[str, dict] = collections.defaultdict(dict)
     stats: list[dict] = []
@@ -45,6 +45,8 @@ def read(trace_dir: str) -> dict:
                 end=int(s["endTimeUnixNano"]) / 1e9)
         elif s["name"] == sc.REQUEST_DECODE and sc.KEEP_REASON in a:
             requests[a.get(sc.RID)]["keep"] = a[sc.KEEP_REASON]
+        elif s["name"] == sc.REQUEST_HTTP:
+            requests[a.get(sc.RID)]["http_ended_by"] = a.get(sc.HTTP_ENDED_BY) or "(not recorded)"
         elif s["name"] == sc.RECORDER_STATS:
             stats.append({"t": int(s["startTimeUnixNano"]) / 1e9, "file": file,
                           "queued_max": int(a.get(sc.QUEUED_MAX) or 0), "queued": int(a.get(sc.QUEUED) or 0),
@@ -69,7 +71,12 @@ def check_phase(rows: list[dict], trace_requests: dict) -> dict:
                                                              if "output_tokens" in t)),
             "trace_keep": dict(collections.Counter(t.get("keep", "(no decode span)") for t in roots.values()
                                                    if "output_tokens" in t)),
-            "completed_token_mismatches": len(mismatched), "mismatch_examples": mismatched[:10]}
+            "completed_token_mismatches": len(mismatched), "mismatch_examples": mismatched[:10],
+            # by the client's outcome: how the trace's HTTP span of each request ended (a hung-up client's
+            # should say "client disconnected"), or that it has none
+            "trace_http_ended_by": {outcome: dict(collections.Counter(
+                roots[r["rid"]].get("http_ended_by", "(no HTTP span)") for r in rows if r["outcome"] == outcome))
+                for outcome in sorted({r["outcome"] for r in rows})}}
 
 
 def unmeasured(trace_requests: dict, measured: set, label: str = "warm-up load") -> dict:
