@@ -97,6 +97,7 @@ def tool(monkeypatch):
 
 
 def test_an_attached_tool_gets_each_range_once_in_call_order(tool):
+    assert nvtx_ranges.tool_attached()
     model = _Model(LAYERS)
     installed = layer_ranges.install(model)
     assert len(installed) == len(EXPECTED)
@@ -139,9 +140,13 @@ class _NoToolDomain(_ToolDomain):
 
 
 def test_without_a_tool_ranges_call_no_domain_until_a_profiler_records(monkeypatch):
+    monkeypatch.setattr(nvtx_ranges, "_domain", None)  # both restored after the test (enable() sets them)
+    monkeypatch.setattr(nvtx_ranges, "_enabled", False)
+    assert nvtx_ranges.enable() and not nvtx_ranges.tool_attached()  # the real nvtx library; no nsys here
     domain = _NoToolDomain()
     monkeypatch.setattr(nvtx_ranges, "_domain", domain)
     monkeypatch.setattr(nvtx_ranges, "_enabled", True)
+    assert not nvtx_ranges.tool_attached()
     model = _Model(LAYERS)
     assert len(layer_ranges.install(model)) == len(EXPECTED)
     assert model(torch.zeros(1)).item() == LEAF_CALLS

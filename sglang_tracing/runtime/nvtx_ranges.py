@@ -99,6 +99,12 @@ def attributes(name: str):
     return _domain.get_event_attributes(message=name) if _enabled else None
 
 
+def tool_attached() -> bool:
+    """Whether an NVTX tool (nsys) receives the ranges: without one, the nvtx library's domain is a no-op
+    (it builds no attributes), decided when the process started and fixed for its life."""
+    return _enabled and _domain.get_event_attributes(message=sc.NVTX_DOMAIN) is not None
+
+
 def domain_push_pop():
     """The domain's own ``push_range`` and ``pop_range`` (bound methods of the nvtx extension), for a wrapper
     that pushes prebuilt attributes with no call of ours in between; None while ranges are off."""
