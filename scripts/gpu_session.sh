@@ -67,9 +67,9 @@ run_step() {
     baseline)
         step baseline baseline --num-requests 100 --prompt-len 512 --output-len 128 \
             --sglang-args "--attention-backend triton" ;;
-    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 90 --phase 30 --concurrency 500 \
-        --max-total-tokens $SOAK_POOL --extra "--attention-backend triton --disable-piecewise-cuda-graph" \
-        --keep "$RES/soak-keep" --out "$RES/soak" ;;
+    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 40 --phase 20 --warmup 5 --concurrency 500 \
+        --max-total-tokens $SOAK_POOL --mem-fraction 0.85 \
+        --extra "--attention-backend triton --disable-piecewise-cuda-graph" --keep "$RES/soak-keep" --out "$RES/soak" ;;
     startup) bench startup benchmarks/startup.py --model "$MODEL" --repeats 1 --out "$RES/startup/startup.json" ;;
     volume) bench volume benchmarks/volume.py live --model "$MODEL" --requests 512 --concurrency 64 \
         --prompt-len 512 --output-len 128 --keep "$RES/volume-keep" --out "$RES/volume/volume.json" ;;
