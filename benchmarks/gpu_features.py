@@ -20,7 +20,10 @@ for every server, read back from /server_info and recorded), then driving them i
    output repeats what it has seen, so the figures show the mechanism, measured, not a real model's
    acceptance rate.
 
-Overhead is the traced server's median round over the untraced one's, per feature (throughput, TTFT).
+Overhead is the traced server's median round over the untraced one's, per feature (throughput, TTFT, ITL,
+and ``step_ms``: the median gap between streamed chunks, one decode step), and the median of the per-round
+ratios (``paired_ratio_to_*``). ``--spec-servers spec-traced,spec-untraced`` leaves the server without
+speculation out; ``--pin`` gives each server its own physical cores (an idle SGLang scheduler polls).
 Needs only SGLang and this project on PYTHONPATH (no analyzer): the traces are read elsewhere.
 """
 from __future__ import annotations
@@ -167,7 +170,8 @@ def phase(args, name: str, servers_spec: dict, prompts_of, output_len: int, conc
                 r = one_round(servers[n], prompts, output_len, concurrency)
                 rounds[n].append(r)
                 log(args, f"{name} round {rnd + 1} {n}: {r['tok_per_s']:.0f} tok/s, TTFT {r['ttft_ms']:.1f} ms, "
-                          f"cached {r['cached_tokens']}, {r['completion_tokens']} tokens out")
+                          f"step {r['step_ms'] or 0:.2f} ms, cached {r['cached_tokens']}, "
+                          f"{r['completion_tokens']} tokens out")
         entry["summary"] = summarize({n: rs[1:] or rs for n, rs in rounds.items()}, ref)
         entry["summary_note"] = "medians over rounds 2.. (round 1 fills the caches); ratios to the untraced server"
     except ServerError as exc:

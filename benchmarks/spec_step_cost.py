@@ -16,8 +16,10 @@ process started, its writer thread parked), so ``emit`` is the hot path SGLang r
 Figures per arm and round: median and p99 of a whole step, and of the **critical path**: in the NGRAM
 pipeline (synchronous: ``run_batch`` waits for the previous verify before drafting) only the work between
 the draft's start and the verify forward's launch delays the GPU; the rest of a step overlaps the verify
-forward on the GPU (~9 ms a step on an H100 with the Llama-2-7B). CUDA events are stand-ins with the calls
-counted (``cuda_calls``): each is a CUDA driver call of a few microseconds on a GPU host, not timed here.
+forward on the GPU (~9 ms a step on an H100 with the Llama-2-7B). CUDA events are stand-ins with their calls
+counted (``cuda_calls``, ``critical_cuda_calls``: those on the critical path, an event made counted as one) and
+the events made (``events_made``: on a GPU each costs a create at its first record and a destroy when freed):
+driver calls of a few microseconds each on a GPU host, not timed here.
 """
 from __future__ import annotations
 
@@ -43,11 +45,13 @@ ARMS = ("untraced", "traced, no speculation", "traced, NGRAM")
 
 
 class _Event:
-    """torch.cuda.Event's surface: completes at once; every call counted."""
+    """torch.cuda.Event's surface: completes at once; every call counted, and every event made (on a GPU,
+    a driver call to create it at its first record and one to destroy it when it is freed)."""
     calls = 0
+    made = 0
 
     def __init__(self, enable_timing: bool = False):
-        _Event.calls += 1
+        _Event.made += 1
 
     def record(self, stream=None):
         _Event.calls += 1
@@ -121,14 +125,17 @@ class _Step:
         self.draft = hooks[speculative.DRAFTS[0]]
         self.verify = hooks[speculative._TARGET]
         self.marks = [0, 0, 0, 0]  # draft hook called, draft original entered, returned, model forward entered
+        self.calls = [0, 0, 0, 0]  # CUDA event calls and events made so far, at each mark
 
     # SGLang's originals, doing nothing but stamping
     def _draft_original(self, worker, batch):
         self.marks[1] = perf_counter_ns()
+        self.calls[1] = self.calls[2] = _Event.calls + _Event.made
         self.marks[2] = perf_counter_ns()
 
     def _forward_original(self, runner, forward_batch):
         self.marks[3] = perf_counter_ns()
+        self.calls[3] = _Event.calls + _Event.made
         return None
 
     def _verify_original(self, worker, batch, is_verify=False):
@@ -138,8 +145,10 @@ class _Step:
     def _run_original(self, sched, batch):
         if not self.spec:
             self.marks[0] = self.marks[1] = self.marks[2] = perf_counter_ns()
+            self.calls[0] = self.calls[1] = self.calls[2] = _Event.calls + _Event.made
             self.forward(self._forward_original, None, self.fwd_batch)
             return self.result_type()
+        self.calls[0] = _Event.calls + _Event.made
         self.marks[0] = perf_counter_ns()
         self.draft(self._draft_original, self.worker, batch)
         return self.verify(self._verify_original, self.worker, batch, is_verify=True)
@@ -152,8 +161,8 @@ class _Step:
             result.num_correct_drafts_per_req_cpu = [accepted] * len(self.reqs)
         self.stream(lambda s, reqs, return_logprob, skip_req=None: None, self.streamer, self.reqs, False)
 
-    def run(self) -> tuple[int, int]:
-        """One step; returns (whole step ns, critical-path ns of our own work)."""
+    def run(self) -> tuple[int, int, int]:
+        """One step; returns (whole step ns, critical-path ns of our own work, CUDA calls on it)."""
         t0 = perf_counter_ns()
         self.schedule(lambda sched: self.plan, self.sched)
         result = self.run_batch(self._run_original, self.sched, self.batch)
@@ -161,8 +170,9 @@ class _Step:
         t1 = perf_counter_ns()
         # draft's before-hook, then its after-hook with the verify's and the model forward's before-hooks
         # (run_batch's own before-hook runs before SGLang waits for the previous verify: not critical)
-        m = self.marks
+        m, c = self.marks, self.calls
         critical = (m[1] - m[0]) + (m[3] - m[2])
+        critical_calls = (c[1] - c[0]) + (c[3] - c[2])
         for req in self.reqs:  # keep output lists short (long runs would grow them without end)
             if len(req.output_ids) > 4096:
                 del req.output_ids[:-1]
@@ -170,7 +180,7 @@ class _Step:
                 if trace is not None:
                     trace.tokens.clear()
                     trace.n_out = len(req.output_ids)
-        return t1 - t0, critical
+        return t1 - t0, critical, critical_calls
 
 
 def _measure(arm: str, args, rec) -> dict:
@@ -191,13 +201,14 @@ def _measure(arm: str, args, rec) -> dict:
             step.run()
         if sink is not None:
             rec._queue.clear()
-        _Event.calls = 0
-        emitted = 0
+        _Event.calls = _Event.made = 0
+        emitted = critical_calls = 0
         gc.callbacks.append(count)
         for i in range(args.steps):
-            w, c = step.run()
+            w, c, n = step.run()
             whole.append(w)
             critical.append(c)
+            critical_calls += n
             if sink is not None and (i + 1) % args.flush_every == 0:  # the writer's pass (every 250 ms)
                 batch = list(rec._queue)
                 rec._queue.clear()
@@ -211,6 +222,8 @@ def _measure(arm: str, args, rec) -> dict:
             "critical_median_us": q(critical, 0.5), "critical_p99_us": q(critical, 0.99),
             "writer_median_us": q(writer, 0.5) if writer else 0.0,
             "records_per_step": emitted / args.steps, "cuda_calls_per_step": _Event.calls / args.steps,
+            "events_made_per_step": _Event.made / args.steps,
+            "critical_cuda_calls_per_step": critical_calls / args.steps,  # events made counted as calls too
             "gc_per_1000_steps": collections[0] * 1000 / args.steps}
 
 
@@ -249,7 +262,8 @@ def main() -> int:
     for arm, s in summary.items():
         print(f"{arm:24s} step {s['step_median_us']:7.1f} us (p99 {s['step_p99_us']:7.1f})  critical path "
               f"{s['critical_median_us']:6.1f} us  writer {s['writer_median_us']:6.1f} us  "
-              f"records {s['records_per_step']:.1f}  cuda calls {s['cuda_calls_per_step']:.1f}  "
+              f"records {s['records_per_step']:.1f}  event calls {s['cuda_calls_per_step']:.1f} "
+              f"(critical {s['critical_cuda_calls_per_step']:.1f})  events made {s['events_made_per_step']:.1f}  "
               f"gc/1000 {s['gc_per_1000_steps']:.1f}")
     if args.out:
         with open(args.out, "w") as f:
