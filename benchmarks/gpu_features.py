@@ -44,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import kv_pool  # noqa: E402  (the sibling benchmark's pool read-back)
+from host_cpu import core_sets, delta, server_cpu, throttling  # noqa: E402
 
 from sglang_tracing.app.serving import Server, ServerError, wait_for_exporters  # noqa: E402
 from sglang_tracing.app.workload import concurrent  # noqa: E402
@@ -108,23 +109,6 @@ def summarize(rounds: dict[str, list[dict]], ref: str) -> dict:
     return out
 
 
-def core_sets(n: int) -> list[str]:
-    """This process's CPUs split into ``n`` disjoint sets of whole physical cores (hyperthread siblings kept
-    together), as ``taskset -c`` lists; empty when there are fewer cores than sets."""
-    cores: dict[tuple[str, str], list[int]] = {}
-    for cpu in sorted(os.sched_getaffinity(0)):
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            key = ((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip())
-        except OSError:
-            key = ("", str(cpu))
-        cores.setdefault(key, []).append(cpu)
-    groups, per = list(cores.values()), len(cores) // max(n, 1)
-    if per < 1:
-        return []
-    return [",".join(str(c) for g in groups[i * per:(i + 1) * per] for c in g) for i in range(n)]
-
-
 def log(args, msg: str) -> None:
     line = f"{time.strftime('%H:%M:%S')} {msg}"
     print(line, flush=True)
@@ -166,13 +150,20 @@ def phase(args, name: str, servers_spec: dict, prompts_of, output_len: int, conc
                 log(args, f"{name}: {entry['stopped_early']}")
                 break
             prompts = prompts_of(args, rnd)
+            pgids = {m: s.proc.pid for m, s in servers.items()}  # each server's launch leads its process group
             for n in names[rnd % len(names):] + names[:rnd % len(names)]:
+                cpu, throttled = server_cpu(pgids), throttling()
                 r = one_round(servers[n], prompts, output_len, concurrency)
+                r["host"] = {"cpu_s": delta(cpu, server_cpu(pgids)), "throttling": delta(throttled, throttling())}
                 rounds[n].append(r)
                 log(args, f"{name} round {rnd + 1} {n}: {r['tok_per_s']:.0f} tok/s, TTFT {r['ttft_ms']:.1f} ms, "
                           f"step {r['step_ms'] or 0:.2f} ms, cached {r['cached_tokens']}, "
-                          f"{r['completion_tokens']} tokens out")
+                          f"{r['completion_tokens']} tokens out; CPU s {r['host']['cpu_s']}, "
+                          f"throttled {r['host']['throttling']}")
         entry["summary"] = summarize({n: rs[1:] or rs for n, rs in rounds.items()}, ref)
+        entry["cpu_while_driven"] = {  # medians over rounds 2..: the driven server's processes, its exporters
+            n: {k: statistics.median(r["host"]["cpu_s"][n][k] for r in rs[1:] or rs) for k in ("server_s", "children_s")}
+            for n, rs in rounds.items() if rs}
         entry["summary_note"] = "medians over rounds 2.. (round 1 fills the caches); ratios to the untraced server"
     except ServerError as exc:
         entry["error"] = str(exc)
