@@ -1,4 +1,4 @@
-"""The H200 run for the hierarchical cache and speculative decoding, unattended, in about 9 minutes.
+"""The GPU run (one H100 or H200) of the hierarchical cache and speculative decoding, unattended, ~9 minutes.
 
     pip install --no-deps --no-build-isolation -e .   # the plugin's entry point: traced servers need it
     python3 benchmarks/gpu_features.py --model /tmp/llama2 --out /tmp/features

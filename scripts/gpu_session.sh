@@ -25,6 +25,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${MODEL:-/tmp/llama2}
 RES=${RES:-/tmp/res}
 NSYS=${NSYS:-$(python3 -c 'from sglang_tracing.app.profilers import DEFAULT_NSYS_PATH; print(DEFAULT_NSYS_PATH)')}
+# Pools that fit three 7B servers (overhead.py) or two (soak.py) on one card: an H200 (141 GB) or an H100 (80 GB)
+GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+if [ "${GPU_MIB:-0}" -gt 100000 ]; then OVERHEAD_POOL=45000 SOAK_POOL=80000; else OVERHEAD_POOL=12000 SOAK_POOL=30000; fi
 
 step() {
     local name=$1
@@ -64,16 +67,18 @@ run_step() {
     baseline)
         step baseline baseline --num-requests 100 --prompt-len 512 --output-len 128 \
             --sglang-args "--attention-backend triton" ;;
-    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 120 --phase 30 --concurrency 500 \
-        --keep "$RES/soak-keep" --out "$RES/soak" ;;
+    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 40 --phase 20 --warmup 5 --concurrency 500 \
+        --max-total-tokens $SOAK_POOL --mem-fraction 0.85 \
+        --extra "--attention-backend triton --disable-piecewise-cuda-graph" --keep "$RES/soak-keep" --out "$RES/soak" ;;
     startup) bench startup benchmarks/startup.py --model "$MODEL" --repeats 1 --out "$RES/startup/startup.json" ;;
     volume) bench volume benchmarks/volume.py live --model "$MODEL" --requests 512 --concurrency 64 \
         --prompt-len 512 --output-len 128 --keep "$RES/volume-keep" --out "$RES/volume/volume.json" ;;
     layer) bench layer benchmarks/overhead.py --model "$MODEL" --configs traced,traced-layer,untraced --rounds 3 \
-        --batch1-samples 8 --extra "--attention-backend triton --disable-prefill-cuda-graph" \
+        --batch1-samples 8 --max-total-tokens $OVERHEAD_POOL \
+        --extra "--attention-backend triton --disable-prefill-cuda-graph" \
         --out "$RES/layer/layer-cost.json" --keep "$RES/layer-keep" ;;
     topov) bench topov benchmarks/overhead.py --model "$MODEL" --configs traced,traced-top,untraced --rounds 3 \
-        --out "$RES/topov/top-overhead.json" --keep "$RES/topov-keep" ;;
+        --max-total-tokens $OVERHEAD_POOL --out "$RES/topov/top-overhead.json" --keep "$RES/topov-keep" ;;
     *) echo "unknown step $1" >>"$RES/progress.log" ;;
     esac
 }

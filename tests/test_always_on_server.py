@@ -2,8 +2,9 @@
 nothing recorded is lost without being said.
 
 One server (tail-based keep on, batch spans of kept requests) takes clients that hang up mid-stream, its
-scheduler's exporter SIGKILLed mid-load, then its trace dir removed; one writes into a 300 kB tmpfs until it is full; two are
-stopped right after their last response with one of our hooks slowed, so the stop lands inside it.
+scheduler's exporter SIGKILLed mid-load, then its trace dir removed; one writes into a 300 kB tmpfs until it
+is full; two are stopped right after their last response with one of our hooks slowed, so the stop lands inside
+it; four more are stopped so one after another with nothing slowed.
 """
 from __future__ import annotations
 
@@ -207,3 +208,26 @@ def test_stopped_right_after_the_last_response_while_our_hooks_record(tiny_model
             row = rows[out["meta_info"]["id"]]
             assert row["complete"] and len(row["token_times_ns"]) == 16, (slowed, row["rid"])
             assert row["detokenize_ns"] is not None, (slowed, row["rid"])
+
+
+STOPS_IN_A_ROW = 4
+
+
+def test_stopped_many_times_in_a_row_every_answered_request_whole(tiny_model, tmp_path):
+    """The experiments' own stop, many times in a row with nothing slowed: each server is stopped the moment
+    its last streamed response arrives, at a different point of its last requests (their lengths differ
+    per run). Every request a client got whole is whole in the trace: its tokens and its detokenize span."""
+    for run in range(STOPS_IN_A_ROW):
+        (tmp_path / f"run{run}").mkdir()
+        server, trace_dir = start_server(tiny_model, tmp_path / f"run{run}")
+        try:
+            outs = server.generate_all([prompt_of_length(40 + 8 * k, seed=100 * run + k) for k in range(3)],
+                                       10 + 3 * run, concurrency=3, stream=True)
+        finally:
+            stop_and_drain(server, trace_dir)
+        rows = {r["rid"]: r for r in request_table(load_trace_dir(trace_dir).spans).iter_rows(named=True)}
+        for out in outs:
+            assert out["meta_info"]["completion_tokens"] == 10 + 3 * run  # the client got it whole
+            row = rows[out["meta_info"]["id"]]
+            assert row["complete"] and len(row["token_times_ns"]) == 10 + 3 * run, (run, row["rid"])
+            assert row["detokenize_ns"] is not None, (run, row["rid"])

@@ -72,7 +72,7 @@ def assert_same_as_reference(model, trace_dir: Path) -> None:
 
 @pytest.mark.parametrize("trace_dir", TRACE_DIRS, ids=lambda d: "-".join(d.relative_to(EXAMPLES).parts))
 def test_fast_loader_gives_the_reference_frames(trace_dir):
-    assert len(TRACE_DIRS) == 16  # cpu-pd: 2 loads x (prefill, decode, router)
+    assert len(TRACE_DIRS) == 19  # cpu-pd: 2 loads x (prefill, decode, router); h100-features: 3
     model = load_trace_dir(trace_dir, use_cache=False)
     assert_same_as_reference(model, trace_dir)
     raw = raw_spans(trace_dir)
