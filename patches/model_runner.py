@@ -61,7 +61,7 @@ def _before_forward(st: SchedulerState, call: Call, /, runner, *a, **k) -> _Forw
             anchor.record()
             anchor.synchronize()
             st.gpu_times.anchor = GpuAnchor(anchor, time_ns())
-        events = GpuEvents(cuda.Event(enable_timing=True), cuda.Event(enable_timing=True))
+        events = st.gpu_times.take_events(cuda)
         events.start.record()
     nvtx_ranges.push(sc.MODEL_FORWARD, sid)  # last: the range opens where the span's clock starts
     return _Forward(fwd, sid, events)

@@ -15,6 +15,7 @@
 #             64 requests 512 -> 128 at concurrency 32, SGLang's profiler on both ranks after each
 # Runs still owed to the issues (benchmarks/README.md and docs/ say what each writes; ~5-9 min each):
 #   features  HiCache and NGRAM traced vs untraced, equal pools (issue 24): benchmarks/gpu_features.py
+#   specov    NGRAM traced vs untraced only, 10 rounds of 64 requests, each server on its own cores (~4 min)
 #   baseline  the plan's experiment 1 in one command, with its profiled pass (issue 21)
 #   soak      500 concurrent, tail-based keep, memory over time (issue 23); startup, volume likewise
 #   layer     --trace-level layer's batch-1 TTFT, eager prefill in every arm (issue 26); topov: top attached
@@ -64,6 +65,8 @@ run_step() {
         step tp tp --tp-sizes 1,2 --gpus "0;0,1" --num-requests 64 --concurrency 32 --prompt-len 512 \
             --output-len 128 --sglang-args "--attention-backend triton --mem-fraction-static 0.8" ;;
     features) bench features benchmarks/gpu_features.py --model "$MODEL" --out "$RES/features" ;;
+    specov) bench specov benchmarks/gpu_features.py --model "$MODEL" --out "$RES/specov" --phases spec \
+        --spec-servers spec-traced,spec-untraced --spec-requests 64 --rounds 10 --pin --budget-s 270 ;;
     baseline)
         step baseline baseline --num-requests 100 --prompt-len 512 --output-len 128 \
             --sglang-args "--attention-backend triton" ;;
