@@ -25,7 +25,8 @@ from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.loaders import span_chunks, span_store
 from sglang_tracing.analyzer.loaders.files import glob_inputs
-from sglang_tracing.analyzer.loaders.otlp_json import read_span_file, spans_frame
+from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
+from sglang_tracing.analyzer.loaders.span_frame import spans_frame
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 
