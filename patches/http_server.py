@@ -5,7 +5,8 @@ moment a streaming client can see its first token (one ``sglang.request.http`` s
 ends at the response's last body message or, when that never comes, at the first sign it will not
 (``semconv.HTTP_ENDED_BY``): with uvicorn (ASGI 2.3) a client that hangs up mid-stream is seen as
 ``http.disconnect`` by the receive Starlette's StreamingResponse listens on, which then cancels the stream
-and runs SGLang's abort task (2 s later): no last body message is ever sent.
+(SGLang's tokenizer manager aborts the request on that cancellation) and runs SGLang's background abort
+task: no last body message is ever sent.
 
 Arrival, best first (the span says which, ``semconv.RECEIVED_BY``): for a request on a new
 connection, when the kernel received its first bytes (read back at accept: the event loop may accept

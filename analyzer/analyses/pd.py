@@ -117,8 +117,9 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
         first = [c for c in ("http_first_byte", "root_first_output") if c in frame.columns]
         frame = frame.with_columns(pl.coalesce(first).alias("first_byte") if first else pl.lit(None).alias("first_byte"))
         if "http_ended_by" in frame.columns:  # a response that ended before its first byte: the client saw none
-            none_sent = (pl.col("http_ended_by").is_not_null() & (pl.col("http_ended_by") != sc.HTTP_END_RESPONSE_SENT)
-                         & (pl.col("http_first_byte").is_null() if "http_first_byte" in frame.columns else True))
+            unsent = pl.col("http_first_byte").is_null() if "http_first_byte" in frame.columns else True
+            none_sent = pl.col("http_ended_by").is_not_null() & (pl.col("http_ended_by") != sc.HTTP_END_RESPONSE_SENT)
+            none_sent = none_sent & unsent
             frame = frame.with_columns(pl.when(none_sent).then(None).otherwise(pl.col("first_byte")).alias("first_byte"))
     return frame
 

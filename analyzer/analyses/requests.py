@@ -57,9 +57,9 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     request; null when not streamed, or when the response ended before its first byte), ttft_source (what
     ttft_ns ends at), ttft_compute_ns (received -> first token computed), decode_ns, token_times_ns (list),
     itl_ns (list: every gap between output tokens; null for a summary-only request, whose itl_p50_ns,
-    itl_p99_ns, itl_max_ns and kept come from its decode span), mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded), profiler_control (our
-    profiler-control actions that ran while the request was in flight; null: none) and
-    profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
+    itl_p99_ns, itl_max_ns and kept come from its decode span), mean_itl_ns, detokenize_ns, complete (root,
+    prefill and decode all recorded), profiler_control (our profiler-control actions that ran while the
+    request was in flight; null: none) and profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
 
     ``manifest`` lets traces recorded before the internal marker existed have SGLang's warm-up
     request recognized by its shape (see ``infer_legacy_warmup``); ``servers`` (TraceModel.servers) lets
