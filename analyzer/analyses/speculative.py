@@ -224,7 +224,7 @@ def describe(section: Section, spec: Speculation) -> None:
                 "draft wall time over the drafts accepted (tokens a plain decode would have needed a step each)")
     dist = spec.accept_distribution()
     if dist.height:
-        section.add("tokens delivered per step: distribution",
+        section.add("tokens accepted per request-step: distribution",
                     ", ".join(f"{row['tokens']}: {row['count']}" for row in dist.iter_rows(named=True)))
     if r.height:
         section.add("ITL gaps of 0 (tokens that arrived with the previous one)", f"{int(r['zero_gaps'].sum()):,}",
