@@ -36,6 +36,10 @@ def _on_load_model(st: SchedulerState, call: Call, /, runner, *a, **k) -> None:
     if st.config.layer_ranges:
         nvtx_ranges.enable()
         st.layer_ranges = len(layer_ranges.install(runner.model))
+        if not nvtx_ranges.tool_attached():
+            logger.warning("sglang-tracing: --trace-level layer: no NVTX tool (nsys) is attached to this process, so "
+                           "its layer/op ranges reach only a torch profiler while one records (--profile-steps); "
+                           "start the server under nsys to record them")
         if replayed:
             logger.warning("sglang-tracing: --trace-level layer: %s forwards replay CUDA graphs, so they show no "
                            "per-layer ranges (add --disable-prefill-cuda-graph or --disable-cuda-graph to see them)",

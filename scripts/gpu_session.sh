@@ -67,18 +67,24 @@ run_step() {
     baseline)
         step baseline baseline --num-requests 100 --prompt-len 512 --output-len 128 \
             --sglang-args "--attention-backend triton" ;;
-    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 90 --phase 30 --concurrency 500 \
-        --max-total-tokens $SOAK_POOL --extra "--attention-backend triton --disable-piecewise-cuda-graph" \
-        --keep "$RES/soak-keep" --out "$RES/soak" ;;
+    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 40 --phase 20 --warmup 5 --concurrency 500 \
+        --max-total-tokens $SOAK_POOL --mem-fraction 0.85 \
+        --extra "--attention-backend triton --disable-piecewise-cuda-graph" --keep "$RES/soak-keep" --out "$RES/soak" ;;
     startup) bench startup benchmarks/startup.py --model "$MODEL" --repeats 1 --out "$RES/startup/startup.json" ;;
     volume) bench volume benchmarks/volume.py live --model "$MODEL" --requests 512 --concurrency 64 \
         --prompt-len 512 --output-len 128 --keep "$RES/volume-keep" --out "$RES/volume/volume.json" ;;
-    layer) bench layer benchmarks/overhead.py --model "$MODEL" --configs traced,traced-layer,untraced --rounds 3 \
-        --batch1-samples 8 --max-total-tokens $OVERHEAD_POOL \
-        --extra "--attention-backend triton --disable-prefill-cuda-graph" \
-        --out "$RES/layer/layer-cost.json" --keep "$RES/layer-keep" ;;
+    layer)  # 5 rounds x 8 batch-1 TTFTs (8 tokens out: a sample costs 0.1 s, not 0.8 s); idle servers sleep
+        # instead of spinning a core beside the one measured; then the per-sample breakdown from the traces
+        bench layer benchmarks/overhead.py --model "$MODEL" --configs traced,traced-layer,untraced --rounds 5 \
+            --batch1-samples 8 --batch1-output-len 8 --max-total-tokens $OVERHEAD_POOL \
+            --extra "--attention-backend triton --disable-prefill-cuda-graph --sleep-on-idle" \
+            --out "$RES/layer/layer-cost.json" --keep "$RES/layer-keep"
+        python3 "$ROOT/benchmarks/batch1_breakdown.py" "$RES/layer/layer-cost.json" "$RES/layer-keep" \
+            >"$RES/layer/batch1.txt" 2>&1 ;;
     topov) bench topov benchmarks/overhead.py --model "$MODEL" --configs traced,traced-top,untraced --rounds 3 \
-        --max-total-tokens $OVERHEAD_POOL --out "$RES/topov/top-overhead.json" --keep "$RES/topov-keep" ;;
+        --batch1-output-len 8 --max-total-tokens $OVERHEAD_POOL \
+        --extra "--attention-backend triton --disable-prefill-cuda-graph --sleep-on-idle" \
+        --out "$RES/topov/top-overhead.json" --keep "$RES/topov-keep" ;;
     *) echo "unknown step $1" >>"$RES/progress.log" ;;
     esac
 }

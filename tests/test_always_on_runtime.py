@@ -217,6 +217,21 @@ def test_batch_records_kept_only_where_they_ran_a_kept_request():
     assert keep.offer(detok) == [detok] and keep.held == 0  # its process never learns the decisions
 
 
+def test_forward_recorded_after_its_requests_ended_is_not_held_for_ever():
+    """Overlap scheduling (SGLang's default on GPU): the batch launched before a request's last result was
+    processed still runs it, and its forward span (waiting for its CUDA end event) reaches the recorder after
+    the request was decided. An H100 soak held 9,024 such records at its end, none released while idle."""
+    keep = BatchKeep("kept")
+    result = (sc.PROCESS_RESULT, 0, 1, 30, 0, "", {sc.FORWARD_SPAN_ID: f"{21:016x}"}, ())
+    assert keep.offer(_forward(20, ["a", "b"])) == []
+    assert keep.decided("a", False) == [] and keep.decided("b", True) == [_forward(20, ["a", "b"])]
+    assert keep.offer(_forward(21, ["a", "b"])) == [_forward(21, ["a", "b"])]  # b kept: written at once
+    assert keep.offer(result) == [result]  # its result processing follows it
+    assert keep.offer(_forward(22, ["a"])) == [] and keep.dropped == 1  # only a (not kept): left out at once
+    assert keep.offer(_forward(23, ["a", "c"])) == []  # c still running
+    assert keep.decided("c", False) == [] and keep.held == 0
+
+
 def test_records_no_forward_follows_are_not_held_without_bound():
     """A process with cache spans but no forward (none will settle them): held up to a bound, then written."""
     keep = BatchKeep("kept")
