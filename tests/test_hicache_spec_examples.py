@@ -5,6 +5,7 @@ results against the per-request client records, and the committed reports agains
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -50,9 +51,42 @@ def test_hicache_example_loads_prefixes_back_from_host_every_round_and_its_figur
     assert sum(by_rid[rid] for rid in round_of) == sum(host_tokens.values())
 
 
-def test_spec_example_verifies_drafts_and_its_figures_match_the_raw_spans():
+def _recompute_figures():
+    """The example's own independent check (json, gzip and statistics only), as a module."""
+    loaded = importlib.util.spec_from_file_location("recompute_figures", EXAMPLE / "recompute_figures.py")
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
+def test_spec_example_verifies_drafts_and_its_figures_match_the_raw_spans(results):
     spec = check_spec_figures(EXAMPLE / "spec-traced")
     assert spec.steps.height > 0 and spec.total("proposed") > 0
+    # the example's independent recomputation (its README's figures) gives the same corrected figures
+    figures = _recompute_figures().speculative(results)
+    checks = figures["consistency"]
+    assert (spec.total("accepted"), spec.total("proposed")) == (figures["accepted"], figures["proposed"])
+    assert spec.tokens_per_step == pytest.approx(figures["tokens_per_request_step_mean"], rel=1e-9)
+    assert (spec.total("after_finish_lanes"), spec.total("after_finish_tokens")) == (
+        checks["entries_after_finish"], checks["tokens_accepted_after_finish"])
+    assert spec.request_total("tokens_not_returned") == checks["tokens_not_returned"]
+    assert spec.request_total("zero_gaps") == figures["spec_zero_gaps"]
+    assert spec.tokens_returned_per_step == pytest.approx(checks["returned_tokens_per_request_step"], rel=1e-9)
+    # what SGLang and the client saw: every user request's steps and accepted drafts are SGLang's own counts,
+    # its tokens are those the client got, and its gaps between steps are the client's streamed chunks
+    model = load_trace_dir(str(EXAMPLE / "spec-traced"))
+    table = request_table(model.spans, model.manifest).join(spec.requests, on="rid")
+    rows = {r["rid"]: r for r in table.iter_rows(named=True)}
+    sglang = {d["attrs"]["sglang.rid"]: d["attrs"] for d in raw_spans.named(raw_spans.spans(EXAMPLE / "spec-traced"),
+                                                                           "sglang.request.decode")}
+    client = [q for r in results["spec"]["rounds"]["spec-traced"] for q in r["requests"]]
+    assert len(client) == 192
+    for q in client:
+        row, counts = rows[q["rid"]], sglang[q["rid"]]
+        assert len(row["accepted_per_step"]) == counts["sglang.request.spec_verify_ct"]
+        assert sum(row["accepted_per_step"]) - len(row["accepted_per_step"]) == counts["sglang.request.spec_correct_drafts"]
+        assert len(row["token_times_ns"]) == q["completion_tokens"]
+        assert sum(g > 0 for g in row["itl_ns"]) == len(q["itls_ns"])
     for name in ("nospec-traced", "spec-traced"):  # neither feature is reported where it was off
         model = load_trace_dir(str(EXAMPLE / name))
         table = request_table(model.spans, model.manifest)

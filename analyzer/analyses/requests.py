@@ -42,6 +42,18 @@ def _internal_by_rid() -> pl.Expr:
     return expr
 
 
+def _delivered_token_times() -> pl.Expr:
+    """The decode span's token times cut to the tokens the request returned (the request span's count).
+
+    The scheduler stamps every token that enters ``req.output_ids``; a speculative step appends its whole
+    accepted run, which can go past where the request ends (``max_new_tokens`` or a stop token), and SGLang
+    sends only ``output_ids[:finished_len]``: the client never gets the rest, so it is not part of the token
+    times or ITL (``decode_tokens`` keeps the scheduler's count)."""
+    times, returned = pl.col("token_times_ns"), pl.col("output_tokens")
+    return (pl.when(returned.is_not_null() & (times.list.len() > returned))
+            .then(times.list.head(returned)).otherwise(times).alias("token_times_ns"))
+
+
 def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = None,
                   servers: list[dict] | None = None) -> pl.DataFrame:
     """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
@@ -55,11 +67,13 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     client_disconnected (the client hung up before the response's end; null: not recorded), response_chunks and
     response_bytes (body sent before that end), ttft_ns (user-visible: received -> first byte sent for a streamed
     request; null when not streamed, or when the response ended before its first byte), ttft_source (what
-    ttft_ns ends at), ttft_compute_ns (received -> first token computed), decode_ns, token_times_ns (list),
-    itl_ns (list: every gap between output tokens; null for a summary-only request, whose itl_p50_ns,
-    itl_p99_ns, itl_max_ns and kept come from its decode span), mean_itl_ns, detokenize_ns, complete (root,
-    prefill and decode all recorded), profiler_control (our profiler-control actions that ran while the
-    request was in flight; null: none) and profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
+    ttft_ns ends at), ttft_compute_ns (received -> first token computed), decode_ns, decode_tokens (tokens the
+    scheduler produced, which a speculative step can carry past the tokens returned), token_times_ns (list, of
+    the tokens returned: output_tokens), itl_ns (list: every gap between output tokens; null for a
+    summary-only request, whose itl_p50_ns, itl_p99_ns, itl_max_ns and kept come from its decode span),
+    mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded), profiler_control (our
+    profiler-control actions that ran while the request was in flight; null: none) and
+    profiler_control_inferred (what an inferred action rests on): profiler_control.requests_during.
 
     ``manifest`` lets traces recorded before the internal marker existed have SGLang's warm-up
     request recognized by its shape (see ``infer_legacy_warmup``); ``servers`` (TraceModel.servers) lets
@@ -112,7 +126,9 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         table = table.join(part, on="rid", how="left")
     if "token_times_ns" not in table.collect_schema():
         table = table.with_columns(pl.lit(None, pl.List(pl.Int64)).alias("token_times_ns"))
+    table = table.with_columns(_delivered_token_times())
     n_tok = pl.col("token_times_ns").list.len()
+    returned_decode_tokens = pl.min_horizontal("decode_tokens", "output_tokens")
     table = table.with_columns(
         pl.col("root_start_ns").alias("received_ns"),
         pl.col("root_end_ns").alias("finished_ns"),
@@ -120,8 +136,8 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         pl.coalesce(pl.col("token_times_ns").list.first(), "decode_start_ns").alias("first_token_ns"),
         pl.when(n_tok > 1).then((pl.col("token_times_ns").list.last() - pl.col("token_times_ns").list.first())
                                 / (n_tok - 1))
-        .when(pl.col("token_times_ns").is_null() & (pl.col("decode_tokens") > 1))
-        .then((pl.col("decode_end_ns") - pl.col("decode_start_ns")) / (pl.col("decode_tokens") - 1))
+        .when(pl.col("token_times_ns").is_null() & (returned_decode_tokens > 1))
+        .then((pl.col("decode_end_ns") - pl.col("decode_start_ns")) / (returned_decode_tokens - 1))
         .otherwise(None).alias("mean_itl_ns"),
         # why it kept its full detail (semconv.KEPT_*), "summary" when it kept figures only; null: recorded
         # before tail-based keep existed (everything kept)

@@ -188,9 +188,24 @@ def speculative(results: dict) -> dict:
     raw = spans(HERE / "spec-traced")
     rounds = results["spec"]["rounds"]
     rid_round, _ = round_of(rounds["spec-traced"])
+    users = {q["rid"] for r in rounds["spec-traced"] for q in r["requests"]}
     accepts = named(raw, "sglang.spec.accept")
-    entries = [(rid, c) for a in accepts for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"])]
-    proposed = sum(len(a["attrs"]["sglang.spec.correct_drafts"]) * (a["attrs"]["sglang.spec.draft_tokens"] - 1) for a in accepts)
+    decodes = {s["attrs"]["sglang.rid"]: s for s in named(raw, "sglang.request.decode")}
+    roots = {s["attrs"]["sglang.rid"]: s for s in named(raw, "sglang.request")}
+    returned = {rid: s["attrs"]["sglang.request.output_tokens"] for rid, s in roots.items()}
+    every = [(a, rid, c) for a in accepts
+             for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"])]
+
+    def after_finish(a, rid):
+        """The step's result was processed after the request's last tokens were stamped (its decode span's end,
+        on the same scheduler clock): a step launched before the previous one showed the request finished
+        (overlap scheduling), whose result SGLang dropped."""
+        return rid in decodes and a["start"] > decodes[rid]["end"]
+
+    kept = [(a, rid, c) for a, rid, c in every if not after_finish(a, rid)]
+    dropped = [(a, rid, c) for a, rid, c in every if after_finish(a, rid)]
+    entries = [(rid, c) for _, rid, c in kept]
+    proposed = sum(a["attrs"]["sglang.spec.draft_tokens"] - 1 for a, _, _ in kept)
     accepted = sum(c for _, c in entries)
     per_round = {}
     for rid, c in entries:
@@ -203,55 +218,80 @@ def speculative(results: dict) -> dict:
     for _, c in entries:
         dist[c + 1] = dist.get(c + 1, 0) + 1
 
-    def step_itl(trace_raw, rids=None):
-        """Mean over requests of the mean gap > 0 between token times (a step's tokens share a time)."""
-        per_req, zero = [], 0
+    def step_itl(trace_raw, rids, cut=True):
+        """Mean over requests of the mean gap > 0 between token times (a step's tokens share a time), and the
+        gaps of 0; ``cut``: only the tokens the request returned (its request span's count), as the client got
+        them, not those a step accepted past its end."""
+        out_of = {s["attrs"]["sglang.rid"]: s["attrs"]["sglang.request.output_tokens"] for s in named(trace_raw, "sglang.request")}
+        per_req, zero, steps = [], 0, []
         for d in named(trace_raw, "sglang.request.decode"):
-            if rids is not None and d["attrs"]["sglang.rid"] not in rids:
+            rid = d["attrs"]["sglang.rid"]
+            if rid not in rids:
                 continue
             t = d["attrs"]["sglang.request.token_times_ns"]
+            t = t[:out_of[rid]] if cut else t
             gaps = [b - a for a, b in zip(t, t[1:])]
             zero += sum(g == 0 for g in gaps)
             pos = [g for g in gaps if g > 0]
+            steps.append(pos)
             if pos:
                 per_req.append(statistics.mean(pos))
-        return statistics.mean(per_req) / 1e6, zero
+        return statistics.mean(per_req) / 1e6, zero, sum(map(len, steps))
 
-    users = {q["rid"] for r in rounds["spec-traced"] for q in r["requests"]}
     steps_of: dict[str, int] = {}
-    for rid, _ in entries:
+    correct_of: dict[str, int] = {}
+    for rid, c in entries:
         steps_of[rid] = steps_of.get(rid, 0) + 1
-    root_out = {s["attrs"]["sglang.rid"]: s["attrs"]["sglang.request.output_tokens"] for s in named(raw, "sglang.request")}
-    decodes = [d["attrs"] for d in named(raw, "sglang.request.decode") if d["attrs"]["sglang.rid"] in users]
-    consistency = {  # SGLang's per-request counts against our accept spans, and tokens past max_new_tokens
-        "user_requests": len(decodes),
-        "accept_steps_minus_sglang_verify_ct": dict(sorted(
-            {k: sum(1 for a in decodes if steps_of[a["sglang.rid"]] - a["sglang.request.spec_verify_ct"] == k)
-             for k in {steps_of[a["sglang.rid"]] - a["sglang.request.spec_verify_ct"] for a in decodes}}.items())),
-        "decode_span_tokens_over_delivered_requests": sum(
-            1 for a in decodes if a["sglang.request.output_tokens"] > root_out[a["sglang.rid"]]),
-        "decode_span_tokens_max": max(a["sglang.request.output_tokens"] for a in decodes),
-        "delivered_tokens_per_sglang_verify_step": sum(root_out[a["sglang.rid"]] - 1 for a in decodes)
-        / sum(a["sglang.request.spec_verify_ct"] for a in decodes),
-        "user_tokens_per_request_step_from_accept_spans": statistics.mean(c + 1 for rid, c in entries if rid in users),
-    }
-    ended = {rid: s["end"] for rid, s in ((s["attrs"]["sglang.rid"], s) for s in named(raw, "sglang.request"))}
-    stale = [rid for a in accepts for rid in a["attrs"]["sglang.batch.rids"] if ended[rid] < a["start"]]
-    fresh = [(c, a["attrs"]["sglang.spec.draft_tokens"] - 1) for a in accepts
-             for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"]) if ended[rid] >= a["start"]]
+        correct_of[rid] = correct_of.get(rid, 0) + c
+    all_steps_of: dict[str, int] = {}
+    for _, rid, _ in every:
+        all_steps_of[rid] = all_steps_of.get(rid, 0) + 1
+    user_decodes = [decodes[rid]["attrs"] for rid in users]
     forwards = {s["span_id"]: s["attrs"] for s in raw if s["name"] == "sglang.scheduler.forward"}
-    consistency["accept_entries_naming_a_finished_request"] = len(stale)
-    consistency["of_them_in_their_forward_span_rids"] = sum(
-        1 for a in accepts for rid in a["attrs"]["sglang.batch.rids"] if ended[rid] < a["start"]
-        and rid in forwards[a["attrs"]["sglang.forward.span_id"]]["sglang.batch.rids"])
-    consistency["forwards_with_overlap_on"] = f'{sum(1 for f in forwards.values() if f.get("sglang.scheduler.overlap"))} of {len(forwards)}'
-    delays = [(a["start"] - ended[rid]) / 1e6 for a in accepts for rid in a["attrs"]["sglang.batch.rids"] if ended[rid] < a["start"]]
-    consistency["step_after_request_end_ms_median_max"] = (med(delays), max(delays))
-    consistency["accept_spans_with_such_an_entry"] = sum(
-        1 for a in accepts if any(ended[r] < a["start"] for r in a["attrs"]["sglang.batch.rids"]))
-    consistency["tokens_per_request_step_without_them"] = statistics.mean(c + 1 for c, _ in fresh)
-    consistency["accepted_over_proposed_without_them"] = sum(c for c, _ in fresh) / sum(n for _, n in fresh)
+    ended = {rid: s["end"] for rid, s in roots.items()}
+    by_root_end = [(a, rid, c) for a, rid, c in every if ended[rid] < a["start"]]
+    delays = [(a["start"] - ended[rid]) / 1e6 for a, rid, _ in by_root_end]
     spec_rids = {rid for rid, _ in entries}
+    consistency = {  # SGLang's per-request counts against our accept spans, and tokens past max_new_tokens
+        "user_requests": len(user_decodes),
+        # before the fix: every accept entry counted
+        "all_accept_steps_minus_sglang_verify_ct": _histogram(
+            all_steps_of[a["sglang.rid"]] - a["sglang.request.spec_verify_ct"] for a in user_decodes),
+        "all_entries_tokens_per_request_step": statistics.mean(c + 1 for _, _, c in every),
+        "all_entries_acceptance": sum(c for _, _, c in every)
+        / sum(a["attrs"]["sglang.spec.draft_tokens"] - 1 for a, _, _ in every),
+        "uncut_zero_gaps": step_itl(raw, spec_rids, cut=False)[1],
+        # the steps after a request finished, by its request span's end (tokenizer process, later)
+        "entries_after_request_span_end": len(by_root_end),
+        "accept_spans_with_such_an_entry": len({id(a) for a, _, _ in by_root_end}),
+        "of_them_in_their_forward_span_rids": sum(
+            1 for a, rid, _ in by_root_end if rid in forwards[a["attrs"]["sglang.forward.span_id"]]["sglang.batch.rids"]),
+        "forwards_with_overlap_on": f'{sum(1 for f in forwards.values() if f.get("sglang.scheduler.overlap"))} of {len(forwards)}',
+        "step_after_request_end_ms_median_max": (med(delays), max(delays)),
+        # ... and by its decode span's end (scheduler clock): what the analyzer leaves out
+        "entries_after_finish": len(dropped), "steps_with_such_an_entry": len({id(a) for a, _, _ in dropped}),
+        "tokens_accepted_after_finish": sum(c + 1 for _, _, c in dropped),
+        "user_requests_delivered_steps_equal_sglang_verify_ct": sum(
+            steps_of[a["sglang.rid"]] == a["sglang.request.spec_verify_ct"] for a in user_decodes),
+        "user_requests_delivered_correct_equal_sglang": sum(
+            correct_of[a["sglang.rid"]] == a["sglang.request.spec_correct_drafts"] for a in user_decodes),
+        # tokens a finishing step accepted past max_new_tokens: stamped on the decode span, never returned
+        "decode_span_tokens_over_returned_requests": sum(
+            1 for a in user_decodes if a["sglang.request.output_tokens"] > returned[a["sglang.rid"]]),
+        "tokens_not_returned": sum(max(0, d["attrs"]["sglang.request.output_tokens"] - returned[rid])
+                                   for rid, d in decodes.items() if rid in spec_rids),
+        "decode_span_tokens_max": max(a["sglang.request.output_tokens"] for a in user_decodes),
+        "returned_tokens_per_sglang_verify_step": sum(returned[a["sglang.rid"]] - 1 for a in user_decodes)
+        / sum(a["sglang.request.spec_verify_ct"] for a in user_decodes),
+        "returned_tokens_per_request_step": sum(returned[rid] - 1 for rid in spec_rids if rid in decodes)
+        / sum(steps_of[rid] for rid in spec_rids if rid in decodes),
+    }
+    # the client's own streamed chunks against the steps that reached it (returned tokens only)
+    client = [q for r in rounds["spec-traced"] for q in r["requests"]]
+    users_itl_ms, _, users_steps = step_itl(raw, users)
+    consistency["user_step_itl_ms_mean_trace_vs_client_chunks"] = (
+        users_itl_ms, statistics.mean(q["mean_itl_ns"] for q in client) / 1e6)
+    consistency["user_gaps_between_steps_trace_vs_client_chunks"] = (users_steps, sum(len(q["itls_ns"]) for q in client))
     nospec_raw = spans(HERE / "nospec-traced")
     nospec_users = {q["rid"] for r in rounds["nospec-traced"] for q in r["requests"]}
     return {
@@ -272,6 +312,13 @@ def speculative(results: dict) -> dict:
         "client": {n: client_summary(rs) for n, rs in rounds.items()},
         "consistency": consistency,
     }
+
+
+def _histogram(values) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def main() -> int:
