@@ -1,4 +1,4 @@
-"""The H200 run for the hierarchical cache and speculative decoding, unattended, in about 9 minutes.
+"""The GPU run (one H100 or H200) of the hierarchical cache and speculative decoding, unattended, ~9 minutes.
 
     pip install --no-deps --no-build-isolation -e .   # the plugin's entry point: traced servers need it
     python3 benchmarks/gpu_features.py --model /tmp/llama2 --out /tmp/features
@@ -20,7 +20,10 @@ for every server, read back from /server_info and recorded), then driving them i
    output repeats what it has seen, so the figures show the mechanism, measured, not a real model's
    acceptance rate.
 
-Overhead is the traced server's median round over the untraced one's, per feature (throughput, TTFT).
+Overhead is the traced server's median round over the untraced one's, per feature (throughput, TTFT, ITL,
+and ``step_ms``: the median gap between streamed chunks, one decode step), and the median of the per-round
+ratios (``paired_ratio_to_*``). ``--spec-servers spec-traced,spec-untraced`` leaves the server without
+speculation out; ``--pin`` gives each server its own physical cores (an idle SGLang scheduler polls).
 Needs only SGLang and this project on PYTHONPATH (no analyzer): the traces are read elsewhere.
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import kv_pool  # noqa: E402  (the sibling benchmark's pool read-back)
+from host_cpu import core_sets, delta, server_cpu, throttling  # noqa: E402
 
 from sglang_tracing.app.serving import Server, ServerError, wait_for_exporters  # noqa: E402
 from sglang_tracing.app.workload import concurrent  # noqa: E402
@@ -74,18 +78,25 @@ def one_round(server: Server, prompts: list[str], output_len: int, concurrency: 
     load = concurrent(server, prompts, output_len, concurrency, stream=True)
     reqs = load["requests"]
     itls = [r["mean_itl_ns"] for r in reqs if r["mean_itl_ns"]]
+    gaps = [g for r in reqs for g in r.get("itls_ns") or ()]
     return {"tok_per_s": load["output_tok_per_s"], "wall_s": load["wall_ns"] / 1e9,
             "ttft_ms": statistics.median(r["ttft_ns"] for r in reqs) / 1e6,
             "itl_ms": statistics.median(itls) / 1e6 if itls else None,
+            # the median gap between streamed chunks: one decode step (with speculation, several tokens), the
+            # gaps that span another request's prefill being the minority
+            "step_ms": statistics.median(gaps) / 1e6 if gaps else None,
             "cached_tokens": sum(r["cached_tokens"] or 0 for r in reqs),
             "completion_tokens": sum(r["completion_tokens"] for r in reqs), "requests": reqs}
 
 
 def summarize(rounds: dict[str, list[dict]], ref: str) -> dict:
+    """Per server and figure: median over rounds, min, max, the median's ratio to ``ref``'s, and the median
+    of the per-round ratios (each round's figure over ``ref``'s in the same round: drift between rounds,
+    which hits both servers of a round alike, cancels)."""
     out = {}
     for name, rs in rounds.items():
         out[name] = {}
-        for f in ("tok_per_s", "ttft_ms", "itl_ms"):
+        for f in ("tok_per_s", "ttft_ms", "itl_ms", "step_ms"):
             vals = [r[f] for r in rs if r.get(f) is not None]
             if vals:
                 out[name][f] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
@@ -93,6 +104,8 @@ def summarize(rounds: dict[str, list[dict]], ref: str) -> dict:
         for f, v in figures.items():
             base = out.get(ref, {}).get(f)
             v["ratio_to_" + ref] = v["median"] / base["median"] if base else None
+            paired = [r[f] / b[f] for r, b in zip(rounds[name], rounds.get(ref, ())) if r.get(f) and b.get(f)]
+            v["paired_ratio_to_" + ref] = statistics.median(paired) if paired else None
     return out
 
 
@@ -104,7 +117,7 @@ def log(args, msg: str) -> None:
 
 
 def phase(args, name: str, servers_spec: dict, prompts_of, output_len: int, concurrency: int, result: dict,
-          deadline: float, sequential: bool = False) -> None:
+          deadline: float, ref: str, sequential: bool = False) -> None:
     """Start the servers (at once, or each after the last is ready: SGLang's memory check counts the weights
     of servers loading beside it), warm them, then interleaved timed rounds until done or the deadline."""
     work = os.path.join(args.out, "work")
@@ -112,12 +125,17 @@ def phase(args, name: str, servers_spec: dict, prompts_of, output_len: int, conc
     rounds: dict[str, list[dict]] = {n: [] for n in servers_spec}
     entry = result[name] = {"servers": {n: {"traced": t, "args": a} for n, (t, a) in servers_spec.items()},
                             "rounds": rounds}
+    pins = core_sets(len(servers_spec)) if args.pin and shutil.which("taskset") else []
+    if args.pin:
+        entry["cpus"] = dict(zip(servers_spec, pins)) or "not pinned (taskset missing or too few cores)"
+        log(args, f"{name}: CPUs {entry['cpus']}")
     try:
         t0 = time.time()
-        for n, (traced, extra) in servers_spec.items():
+        for i, (n, (traced, extra)) in enumerate(servers_spec.items()):
             servers[n] = Server(args.model, trace_dir=os.path.join(work, n) if traced else None,
                                 extra_args=extra, tracing_args=["--trace-level", "batch"] if traced else None,
-                                log_path=os.path.join(work, f"{n}.log"))
+                                log_path=os.path.join(work, f"{n}.log"),
+                                wrap=["taskset", "-c", pins[i]] if pins else None)
             if sequential:
                 servers[n].wait_ready(timeout=max(240.0, deadline - time.time() - 60))
         for n, s in servers.items():
@@ -132,12 +150,20 @@ def phase(args, name: str, servers_spec: dict, prompts_of, output_len: int, conc
                 log(args, f"{name}: {entry['stopped_early']}")
                 break
             prompts = prompts_of(args, rnd)
+            pgids = {m: s.proc.pid for m, s in servers.items()}  # each server's launch leads its process group
             for n in names[rnd % len(names):] + names[:rnd % len(names)]:
+                cpu, throttled = server_cpu(pgids), throttling()
                 r = one_round(servers[n], prompts, output_len, concurrency)
+                r["host"] = {"cpu_s": delta(cpu, server_cpu(pgids)), "throttling": delta(throttled, throttling())}
                 rounds[n].append(r)
                 log(args, f"{name} round {rnd + 1} {n}: {r['tok_per_s']:.0f} tok/s, TTFT {r['ttft_ms']:.1f} ms, "
-                          f"cached {r['cached_tokens']}, {r['completion_tokens']} tokens out")
-        entry["summary"] = summarize({n: rs[1:] or rs for n, rs in rounds.items()}, names[1])
+                          f"step {r['step_ms'] or 0:.2f} ms, cached {r['cached_tokens']}, "
+                          f"{r['completion_tokens']} tokens out; CPU s {r['host']['cpu_s']}, "
+                          f"throttled {r['host']['throttling']}")
+        entry["summary"] = summarize({n: rs[1:] or rs for n, rs in rounds.items()}, ref)
+        entry["cpu_while_driven"] = {  # medians over rounds 2..: the driven server's processes, its exporters
+            n: {k: statistics.median(r["host"]["cpu_s"][n][k] for r in rs[1:] or rs) for k in ("server_s", "children_s")}
+            for n, rs in rounds.items() if rs}
         entry["summary_note"] = "medians over rounds 2.. (round 1 fills the caches); ratios to the untraced server"
     except ServerError as exc:
         entry["error"] = str(exc)
@@ -192,8 +218,19 @@ def main() -> int:
     ap.add_argument("--spec-prompt-len", type=int, default=256)
     ap.add_argument("--spec-output-len", type=int, default=128)
     ap.add_argument("--spec-concurrency", type=int, default=8)
+    ap.add_argument("--spec-servers", default="spec-traced,spec-untraced,nospec-traced",
+                    help="the spec phase's servers (spec-untraced is the reference of every ratio)")
+    ap.add_argument("--pin", action="store_true",
+                    help="run each server of a phase on its own physical cores (taskset): a server the rounds "
+                         "are not driving (SGLang's idle scheduler polls) then never shares a core with the one "
+                         "they are")
     ap.add_argument("--phases", default="hicache,spec")
     args = ap.parse_args()
+    spec_servers = [n.strip() for n in args.spec_servers.split(",") if n.strip()]
+    known = ("spec-traced", "spec-untraced", "nospec-traced")
+    if "spec-untraced" not in spec_servers or any(n not in known for n in spec_servers):
+        ap.exit(2, f"gpu_features.py: error: --spec-servers takes some of {', '.join(known)}, "
+                   f"spec-untraced among them, not {args.spec_servers!r}\n")
     if not _plugin_registered():
         ap.exit(2, "gpu_features.py: error: sglang-tracing's SGLang plugin is not registered in this Python "
                    "(install the project: pip install --no-deps --no-build-isolation -e .); traced servers "
@@ -212,13 +249,14 @@ def main() -> int:
             extra = [*base, *shlex.split(args.hicache_args), "--mem-fraction-static", "0.4",
                      "--max-total-tokens", str(args.hicache_pool)]
             phase(args, "hicache", {"hicache-traced": (True, extra), "hicache-untraced": (False, extra)},
-                  hicache_prompts, args.hicache_output_len, args.hicache_concurrency, result, deadline)
+                  hicache_prompts, args.hicache_output_len, args.hicache_concurrency, result, deadline,
+                  "hicache-untraced")
         elif name == "spec":
             plain = [*base, "--mem-fraction-static", "0.6", "--max-total-tokens", str(args.spec_pool)]
             spec = [*plain, *shlex.split(args.spec_args)]
-            phase(args, "spec", {"spec-traced": (True, spec), "spec-untraced": (False, spec),
-                                 "nospec-traced": (True, plain)},
-                  spec_prompts, args.spec_output_len, args.spec_concurrency, result, deadline, sequential=True)
+            configs = {"spec-traced": (True, spec), "spec-untraced": (False, spec), "nospec-traced": (True, plain)}
+            phase(args, "spec", {n: configs[n] for n in spec_servers}, spec_prompts, args.spec_output_len,
+                  args.spec_concurrency, result, deadline, "spec-untraced", sequential=True)
         else:
             log(args, f"unknown phase {name!r} skipped")
     result["wall_s"] = round(time.time() - t_start, 1)

@@ -1,5 +1,7 @@
 """What per-layer NVTX ranges cost a forward on the CPU side, side by side: none, torch module hooks (how
-``--trace-level layer`` installed them before) and forward wrappers (``patches.layer_ranges.install`` now).
+``--trace-level layer`` installed them first), the first forward wrappers (four calls of ours a range:
+push, annotation, close, pop) and the wrappers ``patches.layer_ranges.install`` builds now (one flag read
+a range; the domain's own push/pop where an NVTX tool is attached).
 
     python3 benchmarks/layer_cost.py [--layers 32] [--forwards 3000] [--rounds 3]
 
@@ -89,6 +91,30 @@ def install_hooks(model) -> list:
     return handles
 
 
+def install_first_wrappers(model) -> layer_ranges.Installed:
+    """The first --trace-level layer wrappers, kept as this benchmark's baseline."""
+    def ranged(forward, attrs, name):
+        push, pop_nvtx = nvtx_ranges.push_attributes, nvtx_ranges.pop_attributes
+        annotation, close = nvtx_ranges.annotation, nvtx_ranges.close
+
+        def wrapped(*args, **kwargs):
+            push(attrs)
+            note = annotation(name)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                close(note)
+                pop_nvtx(attrs)
+
+        return wrapped
+
+    installed = layer_ranges.Installed()
+    for module, name in layer_ranges.range_names(model):
+        attrs = nvtx_ranges.attributes(name)
+        installed.wrap(module, lambda forward, a=attrs, n=name: ranged(forward, a, n))
+    return installed
+
+
 def time_forwards(model, n: int) -> dict:
     x = torch.zeros(1)
     collections = [0]
@@ -122,13 +148,16 @@ def main() -> int:
     nvtx_ranges.enable()
     model = LlamaShaped(args.layers)
     ranges = len(layer_ranges.range_names(model))
-    rounds: dict[str, list[dict]] = {"none": [], "module hooks": [], "wrappers": []}
+    rounds: dict[str, list[dict]] = {"none": [], "module hooks": [], "first wrappers": [], "wrappers": []}
     for _ in range(args.rounds):
         rounds["none"].append(time_forwards(model, args.forwards))
         handles = install_hooks(model)
         rounds["module hooks"].append(time_forwards(model, args.forwards))
         for h in handles:
             h.remove()
+        installed = install_first_wrappers(model)
+        rounds["first wrappers"].append(time_forwards(model, args.forwards))
+        installed.remove()
         installed = layer_ranges.install(model)
         rounds["wrappers"].append(time_forwards(model, args.forwards))
         installed.remove()
@@ -137,7 +166,7 @@ def main() -> int:
     base = statistics.median(r["median_us"] for r in rounds["none"])
     for arm, rs in rounds.items():
         med = statistics.median(r["median_us"] for r in rs)
-        print(f"{arm:<13} forward {med:8.1f} us (+{med - base:6.1f} us, {(med - base) / ranges:.2f} us a range)  "
+        print(f"{arm:<14} forward {med:8.1f} us (+{med - base:6.1f} us, {(med - base) / ranges:.2f} us a range)  "
               f"p99 {statistics.median(r['p99_us'] for r in rs):8.1f} us  "
               f"gc {statistics.median(r['gc_per_1000'] for r in rs):.1f} per 1000 forwards")
     if args.out:

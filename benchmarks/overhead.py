@@ -121,7 +121,8 @@ def prompts(args, seed: int, n: int) -> list[str]:
 
 def one_round(server: Server, args, seed: int) -> dict:
     """Batch-1 streamed requests, then ``concurrency`` streamed requests at once."""
-    single = [client_timings(server.generate(p, max_new_tokens=args.output_len, stream=True, timeout=600))
+    single = [client_timings(server.generate(p, max_new_tokens=args.batch1_output_len or args.output_len,
+                                             stream=True, timeout=600))
               for p in prompts(args, seed, args.batch1_samples)]
     load = concurrent(server, prompts(args, seed + 5000, args.requests or args.concurrency), args.output_len,
                       args.concurrency, stream=True, keep_alive=args.keep_alive)
@@ -238,6 +239,9 @@ def main() -> int:
     ap.add_argument("--keep-alive", action="store_true",
                     help="connections carry one request after another (pooling clients), not one each")
     ap.add_argument("--batch1-samples", type=int, default=4, help="streamed requests one at a time per round")
+    ap.add_argument("--batch1-output-len", type=int,
+                    help="output tokens of a batch-1 request (default: --output-len; its TTFT needs one, so "
+                         "fewer buy more TTFT samples a minute)")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=32000)

@@ -1,7 +1,12 @@
 """HTTP entry: stamp each request's arrival as early as the HTTP layer allows, so a request's root
 span starts when the server received it (queueing in the HTTP layer included), not when the
 tokenizer manager first saw it; and stamp the first response bytes handed to the socket, the
-moment a streaming client can see its first token (one ``sglang.request.http`` span per rid).
+moment a streaming client can see its first token (one ``sglang.request.http`` span per rid). The span
+ends at the response's last body message or, when that never comes, at the first sign it will not
+(``semconv.HTTP_ENDED_BY``): with uvicorn (ASGI 2.3) a client that hangs up mid-stream is seen as
+``http.disconnect`` by the receive Starlette's StreamingResponse listens on, which then cancels the stream
+(SGLang's tokenizer manager aborts the request on that cancellation) and runs SGLang's background abort
+task: no last body message is ever sent.
 
 Arrival, best first (the span says which, ``semconv.RECEIVED_BY``): for a request on a new
 connection, when the kernel received its first bytes (read back at accept: the event loop may accept
@@ -11,6 +16,7 @@ age of that data, less a tick, when it waited that long (so it never precedes th
 another server (granian), the ASGI entry."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from time import time_ns
@@ -74,7 +80,9 @@ def _after_read(st: TokenizerState, call: Call, /, protocol, *args) -> None:
 
 
 class ReceivedAt:
-    """Pure ASGI middleware: a clock read at arrival, one at the first body bytes sent, one at the end."""
+    """Pure ASGI middleware: a clock read at arrival, one at the first body bytes sent, one at the end:
+    the response's last body message, or the first sign that it will not come (the client hung up, a send
+    raised or was cancelled, the app raised or returned without it)."""
 
     def __init__(self, app):
         self.app = app
@@ -83,18 +91,66 @@ class ReceivedAt:
         if scope.get("type") != "http" or recorder.active() is None:
             return await self.app(scope, receive, send)
         scope.setdefault(SCOPE_KEY, (time_ns(), sc.RECEIVED_BY_ASGI))
-        first_byte = 0
+        exchange = _Exchange(scope, receive, send)
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except BaseException as exc:
+            exchange.end(_ended_by(exc))
+            raise
+        exchange.end(sc.HTTP_END_UNFINISHED)  # a no-op after the last body message; writes a span noted late
 
-        async def timed_send(message):
-            nonlocal first_byte
-            body = message.get("type") == "http.response.body"
-            if body and not first_byte and message.get("body"):
-                first_byte = time_ns()  # handed to the transport, which writes at once: never after the client's read
-            await send(message)
-            if body and not message.get("more_body", False):
-                _response_sent(scope, first_byte, time_ns())
 
-        await self.app(scope, receive, timed_send)
+def _ended_by(exc: BaseException) -> str:
+    if isinstance(exc, OSError):  # what an ASGI 2.4 server's send raises on a broken connection
+        return sc.HTTP_END_SEND_FAILED
+    if isinstance(exc, asyncio.CancelledError):
+        return sc.HTTP_END_CANCELLED
+    return sc.HTTP_END_APP_RAISED
+
+
+class _Exchange:
+    """One request's response as the middleware sees it. Its span ends at the first end seen; it is written
+    then, or at the app's exit when the tokenizer manager noted the request's rids after that end."""
+
+    __slots__ = ("scope", "_receive", "_send", "first_byte", "chunks", "bytes", "last_handed", "end_ns",
+                 "ended_by", "written")
+
+    def __init__(self, scope: dict, receive, send):
+        self.scope, self._receive, self._send = scope, receive, send
+        self.first_byte = self.chunks = self.bytes = self.end_ns = 0
+        self.last_handed = self.written = False
+        self.ended_by = ""
+
+    async def receive(self):
+        message = await self._receive()
+        if not self.last_handed and message.get("type") == "http.disconnect":
+            self.end(sc.HTTP_END_DISCONNECT)
+        return message
+
+    async def send(self, message):
+        body = message.get("type") == "http.response.body"
+        data = message.get("body") if body else None
+        last = body and not message.get("more_body", False)
+        if data and not self.first_byte and not self.end_ns:
+            self.first_byte = time_ns()  # handed to the transport, which writes at once: never after the client's read
+        if last:
+            self.last_handed = True  # a disconnect reported from here on came after the response
+        try:
+            await self._send(message)
+        except BaseException as exc:
+            self.end(_ended_by(exc))
+            raise
+        if data and not self.end_ns:  # a server that saw the hang-up drops what it is sent after
+            self.chunks += 1
+            self.bytes += len(data)
+        if last:
+            self.end(sc.HTTP_END_RESPONSE_SENT)
+
+    def end(self, ended_by: str) -> None:
+        if not self.end_ns:
+            self.end_ns, self.ended_by = time_ns(), ended_by
+        if not self.written:
+            self.written = _write_span(self)
 
 
 def received_ns(request) -> int | None:
@@ -110,22 +166,25 @@ def note_request(request, rids: list[tuple[str, str]], stream: bool) -> None:
         scope.setdefault(REQUESTS_KEY, ([], stream))[0].extend(rids)
 
 
-def _response_sent(scope: dict, first_byte: int, end: int) -> None:
+def _write_span(ex: _Exchange) -> bool:
+    """Each noted rid's HTTP span; False while none is noted (not a generation request, or not yet)."""
     rec = recorder.active()
-    noted = scope.get(REQUESTS_KEY)
+    noted = ex.scope.get(REQUESTS_KEY)
     if rec is None or not noted:
-        return  # not a generation request (health, model info, ...)
+        return False
     try:
         rids, stream = noted
-        received, received_by = scope[SCOPE_KEY]
+        received, received_by = ex.scope[SCOPE_KEY]
         for rid, trace_key in rids:
-            attrs = {sc.RID: rid, sc.STREAM: stream, sc.RECEIVED_BY: received_by}
-            if first_byte:
-                attrs[sc.FIRST_BYTE_NS] = first_byte
-            rec.emit(sc.REQUEST_HTTP, received, end, attrs, parent=PARENT_IS_REQUEST_ROOT,
+            attrs = {sc.RID: rid, sc.STREAM: stream, sc.RECEIVED_BY: received_by, sc.HTTP_ENDED_BY: ex.ended_by,
+                     sc.HTTP_BODY_CHUNKS: ex.chunks, sc.HTTP_BODY_BYTES: ex.bytes}
+            if ex.first_byte:
+                attrs[sc.FIRST_BYTE_NS] = ex.first_byte
+            rec.emit(sc.REQUEST_HTTP, received, ex.end_ns, attrs, parent=PARENT_IS_REQUEST_ROOT,
                      trace_key=trace_key)
     except Exception as exc:  # our own bookkeeping never fails a response
         rec.hook_failed("http_response", exc)
+    return True
 
 
 def _add_middleware_hook(st: TokenizerState, original, *args, **kwargs):

@@ -4,7 +4,9 @@ Each named submodule's ``forward`` is wrapped (an instance attribute, removed by
 the range opens before the original forward and closes after it, with attributes built once per
 name. Wrapping instead of torch module hooks keeps ``Module.__call__`` on its hook-free fast path: on
 the CPU of ``benchmarks/layer_cost.py``, hooks cost 3.1 us a range and a wrapper 0.2 us, so 259 ranges
-(a 32-layer Llama) took 802 us off each eager forward's host time with hooks and 51 us wrapped.
+(a 32-layer Llama) took 802 us off each eager forward's host time with hooks and 51 us wrapped; the
+wrapper now makes no call of ours unless a torch profiler records (see ``ranged``; figures in
+benchmarks/README.md).
 
 With CUDA graphs on, wrappers run only while a graph is captured; a replay is one launch, so per-op
 ranges appear only for eager forwards. While a torch profiler records, each range is also a Kineto user
@@ -87,11 +89,41 @@ class Installed:
 
 def ranged(forward: Callable, attrs, name: str) -> Callable:
     """``forward`` inside an NVTX range with these prebuilt attributes, and a torch profiler user
-    annotation named ``name`` while a torch profiler records (Kineto has no NVTX)."""
+    annotation named ``name`` while a torch profiler records (Kineto has no NVTX).
+
+    Built for the common case: no profiler records, so a call reads one flag and, where an NVTX tool is
+    attached (``attrs`` is not None), calls the domain's push and pop directly. Without a tool (no nsys:
+    the nvtx library hands out a no-op domain and ``attrs`` is None) a call only reads the flag.
+    """
+    flags = nvtx_ranges.flags
+    annotated = _annotated(forward, attrs, name)
+    if attrs is None:
+        def ranged(*args, **kwargs):
+            if flags.annotate:
+                return annotated(*args, **kwargs)
+            return forward(*args, **kwargs)
+
+        return ranged
+    push, pop = nvtx_ranges.domain_push_pop()
+
+    def ranged_nvtx(*args, **kwargs):
+        if flags.annotate:
+            return annotated(*args, **kwargs)
+        push(attrs)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            pop()
+
+    return ranged_nvtx
+
+
+def _annotated(forward: Callable, attrs, name: str) -> Callable:
+    """``ranged``'s call while a torch profiler records: the NVTX range and a ``record_function`` range."""
     push, pop_nvtx = nvtx_ranges.push_attributes, nvtx_ranges.pop_attributes
     annotation, close = nvtx_ranges.annotation, nvtx_ranges.close
 
-    def ranged(*args, **kwargs):
+    def annotated(*args, **kwargs):
         push(attrs)
         note = annotation(name)
         try:
@@ -100,7 +132,7 @@ def ranged(forward: Callable, attrs, name: str) -> Callable:
             close(note)
             pop_nvtx(attrs)
 
-    return ranged
+    return annotated
 
 
 def install(model) -> Installed:

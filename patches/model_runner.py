@@ -36,6 +36,10 @@ def _on_load_model(st: SchedulerState, call: Call, /, runner, *a, **k) -> None:
     if st.config.layer_ranges:
         nvtx_ranges.enable()
         st.layer_ranges = len(layer_ranges.install(runner.model))
+        if not nvtx_ranges.tool_attached():
+            logger.warning("sglang-tracing: --trace-level layer: no NVTX tool (nsys) is attached to this process, so "
+                           "its layer/op ranges reach only a torch profiler while one records (--profile-steps); "
+                           "start the server under nsys to record them")
         if replayed:
             logger.warning("sglang-tracing: --trace-level layer: %s forwards replay CUDA graphs, so they show no "
                            "per-layer ranges (add --disable-prefill-cuda-graph or --disable-cuda-graph to see them)",
@@ -57,7 +61,7 @@ def _before_forward(st: SchedulerState, call: Call, /, runner, *a, **k) -> _Forw
             anchor.record()
             anchor.synchronize()
             st.gpu_times.anchor = GpuAnchor(anchor, time_ns())
-        events = GpuEvents(cuda.Event(enable_timing=True), cuda.Event(enable_timing=True))
+        events = st.gpu_times.take_events(cuda)
         events.start.record()
     nvtx_ranges.push(sc.MODEL_FORWARD, sid)  # last: the range opens where the span's clock starts
     return _Forward(fwd, sid, events)

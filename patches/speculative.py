@@ -35,11 +35,19 @@ class _Phase(NamedTuple):
 
 
 class PendingPhase(NamedTuple):
+    """A draft or verify phase until its end event completed; its attributes are built then, off the
+    step's critical path (NGRAM drafts synchronously: the GPU waits for the draft's CPU work)."""
     name: str
     start_ns: int
     end_ns: int
-    attrs: dict
     phase: _Phase
+    algorithm: str
+    batch_size: int
+    draft_tokens: int
+
+    def attrs(self) -> dict:
+        return {sc.SPEC_ALGORITHM: self.algorithm, sc.BATCH_SIZE: self.batch_size,
+                sc.SPEC_DRAFT_TOKENS: self.draft_tokens}
 
 
 def _begin(st: SchedulerState) -> _Phase | None:
@@ -48,20 +56,26 @@ def _begin(st: SchedulerState) -> _Phase | None:
         return None
     events = None
     if st.cuda is not None:
-        events = GpuEvents(st.cuda.Event(enable_timing=True), st.cuda.Event(enable_timing=True))
+        events = st.gpu_times.take_events(st.cuda)
         events.start.record()
     return _Phase(parent, new_span_id(), events)
 
 
-def _end(st: SchedulerState, rec, name: str, phase: _Phase, start: int, end: int, attrs: dict) -> None:
-    if phase.events is None:
-        rec.emit(name, start, end, attrs, span_id=phase.span_id, parent=phase.parent)
+def _emit(rec, item: PendingPhase, attrs: dict) -> None:
+    rec.emit(item.name, item.start_ns, item.end_ns, attrs, span_id=item.phase.span_id, parent=item.phase.parent)
+
+
+def _end(st: SchedulerState, rec, item: PendingPhase) -> None:
+    events = item.phase.events
+    if events is None:
+        _emit(rec, item, item.attrs())
         return
-    phase.events.end.record()
-    if len(st.spec_pending) >= MAX_PENDING:  # events that never complete: the oldest goes out without GPU time
-        old = st.spec_pending.pop(0)
-        rec.emit(old.name, old.start_ns, old.end_ns, old.attrs, span_id=old.phase.span_id, parent=old.phase.parent)
-    st.spec_pending.append(PendingPhase(name, start, end, attrs, phase))
+    events.end.record()
+    pending = st.spec_pending
+    if len(pending) >= MAX_PENDING:  # events that never complete: the oldest goes out without GPU time
+        old = pending.popleft()
+        _emit(rec, old, old.attrs())
+    pending.append(item)
 
 
 def flush(st: SchedulerState, rec) -> None:
@@ -72,14 +86,15 @@ def flush(st: SchedulerState, rec) -> None:
         events = item.phase.events
         if not events.end.query():
             return
-        pending.pop(0)
-        item.attrs[sc.GPU_DURATION_NS] = int(events.start.elapsed_time(events.end) * 1e6)
+        pending.popleft()
+        attrs = item.attrs()
+        attrs[sc.GPU_DURATION_NS] = int(events.start.elapsed_time(events.end) * 1e6)
         anchor = st.gpu_times.anchor
         if anchor is not None:
-            item.attrs[sc.GPU_START_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(events.start) * 1e6)
-            item.attrs[sc.GPU_END_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(events.end) * 1e6)
-        rec.emit(item.name, item.start_ns, item.end_ns, item.attrs, span_id=item.phase.span_id,
-                 parent=item.phase.parent)
+            attrs[sc.GPU_START_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(events.start) * 1e6)
+            attrs[sc.GPU_END_NS] = anchor.wall_ns + int(anchor.event.elapsed_time(events.end) * 1e6)
+        st.gpu_times.give_events(events)
+        _emit(rec, item, attrs)
 
 
 def _draft_tokens(worker, batch) -> int:
@@ -97,12 +112,11 @@ def _before_draft(st: SchedulerState, call: Call, /, worker, batch, *a, **k) -> 
 
 
 def _after_draft(st: SchedulerState, call: Call, /, worker, batch, *a, **k):
-    rec, phase, start, end = call.rec, call.token, call.start_ns, call.end_ns
+    phase = call.token
     if phase is None:
         return
-    _end(st, rec, sc.SPEC_DRAFT, phase, start, end, {
-        sc.SPEC_ALGORITHM: type(worker).__name__, sc.BATCH_SIZE: len(batch.reqs),
-        sc.SPEC_DRAFT_TOKENS: _draft_tokens(worker, batch)})
+    _end(st, call.rec, PendingPhase(sc.SPEC_DRAFT, call.start_ns, call.end_ns, phase, type(worker).__name__,
+                                    len(batch.reqs), _draft_tokens(worker, batch)))
 
 
 def _before_verify(st: SchedulerState, call: Call, /, worker, batch=None, *a, **k) -> _Phase | None:
@@ -112,13 +126,12 @@ def _before_verify(st: SchedulerState, call: Call, /, worker, batch=None, *a, **
 
 
 def _after_verify(st: SchedulerState, call: Call, /, worker, batch=None, *a, **k):
-    rec, phase, start, end = call.rec, call.token, call.start_ns, call.end_ns
+    phase = call.token
     if phase is None:
         return
     algorithm = getattr(getattr(batch, "spec_algorithm", None), "name", "")
-    _end(st, rec, sc.SPEC_VERIFY, phase, start, end, {
-        sc.SPEC_ALGORITHM: algorithm, sc.BATCH_SIZE: len(batch.reqs),
-        sc.SPEC_DRAFT_TOKENS: _draft_tokens(worker, batch)})
+    _end(st, call.rec, PendingPhase(sc.SPEC_VERIFY, call.start_ns, call.end_ns, phase, algorithm, len(batch.reqs),
+                                    _draft_tokens(worker, batch)))
 
 
 def _cleanup(st: SchedulerState, call: Call, /, *a, **k) -> None:

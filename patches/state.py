@@ -9,6 +9,7 @@ manager's event loop, the detokenizer's loop) drives every hook that touches it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import socket
 from typing import NamedTuple
@@ -128,7 +129,8 @@ class SchedulerState:
     # the hierarchical cache (HiRadixCache) and speculative decoding, where SGLang runs them
     hicache: bool = False
     removed: list[RemovedNode] = dataclasses.field(default_factory=list)
-    spec_pending: list = dataclasses.field(default_factory=list)  # draft/verify spans awaiting their GPU events
+    # draft/verify spans awaiting their GPU events (``speculative.PendingPhase``)
+    spec_pending: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
 # ---- detokenizer process ----

@@ -15,6 +15,7 @@
 #             64 requests 512 -> 128 at concurrency 32, SGLang's profiler on both ranks after each
 # Runs still owed to the issues (benchmarks/README.md and docs/ say what each writes; ~5-9 min each):
 #   features  HiCache and NGRAM traced vs untraced, equal pools (issue 24): benchmarks/gpu_features.py
+#   specov    NGRAM traced vs untraced only, 10 rounds of 64 requests, each server on its own cores (~4 min)
 #   baseline  the plan's experiment 1 in one command, with its profiled pass (issue 21)
 #   soak      500 concurrent, tail-based keep, memory over time (issue 23); startup, volume likewise
 #   layer     --trace-level layer's batch-1 TTFT, eager prefill in every arm (issue 26); topov: top attached
@@ -25,6 +26,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${MODEL:-/tmp/llama2}
 RES=${RES:-/tmp/res}
 NSYS=${NSYS:-$(python3 -c 'from sglang_tracing.app.profilers import DEFAULT_NSYS_PATH; print(DEFAULT_NSYS_PATH)')}
+# Pools that fit three 7B servers (overhead.py) or two (soak.py) on one card: an H200 (141 GB) or an H100 (80 GB)
+GPU_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+if [ "${GPU_MIB:-0}" -gt 100000 ]; then OVERHEAD_POOL=45000 SOAK_POOL=80000; else OVERHEAD_POOL=12000 SOAK_POOL=30000; fi
 
 step() {
     local name=$1
@@ -61,18 +65,28 @@ run_step() {
         step tp tp --tp-sizes 1,2 --gpus "0;0,1" --num-requests 64 --concurrency 32 --prompt-len 512 \
             --output-len 128 --sglang-args "--attention-backend triton --mem-fraction-static 0.8" ;;
     features) bench features benchmarks/gpu_features.py --model "$MODEL" --out "$RES/features" ;;
+    specov) bench specov benchmarks/gpu_features.py --model "$MODEL" --out "$RES/specov" --phases spec \
+        --spec-servers spec-traced,spec-untraced --spec-requests 64 --rounds 10 --pin --budget-s 270 ;;
     baseline)
         step baseline baseline --num-requests 100 --prompt-len 512 --output-len 128 \
             --sglang-args "--attention-backend triton" ;;
-    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 120 --phase 30 --concurrency 500 \
-        --keep "$RES/soak-keep" --out "$RES/soak" ;;
+    soak) bench soak benchmarks/soak.py --model "$MODEL" --duration 40 --phase 20 --warmup 5 --concurrency 500 \
+        --max-total-tokens $SOAK_POOL --mem-fraction 0.85 \
+        --extra "--attention-backend triton --disable-piecewise-cuda-graph" --keep "$RES/soak-keep" --out "$RES/soak" ;;
     startup) bench startup benchmarks/startup.py --model "$MODEL" --repeats 1 --out "$RES/startup/startup.json" ;;
     volume) bench volume benchmarks/volume.py live --model "$MODEL" --requests 512 --concurrency 64 \
         --prompt-len 512 --output-len 128 --keep "$RES/volume-keep" --out "$RES/volume/volume.json" ;;
-    layer) bench layer benchmarks/overhead.py --model "$MODEL" --configs traced,traced-layer,untraced --rounds 3 \
-        --batch1-samples 8 --extra "--attention-backend triton --disable-prefill-cuda-graph" \
-        --out "$RES/layer/layer-cost.json" --keep "$RES/layer-keep" ;;
+    layer)  # 5 rounds x 8 batch-1 TTFTs (8 tokens out: a sample costs 0.1 s, not 0.8 s); idle servers sleep
+        # instead of spinning a core beside the one measured; then the per-sample breakdown from the traces
+        bench layer benchmarks/overhead.py --model "$MODEL" --configs traced,traced-layer,untraced --rounds 5 \
+            --batch1-samples 8 --batch1-output-len 8 --max-total-tokens $OVERHEAD_POOL \
+            --extra "--attention-backend triton --disable-prefill-cuda-graph --sleep-on-idle" \
+            --out "$RES/layer/layer-cost.json" --keep "$RES/layer-keep"
+        python3 "$ROOT/benchmarks/batch1_breakdown.py" "$RES/layer/layer-cost.json" "$RES/layer-keep" \
+            >"$RES/layer/batch1.txt" 2>&1 ;;
     topov) bench topov benchmarks/overhead.py --model "$MODEL" --configs traced,traced-top,untraced --rounds 3 \
+        --batch1-output-len 8 --max-total-tokens $OVERHEAD_POOL \
+        --extra "--attention-backend triton --disable-prefill-cuda-graph --sleep-on-idle" \
         --out "$RES/topov/top-overhead.json" --keep "$RES/topov-keep" ;;
     *) echo "unknown step $1" >>"$RES/progress.log" ;;
     esac

@@ -16,7 +16,7 @@ REQUEST_PREFILL = "sglang.request.prefill"  # first chunk start -> first token
 REQUEST_PREFILL_CHUNK = "sglang.request.prefill.chunk"
 REQUEST_DECODE = "sglang.request.decode"  # first token -> last token
 REQUEST_DETOKENIZE = "sglang.request.detokenize"
-REQUEST_HTTP = "sglang.request.http"  # HTTP layer: received -> last response byte sent
+REQUEST_HTTP = "sglang.request.http"  # HTTP layer: received -> last response byte sent (or the end HTTP_ENDED_BY names)
 EVENT_RECEIVED = "received"
 EVENT_FINISHED = "finished"
 
@@ -243,6 +243,20 @@ STOP_REASON = "sglang_tracing.stop_reason"
 PARTS_DELETED = "sglang_tracing.parts_deleted"
 PART_INDEX = "sglang_tracing.part_index"
 NVML_SAMPLING_STOPPED = "sampling_stopped"  # last line of an nvml-*.jsonl whose sampler gave up: why
+
+# ---- HTTP exchange end (issue 23): how a request's HTTP span ended and what its response had sent ----
+# A client that hangs up mid-stream never gets the response's last body message: its HTTP span ends when
+# the middleware sees the hang-up, not at a last byte.
+HTTP_ENDED_BY = "sglang.http.ended_by"  # http span: what ended it, one of:
+HTTP_END_RESPONSE_SENT = "response sent"  # the response's last body message was handed to the server
+HTTP_END_DISCONNECT = "client disconnected"  # the server said so (ASGI http.disconnect from receive)
+HTTP_END_SEND_FAILED = "send failed"  # the server's send raised OSError: the connection broke (ASGI spec 2.4)
+HTTP_END_CANCELLED = "cancelled"  # a send or the app was cancelled before the response ended
+HTTP_END_APP_RAISED = "app raised"  # the app raised before the response ended (the error page is not ours to time)
+HTTP_END_UNFINISHED = "response unfinished"  # the app returned without the response's last body message
+HTTP_CLIENT_GONE = (HTTP_END_DISCONNECT, HTTP_END_SEND_FAILED)  # endings that mean the client went away
+HTTP_BODY_CHUNKS = "sglang.http.body_chunks"  # non-empty response body messages handed to the server before the end
+HTTP_BODY_BYTES = "sglang.http.body_bytes"  # their bytes
 
 # ---- detail on demand (sglang-trace detail): layer-level detail for N forwards of a running server ----
 DETAIL_WINDOW = "sglang_tracing.detail"  # span: the window, from the forward it opened before to the last one

@@ -217,6 +217,21 @@ def test_batch_records_kept_only_where_they_ran_a_kept_request():
     assert keep.offer(detok) == [detok] and keep.held == 0  # its process never learns the decisions
 
 
+def test_forward_recorded_after_its_requests_ended_is_not_held_for_ever():
+    """Overlap scheduling (SGLang's default on GPU): the batch launched before a request's last result was
+    processed still runs it, and its forward span (waiting for its CUDA end event) reaches the recorder after
+    the request was decided. An H100 soak held 9,024 such records at its end, none released while idle."""
+    keep = BatchKeep("kept")
+    result = (sc.PROCESS_RESULT, 0, 1, 30, 0, "", {sc.FORWARD_SPAN_ID: f"{21:016x}"}, ())
+    assert keep.offer(_forward(20, ["a", "b"])) == []
+    assert keep.decided("a", False) == [] and keep.decided("b", True) == [_forward(20, ["a", "b"])]
+    assert keep.offer(_forward(21, ["a", "b"])) == [_forward(21, ["a", "b"])]  # b kept: written at once
+    assert keep.offer(result) == [result]  # its result processing follows it
+    assert keep.offer(_forward(22, ["a"])) == [] and keep.dropped == 1  # only a (not kept): left out at once
+    assert keep.offer(_forward(23, ["a", "c"])) == []  # c still running
+    assert keep.decided("c", False) == [] and keep.held == 0
+
+
 def test_records_no_forward_follows_are_not_held_without_bound():
     """A process with cache spans but no forward (none will settle them): held up to a bound, then written."""
     keep = BatchKeep("kept")
@@ -265,23 +280,38 @@ def test_trace_dir_made_read_only_keeps_writing_the_open_part(tmp_path, capfd):
 
 
 def test_an_abort_without_a_token_has_no_ttft_one_with_tokens_keeps_it(tmp_path):
-    """Two streamed requests aborted by SGLang (their clients hung up): one before any token, one after 2.
-    Both stay in the table; only the one that got a token has a TTFT (its first output, 5 ms in)."""
-    from sglang_tracing.analyzer.analyses.requests import request_table
+    """Streamed requests aborted by SGLang (their clients hung up): one before any token, one after 2
+    (recorded without the HTTP span); two after 2 tokens whose HTTP spans say the client hung up, one
+    after its first byte was sent (7 ms in), one before. All stay in the table; a TTFT only for those
+    whose client could have seen a token: the first output (5 ms in) without the HTTP span, else its
+    first byte."""
+    from sglang_tracing.analyzer.analyses.requests import TTFT_NONE_SENT, request_table
     from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
     from sglang_tracing.runtime.ids import request_root_span_id, request_trace_key
+    from sglang_tracing.runtime.records import PARENT_IS_REQUEST_ROOT
 
     rec = Recorder(TraceConfig(trace_dir=str(tmp_path)), "tokenizer")
-    for rid, tokens in (("none", 0), ("two", 2)):
+    for rid, tokens in (("none", 0), ("two", 2), ("sent", 2), ("unsent", 2)):
         attrs = {sc.RID: rid, sc.PROMPT_TOKENS: 8, sc.CACHED_TOKENS: 0, sc.OUTPUT_TOKENS: tokens,
                  sc.FINISH_REASON: "abort", sc.FIRST_OUTPUT_NS: T0 + 5_000_000, sc.STREAM: True}
         rec.emit(sc.REQUEST, T0, T0 + 9_000_000, attrs, span_id=request_root_span_id(rid),
+                 trace_key=request_trace_key(rid))
+    for rid, first_byte, chunks in (("sent", T0 + 7_000_000, 1), ("unsent", None, 0)):
+        attrs = {sc.RID: rid, sc.STREAM: True, sc.HTTP_ENDED_BY: sc.HTTP_END_DISCONNECT,
+                 sc.HTTP_BODY_CHUNKS: chunks, sc.HTTP_BODY_BYTES: 40 * chunks}
+        if first_byte:
+            attrs[sc.FIRST_BYTE_NS] = first_byte
+        rec.emit(sc.REQUEST_HTTP, T0, T0 + 8_000_000, attrs, parent=PARENT_IS_REQUEST_ROOT,
                  trace_key=request_trace_key(rid))
     _close(rec)
     _manifest(tmp_path)
     rows = {r["rid"]: r for r in request_table(load_trace_dir(tmp_path).spans).iter_rows(named=True)}
     assert rows["none"]["ttft_ns"] is None and rows["none"]["finish_reason"] == "abort"
-    assert rows["two"]["ttft_ns"] == 5_000_000
+    assert rows["two"]["ttft_ns"] == 5_000_000 and rows["two"]["client_disconnected"] is None
+    assert rows["sent"]["ttft_ns"] == 7_000_000 and rows["sent"]["client_disconnected"] is True
+    assert (rows["sent"]["response_chunks"], rows["sent"]["response_bytes"]) == (1, 40)
+    assert rows["unsent"]["ttft_ns"] is None and rows["unsent"]["ttft_source"] == TTFT_NONE_SENT
+    assert rows["unsent"]["client_disconnected"] is True and rows["unsent"]["output_tokens"] == 2
 
 
 class _LostGpu:

@@ -2,8 +2,9 @@
 nothing recorded is lost without being said.
 
 One server (tail-based keep on, batch spans of kept requests) takes clients that hang up mid-stream, its
-scheduler's exporter SIGKILLed mid-load, then its trace dir removed; one writes into a 300 kB tmpfs until it is full; two are
-stopped right after their last response with one of our hooks slowed, so the stop lands inside it.
+scheduler's exporter SIGKILLed mid-load, then its trace dir removed; one writes into a 300 kB tmpfs until it
+is full; two are stopped right after their last response with one of our hooks slowed, so the stop lands inside
+it; four more are stopped so one after another with nothing slowed.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import pytest
 
 import raw_spans
 from sglang_tracing import semconv as sc
-from sglang_tracing.analyzer.analyses.requests import for_statistics, request_table
+from sglang_tracing.analyzer.analyses.requests import TTFT_FIRST_BYTE, for_statistics, request_table
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir
 from sglang_tracing.app.serving import wait_for_exporters
 from sglang_tracing.models.builder import prompt_of_length
@@ -45,21 +46,24 @@ def _exporters(trace_dir: str, role: str) -> list[psutil.Process]:
 
 
 def _hang_up_mid_stream(port: int, prompt: str, after_chunks: int, max_new_tokens: int) -> dict:
-    """A streamed request whose client closes the connection after ``after_chunks`` data chunks."""
+    """A streamed request whose client closes the connection after ``after_chunks`` data chunks: its rid, the
+    chunks and their data lines' bytes it read, and its clock just before it closed."""
     rid = f"hang-up-{uuid.uuid4().hex}"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     body = {"text": prompt, "rid": rid, "stream": True,
             "sampling_params": {"max_new_tokens": max_new_tokens, "ignore_eos": True}}
     conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
-    got = 0
+    got = read = 0
     while got < after_chunks:
         line = resp.fp.readline()
         if line.startswith(b"data:") and b"[DONE]" not in line:
             got += 1
+            read += len(line)
+    closed_ns = time.time_ns()
     conn.sock.close()
     conn.close()
-    return {"rid": rid, "chunks": got}
+    return {"rid": rid, "chunks": got, "bytes": read, "closed_ns": closed_ns}
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +153,25 @@ def test_every_request_keeps_a_summary_and_some_their_detail(faulted):
 
 def test_hung_up_client_recorded_with_its_tokens_and_kept(faulted):
     """SGLang aborts a request whose client hung up: recorded with its finish reason and the tokens it
-    got, kept whole (failed), and in TTFT statistics since it got tokens."""
+    got, kept whole (failed), and in TTFT statistics since it got tokens. Its HTTP span is written though
+    the response's last byte never came: ended when the hang-up was seen (after the client closed, before
+    SGLang's abort ended the request), saying so, with at least what the client read."""
     trace_dir, hung, _, _, _, _, _ = faulted
     table = request_table(load_trace_dir(trace_dir).spans)
     rows = {r["rid"]: r for r in table.iter_rows(named=True)}
+    raw = raw_spans.spans(trace_dir)
+    roots = {s["attrs"][sc.RID]: s for s in raw_spans.named(raw, sc.REQUEST)}
+    http = {s["attrs"][sc.RID]: s for s in raw_spans.named(raw, sc.REQUEST_HTTP)}
     for h in hung:
         row = rows[h["rid"]]
         assert row["finish_reason"] == "abort" and row["kept"] == sc.KEPT_FAILED
         assert 3 <= row["output_tokens"] < 400 and row["ttft_ns"] > 0
+        assert h["rid"] in http, "no HTTP span for a client that hung up"
+        span = http[h["rid"]]
+        assert span["attrs"][sc.HTTP_ENDED_BY] == sc.HTTP_END_DISCONNECT and row["client_disconnected"] is True
+        assert span["attrs"][sc.HTTP_BODY_CHUNKS] >= h["chunks"] and span["attrs"][sc.HTTP_BODY_BYTES] >= h["bytes"]
+        assert span["attrs"][sc.FIRST_BYTE_NS] < h["closed_ns"] < span["end"] < roots[h["rid"]]["end"]
+        assert row["ttft_source"] == TTFT_FIRST_BYTE
     assert {h["rid"] for h in hung} <= set(for_statistics(table)["rid"])
 
 
@@ -207,3 +222,26 @@ def test_stopped_right_after_the_last_response_while_our_hooks_record(tiny_model
             row = rows[out["meta_info"]["id"]]
             assert row["complete"] and len(row["token_times_ns"]) == 16, (slowed, row["rid"])
             assert row["detokenize_ns"] is not None, (slowed, row["rid"])
+
+
+STOPS_IN_A_ROW = 4
+
+
+def test_stopped_many_times_in_a_row_every_answered_request_whole(tiny_model, tmp_path):
+    """The experiments' own stop, many times in a row with nothing slowed: each server is stopped the moment
+    its last streamed response arrives, at a different point of its last requests (their lengths differ
+    per run). Every request a client got whole is whole in the trace: its tokens and its detokenize span."""
+    for run in range(STOPS_IN_A_ROW):
+        (tmp_path / f"run{run}").mkdir()
+        server, trace_dir = start_server(tiny_model, tmp_path / f"run{run}")
+        try:
+            outs = server.generate_all([prompt_of_length(40 + 8 * k, seed=100 * run + k) for k in range(3)],
+                                       10 + 3 * run, concurrency=3, stream=True)
+        finally:
+            stop_and_drain(server, trace_dir)
+        rows = {r["rid"]: r for r in request_table(load_trace_dir(trace_dir).spans).iter_rows(named=True)}
+        for out in outs:
+            assert out["meta_info"]["completion_tokens"] == 10 + 3 * run  # the client got it whole
+            row = rows[out["meta_info"]["id"]]
+            assert row["complete"] and len(row["token_times_ns"]) == 10 + 3 * run, (run, row["rid"])
+            assert row["detokenize_ns"] is not None, (run, row["rid"])

@@ -5,7 +5,8 @@ attributes the patches write: ``test_hicache_spec_hooks`` checks the patches wri
 loads it like any trace dir, and each figure is recomputed here with nothing but ``raw_spans`` (gzip and
 json). Scenario: request A computes a 64-token prompt; B hits 48 of its tokens on the device; C finds them
 on host and a load-back brings them (its forward starts on the GPU 1 ms before the copy ends); two decode
-steps of speculative decoding for two requests, one step delivering several tokens at once."""
+steps of speculative decoding for two requests, one step delivering several tokens at once, one accepting a
+token past the request's end, and a third step run after both requests finished (overlap scheduling)."""
 from __future__ import annotations
 
 import statistics
@@ -79,15 +80,20 @@ SCENARIO = textwrap.dedent("""
     rec.emit(sc.HICACHE_EVICT_HOST, 70 * MS, 70 * MS + 100, {sc.HICACHE_TOKENS: 8, sc.HICACHE_REQUESTED_TOKENS: 8,
              sc.HICACHE_BYTES: 8 * 4096, sc.HICACHE_EVICTED_AGES_NS: [40 * MS], sc.HICACHE_EVICTED_NODE_TOKENS: [8],
              **host_tiers})
-    # speculation: requests S and T, two verified steps; S gets 4 then 1 tokens, T 2 then 3
-    for rid, t0, times in (("S", 200 * MS, [203, 210, 210, 210, 210, 220]), ("T", 200 * MS, [203, 210, 210, 220, 220, 220])):
+    # speculation: requests S and T (6 tokens each asked), two verified steps; S gets 4 then 2 tokens of which
+    # the last is past its end (the scheduler stamps 7, the request returns 6), T 2 then 3; a third step, run
+    # with overlap scheduling before the second one's result showed both finished, still lists them: its
+    # result is processed (229 ms) after their decode spans end (220 ms), before their request spans do (230 ms)
+    for rid, t0, times in (("S", 200 * MS, [203, 210, 210, 210, 210, 220, 220]),
+                           ("T", 200 * MS, [203, 210, 210, 220, 220, 220])):
         key = request_trace_key(rid)
         rec.emit(sc.REQUEST, t0, t0 + 30 * MS, {sc.RID: rid, sc.PROMPT_TOKENS: 32, sc.CACHED_TOKENS: 0,
                  sc.OUTPUT_TOKENS: 6}, span_id=request_root_span_id(rid), trace_key=key)
-        rec.emit(sc.REQUEST_DECODE, times[0] * MS, times[-1] * MS, {sc.RID: rid, sc.OUTPUT_TOKENS: 6,
+        rec.emit(sc.REQUEST_DECODE, times[0] * MS, times[-1] * MS, {sc.RID: rid, sc.OUTPUT_TOKENS: len(times),
                  sc.TOKEN_TIMES: [x * MS for x in times], sc.SPEC_VERIFY_CT: 2,
-                 sc.SPEC_REQ_CORRECT: 3 if rid == "S" else 3}, parent=ROOT, trace_key=key)
-    for step, (fwd, t0, correct) in enumerate(((0x200, 205 * MS, [3, 1]), (0x201, 215 * MS, [0, 2]))):
+                 sc.SPEC_REQ_CORRECT: 4 if rid == "S" else 3}, parent=ROOT, trace_key=key)
+    for step, (fwd, t0, correct) in enumerate(((0x200, 205 * MS, [3, 1]), (0x201, 215 * MS, [1, 2]),
+                                               (0x202, 225 * MS, [5, 2]))):
         rec.emit(sc.FORWARD, t0, t0 + 4 * MS, {sc.FORWARD_MODE: "decode"}, span_id=fwd)
         rec.emit(sc.SPEC_DRAFT, t0, t0 + MS // 2, {sc.SPEC_ALGORITHM: "NGRAMWorker", sc.BATCH_SIZE: 2,
                  sc.SPEC_DRAFT_TOKENS: 4, sc.GPU_DURATION_NS: 100_000 * (step + 1)}, parent=fwd)
@@ -201,45 +207,75 @@ def _hit_ages(raw) -> dict[str, int]:
 
 def test_speculative_steps_and_request_columns_match_the_raw_spans(scenario_trace):
     spec = check_spec_figures(scenario_trace)
-    assert (spec.total("proposed"), spec.total("accepted"), spec.algorithm) == (12, 6, "NGRAMWorker")
+    # the scenario's numbers by hand: 2 steps x 2 requests x 3 drafts proposed, 3+1 and 1+2 accepted; the third
+    # step reached nobody (5+1 and 2+1 tokens dropped); S's second step took 1 token past its 6
+    assert (spec.total("proposed"), spec.total("accepted"), spec.algorithm) == (12, 7, "NGRAMWorker")
+    assert (spec.total("after_finish_lanes"), spec.total("after_finish_tokens")) == (2, 9)
+    by_rid = {r["rid"]: r for r in spec.requests.iter_rows(named=True)}
+    assert [by_rid[rid]["accepted_per_step"] for rid in "ST"] == [[4, 2], [2, 3]]
+    assert [by_rid[rid]["tokens_not_returned"] for rid in "ST"] == [1, 0]
+    assert [by_rid[rid]["zero_gaps"] for rid in "ST"] == [3, 3]
+    assert spec.verify_ct_agreement() == (2, 2)
+    assert spec.tokens_returned_per_step == pytest.approx(10 / 4)
 
 
 def check_spec_figures(trace_dir) -> speculative.Speculation:
-    """Every speculative-decoding figure of the analyzer against its recomputation from the raw spans."""
+    """Every speculative-decoding figure of the analyzer against its recomputation from the raw spans: a
+    request-step counts only if the step's result was processed before the request's decode span ended (the
+    scheduler stamps the request's last tokens there; a later step reached a finished request and SGLang
+    dropped it), and a request's token times stop at the tokens its request span says it returned."""
     raw = raw_spans.spans(trace_dir)
     model = load_trace_dir(str(trace_dir), use_cache=False)
     requests = request_table(model.spans, model.manifest)
     spec = speculative.compute(model.spans, requests)
-    accepts = raw_spans.named(raw, "sglang.spec.accept")
-    proposed = sum(len(a["attrs"]["sglang.spec.correct_drafts"]) * (a["attrs"]["sglang.spec.draft_tokens"] - 1)
-                   for a in accepts)
-    accepted = sum(sum(a["attrs"]["sglang.spec.correct_drafts"]) for a in accepts)
+    accepts = sorted(raw_spans.named(raw, "sglang.spec.accept"), key=lambda s: s["start"])
+    decodes = {d["attrs"]["sglang.rid"]: d for d in raw_spans.named(raw, "sglang.request.decode")}
+    returned = {s["attrs"]["sglang.rid"]: s["attrs"].get("sglang.request.output_tokens")
+                for s in raw_spans.named(raw, "sglang.request")}
+    per_rid: dict[str, list[int]] = {}
+    after: dict[str, list[int]] = {}
+    proposed = accepted = 0
+    for a in accepts:
+        for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"]):
+            if rid in decodes and a["start"] > decodes[rid]["end"]:
+                after.setdefault(rid, []).append(c + 1)
+                continue
+            per_rid.setdefault(rid, []).append(c + 1)
+            proposed += a["attrs"]["sglang.spec.draft_tokens"] - 1
+            accepted += c
     assert spec.used and spec.steps.height == len(accepts)
     assert (spec.total("proposed"), spec.total("accepted")) == (proposed, accepted)
     assert spec.acceptance_rate == (accepted / proposed if proposed else None)
+    lanes = sum(map(len, per_rid.values()))
+    assert spec.tokens_per_step == pytest.approx((accepted + lanes) / lanes)
+    assert (spec.total("after_finish_lanes"), spec.total("after_finish_tokens")) == (
+        sum(map(len, after.values())), sum(map(sum, after.values())))
     for phase in ("draft", "verify"):
         assert spec.total(f"{phase}_gpu_ns") == sum(s["attrs"].get("sglang.forward.gpu_duration_ns", 0)
                                                     for s in raw_spans.named(raw, f"sglang.spec.{phase}"))
     assert spec.total("verify_ns") == sum(s["end"] - s["start"] for s in raw_spans.named(raw, "sglang.spec.verify"))
-    per_rid: dict[str, list[int]] = {}
-    for a in sorted(accepts, key=lambda s: s["start"]):
-        for rid, c in zip(a["attrs"]["sglang.batch.rids"], a["attrs"]["sglang.spec.correct_drafts"]):
-            per_rid.setdefault(rid, []).append(c + 1)
     got = {r["rid"]: r for r in spec.requests.iter_rows(named=True)}
-    outputs = {s["attrs"]["sglang.rid"]: s["attrs"].get("sglang.request.output_tokens")
-               for s in raw_spans.named(raw, "sglang.request")}
-    for d in raw_spans.named(raw, "sglang.request.decode"):
-        rid, times = d["attrs"]["sglang.rid"], d["attrs"]["sglang.request.token_times_ns"]
-        if rid not in per_rid:  # the hierarchical-cache requests: no speculation
+    returned_steps = returned_tokens = 0
+    for rid, d in decodes.items():
+        times = d["attrs"]["sglang.request.token_times_ns"][:returned[rid]]  # the tokens the client got
+        if rid not in per_rid and rid not in after:  # the hierarchical-cache requests: no speculation
             assert got[rid]["accepted_per_step"] is None and got[rid]["spec_steps"] is None
             continue
         gaps = [b - a for a, b in zip(times, times[1:])]
-        assert got[rid]["accepted_per_step"] == per_rid[rid]
-        assert got[rid]["spec_steps"] == d["attrs"]["sglang.request.spec_verify_ct"]
+        assert got[rid]["accepted_per_step"] == per_rid.get(rid, [])
+        assert got[rid]["steps_after_finish"] == len(after.get(rid, []))
+        verify_ct = d["attrs"].get("sglang.request.spec_verify_ct")
+        assert got[rid]["sglang_verify_ct"] == verify_ct
+        assert got[rid]["spec_steps"] == (verify_ct if verify_ct is not None else len(per_rid.get(rid, [])))
+        assert got[rid]["tokens_not_returned"] == max(0, d["attrs"]["sglang.request.output_tokens"] - returned[rid])
         assert got[rid]["zero_gaps"] == sum(g == 0 for g in gaps)
         steps = [g for g in gaps if g > 0]
         assert got[rid]["step_itl_mean_ns"] == (statistics.mean(steps) if steps else None)
-        assert got[rid]["tokens_per_forward"] == (outputs[rid] - 1) / d["attrs"]["sglang.request.spec_verify_ct"]
+        if got[rid]["spec_steps"]:
+            assert got[rid]["tokens_per_forward"] == (returned[rid] - 1) / got[rid]["spec_steps"]
+            returned_steps += got[rid]["spec_steps"]
+            returned_tokens += returned[rid] - 1
+    assert spec.tokens_returned_per_step == pytest.approx(returned_tokens / returned_steps)
     dist = dict(spec.accept_distribution().iter_rows())
     assert dist == {n: sum(x == n for xs in per_rid.values() for x in xs) for n in {x for xs in per_rid.values() for x in xs}}
     return spec
@@ -263,13 +299,18 @@ def test_reports_say_not_used_or_describe_the_features_and_the_table_gains_colum
 
 
 def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(scenario_trace, tmp_path):
+    names = check_feature_tracks(scenario_trace, tmp_path / "t.pftrace")
+    assert "KV cache host_used_tokens" in names
+
+
+def check_feature_tracks(trace_dir, out) -> set[str]:
+    """The Perfetto export of ``trace_dir``: the tier transfers and draft/verify spans each on their own
+    track, their CUDA-event windows on the GPU track (counted from the raw spans); the track names."""
     from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
     from test_reports import check_perfetto
 
-    trace_dir = scenario_trace
     raw = raw_spans.spans(trace_dir)
-    out = tmp_path / "t.pftrace"
     api.to_perfetto(str(trace_dir), str(out))
     check_perfetto(str(out))
     trace = Trace()
@@ -281,12 +322,12 @@ def test_perfetto_puts_tier_transfers_and_draft_verify_on_their_own_tracks(scena
             per_track.setdefault(names[p.track_event.track_uuid], []).append(p.track_event.name)
     tier_names = [s["name"] for s in raw if s["name"].startswith("sglang.hicache.")]
     spec_names = [s["name"] for s in raw if s["name"].startswith("sglang.spec.")]
-    assert sorted(per_track["HiCache tier transfers"]) == sorted(tier_names)
-    assert sorted(per_track["speculative draft / verify"]) == sorted(spec_names)
+    assert sorted(per_track.get("HiCache tier transfers", [])) == sorted(tier_names)
+    assert sorted(per_track.get("speculative draft / verify", [])) == sorted(spec_names)
     gpu_windows = [s for s in raw if s["name"] in ("sglang.hicache.load_done", "sglang.spec.draft", "sglang.spec.verify")
                    and "sglang.forward.gpu_start_ns" in s["attrs"]]
     assert len(per_track.get("GPU copies and draft / verify (CUDA events)", [])) == len(gpu_windows)
-    assert "KV cache host_used_tokens" in names.values()
+    return set(names.values())
 
 
 def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating_one(scenario_trace, tmp_path):
@@ -316,4 +357,6 @@ def test_spec_experiment_report_compares_the_cells_and_describes_the_speculating
     figures = {f.label: f.value for s in report.sections for f in s.figures}
     assert figures["spec: output throughput"] == f"150.0 tok/s (x{150 / 100:.3f} of no_spec)"
     assert figures["spec: TTFT"] == f"{(22e6 + 1) / 1e6:.2f} ms (x{(22e6 + 1) / (20e6 + 1):.3f} of no_spec)"
-    assert figures["drafts accepted / proposed"].startswith("6 / 12")
+    # the speculating cell's trace is described: the scenario's steps that reached a request (see above)
+    assert (typed.speculation.total("accepted"), typed.speculation.total("proposed")) == (7, 12)
+    assert "drafts accepted / proposed" in figures

@@ -318,7 +318,7 @@ def test_a_speculative_step_gives_draft_verify_and_accept_under_its_forward(monk
     assert d.attrs[sc.SPEC_DRAFT_TOKENS] == v.attrs[sc.SPEC_DRAFT_TOKENS] == 8 and d.attrs[sc.BATCH_SIZE] == 3
     assert a.attrs[sc.SPEC_CORRECT_DRAFTS] == [7, 0, 3] and a.attrs[sc.BATCH_RIDS] == ["s0", "s1", "s2"]
     assert a.attrs[sc.SPEC_DRAFT_TOKENS] == 8 and a.attrs[sc.FORWARD_SPAN_ID] == f"{0xF0:016x}"
-    assert rec.failures == [] and st.spec_pending == []
+    assert rec.failures == [] and not st.spec_pending
 
 
 def test_a_prefill_or_unlaunched_step_drafts_nothing_and_a_plain_result_accepts_nothing(monkeypatch):
@@ -333,6 +333,75 @@ def test_a_prefill_or_unlaunched_step_drafts_nothing_and_a_plain_result_accepts_
     draft(lambda w, b: None, object(), _spec_batch(2, 8))  # CUDA-graph capture: no served forward
     speculative.on_result(st, rec, _spec_batch(2, 8), GenerationBatchResult(), 0xF1, 0, 1)
     assert rec.spans == [] and rec.failures == []
+
+
+class _ClockEvent:
+    """A timing event that takes the next time of its clock each time it is recorded."""
+
+    def __init__(self, clock: list[float]):
+        self.clock, self.t_ms, self.done = clock, None, True
+
+    def record(self, stream=None):
+        self.t_ms = self.clock.pop(0)
+
+    def query(self) -> bool:
+        return self.done
+
+    def elapsed_time(self, other) -> float:
+        return other.t_ms - self.t_ms
+
+
+class _ClockCuda:
+    def __init__(self, clock: list[float]):
+        self.clock, self.made = clock, []
+
+    def Event(self, enable_timing=False):  # noqa: N802 (torch's name)
+        self.made.append(_ClockEvent(self.clock))
+        return self.made[-1]
+
+
+def test_speculative_phases_record_pooled_events_again_only_once_read(monkeypatch):
+    """Each step records a draft and a verify pair; a pair read at a result is recorded again by a later
+    step (no new CUDA event), one still pending never is, and every step's spans carry its own times."""
+    from sglang.srt.managers.utils import GenerationBatchResult
+
+    st, rec = _state(), SpanLog()
+    monkeypatch.setattr(recorder, "_recorder", rec)
+    # per step: draft start, draft end, verify start, verify end (ms on the GPU)
+    steps = [(10.0, 10.5, 11.0, 14.0), (20.0, 20.25, 21.0, 25.0), (30.0, 30.75, 31.0, 33.0)]
+    st.cuda = _ClockCuda([t for step in steps for t in step])
+    st.gpu_times.anchor = GpuAnchor(_ClockEvent([0.0]), 1_000_000_000)
+    st.gpu_times.anchor.event.record()
+    hooks = speculative.hooks(st)
+    draft, verify = hooks[speculative.DRAFTS[0]], hooks[speculative._TARGET]
+    worker = type("NGRAMWorker", (), {})()
+
+    def step(forward: int, done: bool = True) -> None:
+        batch = _spec_batch(2, draft_tokens=8)
+        st.current_forward = forward
+        draft(lambda w, b: None, worker, batch)
+        result = verify(lambda w, b, **k: GenerationBatchResult(speculative_num_draft_tokens=8), worker, batch,
+                        is_verify=True)
+        st.current_forward = 0
+        for event in st.cuda.made:
+            event.done = done
+        result.num_correct_drafts_per_req_cpu = [8, 2]
+        speculative.on_result(st, rec, batch, result, forward, 0, 1)
+
+    step(0xA1)
+    step(0xA2, done=False)  # its end events have not completed: nothing emitted, its pairs stay out
+    assert len(st.cuda.made) == 4 and len(st.spec_pending) == 2
+    step(0xA3)
+    assert len(st.cuda.made) == 8  # the third step could not take the second's pairs
+    gpu = {(s.parent, s.name): (s.attrs[sc.GPU_START_NS] - 1_000_000_000, s.attrs[sc.GPU_DURATION_NS])
+           for s in rec.spans if s.name in (sc.SPEC_DRAFT, sc.SPEC_VERIFY)}
+    ms = 1_000_000
+    assert gpu == {(0xA1, sc.SPEC_DRAFT): (10 * ms, ms // 2), (0xA1, sc.SPEC_VERIFY): (11 * ms, 3 * ms),
+                   (0xA2, sc.SPEC_DRAFT): (20 * ms, ms // 4), (0xA2, sc.SPEC_VERIFY): (21 * ms, 4 * ms),
+                   (0xA3, sc.SPEC_DRAFT): (30 * ms, 3 * ms // 4), (0xA3, sc.SPEC_VERIFY): (31 * ms, 2 * ms)}
+    assert all(s.attrs[sc.SPEC_DRAFT_TOKENS] == 8 and s.attrs[sc.BATCH_SIZE] == 2
+               for s in rec.spans if s.name in (sc.SPEC_DRAFT, sc.SPEC_VERIFY))
+    assert not st.spec_pending and rec.failures == []
 
 
 def test_decode_span_carries_sglangs_own_counts_with_speculation():

@@ -67,6 +67,23 @@ def test_finished_requests_fill_the_window_internal_ones_do_not():
     assert state.snapshot(200 * MS + 61 * 10**9).window.finished == 0  # out of the window
 
 
+def test_a_hung_up_request_has_a_ttft_only_if_a_byte_reached_the_socket():
+    """Both clients hung up (their HTTP spans say so); one had its first byte at 30 ms, the other none,
+    though its first output was delivered at 20 ms: only the first has a TTFT."""
+    state = LiveState(window_s=60)
+    for rid, first_byte in (("sent", 30), ("none", None)):
+        http = {sc.RID: rid, sc.STREAM: True, sc.HTTP_ENDED_BY: sc.HTTP_END_DISCONNECT}
+        if first_byte:
+            http[sc.FIRST_BYTE_NS] = first_byte * MS
+        feed(state, span(sc.REQUEST, 0, 100, {sc.RID: rid, sc.STREAM: True, sc.OUTPUT_TOKENS: 2,
+                                              sc.FIRST_OUTPUT_NS: 20 * MS}, role="tokenizer"),
+             span(sc.REQUEST_HTTP, 0, 40, http, role="tokenizer"),
+             span(sc.REQUEST_DECODE, 20, 25, {sc.RID: rid, sc.TOKEN_TIMES: [20 * MS, 25 * MS]}))
+    window = state.snapshot(200 * MS).window
+    assert window.finished == 2 and window.ttft_p50_ms == window.ttft_p99_ms == 30.0
+    assert window.itl_p50_ms == 5.0  # both got tokens: both in the ITL figures
+
+
 def test_other_ranks_are_left_out_and_stale_requests_leave():
     state = LiveState()
     feed(state, forward("r1", 0, 5, "extend", ["a"], [10], rank=1))

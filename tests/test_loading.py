@@ -25,7 +25,8 @@ from sglang_tracing.analyzer import api
 from sglang_tracing.analyzer.analyses.requests import request_table, user_requests
 from sglang_tracing.analyzer.loaders import span_chunks, span_store
 from sglang_tracing.analyzer.loaders.files import glob_inputs
-from sglang_tracing.analyzer.loaders.otlp_json import read_span_file, spans_frame
+from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
+from sglang_tracing.analyzer.loaders.span_frame import spans_frame
 from sglang_tracing.analyzer.loaders.trace_dir import load_trace_dir, load_trace_dirs
 from sglang_tracing.analyzer.renderers import proto_columns as pc
 
@@ -73,7 +74,7 @@ def assert_same_as_reference(model, trace_dir: Path) -> None:
 
 @pytest.mark.parametrize("trace_dir", TRACE_DIRS, ids=lambda d: "-".join(d.relative_to(EXAMPLES).parts))
 def test_fast_loader_gives_the_reference_frames(trace_dir):
-    assert len(TRACE_DIRS) == 18  # cpu-pd: 2 loads x (prefill, decode, router, client)
+    assert len(TRACE_DIRS) == 21  # cpu-pd: 2 loads x (prefill, decode, router, client); h100-features: 3
     model = load_trace_dir(trace_dir, use_cache=False)
     assert_same_as_reference(model, trace_dir)
     raw = raw_spans(trace_dir)

@@ -416,6 +416,21 @@ def test_forward_spans_wait_for_their_gpu_events_without_blocking():
     assert rec.spans[2].span_id == 12 and rec.spans[2].attrs[sc.GPU_DURATION_NS] == 250_000
 
 
+def test_forward_events_are_taken_again_only_after_their_span_read_them():
+    st, rec = _state(), SpanLog()
+    times = st.gpu_times
+    cuda = types.SimpleNamespace(Event=lambda enable_timing=False: _Event(1.0, done=False))
+    pending = times.take_events(cuda)
+    times.attach(21, pending)
+    times.emit_forward(rec, 21, 0, 1, {})
+    times.flush(rec)  # not completed: its pair stays with its span
+    fresh = times.take_events(cuda)
+    assert fresh is not pending and {id(fresh.start), id(fresh.end)}.isdisjoint({id(pending.start), id(pending.end)})
+    pending.end.done = True
+    times.flush(rec)
+    assert [s.span_id for s in rec.spans] == [21] and times.take_events(cuda) is pending
+
+
 # ---- detokenizer ----
 def test_detokenizer_spans_share_batch_time_among_its_requests():
     st, rec = DetokenizerState(TraceConfig("/nonexistent")), SpanLog()

@@ -325,3 +325,21 @@ def test_through_the_router_the_waterfall_is_the_clients_ttft_and_names_its_pick
               if p.track_event.type == TrackEvent.TYPE_SLICE_BEGIN and p.track_event.name.startswith("router pick")]
     assert len(picked) >= len(pd_run["routed"])  # and its readiness probe's
     assert {(a["prefill_url"], a["decode_url"]) for a in picked} == {pd_run["urls"]}
+
+
+def test_a_decode_response_that_ended_before_its_first_byte_leaves_the_waterfall():
+    """The committed CPU example with one decode-side HTTP span rewritten as a client that hung up before
+    its first byte: that request has no first byte the client saw, so no TTFT to split (its first output
+    at the tokenizer manager does not stand in); the other 7 stay."""
+    import polars as pl
+
+    cell = EXAMPLES / "cpu-pd" / "load-4"
+    model = api.load([str(cell / side) for side in ("prefill", "decode", "router")])
+    gone = pd.compute(model.spans, model.servers, model.events).requests.row(0, named=True)
+    hers = ((pl.col("name") == sc.REQUEST_HTTP) & (pl.col(sc.RID) == gone["decode_rid"])
+            & (pl.col("server") == gone["decode_server"]))
+    spans = model.spans.with_columns(
+        pl.when(hers).then(None).otherwise(pl.col(sc.FIRST_BYTE_NS)).alias(sc.FIRST_BYTE_NS),
+        pl.when(hers).then(pl.lit(sc.HTTP_END_DISCONNECT)).otherwise(None).alias(sc.HTTP_ENDED_BY))
+    story = pd.compute(spans, model.servers, model.events)
+    assert story.requests.height == 7 and gone["decode_rid"] not in story.requests["decode_rid"].to_list()

@@ -64,7 +64,7 @@ def check_perfetto(path: str) -> dict:
 
 def test_reports_and_perfetto_for_every_example(tmp_path):
     trace_dirs = sorted(m.parent for m in EXAMPLES.rglob("manifest.json") if "cpu-pd" not in m.parts)
-    assert len(trace_dirs) == 10  # 8 one-GPU trace dirs and the two cells of h200x2-tp (cpu-pd: test_pd.py)
+    assert len(trace_dirs) == 13  # 11 one-GPU dirs (3: h100-features), 2 cells of h200x2-tp (cpu-pd: test_pd.py)
     for d in trace_dirs:
         out = tmp_path / "-".join(d.relative_to(EXAMPLES).parts)
         written = api.analyze(str(d), out_dir=str(out), model_config="llama-2-7b")

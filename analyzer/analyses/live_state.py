@@ -322,12 +322,15 @@ class LiveState:
 
 def _ttft(root, http, token_times: list[int]) -> int | None:
     """User-visible TTFT as ``requests.request_table`` defines it: to the first byte sent of a streamed
-    request, none for a non-streamed one; without the HTTP stamp, to the first output delivered."""
+    request, none for a non-streamed one or one whose response ended before its first byte (the client
+    hung up first); without the HTTP stamp, to the first output delivered."""
     received, attrs = root[0], root[2]
     stream = attrs.get(sc.STREAM, http[2].get(sc.STREAM) if http else None)
     first_byte = http[2].get(sc.FIRST_BYTE_NS) if http else None
     if stream and first_byte:
         return first_byte - received
+    if http and http[2].get(sc.HTTP_ENDED_BY, sc.HTTP_END_RESPONSE_SENT) != sc.HTTP_END_RESPONSE_SENT:
+        return None
     if stream is False:
         return None
     first = attrs.get(sc.FIRST_OUTPUT_NS) or (token_times[0] if token_times else None)

@@ -107,6 +107,8 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
     extra = []
     if sc.FIRST_BYTE_NS in spans.columns:
         extra.append(pl.col(sc.FIRST_BYTE_NS).filter(pl.col("name") == sc.REQUEST_HTTP).max().alias("http_first_byte"))
+    if sc.HTTP_ENDED_BY in spans.columns:
+        extra.append(pl.col(sc.HTTP_ENDED_BY).filter(pl.col("name") == sc.REQUEST_HTTP).first().alias("http_ended_by"))
     if sc.FIRST_OUTPUT_NS in spans.columns:
         extra.append(pl.col(sc.FIRST_OUTPUT_NS).filter(pl.col("name") == sc.REQUEST).max().alias("root_first_output"))
     for name in (sc.PD_KV_BYTES, sc.PROMPT_TOKENS, sc.OUTPUT_TOKENS):
@@ -124,6 +126,11 @@ def _side(spans: pl.DataFrame, mode: str) -> pl.DataFrame:
     if mode == "decode":
         first = [c for c in ("http_first_byte", "root_first_output") if c in frame.columns]
         frame = frame.with_columns(pl.coalesce(first).alias("first_byte") if first else pl.lit(None).alias("first_byte"))
+        if "http_ended_by" in frame.columns:  # a response that ended before its first byte: the client saw none
+            unsent = pl.col("http_first_byte").is_null() if "http_first_byte" in frame.columns else True
+            none_sent = pl.col("http_ended_by").is_not_null() & (pl.col("http_ended_by") != sc.HTTP_END_RESPONSE_SENT)
+            none_sent = none_sent & unsent
+            frame = frame.with_columns(pl.when(none_sent).then(None).otherwise(pl.col("first_byte")).alias("first_byte"))
     return frame
 
 

@@ -30,6 +30,7 @@ def _phase(spans: pl.LazyFrame, name: str, prefix: str, extra: dict[str, str] | 
 TTFT_FIRST_BYTE = "first byte sent to the client (HTTP layer)"
 TTFT_FIRST_OUTPUT = "first output at the tokenizer manager (no HTTP first-byte stamp for this request)"
 TTFT_NOT_STREAMED = "not streamed: the client sees no first token, only the whole response"
+TTFT_NONE_SENT = "the response ended before its first byte (client gone, or an error): no first token seen"
 LEGACY_WARMUP_MAX_PROMPT = 16  # SGLang's warm-up text is 6 words: 6-8 tokens with any tokenizer
 
 
@@ -41,6 +42,18 @@ def _internal_by_rid() -> pl.Expr:
     return expr
 
 
+def _delivered_token_times() -> pl.Expr:
+    """The decode span's token times cut to the tokens the request returned (the request span's count).
+
+    The scheduler stamps every token that enters ``req.output_ids``; a speculative step appends its whole
+    accepted run, which can go past where the request ends (``max_new_tokens`` or a stop token), and SGLang
+    sends only ``output_ids[:finished_len]``: the client never gets the rest, so it is not part of the token
+    times or ITL (``decode_tokens`` keeps the scheduler's count)."""
+    times, returned = pl.col("token_times_ns"), pl.col("output_tokens")
+    return (pl.when(returned.is_not_null() & (times.list.len() > returned))
+            .then(times.list.head(returned)).otherwise(times).alias("token_times_ns"))
+
+
 def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = None,
                   servers: list[dict] | None = None) -> pl.DataFrame:
     """One row per request id seen in any request span (from a spans frame or a lazy scan of one).
@@ -50,9 +63,13 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
     e2e_ns, prompt_tokens, cached_tokens, output_tokens, finish_reason, tokenize_ns, queued_ns,
     prefix_match_ns, matched_tokens, prefill_start_ns, prefill_ns, first_token_ns, first_output_ns,
     first_byte_ns, received_by (where the HTTP layer stamped the arrival: semconv.RECEIVED_BY_*; null:
-    before the HTTP stamp or not recorded), ttft_ns (user-visible: received -> first byte sent for a streamed request; null
-    when not streamed), ttft_source (what ttft_ns ends at), ttft_compute_ns (received -> first token
-    computed), decode_ns, token_times_ns (list), itl_ns (list: every gap between output tokens; null for a
+    before the HTTP stamp or not recorded), http_ended_by (what ended the HTTP span: semconv.HTTP_END_*),
+    client_disconnected (the client hung up before the response's end; null: not recorded), response_chunks and
+    response_bytes (body sent before that end), ttft_ns (user-visible: received -> first byte sent for a streamed
+    request; null when not streamed, or when the response ended before its first byte), ttft_source (what
+    ttft_ns ends at), ttft_compute_ns (received -> first token computed), decode_ns, decode_tokens (tokens the
+    scheduler produced, which a speculative step can carry past the tokens returned), token_times_ns (list, of
+    the tokens returned: output_tokens), itl_ns (list: every gap between output tokens; null for a
     summary-only request, whose itl_p50_ns, itl_p99_ns, itl_max_ns and kept come from its decode span),
     mean_itl_ns, detokenize_ns, complete (root, prefill and decode all recorded), profiler_control (our
     profiler-control actions that ran while the request was in flight; null: none) and
@@ -100,14 +117,18 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         _phase(req_spans, sc.REQUEST_PREFILL, "prefill", strings={sc.KEEP_REASON: "prefill_kept"}),
         decode,
         _phase(req_spans, sc.REQUEST_DETOKENIZE, "detokenize", {sc.DETOKENIZE_SHARE_NS: "detokenize_share_ns"}),
-        _phase(req_spans, sc.REQUEST_HTTP, "http", {sc.FIRST_BYTE_NS: "first_byte_ns"}, {sc.RECEIVED_BY: "received_by"}),
+        _phase(req_spans, sc.REQUEST_HTTP, "http", {
+            sc.FIRST_BYTE_NS: "first_byte_ns", sc.HTTP_BODY_CHUNKS: "response_chunks",
+            sc.HTTP_BODY_BYTES: "response_bytes"}, {sc.RECEIVED_BY: "received_by", sc.HTTP_ENDED_BY: "http_ended_by"}),
     ]
     table = rids
     for part in parts:
         table = table.join(part, on="rid", how="left")
     if "token_times_ns" not in table.collect_schema():
         table = table.with_columns(pl.lit(None, pl.List(pl.Int64)).alias("token_times_ns"))
+    table = table.with_columns(_delivered_token_times())
     n_tok = pl.col("token_times_ns").list.len()
+    returned_decode_tokens = pl.min_horizontal("decode_tokens", "output_tokens")
     table = table.with_columns(
         pl.col("root_start_ns").alias("received_ns"),
         pl.col("root_end_ns").alias("finished_ns"),
@@ -115,31 +136,37 @@ def request_table(spans: pl.DataFrame | pl.LazyFrame, manifest: dict | None = No
         pl.coalesce(pl.col("token_times_ns").list.first(), "decode_start_ns").alias("first_token_ns"),
         pl.when(n_tok > 1).then((pl.col("token_times_ns").list.last() - pl.col("token_times_ns").list.first())
                                 / (n_tok - 1))
-        .when(pl.col("token_times_ns").is_null() & (pl.col("decode_tokens") > 1))
-        .then((pl.col("decode_end_ns") - pl.col("decode_start_ns")) / (pl.col("decode_tokens") - 1))
+        .when(pl.col("token_times_ns").is_null() & (returned_decode_tokens > 1))
+        .then((pl.col("decode_end_ns") - pl.col("decode_start_ns")) / (returned_decode_tokens - 1))
         .otherwise(None).alias("mean_itl_ns"),
         # why it kept its full detail (semconv.KEPT_*), "summary" when it kept figures only; null: recorded
         # before tail-based keep existed (everything kept)
         pl.coalesce("decode_kept", "prefill_kept").alias("kept"),
         pl.col("token_times_ns").list.diff().list.slice(1).alias("itl_ns"),
         pl.coalesce("recorded_internal", _internal_by_rid()).alias("internal"),
+        # null: recorded before the HTTP span said how it ended (or no HTTP span)
+        pl.col("http_ended_by").is_in(sc.HTTP_CLIENT_GONE).alias("client_disconnected"),
+        (pl.col("http_ended_by").is_not_null() & (pl.col("http_ended_by") != sc.HTTP_END_RESPONSE_SENT)
+         & pl.col("first_byte_ns").is_null()).alias("_none_sent"),
     ).with_columns(
         # user-visible TTFT: what the client sees first. A streamed request's first body bytes; a
         # non-streamed one has none before the whole response. Recordings without the HTTP stamp
         # (older traces, the Engine API) end at the first output the tokenizer manager delivered.
-        # a request that ended without a token (aborted first) has no TTFT: its end is not a first token
-        pl.when(pl.col("output_tokens") == 0).then(None)
+        # a request that ended without a token (aborted first) has no TTFT: its end is not a first token;
+        # nor has one whose response ended before a byte of it was sent (the client hung up first)
+        pl.when((pl.col("output_tokens") == 0) | pl.col("_none_sent")).then(None)
         .when(pl.col("stream") & pl.col("first_byte_ns").is_not_null())
         .then(pl.col("first_byte_ns") - pl.col("received_ns"))
         .when(~pl.col("stream")).then(None)
         .otherwise(pl.coalesce("first_output_ns", "first_token_ns") - pl.col("received_ns")).alias("ttft_ns"),
         pl.when(pl.col("stream") & pl.col("first_byte_ns").is_not_null()).then(pl.lit(TTFT_FIRST_BYTE))
+        .when(pl.col("_none_sent")).then(pl.lit(TTFT_NONE_SENT))
         .when(~pl.col("stream")).then(pl.lit(TTFT_NOT_STREAMED))
         .otherwise(pl.lit(TTFT_FIRST_OUTPUT)).alias("ttft_source"),
         (pl.col("first_token_ns") - pl.col("received_ns")).alias("ttft_compute_ns"),
         (pl.col("root_ns").is_not_null() & pl.col("prefill_ns").is_not_null()
          & pl.col("decode_ns").is_not_null()).alias("complete"),
-    ).drop("recorded_internal", "decode_kept", "prefill_kept").collect()
+    ).drop("recorded_internal", "decode_kept", "prefill_kept", "_none_sent").collect()
     if manifest is not None and sc.STREAM not in schema:
         # one warm-up per server when several trace dirs are merged
         table = pl.concat([infer_legacy_warmup(part, manifest) for part in table.partition_by(server)]
@@ -211,7 +238,9 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
     recorded), prompt_tokens, cached_tokens, output_tokens, finish_reason, received_ns, received_by, queue_ms,
     ttft_ms (user-visible; null when not streamed), ttft_source, first_token_computed_ms, itl_ms
     (list: every inter-token gap; null for a summary-only request), mean_itl_ms, e2e_ms, itl_p50_ms / itl_p99_ms /
-    itl_max_ms (a summary-only request's gaps, as recorded), prefill_gpu_ms, decode_gpu_ms, gpu_ms, complete,
+    itl_max_ms (a summary-only request's gaps, as recorded), prefill_gpu_ms, decode_gpu_ms, gpu_ms,
+    client_disconnected (the client hung up before the response's end; null: not recorded), http_ended_by,
+    response_bytes (response body sent before that end), complete,
     kept (tail-based keep: why the request kept its full detail, "summary" if it kept figures only, null when
     recorded without it), profiler_control (our profiler control that ran while it was in flight: its latencies include that time),
     profiler_control_inferred.
@@ -229,6 +258,7 @@ def export_table(requests: pl.DataFrame, gpu: pl.DataFrame) -> pl.DataFrame:
         to_ms("ttft_compute_ns").alias("first_token_computed_ms"),
         pl.col("itl_ns").list.eval((pl.element() / 1e6).round(6)).alias("itl_ms"), to_ms("mean_itl_ns"), to_ms("e2e_ns"),
         to_ms("itl_p50_ns"), to_ms("itl_p99_ns"), to_ms("itl_max_ns"),
-        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "complete", "kept", "profiler_control",
+        to_ms("prefill_gpu_ns"), to_ms("decode_gpu_ns"), to_ms("gpu_ns"), "client_disconnected", "http_ended_by",
+        "response_bytes", "complete", "kept", "profiler_control",
         "profiler_control_inferred",
     ).sort("received_ns", nulls_last=True)

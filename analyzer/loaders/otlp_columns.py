@@ -3,7 +3,7 @@
 msgspec decodes each line into typed structs (no dict per span or attribute), and the columns are
 built per span name, where every span usually carries the same attribute keys in the same order,
 so a key's values are one slice of the flattened attribute list. The result has the columns,
-dtypes and values that ``otlp_json.read_span_file`` + ``otlp_json.spans_frame`` (the reference path)
+dtypes and values that ``otlp_json.read_span_file`` + ``span_frame.spans_frame`` (the reference path)
 give. Input outside what the OpenTelemetry SDK writes for sglang-tracing (kvlist values, nested
 arrays, arrays mixing value kinds, a key whose values mix kinds, a bool that is not a JSON bool)
 raises ``Unsupported``; the caller then reads that file with the reference path.

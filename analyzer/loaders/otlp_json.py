@@ -1,4 +1,6 @@
-"""Read OTLP-JSON span files (one ExportTraceServiceRequest per line) into plain rows."""
+"""Read OTLP-JSON span files (one ExportTraceServiceRequest per line) into plain rows.
+
+No polars here: ``sglang-trace top`` tails span files with this on a serving host that has only the runtime."""
 from __future__ import annotations
 
 import json
@@ -10,11 +12,8 @@ try:  # several times faster than json on these large lines; SGLang already depe
 except ImportError:  # pragma: no cover
     from json import JSONDecodeError as _DecodeError, loads as _loads
 
-import polars as pl
-
 from sglang_tracing.errors import TraceError
 from sglang_tracing.analyzer.loaders.files import read_bytes
-from sglang_tracing.analyzer.model import SPAN_BASE, SPAN_FIELDS, no_spans
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def read_span_file(path: Path) -> tuple[list[dict], list[dict], bool]:
 
 
 def _add_span(sp: dict, res: dict, spans: list, events: list) -> None:
-    """Append one span as a tuple in ``SPAN_FIELDS`` order, its attributes as (key, value) pairs."""
+    """Append one span as a tuple in ``model.SPAN_FIELDS`` order, its attributes as (key, value) pairs."""
     spans.append((sp["traceId"], sp["spanId"], sp.get("parentSpanId") or None, sp["name"],
                   int(sp["startTimeUnixNano"]), int(sp["endTimeUnixNano"]), res.get("sglang.role"),
                   res.get("process.pid"), res.get("sglang.tp_rank"), _attr_pairs(sp.get("attributes"))))
@@ -98,25 +97,3 @@ def read_line(raw: bytes, spans: list, events: list) -> None:
                     _add_span(sp, res, spans, events)
     except (_DecodeError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"not an OTLP-JSON line ({type(exc).__name__})") from None
-
-
-def spans_frame(rows: list[tuple]) -> pl.DataFrame:
-    """Rows from ``read_span_file`` (base fields, then attribute pairs) as one column per attribute key."""
-    if not rows:
-        return no_spans()
-    n = len(rows)
-    base = list(zip(*(r[:9] for r in rows)))
-    columns = {name: pl.Series(name, values, dtype=SPAN_BASE[name], strict=False)
-               for name, values in zip(SPAN_FIELDS, base)}
-    attrs: dict[str, list] = {}
-    for i, r in enumerate(rows):
-        for key, value in r[9]:
-            col = attrs.get(key)
-            if col is None:
-                col = attrs[key] = [None] * n
-            col[i] = value
-    for key, values in attrs.items():
-        if key not in columns:
-            columns[key] = pl.Series(key, values, strict=False)
-    df = pl.DataFrame(columns)
-    return df.with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("dur_ns")).sort("start_ns")

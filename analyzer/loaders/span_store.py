@@ -187,7 +187,8 @@ def _warn_cut(path: str) -> None:
 
 def _reference_file(path: Path, index: int, folder: Path) -> dict:
     """One file through the reference path (exact errors, and inputs the fast decoder declines)."""
-    from sglang_tracing.analyzer.loaders.otlp_json import read_span_file, spans_frame
+    from sglang_tracing.analyzer.loaders.otlp_json import read_span_file
+    from sglang_tracing.analyzer.loaders.span_frame import spans_frame
 
     rows, events, cut = read_span_file(path)
     frame = spans_frame(rows).drop("dur_ns")

@@ -17,7 +17,18 @@ logger = logging.getLogger(__name__)
 
 _domain = None
 _enabled = False
-_annotate = False  # a torch profiler records: ranges are user annotations too
+
+
+class _Flags:
+    """Read by every layer/op range wrapper at each call: one attribute load, no function call."""
+
+    __slots__ = ("annotate",)
+
+    def __init__(self):
+        self.annotate = False  # a torch profiler records: ranges are user annotations too
+
+
+flags = _Flags()
 _record_function = None  # torch.autograd.profiler.record_function, once a profiler was seen
 _open: list = []  # the annotation of each range pushed (None where none was opened)
 
@@ -43,18 +54,18 @@ def range_name(span_name: str, span_id: int) -> str:
 def follow_torch_profiler() -> bool:
     """Whether a torch profiler records now (torch is loaded: SGLang's model runner calls this); ranges
     pushed from here on are annotated while it does."""
-    global _annotate, _record_function
+    global _record_function
     import torch
 
-    _annotate = torch.autograd._profiler_enabled()
-    if _annotate and _record_function is None:
+    flags.annotate = annotate = torch.autograd._profiler_enabled()
+    if annotate and _record_function is None:
         _record_function = torch.autograd.profiler.record_function
-    return _annotate
+    return annotate
 
 
 def annotation(name: str):
     """A ``record_function`` range opened now, or None unless a torch profiler records."""
-    if not _annotate:
+    if not flags.annotate:
         return None
     note = _record_function(name)
     note.__enter__()
@@ -68,7 +79,7 @@ def close(note) -> None:
 
 def push(span_name: str, span_id: int = 0) -> None:
     message = None
-    if _enabled or _annotate:
+    if _enabled or flags.annotate:
         message = range_name(span_name, span_id) if span_id else span_name
         if _enabled:
             _domain.push_range(_domain.get_event_attributes(message=message))
@@ -86,6 +97,18 @@ def attributes(name: str):
     """The event attributes of a range with a fixed name, built once (None while ranges are off): pushing
     them skips registering the name's string and building attributes at every push."""
     return _domain.get_event_attributes(message=name) if _enabled else None
+
+
+def tool_attached() -> bool:
+    """Whether an NVTX tool (nsys) receives the ranges: without one, the nvtx library's domain is a no-op
+    (it builds no attributes), decided when the process started and fixed for its life."""
+    return _enabled and _domain.get_event_attributes(message=sc.NVTX_DOMAIN) is not None
+
+
+def domain_push_pop():
+    """The domain's own ``push_range`` and ``pop_range`` (bound methods of the nvtx extension), for a wrapper
+    that pushes prebuilt attributes with no call of ours in between; None while ranges are off."""
+    return (_domain.push_range, _domain.pop_range) if _enabled else None
 
 
 def push_attributes(attrs) -> None:

@@ -17,6 +17,11 @@ from sglang_tracing.config import BATCH_KEEP_ALL, BATCH_KEEP_KEPT, TraceConfig
 
 MIN_WINDOW = 20  # requests seen before a percentile means anything
 MAX_HELD = 100_000  # batch records held for undecided requests; beyond, the oldest are written (kept)
+# requests decided lately, remembered for forwards recorded after their requests ended: with overlap
+# scheduling the next batch, launched before a request's last result was processed, still runs it, and a
+# forward span waits for its CUDA end event, so it can reach the recorder after the decision
+MAX_DECIDED_REMEMBERED = 20_000
+MAX_SETTLED_REMEMBERED = 1_000  # forwards settled lately: their result spans may still come
 
 
 def one_in(key: str | int, n: int) -> bool:
@@ -105,6 +110,8 @@ class BatchKeep:
         self._groups: collections.OrderedDict[int, list] = collections.OrderedDict()
         self._by_rid: dict[str, list[int]] = {}  # rid -> forwards that ran it, still held
         self._waiting: list = []  # records that follow the next forward
+        self._decided: collections.OrderedDict[str, bool] = collections.OrderedDict()  # rid -> kept, latest last
+        self._settled: collections.OrderedDict[int, bool] = collections.OrderedDict()  # forward span id -> written
         self.held = 0
 
     @property
@@ -141,14 +148,26 @@ class BatchKeep:
         self.held += 1
         if name == sc.FORWARD:
             rids = set(record[6].get(sc.BATCH_RIDS, ()))
-            self._groups[record[3]] = [len(rids), False, [*self._waiting, record]]
+            ended = rids.intersection(self._decided)
+            open_rids = rids - ended
+            self._groups[record[3]] = [len(open_rids), any(self._decided[r] for r in ended),
+                                       [*self._waiting, record]]
             self._waiting = []
-            for rid in rids:
+            for rid in open_rids:
                 self._by_rid.setdefault(rid, []).append(record[3])
             if not rids:
                 return self._settle(record[3], True)
+            if not open_rids:  # every request it ran had ended already
+                group = self._groups[record[3]]
+                return [*self._settle(record[3], group[1]), *self._over_cap()]
         elif name in (sc.MODEL_FORWARD, sc.PROCESS_RESULT) and self._key(record) in self._groups:
             self._groups[self._key(record)][2].append(record)
+        elif name in (sc.MODEL_FORWARD, sc.PROCESS_RESULT) and self._key(record) in self._settled:
+            self.held -= 1  # its forward was settled already: the same fate
+            if self._settled[self._key(record)]:
+                return [record]
+            self.dropped += 1
+            return []
         elif name == sc.DETOKENIZE_BATCH:  # the detokenizer never learns which requests were kept
             self.held -= 1
             return [record]
@@ -158,6 +177,10 @@ class BatchKeep:
 
     def decided(self, rid: str, kept: bool) -> list[tuple]:
         """A request ended (``kept``: with its full detail): the held records it settles."""
+        if self.mode == BATCH_KEEP_KEPT:
+            self._decided[rid] = kept
+            if len(self._decided) > MAX_DECIDED_REMEMBERED:
+                self._decided.popitem(last=False)
         out: list[tuple] = []
         for sid in self._by_rid.pop(rid, ()):
             group = self._groups.get(sid)
@@ -171,6 +194,9 @@ class BatchKeep:
 
     def _settle(self, sid: int, keep: bool) -> list[tuple]:
         records = self._groups.pop(sid)[2]
+        self._settled[sid] = keep
+        if len(self._settled) > MAX_SETTLED_REMEMBERED:
+            self._settled.popitem(last=False)
         self.held -= len(records)
         if keep:
             return records
