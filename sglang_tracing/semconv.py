@@ -306,6 +306,7 @@ PD_FLOW = (PD_KV_SEND, PD_FIRST_DECODE)  # Perfetto: one flow per request, prefi
 
 # ---- the PD client's own stamps (issue 25): one span per request, written by the experiment ----
 CLIENT_ROLE = "client"  # server_role of the trace dir holding them
+ROUTER_ROLE = "router"  # server_role of a trace dir of sglang-router's own spans (its OTLP export, received)
 CLIENT_REQUEST = "sglang_tracing.client.request"  # its first byte sent -> response complete (client's clock)
 CLIENT_FIRST_CHUNK_NS = "sglang_tracing.client.first_chunk_ns"  # the first streamed chunk read by the client
 CLIENT_FIRST_KERNEL_NS = "sglang_tracing.client.first_chunk_kernel_ns"  # its bytes received by the client's kernel

@@ -101,7 +101,7 @@ def _through_the_router(pair: PdPair, root: Path, prompts: list[str]) -> list[di
     try:
         client = PdClient(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
         router.wait_ready(client)
-        write_manifest(str(root / "router"), "router", router.cmd)
+        write_manifest(str(root / "router"), sc.ROUTER_ROLE, router.cmd)
         with _client_first():
             routed = client.generate_all(prompts, max_new_tokens=4, concurrency=2)
         receiver.wait_for(lambda spans: len(served_by_router(spans)) > len(prompts))  # + its readiness probe

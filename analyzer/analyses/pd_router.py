@@ -14,7 +14,6 @@ import polars as pl
 
 from sglang_tracing import semconv as sc
 
-ROUTER_ROLE = "router"  # a trace dir of sglang-router's own spans (its OTLP export, received by the experiment)
 ROUTER_SEND_EVENT = "Sending concurrent requests"  # sglang-router's event once it picked the pair
 PICK_URLS = ("prefill_url", "decode_url")  # that event's attributes
 
@@ -42,7 +41,7 @@ def picks(events: pl.DataFrame | None) -> RouterPicks:
     schema = {"span_id": pl.String, "trace_id": pl.String, "pick_ns": pl.Int64, "prefill_url": pl.String,
               "decode_url": pl.String}
     rows = [] if events is None or "attributes" not in events.columns else [
-        (span, trace, t, _url(attrs, "prefill_url"), _url(attrs, "decode_url"))
+        (span, trace, t, *(_url(attrs, key) for key in PICK_URLS))
         for span, trace, t, attrs in events.filter(pl.col("name") == ROUTER_SEND_EVENT)
         .select("span_id", "trace_id", "time_ns", "attributes").iter_rows()]
     requests = pl.DataFrame(rows, schema=schema, orient="row").sort("pick_ns").unique("span_id", keep="first",
@@ -54,7 +53,7 @@ def router_requests(spans: pl.DataFrame, servers: list[dict] | None, events: pl.
                     ) -> pl.DataFrame | None:
     """sglang-router's request spans (trace_id, r.start, r.end, r.pick, r.prefill_url, r.decode_url), or
     None without a router dir."""
-    labels = _labels(servers, ROUTER_ROLE)
+    labels = _labels(servers, sc.ROUTER_ROLE)
     if not labels:
         return None
     roots = spans.filter(pl.col("server").is_in(labels) & pl.col("parent_id").is_null())

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from sglang_tracing import semconv as sc
 from sglang_tracing.app.experiments.common import Experiment
 from sglang_tracing.app.client_spans import write_client_dir
 from sglang_tracing.app.otlp_receiver import ReceiverProcess, write_manifest
@@ -52,7 +53,7 @@ def _cell(exp: Experiment, load: int, prompts: list[str]) -> dict:
             try:
                 client = PdClient(pair.prefill.url, pair.decode.url, pair.bootstrap_port, router.url)
                 router.wait_ready(client)
-                write_manifest(str(folder / "router"), "router", router.cmd)
+                write_manifest(str(folder / "router"), sc.ROUTER_ROLE, router.cmd)
             except ServerError as exc:  # the pair is still served directly, the way the router would
                 print(f"sglang-trace: {cell}: sglang-router did not start ({exc}); sending to the pair directly",
                       file=sys.stderr)
