@@ -32,38 +32,40 @@ class _Leaf(torch.nn.Module):
 
 
 class _Attn(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, leaf):
         super().__init__()
-        self.qkv_proj, self.attn, self.o_proj = _Leaf(), _Leaf(), _Leaf()
+        self.qkv_proj, self.attn, self.o_proj = leaf(), leaf(), leaf()
 
     def forward(self, x):
         return self.o_proj(self.attn(self.qkv_proj(x)))
 
 
 class _Mlp(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, leaf):
         super().__init__()
-        self.gate_up_proj, self.down_proj = _Leaf(), _Leaf()
+        self.gate_up_proj, self.down_proj = leaf(), leaf()
 
     def forward(self, x):
         return self.down_proj(self.gate_up_proj(x))
 
 
 class _Layer(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, leaf):
         super().__init__()
-        self.input_layernorm, self.post_attention_layernorm = _Leaf(), _Leaf()
-        self.self_attn, self.mlp = _Attn(), _Mlp()
+        self.input_layernorm, self.post_attention_layernorm = leaf(), leaf()
+        self.self_attn, self.mlp = _Attn(leaf), _Mlp(leaf)
 
     def forward(self, x):
         return self.mlp(self.post_attention_layernorm(self.self_attn(self.input_layernorm(x))))
 
 
-class _Inner(torch.nn.Module):
-    def __init__(self, layers: int):
+class DecoderStack(torch.nn.Module):
+    """A Llama's ``model``: embedding, decoder layers, final norm; each named op a ``leaf()``."""
+
+    def __init__(self, layers: int, leaf=_Leaf):
         super().__init__()
-        self.embed_tokens, self.norm = _Leaf(), _Leaf()
-        self.layers = torch.nn.ModuleList(_Layer() for _ in range(layers))
+        self.embed_tokens, self.norm = leaf(), leaf()
+        self.layers = torch.nn.ModuleList(_Layer(leaf) for _ in range(layers))
 
     def forward(self, x):
         x = self.embed_tokens(x)
@@ -75,7 +77,7 @@ class _Inner(torch.nn.Module):
 class LlamaShaped(torch.nn.Module):
     def __init__(self, layers: int):
         super().__init__()
-        self.model, self.lm_head = _Inner(layers), _Leaf()
+        self.model, self.lm_head = DecoderStack(layers), _Leaf()
 
     def forward(self, x):
         return self.lm_head(self.model(x))
@@ -92,26 +94,12 @@ def install_hooks(model) -> list:
 
 
 def install_first_wrappers(model) -> layer_ranges.Installed:
-    """The first --trace-level layer wrappers, kept as this benchmark's baseline."""
-    def ranged(forward, attrs, name):
-        push, pop_nvtx = nvtx_ranges.push_attributes, nvtx_ranges.pop_attributes
-        annotation, close = nvtx_ranges.annotation, nvtx_ranges.close
-
-        def wrapped(*args, **kwargs):
-            push(attrs)
-            note = annotation(name)
-            try:
-                return forward(*args, **kwargs)
-            finally:
-                close(note)
-                pop_nvtx(attrs)
-
-        return wrapped
-
+    """The first --trace-level layer wrappers, kept as this benchmark's baseline: every range through what
+    is now the wrappers' path while a torch profiler records (push, annotation, close, pop)."""
     installed = layer_ranges.Installed()
     for module, name in layer_ranges.range_names(model):
         attrs = nvtx_ranges.attributes(name)
-        installed.wrap(module, lambda forward, a=attrs, n=name: ranged(forward, a, n))
+        installed.wrap(module, lambda forward, a=attrs, n=name: layer_ranges.annotated_wrapper(forward, a, n))
     return installed
 
 

@@ -96,7 +96,7 @@ def ranged(forward: Callable, attrs, name: str) -> Callable:
     the nvtx library hands out a no-op domain and ``attrs`` is None) a call only reads the flag.
     """
     flags = nvtx_ranges.flags
-    annotated = _annotated(forward, attrs, name)
+    annotated = annotated_wrapper(forward, attrs, name)
     if attrs is None:
         def ranged(*args, **kwargs):
             if flags.annotate:
@@ -118,7 +118,7 @@ def ranged(forward: Callable, attrs, name: str) -> Callable:
     return ranged_nvtx
 
 
-def _annotated(forward: Callable, attrs, name: str) -> Callable:
+def annotated_wrapper(forward: Callable, attrs, name: str) -> Callable:
     """``ranged``'s call while a torch profiler records: the NVTX range and a ``record_function`` range."""
     push, pop_nvtx = nvtx_ranges.push_attributes, nvtx_ranges.pop_attributes
     annotation, close = nvtx_ranges.annotation, nvtx_ranges.close

@@ -4,11 +4,17 @@ pops the nvtx library would pass on), what Kineto receives while a torch profile
 exception or an uninstall leaves no range open."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from sglang_tracing.patches import layer_ranges
 from sglang_tracing.runtime import nvtx_ranges
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from layer_cost import DecoderStack  # noqa: E402  (the benchmark's module tree with a Llama's names)
 
 
 class _Leaf(torch.nn.Module):
@@ -21,49 +27,14 @@ class _Raising(torch.nn.Module):
         raise KeyError("boom")
 
 
-class _Attn(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.qkv_proj, self.attn, self.o_proj = _Leaf(), _Leaf(), _Leaf()
-
-    def forward(self, x):
-        return self.o_proj(self.attn(self.qkv_proj(x)))
-
-
-class _Mlp(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.gate_up_proj, self.down_proj = _Leaf(), _Leaf()
-
-    def forward(self, x):
-        return self.down_proj(self.gate_up_proj(x))
-
-
-class _Layer(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.input_layernorm, self.post_attention_layernorm = _Leaf(), _Leaf()
-        self.self_attn, self.mlp = _Attn(), _Mlp()
-
-    def forward(self, x):
-        return self.mlp(self.post_attention_layernorm(self.self_attn(self.input_layernorm(x))))
-
-
-class _Model(torch.nn.Module):
-    def __init__(self, layers: int):
-        super().__init__()
-        self.embed_tokens, self.norm = _Leaf(), _Leaf()
-        self.layers = torch.nn.ModuleList(_Layer() for _ in range(layers))
-
-    def forward(self, x):
-        x = self.embed_tokens(x)
-        for layer in self.layers:
-            x = layer(x)
-        return self.norm(x)
-
-
 LAYERS = 2
-# one forward's ranges in call order, written out from the tree above
+
+
+def _model() -> DecoderStack:
+    return DecoderStack(LAYERS, leaf=_Leaf)
+
+
+# one forward's ranges in call order, written out from benchmarks/layer_cost.py's tree
 EXPECTED = ["embedding"] + [name for i in range(LAYERS) for name in (
     f"layer.{i}", "rms_norm", "qkv_proj", "attention", "o_proj", "rms_norm", "gate_up_proj", "down_proj")] + ["rms_norm"]
 LEAF_CALLS = 1 + 7 * LAYERS + 1  # each _Leaf adds 1
@@ -98,7 +69,7 @@ def tool(monkeypatch):
 
 def test_an_attached_tool_gets_each_range_once_in_call_order(tool):
     assert nvtx_ranges.tool_attached()
-    model = _Model(LAYERS)
+    model = _model()
     installed = layer_ranges.install(model)
     assert len(installed) == len(EXPECTED)
     assert model(torch.zeros(1)).item() == LEAF_CALLS  # the forward's result passes through
@@ -110,7 +81,7 @@ def test_an_attached_tool_gets_each_range_once_in_call_order(tool):
 
 
 def test_an_exception_passes_through_and_closes_its_ranges(tool):
-    model = _Model(LAYERS)
+    model = _model()
     model.layers[1].mlp.down_proj = _Raising()
     layer_ranges.install(model)
     with pytest.raises(KeyError, match="boom"):
@@ -120,7 +91,7 @@ def test_an_exception_passes_through_and_closes_its_ranges(tool):
 
 
 def test_while_a_profiler_records_ranges_are_nvtx_and_kineto_annotations(tool):
-    model = _Model(LAYERS)
+    model = _model()
     layer_ranges.install(model)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         assert nvtx_ranges.follow_torch_profiler()
@@ -147,7 +118,7 @@ def test_without_a_tool_ranges_call_no_domain_until_a_profiler_records(monkeypat
     monkeypatch.setattr(nvtx_ranges, "_domain", domain)
     monkeypatch.setattr(nvtx_ranges, "_enabled", True)
     assert not nvtx_ranges.tool_attached()
-    model = _Model(LAYERS)
+    model = _model()
     assert len(layer_ranges.install(model)) == len(EXPECTED)
     assert model(torch.zeros(1)).item() == LEAF_CALLS
     assert domain.pushed == [] and domain.depth == 0
