@@ -11,6 +11,11 @@ def _ms(value) -> str | None:
     return None if value is None else f"{value / 1e6:+.3f} ms"
 
 
+def _readable(frame: pl.DataFrame) -> pl.DataFrame:
+    """Floats to 4 significant figures for reading (the typed story keeps them whole)."""
+    return frame.with_columns(pl.selectors.float().round_sig_figs(4))
+
+
 def build_report(story: PdStory) -> Report:
     report = Report("pd", "Prefill-decode disaggregation: where each request's TTFT went")
     reqs = story.requests
@@ -63,13 +68,13 @@ def build_report(story: PdStory) -> Report:
         else:
             wf.add("TTFT p50", f"{ttft.quantile(0.5):.3f} ms", "arrival (at sglang-router when its spans are here, "
                    "else the earliest HTTP arrival at either server) -> decode's first response bytes")
-    wf.table = story.percentiles
+    wf.table = _readable(story.percentiles)
     if story.router_picks is not None:
         picked = report.section("sglang-router's picks (prefill and decode URL per request, from its pick event)")
         picked.add("requests with a pick", f"{story.router_picks.requests.height} of {reqs.height}")
         picked.table = story.router_picks.pairs
     load = report.section("Dominant stage by load (requests in flight at arrival)")
-    load.table = story.by_load
+    load.table = _readable(story.by_load)
     kv = report.section("KV transfer")
     sent = reqs.filter(pl.col("kv_gb_s").is_not_null())
     if sent.height:
@@ -82,8 +87,8 @@ def build_report(story: PdStory) -> Report:
         kv.add("bandwidth", None, "no KV send with bytes recorded")
     table = report.section("Requests (both servers' figures, ms)")
     stages = [n for n in STAGE_NAMES if n in story.percentiles["stage"].to_list()]
-    table.table = reqs.select("room", "prefill_rid", "decode_rid", "in_flight", "prompt_tokens", "output_tokens",
-                              *stages, "ttft_ms", "kv_bytes", "kv_gb_s", "decode_ms")
+    table.table = _readable(reqs.select("room", "prefill_rid", "decode_rid", "in_flight", "prompt_tokens",
+                                        "output_tokens", *stages, "ttft_ms", "kv_bytes", "kv_gb_s", "decode_ms"))
     return report
 
 
@@ -100,10 +105,10 @@ def build_loads_report(stories: dict[str, PdStory]) -> Report:
                      "dominant_stage": top["stage"], "dominant_share_pct": top["mean_share_pct"],
                      "kv_gb_s_p50": reqs["kv_gb_s"].quantile(0.5) if reqs.height else None})
     section = report.section("Dominant stage (largest mean share of TTFT) by run")
-    section.table = pl.DataFrame(rows, schema={"run": pl.String, "requests": pl.Int64, "ttft_p50_ms": pl.Float64,
-                                               "dominant_stage": pl.String, "dominant_share_pct": pl.Float64,
-                                               "kv_gb_s_p50": pl.Float64})
+    section.table = _readable(pl.DataFrame(rows, schema={
+        "run": pl.String, "requests": pl.Int64, "ttft_p50_ms": pl.Float64, "dominant_stage": pl.String,
+        "dominant_share_pct": pl.Float64, "kv_gb_s_p50": pl.Float64}))
     for label, story in stories.items():
         section = report.section(f"{label}: stage percentiles (ms)")
-        section.table = story.percentiles
+        section.table = _readable(story.percentiles)
     return report
