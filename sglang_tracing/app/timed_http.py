@@ -1,16 +1,17 @@
 """HTTP/1.1 exchanges timed the way their user sees them, many in flight from one thread.
 
 A request's clock starts just before its bytes go to the socket and each streamed chunk is stamped
-when ``select`` returned its socket readable, before any parsing. One thread with non-blocking
+when the read that brought it returned, before any parsing. One thread with non-blocking
 sockets (``h11`` for the protocol) instead of a thread per request: with 64 Python threads a
 request's "sent" stamp can precede its bytes by tens of milliseconds of waiting for the GIL, and a
 chunk's arrival stamp can trail its bytes, so the client itself would stretch the TTFT it reports.
 Connecting is not timed (clients keep connections open; the server cannot see a TCP handshake). With
 ``keep_alive`` a finished connection carries the next request, as pooling clients (the OpenAI SDK) do.
 
-Each read also takes the kernel's receive stamp of its first packet (``SO_TIMESTAMPNS``): the first
-chunk's ``first_kernel_ns`` says when its bytes reached this host, ``chunk_ns[0]`` when this client
-woke to read them; the difference is the client's own delay, not the server's.
+Each read also takes the kernel's receive stamp (``SO_TIMESTAMPNS``; for TCP, Linux gives the stamp of the
+last packet the read took): the first chunk's ``first_kernel_ns`` says when its bytes had reached this
+host, ``chunk_ns[0]`` when this client read them; the difference is the client's own delay, not the
+server's. (Stamped when ``select`` returned instead, a read could take a packet that arrived after it.)
 """
 from __future__ import annotations
 
@@ -77,9 +78,10 @@ def _read_lines(ex: _Exchange, now: int, kernel_ns: int | None) -> None:
             ex.last = json.loads(line[5:])
 
 
-def _on_readable(ex: _Exchange, now: int) -> bool:
+def _on_readable(ex: _Exchange) -> bool:
     """Feed what the socket holds to h11; True once the response is complete."""
     data, ancillary, _, _ = ex.sock.recvmsg(1 << 16, _STAMP_SPACE)
+    now = time.time_ns()
     kernel_ns = stamp_of(ancillary)
     ex.conn.receive_data(data)
     while True:
@@ -149,10 +151,9 @@ def post_json_to(targets: list[tuple], concurrency: int = 1, timeout: float = 12
                         sel.register(ex.sock, selectors.EVENT_READ, ex)
                 wait = min(ex.deadline for ex in active.values()) - time.monotonic()
                 events = sel.select(max(wait, 0))
-                now = time.time_ns()
                 for key, _ in events:
                     ex = key.data
-                    if _on_readable(ex, now):
+                    if _on_readable(ex):
                         sel.unregister(ex.sock)
                         del active[ex.index]
                         results[ex.index] = _finish(ex, time.time_ns())
