@@ -14,51 +14,38 @@ library, so it runs where the analyzer's polars is not installed (the GPU host).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import statistics
 import sys
 
-
-def _spans(path: str) -> list[dict]:
-    out = []
-    with open(path) as f:
-        for line in f:
-            for rs in json.loads(line)["resourceSpans"]:
-                for ss in rs["scopeSpans"]:
-                    for s in ss["spans"]:
-                        s["a"] = {kv["key"]: next(iter(kv["value"].values())) for kv in s.get("attributes", [])}
-                        s["t0"], s["t1"] = int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"])
-                        out.append(s)
-    return out
+import span_json  # the sibling reader (a script's own folder is on its path)
 
 
 def _rows(requests: list[dict], trace_dir: str | None) -> list[dict]:
     rows = [{"ttft": r["ttft_ns"] / 1e6, "itl": r["mean_itl_ns"] / 1e6, "rid": r["rid"]} for r in requests]
-    files = glob.glob(os.path.join(trace_dir, "spans-scheduler-*.jsonl")) if trace_dir else []
-    if not files:
+    spans = list(span_json.spans(trace_dir, "spans-scheduler-*.jsonl*")) if trace_dir else []
+    if not spans:
         return rows
-    spans = [s for f in files for s in _spans(f)]
-    by_id = {s["spanId"]: s for s in spans}
-    model = {s.get("parentSpanId"): s for s in spans if s["name"] == "sglang.model.forward"}
-    prefill = {s["a"].get("sglang.rid"): s for s in spans if s["name"] == "sglang.request.prefill"}
-    queued = {s["a"].get("sglang.rid"): s for s in spans if s["name"] == "sglang.request.queued"}
-    schedules = sorted((s for s in spans if s["name"] == "sglang.scheduler.schedule"), key=lambda s: s["t1"])
+    by_id = {s["id"]: s for s in spans}
+    model = {s["parent"]: s for s in spans if s["name"] == "sglang.model.forward"}
+    prefill = {s["attrs"].get("sglang.rid"): s for s in spans if s["name"] == "sglang.request.prefill"}
+    queued = {s["attrs"].get("sglang.rid"): s for s in spans if s["name"] == "sglang.request.queued"}
+    schedules = sorted((s for s in spans if s["name"] == "sglang.scheduler.schedule"), key=lambda s: s["end"])
     for row, r in zip(rows, requests):
         p, q = prefill.get(r["rid"]), queued.get(r["rid"])
-        fwd = by_id.get(p["a"].get("sglang.forward.span_id")) if p else None
-        if fwd is None or q is None or "sglang.forward.gpu_duration_ns" not in fwd["a"]:
+        fwd = by_id.get(p["attrs"].get("sglang.forward.span_id")) if p else None
+        if fwd is None or q is None or "sglang.forward.gpu_duration_ns" not in fwd["attrs"]:
             continue
-        sched = [s for s in schedules if s["t1"] <= fwd["t0"]][-1:]
-        m = model.get(fwd["spanId"])
-        row.update({"sent_queued": (q["t0"] - r["sent_ns"]) / 1e6,
-                    "schedule": (sched[0]["t1"] - sched[0]["t0"]) / 1e6 if sched else None,
-                    "forward": (fwd["t1"] - fwd["t0"]) / 1e6,
-                    "gpu": int(fwd["a"]["sglang.forward.gpu_duration_ns"]) / 1e6,
-                    "gpu_after": (int(fwd["a"]["sglang.forward.gpu_end_ns"]) - m["t1"]) / 1e6 if m else None,
-                    "tail": (r["first_chunk_ns"] - fwd["t1"]) / 1e6,
-                    "ranges": int(m["a"].get("sglang.nvtx.layer_ranges", 0)) if m else 0})
+        sched = [s for s in schedules if s["end"] <= fwd["start"]][-1:]
+        m = model.get(fwd["id"])
+        row.update({"sent_queued": (q["start"] - r["sent_ns"]) / 1e6,
+                    "schedule": (sched[0]["end"] - sched[0]["start"]) / 1e6 if sched else None,
+                    "forward": (fwd["end"] - fwd["start"]) / 1e6,
+                    "gpu": int(fwd["attrs"]["sglang.forward.gpu_duration_ns"]) / 1e6,
+                    "gpu_after": (int(fwd["attrs"]["sglang.forward.gpu_end_ns"]) - m["end"]) / 1e6 if m else None,
+                    "tail": (r["first_chunk_ns"] - fwd["end"]) / 1e6,
+                    "ranges": int(m["attrs"].get("sglang.nvtx.layer_ranges", 0)) if m else 0})
     return rows
 
 

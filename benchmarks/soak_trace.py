@@ -5,30 +5,10 @@ on its decode span, and the recorder's stats spans over time.
 from __future__ import annotations
 
 import collections
-import gzip
-import json
-from pathlib import Path
 
 from sglang_tracing import semconv as sc
 
-
-def _spans(trace_dir: str):
-    for path in sorted(Path(trace_dir).glob("spans-*.jsonl*")):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt") as f:
-            for line in f:
-                try:
-                    batch = json.loads(line)
-                except ValueError:
-                    continue  # a last line cut short: the spans before it still count
-                for rs in batch.get("resourceSpans", ()):
-                    for ss in rs.get("scopeSpans", ()):
-                        for s in ss.get("spans", ()):
-                            yield path.name, s
-
-
-def _attrs(span: dict) -> dict:
-    return {x["key"]: next(iter(x["value"].values()), None) for x in span.get("attributes", [])}
+import span_json  # the sibling reader (soak.py puts benchmarks/ on the path)
 
 
 def read(trace_dir: str) -> dict:
@@ -36,19 +16,18 @@ def read(trace_dir: str) -> dict:
     ``stats``: the recorder's stats spans in time order."""
     requests: dict[str, dict] = collections.defaultdict(dict)
     stats: list[dict] = []
-    for file, s in _spans(trace_dir):
-        a = _attrs(s)
+    for s in span_json.spans(trace_dir):
+        a = s["attrs"]
         if s["name"] == sc.REQUEST:
             requests[a.get(sc.RID)].update(
                 output_tokens=int(a.get(sc.OUTPUT_TOKENS) or 0), finish_reason=a.get(sc.FINISH_REASON),
-                internal=a.get(sc.INTERNAL), start=int(s["startTimeUnixNano"]) / 1e9,
-                end=int(s["endTimeUnixNano"]) / 1e9)
+                internal=a.get(sc.INTERNAL), start=s["start"] / 1e9, end=s["end"] / 1e9)
         elif s["name"] == sc.REQUEST_DECODE and sc.KEEP_REASON in a:
             requests[a.get(sc.RID)]["keep"] = a[sc.KEEP_REASON]
         elif s["name"] == sc.REQUEST_HTTP:
             requests[a.get(sc.RID)]["http_ended_by"] = a.get(sc.HTTP_ENDED_BY) or "(not recorded)"
         elif s["name"] == sc.RECORDER_STATS:
-            stats.append({"t": int(s["startTimeUnixNano"]) / 1e9, "file": file,
+            stats.append({"t": s["start"] / 1e9, "file": s["file"],
                           "queued_max": int(a.get(sc.QUEUED_MAX) or 0), "queued": int(a.get(sc.QUEUED) or 0),
                           "batch_held": int(a.get(sc.BATCH_HELD) or 0),
                           "batch_left_out": int(a.get(sc.BATCH_LEFT_OUT) or 0),

@@ -21,28 +21,13 @@ import statistics
 import sys
 from pathlib import Path
 
+import span_json  # the sibling reader (a script's own folder is on its path)
+
 GPU_START, GPU_END = "sglang.forward.gpu_start_ns", "sglang.forward.gpu_end_ns"
 
 
-def _value(v: dict):
-    for key in ("stringValue", "intValue", "doubleValue", "boolValue"):
-        if key in v:
-            return int(v[key]) if key == "intValue" else v[key]
-    return [_value(x) for x in v.get("arrayValue", {}).get("values", [])]
-
-
 def load_spans(trace_dir: Path, role: str = "scheduler") -> list[dict]:
-    spans = []
-    for path in sorted(trace_dir.glob(f"spans-{role}-*.jsonl*")):
-        with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as f:
-            for line in f:
-                for rs in json.loads(line).get("resourceSpans", []):
-                    for ss in rs.get("scopeSpans", []):
-                        for s in ss.get("spans", []):
-                            spans.append({"name": s["name"], "id": s["spanId"], "parent": s.get("parentSpanId", ""),
-                                          "start": int(s["startTimeUnixNano"]), "end": int(s["endTimeUnixNano"]),
-                                          "attrs": {a["key"]: _value(a["value"]) for a in s.get("attributes", [])}})
-    return spans
+    return list(span_json.spans(trace_dir, f"spans-{role}-*.jsonl*"))
 
 
 def rounds_table(rounds: list[dict]) -> list[dict]:
