@@ -150,7 +150,7 @@ def summarize(rows: list[dict], wall: float, cpu: float, probe: _ClientProbe, se
     tokens = sum(r["tokens"] for r in rows)
     ttft = sorted(r["first"] - r["sent"] for r in rows if r["first"] is not None)  # streamed only
     lags = sorted(probe.lags_ms) or [0.0]
-    steady = [n for n in probe.in_flight[: max(1, int(seconds / TICK_S))]] or [0]
+    steady = probe.in_flight[: max(1, int(seconds / TICK_S))] or [0]
     client = {"cpu_share": round(cpu / wall, 3) if wall else None,
               "loop_lag_ms_p50": round(statistics.median(lags), 1),
               "loop_lag_ms_p99": round(lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1),
